@@ -1,0 +1,56 @@
+"""`neuronspec` command line: one sub-command per module.
+
+Each command lives in the module that implements it; that module defines
+``configure_parser(parser)`` and ``run(args) -> int``. Modules are imported
+lazily so that ``neuronspec --help`` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# command -> (module, one-line help)
+COMMANDS = {
+    "data": ("neuronspec.nmt.data_cli", "build the built-in corpus or binarize a corpus"),
+    "train": ("neuronspec.nmt.train", "train a dense multilingual Transformer"),
+    "evaluate": ("neuronspec.nmt.evaluate", "translate test sets and score them with sacrebleu"),
+    "record": ("neuronspec.specialization.record", "count FFN neuron activations per direction"),
+    "select": ("neuronspec.specialization.select", "turn activation counts into per-direction masks"),
+    "analyze": ("neuronspec.specialization.iou", "IoU of masks between directions, plots and stats"),
+    "specialize": ("neuronspec.specialization.specialize", "continue training with per-direction masks"),
+    "demo": ("neuronspec.demo", "the whole study on the built-in corpus, end to end"),
+    "bench": ("neuronspec.bench", "run the benchmarks with defaults for this device"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="neuronspec", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    chosen = next((a for a in sys.argv[1:] if a in COMMANDS), None)
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        # Only the chosen command's module is imported (its options may pull heavy deps).
+        if name == chosen:
+            importlib.import_module(module).configure_parser(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    module = importlib.import_module(COMMANDS[args.command][0])
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Plain-torch oracle of DESIGN §2: dense weights times dense masks (the original method).
+
+Differentiable by autograd; every other backend is tested against these two functions.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .activations import act
+
+
+def dense_task_masks(indices: torch.Tensor, offsets: torch.Tensor, num_neurons: int) -> torch.Tensor:
+    """CSR (indices, offsets) → float 0/1 masks [T, f]."""
+    T = offsets.numel() - 1
+    sizes = (offsets[1:] - offsets[:-1]).long()
+    rows = torch.repeat_interleave(torch.arange(T, device=indices.device), sizes)
+    m = torch.zeros(T, num_neurons, device=indices.device)
+    m[rows, indices.long()] = 1.0
+    return m
+
+
+def masked_ffn_reference(x, w1, b1, w2, b2, indices, offsets, task_ids, activation="relu", mask_bias=False):
+    """Y = act(X (m_t ⊙ W1)ᵀ + b1') W2ᵀ + b2 per token, b1' = m_t ⊙ b1 if mask_bias else b1.
+
+    x [N, d]; task_ids LongTensor [N]; returns [N, d]. Tokens of each task are computed with
+    that task's masked weights and written back in the original order.
+    """
+    masks = dense_task_masks(indices, offsets, w1.shape[0]).to(w1.dtype)
+    y = x.new_zeros(x.shape[0], w2.shape[0])
+    for t in torch.unique(task_ids).tolist():
+        rows = (task_ids == t).nonzero().squeeze(1)
+        m = masks[t]
+        bias1 = b1 * m if mask_bias else b1
+        h = act(F.linear(x[rows], w1 * m[:, None], bias1), activation)
+        y = y.index_put((rows,), F.linear(h, w2, b2))
+    return y
+
+
+def fc1_act_count_reference(x, w1, b1, counts, task_ids, valid, activation="relu"):
+    """H = act(X W1ᵀ + b1) [N, f]; counts[t, n] += #{valid tokens of task t with Z[., n] > 0}."""
+    z = F.linear(x, w1, b1)
+    active = (z > 0).long()
+    if valid is not None:
+        active = active * valid.long()[:, None]
+    counts.index_add_(0, task_ids, active)
+    return act(z, activation)
+
+
+# ---- backend protocol (see registry.py): the oracle as a backend -----------------------
+def available(device: torch.device) -> str | None:
+    return None
+
+
+def masked_ffn_fwd(x, w1, b1, w2, b2, indices, offsets, task_ids, task, activation, mask_bias):
+    ids = _ids(task_ids, task, x)
+    y = masked_ffn_reference(x, w1, b1, w2, b2, indices, offsets, ids, activation, mask_bias)
+    return y, x.new_zeros(x.shape[0], w1.shape[0])
+
+
+def masked_ffn_bwd(dy, x, w1, b1, w2, b2, indices, offsets, task_ids, task, z, activation, mask_bias):
+    """Gradients by autograd through the oracle (independent of the §2 formulas)."""
+    ids = _ids(task_ids, task, x)
+    with torch.enable_grad():
+        inputs = [t.detach().requires_grad_(True) for t in (x, w1, b1, w2, b2)]
+        y = masked_ffn_reference(*inputs, indices, offsets, ids, activation, mask_bias)
+        return torch.autograd.grad(y, inputs, dy)
+
+
+def fc1_act_count(x, w1, b1, counts, task_ids, task, valid, activation, write_output):
+    h = fc1_act_count_reference(x, w1, b1, counts, _ids(task_ids, task, x), valid, activation)
+    return h if write_output else h.new_empty(0, w1.shape[0])
+
+
+def _ids(task_ids, task, x):
+    return task_ids if task < 0 else torch.full((x.shape[0],), task, dtype=torch.long, device=x.device)

@@ -1,0 +1,101 @@
+"""`torch` backend: gather + GEMM over each task's active neurons only (DESIGN §2).
+
+Tokens are grouped by task (stable sort); for task t with active rows A:
+    Z_A = X W1[A]ᵀ + b1[A],  Y = act(Z_A) W2[:, A]ᵀ + c_t + b2,  c_t = act(b1[I]) W2[:, I]ᵀ
+Forward saves Z_A packed into a [N, f] buffer: row i (i-th token in task order) holds its
+task's |A_t| pre-activations in its first |A_t| columns (a static shape, no dense FLOPs).
+"""
+from __future__ import annotations
+
+import torch
+
+from .activations import act, act_grad
+
+
+def available(device: torch.device) -> str | None:
+    return None
+
+
+def group_tokens(task_ids: torch.Tensor, task: int, num_tasks: int, n: int):
+    """→ (order [N] long or None, starts: list of T+1 ints). Task t's tokens are
+    order[starts[t]:starts[t+1]] (stable), or all N tokens when `task` >= 0."""
+    if task >= 0:
+        return None, [0] * (task + 1) + [n] * (num_tasks - task)
+    order = torch.argsort(task_ids, stable=True)
+    counts = torch.bincount(task_ids, minlength=num_tasks)
+    starts = [0] + torch.cumsum(counts, 0).tolist()
+    return order, starts
+
+
+def _task_groups(indices, offsets, starts):
+    """Yield (t, token range start, end, active ids as long) for tasks that have tokens."""
+    off = offsets.tolist()
+    for t in range(len(off) - 1):
+        if starts[t + 1] > starts[t]:
+            yield t, starts[t], starts[t + 1], indices[off[t] : off[t + 1]].long()
+
+
+def _inactive(idx: torch.Tensor, f: int, like: torch.Tensor) -> torch.Tensor:
+    m = torch.ones(f, dtype=like.dtype, device=like.device)
+    m[idx] = 0
+    return m
+
+
+def masked_ffn_fwd(x, w1, b1, w2, b2, indices, offsets, task_ids, task, activation, mask_bias):
+    n, f = x.shape[0], w1.shape[0]
+    order, starts = group_tokens(task_ids, task, offsets.numel() - 1, n)
+    xs = x if order is None else x.index_select(0, order)
+    ys = x.new_empty(n, w2.shape[0])
+    z = x.new_empty(n, f)
+    hb = None if mask_bias else act(b1, activation)
+    for t, s, e, idx in _task_groups(indices, offsets, starts):
+        base = b2 if mask_bias else b2 + w2 @ (hb * _inactive(idx, f, hb))
+        if idx.numel() == 0:
+            ys[s:e] = base
+            continue
+        zt = torch.addmm(b1[idx], xs[s:e], w1.index_select(0, idx).t())
+        z[s:e, : idx.numel()] = zt
+        torch.addmm(base, act(zt, activation), w2.index_select(1, idx).t(), out=ys[s:e])
+    y = ys if order is None else torch.empty_like(ys).index_copy_(0, order, ys)
+    return y, z
+
+
+def masked_ffn_bwd(dy, x, w1, b1, w2, b2, indices, offsets, task_ids, task, z, activation, mask_bias):
+    n, f = x.shape[0], w1.shape[0]
+    order, starts = group_tokens(task_ids, task, offsets.numel() - 1, n)
+    xs = x if order is None else x.index_select(0, order)
+    dys = dy if order is None else dy.index_select(0, order)
+    dxs = x.new_zeros(x.shape)
+    dw1, db1 = torch.zeros_like(w1), torch.zeros_like(b1)
+    dw2t = w2.new_zeros(f, w2.shape[0])  # dW2ᵀ: active rows are contiguous to accumulate
+    if not mask_bias:
+        hb, hb_grad = act(b1, activation), act_grad(b1, activation)
+    for t, s, e, idx in _task_groups(indices, offsets, starts):
+        dyt = dys[s:e]
+        if idx.numel():
+            zt = z[s:e, : idx.numel()]
+            dzt = (dyt @ w2.index_select(1, idx)) * act_grad(zt, activation)
+            torch.mm(dzt, w1.index_select(0, idx), out=dxs[s:e])
+            dw1.index_add_(0, idx, dzt.t() @ xs[s:e])
+            db1.index_add_(0, idx, dzt.sum(0))
+            dw2t.index_add_(0, idx, act(zt, activation).t() @ dyt)
+        if not mask_bias:  # inactive neurons output the constant act(b1_i)
+            sdy = dyt.sum(0)
+            inactive = _inactive(idx, f, b1)
+            db1 += inactive * hb_grad * (w2.t() @ sdy)
+            dw2t += torch.outer(inactive * hb, sdy)
+    dx = dxs if order is None else torch.empty_like(dxs).index_copy_(0, order, dxs)
+    return dx, dw1, db1, dw2t.t().contiguous(), dy.sum(0)
+
+
+def fc1_act_count(x, w1, b1, counts, task_ids, task, valid, activation, write_output):
+    z = torch.addmm(b1, x, w1.t())
+    pos = z > 0
+    if valid is not None:
+        pos &= valid[:, None]
+    if task >= 0:
+        counts[task] += pos.sum(0)
+    else:
+        for t in torch.unique(task_ids).tolist():
+            counts[t] += pos[task_ids == t].sum(0)
+    return act(z, activation) if write_output else z.new_empty(0, w1.shape[0])

@@ -1,0 +1,78 @@
+"""Install neuronspec; build the CUDA module `neuronspec._cuda` from csrc/ when nvcc exists.
+
+The CUDA module is a pybind11 extension built by CMake + ninja (no torch headers, no
+cuBLAS). Without nvcc the package installs without it and the `cuda` backend reports
+itself unavailable. Set NEURONSPEC_NO_CUDA=1 to skip the build, NEURONSPEC_CUDA_ARCH
+(e.g. "80;90") to choose the architectures.
+"""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from setuptools import Extension, find_packages, setup
+from setuptools.command.build_ext import build_ext
+
+ROOT = Path(__file__).parent.resolve()
+
+
+class CMakeExtension(Extension):
+    def __init__(self, name: str):
+        super().__init__(name, sources=[])
+
+
+class CMakeBuild(build_ext):
+    def build_extension(self, ext: Extension) -> None:
+        nvcc = shutil.which("nvcc")
+        if os.environ.get("NEURONSPEC_NO_CUDA") == "1" or nvcc is None:
+            why = "NEURONSPEC_NO_CUDA=1" if nvcc else "nvcc not found"
+            print(f"neuronspec: {why}; the CUDA backend will be unavailable", file=sys.stderr)
+            return
+        import pybind11
+
+        out_dir = Path(self.get_ext_fullpath(ext.name)).parent.resolve()
+        build_dir = Path(self.build_temp).resolve() / "cmake"
+        build_dir.mkdir(parents=True, exist_ok=True)
+        cfg = [
+            f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={out_dir}",
+            f"-DPython_EXECUTABLE={sys.executable}",
+            f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
+            f"-DCMAKE_CUDA_COMPILER={nvcc}",
+            "-DCMAKE_BUILD_TYPE=Release",
+        ]
+        if os.environ.get("NEURONSPEC_CUDA_ARCH"):
+            cfg.append(f"-DCMAKE_CUDA_ARCHITECTURES={os.environ['NEURONSPEC_CUDA_ARCH']}")
+        if shutil.which("ninja"):
+            cfg.append("-GNinja")
+        subprocess.run(["cmake", str(ROOT), *cfg], cwd=build_dir, check=True)
+        subprocess.run(["cmake", "--build", ".", "-j", str(os.cpu_count() or 2)], cwd=build_dir, check=True)
+
+
+setup(
+    name="neuronspec",
+    version="0.1.0",
+    description="Fast Neuron Specialization for multilingual machine translation (PyTorch, Triton, CUDA)",
+    long_description=(ROOT / "README.md").read_text(encoding="utf-8") if (ROOT / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["neuronspec", "neuronspec.*"]),
+    install_requires=[
+        "torch>=2.4",
+        "triton>=3.0; platform_system == 'Linux'",
+        "numpy",
+        "sacrebleu>=2.3",
+        "sentencepiece>=0.1.99",
+        "babel>=2.12",
+        "num2words>=0.5.12",
+        "matplotlib",
+        "tqdm",
+        "django>=4.2",
+        "sphinx>=7",
+    ],
+    extras_require={"test": ["pytest>=7"]},
+    ext_modules=[CMakeExtension("neuronspec._cuda")],
+    cmdclass={"build_ext": CMakeBuild},
+    entry_points={"console_scripts": ["neuronspec=neuronspec.cli:main"]},
+    zip_safe=False,
+)
