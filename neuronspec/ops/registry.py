@@ -19,6 +19,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .validation import check_task_range
+
 BACKENDS = {
     "reference": "neuronspec.ops.reference",
     "torch": "neuronspec.ops.torch_backend",
@@ -47,9 +49,24 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
 
 def resolve_backend(backend: str | None, device: torch.device) -> str:
     """Argument, else $NEURONSPEC_BACKEND, else the fastest correct backend for `device`."""
+    return _resolve(backend, os.environ.get(ENV_VAR) or None, str(device))
+
+
+_RESOLVED: dict[tuple, str] = {}
+
+
+@torch.compiler.assume_constant_result  # evaluated once at trace time under torch.compile
+def _resolve(backend: str | None, env_backend: str | None, device: str) -> str:
+    key = (backend, env_backend, device)
+    if key not in _RESOLVED:
+        _RESOLVED[key] = _choose(backend, env_backend, torch.device(device))
+    return _RESOLVED[key]
+
+
+def _choose(backend: str | None, env_backend: str | None, device: torch.device) -> str:
     source = "backend"
-    if backend is None and os.environ.get(ENV_VAR):
-        backend, source = os.environ[ENV_VAR], ENV_VAR
+    if backend is None and env_backend:
+        backend, source = env_backend, ENV_VAR
     if backend is None:
         preferred = ("triton", "cuda", "torch") if device.type == "cuda" else ("torch",)
         return next(b for b in preferred if unavailable_reason(b, device) is None)
@@ -67,6 +84,7 @@ def masked_ffn_fwd(
     x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, indices: Tensor, offsets: Tensor,
     task_ids: Tensor, task: int, activation: str, mask_bias: bool, backend: str,
 ) -> tuple[Tensor, Tensor]:
+    check_task_range(task_ids, offsets.numel() - 1)
     return _module(backend).masked_ffn_fwd(x, w1, b1, w2, b2, indices, offsets, task_ids, task, activation, mask_bias)
 
 
@@ -114,6 +132,7 @@ def fc1_act_count(
     x: Tensor, w1: Tensor, b1: Tensor, counts: Tensor, task_ids: Tensor, task: int,
     valid: Optional[Tensor], activation: str, write_output: bool, backend: str,
 ) -> Tensor:
+    check_task_range(task_ids, counts.shape[0])
     return _module(backend).fc1_act_count(x, w1, b1, counts, task_ids, task, valid, activation, write_output)
 
 

@@ -46,7 +46,7 @@ def masked_ffn_fwd(x, w1, b1, w2, b2, indices, offsets, task_ids, task, activati
     order, starts = group_tokens(task_ids, task, offsets.numel() - 1, n)
     xs = x if order is None else x.index_select(0, order)
     ys = x.new_empty(n, w2.shape[0])
-    z = x.new_empty(n, f)
+    z = x.new_zeros(n, f)  # unused tail of each row stays 0 (deterministic output)
     hb = None if mask_bias else act(b1, activation)
     for t, s, e, idx in _task_groups(indices, offsets, starts):
         base = b2 if mask_bias else b2 + w2 @ (hb * _inactive(idx, f, hb))

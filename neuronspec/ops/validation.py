@@ -73,9 +73,13 @@ def normalize_task_ids(task_ids, lead_shape: torch.Size, num_tasks: int, device:
         raise ValueError(
             f"task_ids: expected one id per token, shape {list(lead_shape)} or [{n}], got {describe(task_ids)}"
         )
-    ids = task_ids.reshape(n).long()
-    if n:
-        lo, hi = torch.aminmax(ids)
+    return task_ids.reshape(n).long().contiguous(), -1
+
+
+def check_task_range(task_ids: torch.Tensor, num_tasks: int) -> None:
+    """Value check of per-token ids; called inside the custom ops so it also runs under
+    torch.compile (where data-dependent checks cannot be traced)."""
+    if task_ids.numel():
+        lo, hi = torch.aminmax(task_ids)
         if lo < 0 or hi >= num_tasks:
             raise ValueError(f"task_ids: ids must lie in [0, {num_tasks}), got range [{int(lo)}, {int(hi)}]")
-    return ids.contiguous(), -1
