@@ -2,11 +2,12 @@
 
 Tokens are grouped by task (stable sort); for task t with active rows A:
     Z_A = X W1[A]ᵀ + b1[A],  Y = act(Z_A) W2[:, A]ᵀ + c_t + b2,  c_t = act(b1[I]) W2[:, I]ᵀ
-Forward saves Z_A packed into a [N, f] buffer: row i (i-th token in task order) holds its
-task's |A_t| pre-activations in its first |A_t| columns (a static shape, no dense FLOPs).
+Forward saves every task's Z_A [N_t, |A_t|] back to back (task order) at the start of a
+[N, f] buffer (a static shape for the custom op; the unused tail reads as zeros).
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from .activations import act, act_grad
@@ -35,6 +36,20 @@ def _task_groups(indices, offsets, starts):
             yield t, starts[t], starts[t + 1], indices[off[t] : off[t + 1]].long()
 
 
+def zero_buffer(n: int, f: int, like: torch.Tensor) -> torch.Tensor:
+    """Zeros [n, f]. On CPU it comes from calloc (through numpy), so pages that are never
+    written are never touched: a task using p·f neurons pays for p of the buffer, not all of it."""
+    if like.device.type != "cpu" or n * f == 0:
+        return like.new_zeros(n, f)
+    raw = np.zeros(n * f * like.element_size(), dtype=np.uint8)
+    return torch.from_numpy(raw).view(like.dtype).view(n, f)
+
+
+def _packed(z: torch.Tensor, start: int, rows: int, cols: int) -> torch.Tensor:
+    """Contiguous [rows, cols] view of the flat buffer z starting at element `start`."""
+    return z.view(-1)[start : start + rows * cols].view(rows, cols)
+
+
 def _inactive(idx: torch.Tensor, f: int, like: torch.Tensor) -> torch.Tensor:
     m = torch.ones(f, dtype=like.dtype, device=like.device)
     m[idx] = 0
@@ -46,15 +61,16 @@ def masked_ffn_fwd(x, w1, b1, w2, b2, indices, offsets, task_ids, task, activati
     order, starts = group_tokens(task_ids, task, offsets.numel() - 1, n)
     xs = x if order is None else x.index_select(0, order)
     ys = x.new_empty(n, w2.shape[0])
-    z = x.new_zeros(n, f)  # unused tail of each row stays 0 (deterministic output)
+    z, used = zero_buffer(n, f, x), 0
     hb = None if mask_bias else act(b1, activation)
     for t, s, e, idx in _task_groups(indices, offsets, starts):
         base = b2 if mask_bias else b2 + w2 @ (hb * _inactive(idx, f, hb))
         if idx.numel() == 0:
             ys[s:e] = base
             continue
-        zt = torch.addmm(b1[idx], xs[s:e], w1.index_select(0, idx).t())
-        z[s:e, : idx.numel()] = zt
+        zt = _packed(z, used, e - s, idx.numel())
+        used += zt.numel()
+        torch.addmm(b1[idx], xs[s:e], w1.index_select(0, idx).t(), out=zt)
         torch.addmm(base, act(zt, activation), w2.index_select(1, idx).t(), out=ys[s:e])
     y = ys if order is None else torch.empty_like(ys).index_copy_(0, order, ys)
     return y, z
@@ -65,20 +81,25 @@ def masked_ffn_bwd(dy, x, w1, b1, w2, b2, indices, offsets, task_ids, task, z, a
     order, starts = group_tokens(task_ids, task, offsets.numel() - 1, n)
     xs = x if order is None else x.index_select(0, order)
     dys = dy if order is None else dy.index_select(0, order)
-    dxs = x.new_zeros(x.shape)
+    dxs = x.new_empty(x.shape)
     dw1, db1 = torch.zeros_like(w1), torch.zeros_like(b1)
     dw2t = w2.new_zeros(f, w2.shape[0])  # dW2ᵀ: active rows are contiguous to accumulate
     if not mask_bias:
         hb, hb_grad = act(b1, activation), act_grad(b1, activation)
+    used = 0
     for t, s, e, idx in _task_groups(indices, offsets, starts):
         dyt = dys[s:e]
         if idx.numel():
-            zt = z[s:e, : idx.numel()]
-            dzt = (dyt @ w2.index_select(1, idx)) * act_grad(zt, activation)
+            zt = _packed(z, used, e - s, idx.numel())
+            used += zt.numel()
+            dht = dyt @ w2.index_select(1, idx)
+            dzt = torch.where(zt > 0, dht, 0) if activation == "relu" else dht.mul_(act_grad(zt, activation))
             torch.mm(dzt, w1.index_select(0, idx), out=dxs[s:e])
             dw1.index_add_(0, idx, dzt.t() @ xs[s:e])
             db1.index_add_(0, idx, dzt.sum(0))
             dw2t.index_add_(0, idx, act(zt, activation).t() @ dyt)
+        else:
+            dxs[s:e] = 0
         if not mask_bias:  # inactive neurons output the constant act(b1_i)
             sdy = dyt.sum(0)
             inactive = _inactive(idx, f, b1)
