@@ -1,0 +1,406 @@
+"""Token-budget batches over prepared data: temperature sampling of directions.
+
+Example layout for a direction src→tgt (ids from ``PreparedData``):
+    src     = [<2src>]? + [<2tgt>] + spm(src) + [eos]     (<2src> only with source_tag)
+    tgt_in  = [bos] + spm(tgt)
+    tgt_out = spm(tgt) + [eos]
+The *size* of an example is max(len(src), len(tgt_out)); a batch of B examples costs
+B × (largest size in it), padding included, and never exceeds ``max_tokens``.
+
+``TrainSampler`` is an infinite, deterministic stream of training batches:
+- directions drawn with p_d ∝ (n_d / Σ n)^(1/T) (T = 1 proportional, T → ∞ uniform);
+- homogeneous (one direction per batch, the reference regime) or ``mixed``;
+- each direction is read epoch by epoch in a shuffled order shared by all ranks; rank r
+  takes every world_size-th example of it (the order is padded by wrapping to a multiple
+  of world_size, so shares are disjoint up to ≤ world_size-1 repeated examples);
+- length-bucketed: examples are sorted by size before cutting batches (a whole epoch
+  of the direction when homogeneous; a pool of ~``pool_batches`` batches when mixed),
+  then the batches are shuffled;
+- training examples larger than ``max_tokens`` are skipped (counted in
+  ``num_skipped``); a direction left with none is a ValueError;
+- ``state_dict()`` / ``load_state_dict()`` resume the very same stream.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, fields
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from neuronspec.nmt.data import DirectionLike, PreparedData, as_direction, direction_name
+
+log = logging.getLogger(__name__)
+
+_BLOCK = 1024  # direction draws per RNG block (homogeneous mode)
+
+
+@dataclass
+class Batch:
+    """src [B, S], tgt_in [B, L], tgt_out [B, L] (int64, right-padded with ``pad``);
+    task [B] direction index (-1 for a direction that is not trained); ids [B] example
+    index within its direction; ntokens = non-pad target tokens."""
+
+    src: torch.Tensor
+    tgt_in: torch.Tensor
+    tgt_out: torch.Tensor
+    task: torch.Tensor
+    ids: torch.Tensor
+    ntokens: int
+    pad: int = 0
+
+    def __len__(self) -> int:
+        return self.src.shape[0]
+
+    @property
+    def src_valid(self) -> torch.Tensor:
+        return self.src != self.pad
+
+    @property
+    def tgt_valid(self) -> torch.Tensor:
+        return self.tgt_out != self.pad
+
+    @property
+    def num_cells(self) -> int:
+        """B × max(S, L): the padded size the token budget bounds."""
+        return len(self) * max(self.src.shape[1], self.tgt_out.shape[1])
+
+    def to(self, device, non_blocking: bool = False) -> "Batch":
+        kw = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            kw[f.name] = v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v
+        return Batch(**kw)
+
+    def pin_memory(self) -> "Batch":
+        kw = {f.name: getattr(self, f.name) for f in fields(self)}
+        for k, v in kw.items():
+            if isinstance(v, torch.Tensor):
+                kw[k] = v.pin_memory()
+        return Batch(**kw)
+
+
+def temperature_probs(sizes, temperature: float) -> np.ndarray:
+    """p_d ∝ (n_d / Σ n)^(1/T) over directions with sizes n_d (float64 [D])."""
+    n = np.asarray(sizes, dtype=np.float64)
+    if n.ndim != 1 or len(n) == 0 or (n <= 0).any():
+        raise ValueError(f"sizes: expected positive direction sizes, got {sizes!r}")
+    if not temperature > 0:
+        raise ValueError(f"temperature: must be > 0, got {temperature!r}")
+    q = (n / n.sum()) ** (1.0 / temperature)
+    return q / q.sum()
+
+
+class _View:
+    """One (split, direction): rows in the split's index, tag prefix, example sizes."""
+
+    def __init__(self, data: PreparedData, split: str, direction, task: int, source_tag: bool):
+        self.direction = as_direction(direction)
+        self.src_row, self.tgt_row, self.n = data.rows(split, self.direction)
+        _, index = data.split_arrays(split)
+        tok = data.tokenizer
+        s, t = self.direction
+        self.prefix = np.array(([tok.lang_tag(s)] if source_tag else []) + [tok.lang_tag(t)], dtype=np.int64)
+        self.task = task
+        src_len = np.diff(index[self.src_row:self.src_row + self.n + 1]) + len(self.prefix) + 1
+        tgt_len = np.diff(index[self.tgt_row:self.tgt_row + self.n + 1]) + 1
+        self.size = np.maximum(src_len, tgt_len)
+
+
+def _gather(tokens: np.ndarray, index: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Lines ``rows`` of a split: (flat int64 token values, lengths)."""
+    starts = index[rows]
+    lens = index[rows + 1] - starts
+    shift = np.repeat(starts - (np.cumsum(lens) - lens), lens)
+    return tokens[np.arange(int(lens.sum())) + shift].astype(np.int64), lens
+
+
+def _place(out: np.ndarray, flat: np.ndarray, lens: np.ndarray, col0: int) -> None:
+    """out[r, col0 + j] = j-th value of row r, for a ragged (flat, lens) over all rows."""
+    within = np.arange(len(flat)) - np.repeat(np.cumsum(lens) - lens, lens)
+    out[np.repeat(np.arange(len(lens)), lens), col0 + within] = flat
+
+
+class _Collator:
+    """Pads examples (view v, index i) of one split into a Batch, vectorized over the batch."""
+
+    def __init__(self, data: PreparedData, split: str, views: list[_View]):
+        self.tokens, self.index = data.split_arrays(split)
+        self.src_row = np.array([v.src_row for v in views], dtype=np.int64)
+        self.tgt_row = np.array([v.tgt_row for v in views], dtype=np.int64)
+        self.prefix = np.stack([v.prefix for v in views])  # [V, k]: same k for all views
+        self.task = np.array([v.task for v in views], dtype=np.int64)
+        tok = data.tokenizer
+        self.pad, self.bos, self.eos = tok.pad, tok.bos, tok.eos
+
+    def __call__(self, vidx: np.ndarray, eidx: np.ndarray) -> Batch:
+        vidx = np.asarray(vidx, dtype=np.int64)
+        eidx = np.asarray(eidx, dtype=np.int64)
+        B, k = len(eidx), self.prefix.shape[1]
+        sf, sl = _gather(self.tokens, self.index, self.src_row[vidx] + eidx)
+        tf, tl = _gather(self.tokens, self.index, self.tgt_row[vidx] + eidx)
+        rows = np.arange(B)
+        src = np.full((B, k + int(sl.max()) + 1), self.pad, dtype=np.int64)
+        src[:, :k] = self.prefix[vidx]
+        _place(src, sf, sl, k)
+        src[rows, k + sl] = self.eos
+        L = int(tl.max()) + 1
+        tin = np.full((B, L), self.pad, dtype=np.int64)
+        tout = np.full((B, L), self.pad, dtype=np.int64)
+        tin[:, 0] = self.bos
+        _place(tin, tf, tl, 1)
+        _place(tout, tf, tl, 0)
+        tout[rows, tl] = self.eos
+        return Batch(torch.from_numpy(src), torch.from_numpy(tin), torch.from_numpy(tout),
+                     torch.from_numpy(self.task[vidx]), torch.from_numpy(eidx.copy()), int(tl.sum()) + B,
+                     self.pad)
+
+
+def _cut(sizes: np.ndarray, max_tokens: int, max_sentences: int | None) -> np.ndarray:
+    """Boundaries [0, j1, ..., n] of greedy batches over ascending ``sizes`` (all ≤ max_tokens)."""
+    n = len(sizes)
+    bounds = [0]
+    i = 0
+    cap = max_sentences or n
+    while i < n:
+        w = min(n - i, max_tokens // int(sizes[i]), cap)
+        cost = np.arange(1, w + 1) * sizes[i:i + w]  # non-decreasing: sizes are sorted
+        i += int(np.searchsorted(cost, max_tokens, side="right"))
+        bounds.append(i)
+    return np.asarray(bounds, dtype=np.int64)
+
+
+def _check_budget(max_tokens, max_sentences):
+    if not isinstance(max_tokens, (int, np.integer)) or isinstance(max_tokens, bool) or max_tokens <= 0:
+        raise ValueError(f"max_tokens: must be a positive int, got {max_tokens!r}")
+    if max_sentences is not None and (not isinstance(max_sentences, (int, np.integer)) or max_sentences <= 0):
+        raise ValueError(f"max_sentences: must be a positive int or None, got {max_sentences!r}")
+
+
+class TrainSampler:
+    """Infinite deterministic iterator of training ``Batch``es (see module docstring).
+
+    data: PreparedData; max_tokens: budget per batch (padding included); temperature: T
+    of the direction sampling; seed; mixed: mix directions inside a batch; rank /
+    world_size: this process's share; split: which split to stream; source_tag: also
+    prepend ``<2src>``; max_sentences: optional cap on examples per batch; pool_batches:
+    bucketing pool size of mixed mode, in batches.
+    """
+
+    def __init__(self, data: PreparedData, max_tokens: int, temperature: float = 5.0, seed: int = 0,
+                 mixed: bool = False, rank: int = 0, world_size: int = 1, split: str = "train",
+                 source_tag: bool = False, max_sentences: int | None = None, pool_batches: int = 64):
+        _check_budget(max_tokens, max_sentences)
+        if not isinstance(world_size, int) or world_size < 1:
+            raise ValueError(f"world_size: must be an int >= 1, got {world_size!r}")
+        if not isinstance(rank, int) or not 0 <= rank < world_size:
+            raise ValueError(f"rank: must be in [0, {world_size}), got {rank!r}")
+        if not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed: must be an int >= 0, got {seed!r}")
+        if not isinstance(pool_batches, int) or pool_batches < 1:
+            raise ValueError(f"pool_batches: must be an int >= 1, got {pool_batches!r}")
+        self.data = data
+        self.max_tokens = int(max_tokens)
+        self.max_sentences = max_sentences
+        self.temperature = float(temperature)
+        self.seed = int(seed)
+        self.mixed = bool(mixed)
+        self.rank, self.world_size = rank, world_size
+        self.split = split
+        self.source_tag = bool(source_tag)
+        self.pool_batches = pool_batches
+
+        self.directions = [d for d in data.directions if data.num_examples(split, d) > 0]
+        if not self.directions:
+            raise ValueError(f"split: no training direction has {split!r} data in {data.root}")
+        self.views = [_View(data, split, d, data.task_id(d), self.source_tag) for d in self.directions]
+        self._collate = _Collator(data, split, self.views)
+        self.probabilities = temperature_probs([v.n for v in self.views], self.temperature)
+        self.num_skipped = 0
+        self._fit = [np.flatnonzero(v.size <= self.max_tokens) for v in self.views]
+        for v in self.views:
+            over = int((v.size > self.max_tokens).sum())
+            if over == v.n:
+                raise ValueError(f"max_tokens: {self.max_tokens} is smaller than every example of "
+                                 f"{direction_name(v.direction)} (shortest: {int(v.size.min())} tokens)")
+            if over:
+                log.warning("sampler: %d example(s) of %s exceed max_tokens=%d and are skipped",
+                            over, direction_name(v.direction), self.max_tokens)
+            self.num_skipped += over
+        mean = float(np.average([v.size.mean() for v in self.views], weights=self.probabilities))
+        self._pool_examples = max(1, int(pool_batches * self.max_tokens / mean))
+        self._shard_cache: dict[int, tuple[int, np.ndarray]] = {}
+        self._epoch_cache: dict[int, tuple[int, tuple]] = {}
+        self._block: tuple[int, np.ndarray] | None = None
+        self._reset()
+
+    # --------------------------------------------------------------- shards
+    def _shard(self, d: int, epoch: int) -> np.ndarray:
+        """This rank's examples of direction d in ``epoch``, shuffled (only those ≤ max_tokens)."""
+        hit = self._shard_cache.get(d)
+        if hit is not None and hit[0] == epoch:
+            return hit[1]
+        fit = self._fit[d]
+        perm = fit[np.random.default_rng([self.seed, 1, d, epoch]).permutation(len(fit))]
+        W = self.world_size
+        if len(perm) % W:
+            perm = np.resize(perm, -(-len(perm) // W) * W)
+        shard = perm[self.rank::W]
+        self._shard_cache[d] = (epoch, shard)
+        return shard
+
+    def _epoch_batches(self, d: int, epoch: int):
+        """Homogeneous mode: (examples sorted by size, bounds, batch order) of d in ``epoch``."""
+        hit = self._epoch_cache.get(d)
+        if hit is not None and hit[0] == epoch:
+            return hit[1]
+        shard = self._shard(d, epoch)
+        order = shard[np.argsort(self.views[d].size[shard], kind="stable")]
+        bounds = _cut(self.views[d].size[order], self.max_tokens, self.max_sentences)
+        rng = np.random.default_rng([self.seed, 2, d, epoch, self.rank])
+        out = (order, bounds, rng.permutation(len(bounds) - 1))
+        self._epoch_cache[d] = (epoch, out)
+        return out
+
+    # ---------------------------------------------------------------- state
+    def _reset(self) -> None:
+        D = len(self.views)
+        self._streams = np.zeros((D, 2), dtype=np.int64)  # per direction: (epoch, position)
+        self._step = 0  # homogeneous: batches produced
+        self._pool_index = 0  # mixed: pools started
+        self._pool_start = self._streams.copy()
+        self._pool: list[tuple[np.ndarray, np.ndarray]] = []
+        self._consumed = 0
+
+    def _config(self) -> dict:
+        return {"max_tokens": self.max_tokens, "max_sentences": self.max_sentences,
+                "temperature": self.temperature, "seed": self.seed, "mixed": self.mixed,
+                "rank": self.rank, "world_size": self.world_size, "split": self.split,
+                "source_tag": self.source_tag, "pool_batches": self.pool_batches,
+                "directions": [direction_name(v.direction) for v in self.views],
+                "sizes": [v.n for v in self.views]}
+
+    def state_dict(self) -> dict:
+        """Plain-Python state (JSON/pickle friendly) to resume the same stream."""
+        state = {"config": self._config(), "step": self._step}
+        if self.mixed:
+            state.update(pool_index=self._pool_index, consumed=self._consumed,
+                         streams=self._pool_start.tolist())
+        else:
+            state["streams"] = self._streams.tolist()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume from ``state_dict()``; ValueError if the sampler settings differ."""
+        if not isinstance(state, dict) or "config" not in state:
+            raise ValueError("state: expected a dict from TrainSampler.state_dict()")
+        mine = self._config()
+        diff = [k for k in mine if state["config"].get(k) != mine[k]]
+        if diff:
+            raise ValueError(f"state: sampler settings differ from the saved ones in {diff}")
+        self._reset()
+        self._step = int(state["step"])
+        streams = np.asarray(state["streams"], dtype=np.int64).reshape(len(self.views), 2)
+        if self.mixed:
+            self._pool_index = int(state["pool_index"])
+            consumed = int(state["consumed"])
+            if self._pool_index > 0:
+                self._pool_index -= 1
+                self._streams = streams
+                self._build_pool()
+                self._pool = self._pool[consumed:]
+                self._consumed = consumed
+        else:
+            self._streams = streams
+
+    # ------------------------------------------------------------- iterate
+    def __iter__(self) -> Iterator[Batch]:
+        return self
+
+    def __next__(self) -> Batch:
+        return self._next_mixed() if self.mixed else self._next_homogeneous()
+
+    def _next_homogeneous(self) -> Batch:
+        block, k = divmod(self._step, _BLOCK)
+        if self._block is None or self._block[0] != block:
+            rng = np.random.default_rng([self.seed, 3, self.rank, block])
+            self._block = (block, rng.choice(len(self.views), size=_BLOCK, p=self.probabilities))
+        d = int(self._block[1][k])
+        epoch, pos = (int(x) for x in self._streams[d])
+        order, bounds, perm = self._epoch_batches(d, epoch)
+        b = int(perm[pos])
+        eidx = order[bounds[b]:bounds[b + 1]]
+        pos += 1
+        if pos == len(perm):
+            epoch, pos = epoch + 1, 0
+        self._streams[d] = (epoch, pos)
+        self._step += 1
+        return self._collate(np.full(len(eidx), d), eidx)
+
+    def _take(self, d: int, count: int) -> np.ndarray:
+        """Next ``count`` examples of direction d's stream (crossing epochs as needed)."""
+        parts = []
+        epoch, pos = (int(x) for x in self._streams[d])
+        while count > 0:
+            shard = self._shard(d, epoch)
+            got = shard[pos:pos + count]
+            parts.append(got)
+            count -= len(got)
+            pos += len(got)
+            if pos >= len(shard):
+                epoch, pos = epoch + 1, 0
+        self._streams[d] = (epoch, pos)
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+    def _build_pool(self) -> None:
+        self._pool_start = self._streams.copy()
+        rng = np.random.default_rng([self.seed, 4, self.rank, self._pool_index])
+        D = len(self.views)
+        counts = np.bincount(rng.choice(D, size=self._pool_examples, p=self.probabilities), minlength=D)
+        vidx = np.repeat(np.arange(D), counts)
+        eidx = np.concatenate([self._take(d, int(c)) for d, c in enumerate(counts)])
+        sizes = np.concatenate([self.views[d].size[eidx[vidx == d]] for d in range(D)])
+        mix = rng.permutation(len(eidx))
+        vidx, eidx, sizes = vidx[mix], eidx[mix], sizes[mix]
+        order = np.argsort(sizes, kind="stable")
+        bounds = _cut(sizes[order], self.max_tokens, self.max_sentences)
+        batches = [(vidx[order[a:b]], eidx[order[a:b]]) for a, b in zip(bounds[:-1], bounds[1:])]
+        self._pool = [batches[i] for i in rng.permutation(len(batches))]
+        self._pool_index += 1
+        self._consumed = 0
+
+    def _next_mixed(self) -> Batch:
+        if not self._pool:
+            self._build_pool()
+        vidx, eidx = self._pool.pop(0)
+        self._consumed += 1
+        self._step += 1
+        return self._collate(vidx, eidx)
+
+
+def eval_batches(data: PreparedData, split: str, direction: DirectionLike, max_tokens: int,
+                 source_tag: bool = False, max_examples: int | None = None,
+                 task: int | None = None, max_sentences: int | None = None) -> Iterator[Batch]:
+    """All examples of ``direction`` in ``split`` (the first ``max_examples`` if given),
+    sorted by size into ≤ max_tokens batches; ``batch.ids`` restore the file order.
+
+    An example larger than ``max_tokens`` gets a batch of its own (over budget, never
+    dropped). task: id written into ``batch.task``; default the direction's training task
+    id, or -1 for a direction that is not trained (zero-shot): the caller decides which
+    masks such a direction uses.
+    """
+    _check_budget(max_tokens, max_sentences)
+    d = as_direction(direction)
+    if task is None:
+        task = data.task_id(d) if d in data.directions else -1
+    view = _View(data, split, d, int(task), source_tag)
+    collate = _Collator(data, split, [view])
+    n = view.n if max_examples is None else min(view.n, int(max_examples))
+    order = np.argsort(view.size[:n], kind="stable")
+    sizes = view.size[order]
+    fit = int(np.searchsorted(sizes, max_tokens, side="right"))
+    bounds = list(_cut(sizes[:fit], max_tokens, max_sentences)) + list(range(fit + 1, n + 1))
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        eidx = order[a:b]
+        yield collate(np.zeros(len(eidx), dtype=np.int64), eidx)

@@ -1,0 +1,268 @@
+"""Encode a corpus once into memory-mapped token arrays (like fairseq-preprocess).
+
+Prepared folder layout (all files written atomically, ``meta.json`` last):
+
+    spm.model                 shared sentencepiece model (tags <2xx>)
+    {split}.bin               flat token ids of every line of every side of the split
+                              (uint16, or int32 when the vocabulary exceeds 65,536)
+    {split}.idx               int64 offsets into {split}.bin: side k of pair p owns the
+                              n+1 entries from its ``row`` (meta.json) on, and its line i
+                              is bin[idx[row+i]:idx[row+i+1]]
+    {split}.{a}-{b}.{lang}.txt   raw text (valid/test only), the sacrebleu references
+    {split}.{a}-{b}.kind      per-line "phrase"/"sentence" (copied from the corpus's
+                              sources.{split}.{a}-{b} when it has one)
+    meta.json                 languages, directions, pairs (rows, sizes), tiers, config
+
+One token file per split lets a batch mixing any directions be gathered with a single
+fancy index. Token arrays hold sentencepiece ids only; tags, bos and eos are added by the batcher.
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from neuronspec.nmt.data import (
+    FORMAT_VERSION, META_FILE, PIVOT, Corpus, PreparedData, iter_lines, read_kinds,
+    scan_corpus,
+)
+from neuronspec.nmt.tokenizer import Tokenizer, write_bytes_atomic
+
+log = logging.getLogger(__name__)
+
+TOKENIZER_FILE = "spm.model"
+CHUNK_LINES = 8192
+
+
+class _AtomicFile:
+    """Binary file written under a temp name in the same folder, renamed on success."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        fd, self.tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        self.f = os.fdopen(fd, "wb")
+
+    def __enter__(self):
+        return self.f
+
+    def __exit__(self, exc_type, exc, tb):
+        self.f.close()
+        if exc_type is None:
+            os.replace(self.tmp, self.path)
+        elif os.path.exists(self.tmp):
+            os.unlink(self.tmp)
+        return False
+
+
+def _write_text_atomic(path: Path, lines: Iterable[str]) -> None:
+    with _AtomicFile(path) as f:
+        for line in lines:
+            f.write(line.encode("utf-8"))
+            f.write(b"\n")
+
+
+# ------------------------------------------------------------ tokenizer sample
+def _quotas(sizes: dict[str, int], budget: int) -> dict[str, int]:
+    """Split ``budget`` sentences over languages as evenly as their sizes allow."""
+    quotas, left = {}, budget
+    order = sorted(sizes, key=lambda l: (sizes[l], l))
+    for k, lang in enumerate(order):
+        q = min(sizes[lang], left // (len(order) - k))
+        quotas[lang] = q
+        left -= q
+    return quotas
+
+
+def tokenizer_sample(corpus: Corpus, max_sentences: int, seed: int = 0) -> list[str]:
+    """A deterministic sample of training sentences, balanced over languages.
+
+    Each language gets an equal share of ``max_sentences`` (a small language's unused
+    share goes to the others); lines are drawn uniformly without replacement from all
+    training files of that language, then read in one streaming pass.
+    """
+    files: dict[str, list[tuple[Path, int]]] = {}
+    for p in corpus.pairs["train"]:
+        for lang in (p.a, p.b):
+            files.setdefault(lang, []).append((p.path(lang), p.num_lines))
+    sizes = {lang: sum(n for _, n in fs) for lang, fs in files.items()}
+    quotas = _quotas(sizes, max_sentences)
+    rng = np.random.default_rng(seed)
+    sample: list[str] = []
+    for lang in sorted(files):
+        picked = np.sort(rng.choice(sizes[lang], size=quotas[lang], replace=False))
+        start = 0
+        for path, n in files[lang]:
+            wanted = picked[(picked >= start) & (picked < start + n)] - start
+            start += n
+            if len(wanted) == 0:
+                continue
+            it = iter(wanted.tolist())
+            nxt = next(it)
+            for i, line in enumerate(iter_lines(path)):
+                if i == nxt:
+                    sample.append(line)
+                    nxt = next(it, None)
+                    if nxt is None:
+                        break
+    return sample
+
+
+# --------------------------------------------------------------------- tiers
+def resource_tiers(languages: Sequence[str], pivot: str, train_sizes: dict[str, int]) -> dict[str, str]:
+    """Resource group per non-pivot language: the EC30 group ("high"/"medium"/"low")
+    when the language is in EC30, else by training size relative to the largest pair
+    (≥ 1/3 high, ≥ 1/30 medium, else low)."""
+    from neuronspec.nmt.languages import LANGUAGES
+
+    ec30 = {code: lang.tier for code, lang in LANGUAGES.items()}
+    biggest = max(train_sizes.values())
+    tiers = {}
+    for lang in languages:
+        if lang == pivot:
+            continue
+        if lang in ec30:
+            tiers[lang] = ec30[lang]
+        else:
+            r = train_sizes[lang] / biggest
+            tiers[lang] = "high" if r >= 1 / 3 else "medium" if r >= 1 / 30 else "low"
+    return tiers
+
+
+# ------------------------------------------------------------------ encoding
+def _encode_side(tok: Tokenizer, path: Path, num_lines: int, fb, fi, pos: int, dtype: np.dtype,
+                 bar, num_threads: int, keep_text: Path | None) -> int:
+    """Append one side file's tokens to ``fb`` and its n+1 offsets (starting at ``pos``)
+    to ``fi`` (and write a .txt copy); returns the new token position."""
+    row = 0
+    np.array([pos], dtype=np.int64).tofile(fi)
+    with contextlib.ExitStack() as stack:
+        ft = stack.enter_context(_AtomicFile(keep_text)) if keep_text is not None else None
+        lines = iter_lines(path)
+        while chunk := list(itertools.islice(lines, CHUNK_LINES)):
+            if row + len(chunk) > num_lines:
+                raise ValueError(f"corpus: {path} changed while being read (more than {num_lines} lines)")
+            ids = tok.encode_batch(chunk, num_threads=num_threads)
+            lens = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+            total = int(lens.sum())
+            np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=total).tofile(fb)
+            (pos + np.cumsum(lens)).tofile(fi)
+            pos += total
+            row += len(chunk)
+            if ft is not None:
+                ft.write(("\n".join(chunk) + "\n").encode("utf-8"))
+            bar.update(len(chunk))
+        if row != num_lines:
+            raise ValueError(f"corpus: {path} changed while being read ({row} lines, expected {num_lines})")
+    return pos
+
+
+def prepare_corpus(
+    corpus_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    vocab_size: int = 8000,
+    langs: Sequence[str] | None = None,
+    pivot: str = PIVOT,
+    tokenizer_sentences: int = 200_000,
+    character_coverage: float = 1.0,
+    model_type: str = "unigram",
+    seed: int = 0,
+    num_threads: int | None = None,
+    progress: bool = True,
+) -> PreparedData:
+    """Validate ``corpus_dir``, train the shared tokenizer, binarize every split/pair.
+
+    vocab_size: sentencepiece vocabulary (soft limit). langs: restrict to these languages.
+    tokenizer_sentences: size of the balanced, deterministic training sample for the
+    tokenizer. Returns the loaded ``PreparedData`` of ``out_dir``.
+    """
+    if not isinstance(tokenizer_sentences, int) or tokenizer_sentences <= 0:
+        raise ValueError(f"tokenizer_sentences: must be a positive int, got {tokenizer_sentences!r}")
+    t0 = time.perf_counter()
+    corpus = scan_corpus(corpus_dir, langs=langs, pivot=pivot)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / META_FILE).exists():
+        (out / META_FILE).unlink()  # the folder is incomplete until the new meta.json lands
+    num_threads = num_threads or min(4, os.cpu_count() or 1)
+
+    sample = tokenizer_sample(corpus, tokenizer_sentences, seed=seed)
+    log.info("training sentencepiece (vocab %d) on %d sampled sentences", vocab_size, len(sample))
+    tok = Tokenizer.train(sample, out / TOKENIZER_FILE[: -len(".model")], vocab_size, corpus.languages,
+                          model_type=model_type, character_coverage=character_coverage,
+                          num_threads=num_threads)
+    del sample
+    t_tok = time.perf_counter() - t0
+    dtype = np.dtype(np.uint16) if len(tok) <= np.iinfo(np.uint16).max + 1 else np.dtype(np.int32)
+
+    total_lines = sum(2 * p.num_lines for ps in corpus.pairs.values() for p in ps)
+    pairs_meta: dict[str, dict[str, dict]] = {}
+    splits_meta: dict[str, dict] = {}
+    n_tokens = 0
+    with tqdm(total=total_lines, unit="line", desc="binarize", disable=not progress, mininterval=1.0) as bar:
+        for split, pairs in corpus.pairs.items():
+            pos = row = 0
+            with _AtomicFile(out / f"{split}.bin") as fb, _AtomicFile(out / f"{split}.idx") as fi:
+                for p in pairs:
+                    entry = {"a": p.a, "b": p.b, "num": p.num_lines, "rows": {}, "texts": None, "kinds": None}
+                    keep_text = split != "train"
+                    if keep_text:
+                        entry["texts"] = {}
+                    for lang in (p.a, p.b):
+                        txt = out / f"{split}.{p.name}.{lang}.txt" if keep_text else None
+                        start = pos
+                        pos = _encode_side(tok, p.path(lang), p.num_lines, fb, fi, pos, dtype, bar,
+                                           num_threads, txt)
+                        entry["rows"][lang] = row
+                        row += p.num_lines + 1
+                        n_tokens += pos - start
+                        if keep_text:
+                            entry["texts"][lang] = txt.name
+                    if p.kinds_path is not None:
+                        kinds = read_kinds(p.kinds_path, p.num_lines)
+                        name = f"{split}.{p.name}.kind"
+                        _write_text_atomic(out / name, kinds)
+                        entry["kinds"] = name
+                    pairs_meta.setdefault(split, {})[p.name] = entry
+            splits_meta[split] = {"bin": f"{split}.bin", "idx": f"{split}.idx", "tokens": pos, "rows": row}
+
+    train_sizes = {}
+    for p in corpus.pairs["train"]:
+        train_sizes[p.b if p.a == pivot else p.a] = p.num_lines
+    meta = {
+        "format": FORMAT_VERSION,
+        "tokenizer": TOKENIZER_FILE,
+        "vocab_size": len(tok),
+        "dtype": dtype.name,
+        "pivot": pivot,
+        "languages": corpus.languages,
+        "directions": [list(d) for d in corpus.train_directions],
+        "tiers": resource_tiers(corpus.languages, pivot, train_sizes),
+        "train_sizes": train_sizes,
+        "splits": splits_meta,
+        "pairs": pairs_meta,
+        "config": {
+            "corpus": os.path.abspath(os.fspath(corpus_dir)),
+            "vocab_size": vocab_size,
+            "langs": [l for l in corpus.languages if l != pivot] if langs is not None else None,
+            "tokenizer_sentences": tokenizer_sentences,
+            "character_coverage": character_coverage,
+            "model_type": model_type,
+            "seed": seed,
+        },
+    }
+    write_bytes_atomic(out / META_FILE, json.dumps(meta, indent=1, ensure_ascii=False).encode("utf-8"))
+    dt = time.perf_counter() - t0
+    log.info("prepared %s: %d languages, %d training directions, %d lines, %d tokens, vocab %d "
+             "(tokenizer %.1fs, total %.1fs)", out, len(corpus.languages), len(corpus.train_directions),
+             total_lines, n_tokens, len(tok), t_tok, dt)
+    return PreparedData.load(out)

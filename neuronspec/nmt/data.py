@@ -1,0 +1,439 @@
+"""Parallel corpus in the EC30 layout, and the prepared (binarized) form the trainer reads.
+
+Corpus folder (searched recursively): ``{split}.{a}-{b}.{a}`` / ``{split}.{a}-{b}.{b}``,
+one sentence per line, line i of one side translating line i of the other; split in
+train / valid / test. Pivot-centric (English-centric) pair files ``en-xx`` (or ``xx-en``)
+give two training directions, en→xx and xx→en. A valid/test pair without the pivot
+(``test.de-fr.*``) gives zero-shot evaluation directions de→fr and fr→de, never trained.
+An optional ``sources.{split}.{a}-{b}`` (one "phrase"/"sentence" a line, as the built-in
+corpus writes) gives the kind of each line.
+
+``scan_corpus`` validates the folder (missing side, misaligned line counts, malformed
+language codes, languages asked for but absent, empty corpus) and returns a ``Corpus``;
+``neuronspec.nmt.binarize.prepare_corpus`` turns it into a prepared folder that
+``PreparedData.load`` reads through memory maps.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence, Union
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "valid", "test")
+PIVOT = "en"
+KINDS = ("phrase", "sentence")
+META_FILE = "meta.json"
+FORMAT_VERSION = 2
+
+Direction = tuple[str, str]
+DirectionLike = Union[Direction, Sequence[str], str]
+
+# ISO 639 code, optionally with underscore subtags (pt_BR, sr_Latn). No '-' and no '.',
+# which separate the parts of a file name.
+_LANG_RE = re.compile(r"^[a-z]{2,3}(_[A-Za-z0-9]{2,8})*$")
+_FILE_RE = re.compile(r"^(train|valid|test)\.([^.\-]+)-([^.\-]+)\.([^.]+)$")
+
+
+def check_lang(code: str, what: str = "lang") -> str:
+    """Return ``code`` if well formed (``de``, ``kab``, ``pt_BR``), else ValueError."""
+    if not isinstance(code, str) or not _LANG_RE.match(code):
+        raise ValueError(
+            f"{what}: malformed language code {code!r} (expected 2-3 lowercase letters, "
+            "optionally with '_' subtags such as pt_BR)"
+        )
+    return code
+
+
+def as_direction(direction: DirectionLike) -> Direction:
+    """``("de", "en")``, ``["de", "en"]`` or ``"de-en"`` -> ``("de", "en")``."""
+    if isinstance(direction, str):
+        parts = direction.split("-")
+    else:
+        parts = list(direction)
+    if len(parts) != 2 or not all(isinstance(p, str) for p in parts):
+        raise ValueError(f"direction: expected 'src-tgt' or (src, tgt), got {direction!r}")
+    return (parts[0], parts[1])
+
+
+def direction_name(direction: DirectionLike) -> str:
+    s, t = as_direction(direction)
+    return f"{s}-{t}"
+
+
+def count_lines(path: str | os.PathLike, chunk: int = 1 << 24) -> int:
+    """Lines in a file: ``\\n`` count, plus one for a last line without ``\\n``."""
+    n, last = 0, b"\n"
+    with open(path, "rb") as f:
+        while True:
+            buf = f.read(chunk)
+            if not buf:
+                break
+            n += buf.count(b"\n")
+            last = buf[-1:]
+    return n + (last != b"\n")
+
+
+def iter_lines(path: str | os.PathLike) -> Iterator[str]:
+    """Lines of a UTF-8 file without the line ending (``\\n`` or ``\\r\\n``).
+
+    Splits on ``\\n`` only (so U+2028 or a lone ``\\r`` inside a line stay); a decoding
+    error is a ValueError naming the file and the line.
+    """
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"corpus: {os.fspath(path)} line {i} is not valid UTF-8 ({e.reason})") from None
+            if line.endswith("\n"):
+                line = line[:-1]
+                if line.endswith("\r"):
+                    line = line[:-1]
+            yield line
+
+
+# ------------------------------------------------------------------ raw corpus
+@dataclass(frozen=True)
+class PairFiles:
+    """Both sides of one split of one language pair ``a-b``."""
+
+    split: str
+    a: str
+    b: str
+    path_a: Path
+    path_b: Path
+    num_lines: int
+    kinds_path: Path | None = None  # per-line "phrase"/"sentence" manifest, if the corpus has one
+
+    @property
+    def name(self) -> str:
+        return f"{self.a}-{self.b}"
+
+    def path(self, lang: str) -> Path:
+        if lang == self.a:
+            return self.path_a
+        if lang == self.b:
+            return self.path_b
+        raise ValueError(f"lang: {lang!r} is not a side of pair {self.name}")
+
+    def directions(self) -> list[Direction]:
+        return [(self.a, self.b), (self.b, self.a)]
+
+
+@dataclass
+class Corpus:
+    """A validated corpus folder: which pair files exist per split, and their sizes."""
+
+    root: Path
+    pivot: str
+    languages: list[str]  # pivot first, then the others sorted
+    pairs: dict[str, list[PairFiles]] = field(default_factory=dict)  # split -> pairs
+
+    @property
+    def train_directions(self) -> list[Direction]:
+        """pivot→x for every x, then x→pivot for every x (x sorted)."""
+        others = [l for l in self.languages if l != self.pivot]
+        return [(self.pivot, x) for x in others] + [(x, self.pivot) for x in others]
+
+    def pair_for(self, split: str, direction: DirectionLike) -> PairFiles | None:
+        s, t = as_direction(direction)
+        for p in self.pairs.get(split, []):
+            if {p.a, p.b} == {s, t}:
+                return p
+        return None
+
+
+def scan_corpus(
+    folder: str | os.PathLike,
+    langs: Sequence[str] | None = None,
+    pivot: str = PIVOT,
+) -> Corpus:
+    """Find and validate the pair files of ``folder``.
+
+    langs: restrict to these languages (a list, or "de,fr") besides the pivot; each must
+    have a training pair with the pivot. Pairs that involve other languages are left out. Languages
+    outside EC30 are fine; only malformed codes are rejected.
+    Errors (ValueError): folder missing; a pair with one side missing (names the file);
+    line counts differ (names both files and counts); malformed codes; a ``langs`` entry
+    without training files; an empty training pair; no pivot-centric training pair.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise ValueError(f"corpus: folder {os.fspath(folder)!r} does not exist")
+    check_lang(pivot, "pivot")
+    wanted = None
+    if langs is not None:
+        if isinstance(langs, str):  # "de,fr"
+            langs = [x.strip() for x in langs.split(",") if x.strip()]
+        wanted = {check_lang(l, "langs") for l in langs} - {pivot}
+        if not wanted:
+            raise ValueError(f"langs: no language besides the pivot {pivot!r} in {list(langs)}")
+
+    # Group side files by (split, a, b). Recursive; the same name twice is ambiguous.
+    groups: dict[tuple[str, str, str], dict[str, Path]] = {}
+    seen: dict[str, Path] = {}
+    for path in sorted(root.rglob("*")):
+        m = _FILE_RE.match(path.name)
+        if not m or not path.is_file():
+            continue
+        split, a, b, side = m.groups()
+        if side not in (a, b):
+            continue  # e.g. a manifest next to the pair files
+        check_lang(a, f"corpus file {path}")
+        check_lang(b, f"corpus file {path}")
+        if a == b:
+            raise ValueError(f"corpus: file {path} pairs a language with itself")
+        if path.name in seen:
+            raise ValueError(f"corpus: {path.name} found twice: {seen[path.name]} and {path}")
+        seen[path.name] = path
+        groups.setdefault((split, a, b), {})[side] = path
+    if not groups:
+        raise ValueError(
+            f"corpus: no pair files found in {root} (expected names like train.{pivot}-de.{pivot} "
+            f"and train.{pivot}-de.de)"
+        )
+
+    # Which languages take part: those with a pivot-centric training pair (∩ langs).
+    trained = set()
+    for (split, a, b) in groups:
+        if split == "train" and pivot in (a, b):
+            trained.add(b if a == pivot else a)
+    if wanted is not None:
+        missing = sorted(wanted - trained)
+        if missing:
+            raise ValueError(
+                f"langs: no training files for {missing} in {root} (expected train.{pivot}-xx.{pivot} / "
+                f"train.{pivot}-xx.xx); languages with training pairs: {sorted(trained)}"
+            )
+        trained = wanted
+    if not trained:
+        raise ValueError(
+            f"corpus: no {pivot}-centric training pair in {root} (expected train.{pivot}-xx.{pivot} "
+            f"and train.{pivot}-xx.xx)"
+        )
+    keep = trained | {pivot}
+
+    pairs: dict[str, list[PairFiles]] = {s: [] for s in SPLITS}
+    pair_keys: dict[tuple[str, frozenset], str] = {}
+    for (split, a, b), sides in sorted(groups.items()):
+        if not {a, b} <= keep:
+            if wanted is None:
+                log.warning("corpus: %s.%s-%s left out: a language without a %s-centric training pair",
+                            split, a, b, pivot)
+            continue
+        if split == "train" and pivot not in (a, b):
+            log.warning("corpus: train.%s-%s left out: only %s-centric directions are trained", a, b, pivot)
+            continue
+        for lang in (a, b):
+            if lang not in sides:
+                other = sides[b if lang == a else a]
+                raise ValueError(
+                    f"corpus: missing file {other.parent / f'{split}.{a}-{b}.{lang}'} "
+                    f"(the other side {other} exists)"
+                )
+        key = (split, frozenset((a, b)))
+        if key in pair_keys:
+            raise ValueError(f"corpus: both {pair_keys[key]} and {split}.{a}-{b} exist; keep one of them")
+        pair_keys[key] = f"{split}.{a}-{b}"
+        na, nb = count_lines(sides[a]), count_lines(sides[b])
+        if na != nb:
+            raise ValueError(
+                f"corpus: misaligned pair: {sides[a]} has {na} lines but {sides[b]} has {nb} lines"
+            )
+        if na == 0:
+            if split == "train":
+                raise ValueError(f"corpus: empty training pair: {sides[a]} and {sides[b]} have 0 lines")
+            log.warning("corpus: %s and %s are empty; left out", sides[a], sides[b])
+            continue
+        kinds = find_kinds_file(sides[a].parent, split, a, b)
+        pairs[split].append(PairFiles(split, a, b, sides[a], sides[b], na, kinds))
+    languages = [pivot] + sorted(trained)
+    corpus = Corpus(root=root, pivot=pivot, languages=languages,
+                    pairs={s: p for s, p in pairs.items() if p})
+    log.info("corpus %s: %d languages, pairs per split: %s", root, len(languages),
+             {s: len(p) for s, p in corpus.pairs.items()})
+    return corpus
+
+
+# ------------------------------------------------------------ kinds manifests
+def find_kinds_file(folder: Path, split: str, a: str, b: str) -> Path | None:
+    """``sources.{split}.{a}-{b}`` next to the pair, if present: one kind a line,
+    "phrase" or "sentence" (the manifest ``neuronspec data builtin`` writes)."""
+    p = folder / f"sources.{split}.{a}-{b}"
+    return p if p.is_file() else None
+
+
+def read_kinds(path: Path, num_lines: int) -> list[str]:
+    """Per-line kinds ("phrase" / "sentence") of a pair; validated against its length."""
+    kinds = list(iter_lines(path))
+    if len(kinds) != num_lines:
+        raise ValueError(f"corpus: kind manifest {path} has {len(kinds)} lines, the pair has {num_lines}")
+    bad = sorted(set(kinds) - set(KINDS))
+    if bad:
+        raise ValueError(f"corpus: kind manifest {path} has unknown kinds {bad[:5]} (expected {KINDS})")
+    return kinds
+
+
+# ------------------------------------------------------------- prepared data
+def _open_map(path: Path, dtype, count: int) -> np.ndarray:
+    if count == 0:
+        return np.zeros(0, dtype=dtype)
+    # A plain ndarray view of the map: slicing a np.memmap subclass is several times slower.
+    return np.memmap(path, dtype=dtype, mode="r", shape=(count,)).view(np.ndarray)
+
+
+class PreparedData:
+    """A prepared folder (``neuronspec data prepare``), read through memory maps.
+
+    ``directions`` are the training directions (task id = index). Any split may also
+    hold zero-shot directions (non-pivot pairs); ``eval_directions(split)`` lists all.
+    Token arrays hold sentencepiece ids only: no tags, no bos/eos (the batcher adds them).
+    """
+
+    def __init__(self, root: str | os.PathLike):
+        from neuronspec.nmt.tokenizer import Tokenizer
+
+        self.root = Path(root)
+        meta_path = self.root / META_FILE
+        if not meta_path.is_file():
+            raise ValueError(f"path: {os.fspath(root)!r} is not a prepared folder (no {META_FILE}); "
+                             "run `neuronspec data prepare` first")
+        with open(meta_path, encoding="utf-8") as f:
+            self.meta = json.load(f)
+        if self.meta.get("format") != FORMAT_VERSION:
+            raise ValueError(f"path: {meta_path} has format {self.meta.get('format')}, expected {FORMAT_VERSION}")
+        self.tokenizer = Tokenizer.load(self.root / self.meta["tokenizer"])
+        self.pivot: str = self.meta["pivot"]
+        self.languages: list[str] = list(self.meta["languages"])
+        self.directions: list[Direction] = [tuple(d) for d in self.meta["directions"]]
+        self.tiers: dict[str, str] = dict(self.meta["tiers"])
+        self.dtype: str = self.meta["dtype"]
+        self._task = {d: i for i, d in enumerate(self.directions)}
+        # split -> {bin, idx, tokens, rows}; split -> pair name -> {a, b, num, rows, kinds, texts}
+        self._splits: dict[str, dict] = self.meta["splits"]
+        self._pairs: dict[str, dict[str, dict]] = self.meta["pairs"]
+        self._cache: dict[tuple, object] = {}
+
+    @classmethod
+    def load(cls, root: str | os.PathLike) -> "PreparedData":
+        return cls(root)
+
+    def __repr__(self) -> str:
+        return (f"PreparedData({os.fspath(self.root)!r}, {len(self.languages)} languages, "
+                f"{len(self.directions)} training directions, vocab {len(self.tokenizer)})")
+
+    # ---------------------------------------------------------------- lookup
+    @property
+    def splits(self) -> list[str]:
+        return [s for s in SPLITS if self._pairs.get(s)]
+
+    def task_id(self, direction: DirectionLike) -> int:
+        """Index of a training direction; ValueError for others (e.g. zero-shot)."""
+        d = as_direction(direction)
+        try:
+            return self._task[d]
+        except KeyError:
+            raise ValueError(f"direction: {direction_name(d)} is not a training direction") from None
+
+    def eval_directions(self, split: str) -> list[Direction]:
+        """Every direction with data in ``split``: training ones first, then zero-shot."""
+        have = set()
+        for e in self._pairs.get(split, {}).values():
+            have.update({(e["a"], e["b"]), (e["b"], e["a"])})
+        trained = [d for d in self.directions if d in have]
+        return trained + sorted(have - set(trained))
+
+    def zero_shot_directions(self, split: str = "test") -> list[Direction]:
+        """Directions of ``split`` that are not trained (non-pivot pairs)."""
+        return [d for d in self.eval_directions(split) if d not in self._task]
+
+    def has(self, split: str, direction: DirectionLike) -> bool:
+        return self._find(split, direction, required=False) is not None
+
+    def _find(self, split: str, direction: DirectionLike, required: bool = True) -> dict | None:
+        if split not in SPLITS:
+            raise ValueError(f"split: expected one of {SPLITS}, got {split!r}")
+        s, t = as_direction(direction)
+        for e in self._pairs.get(split, {}).values():
+            if {e["a"], e["b"]} == {s, t}:
+                return e
+        if required:
+            raise ValueError(f"direction: no {split} data for {s}-{t} in {self.root} "
+                             f"(available: {[direction_name(d) for d in self.eval_directions(split)]})")
+        return None
+
+    def num_examples(self, split: str, direction: DirectionLike) -> int:
+        """Examples of ``direction`` in ``split`` (0 if that split has none for it)."""
+        e = self._find(split, direction, required=False)
+        return 0 if e is None else int(e["num"])
+
+    # ---------------------------------------------------------------- arrays
+    def split_arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """(tokens [total], index int64 [rows]) of a whole split, both memory-mapped."""
+        key = ("split", split)
+        if key not in self._cache:
+            if split not in self._splits:
+                raise ValueError(f"split: no {split!r} data in {self.root}")
+            f = self._splits[split]
+            tokens = _open_map(self.root / f["bin"], self.dtype, int(f["tokens"]))
+            index = _open_map(self.root / f["idx"], np.int64, int(f["rows"]))
+            self._cache[key] = (tokens, index)
+        return self._cache[key]
+
+    def rows(self, split: str, direction: DirectionLike) -> tuple[int, int, int]:
+        """(src_row, tgt_row, n): example i of ``direction`` has source tokens
+        ``tokens[index[src_row+i]:index[src_row+i+1]]`` (same for the target)."""
+        s, t = as_direction(direction)
+        e = self._find(split, (s, t))
+        return int(e["rows"][s]), int(e["rows"][t]), int(e["num"])
+
+    def arrays(self, split: str, direction: DirectionLike):
+        """(src_tokens, src_offsets [n+1], tgt_tokens, tgt_offsets [n+1]) of ``direction``;
+        line i of a side is ``tokens[offsets[i]:offsets[i+1]]``."""
+        tokens, index = self.split_arrays(split)
+        sr, tr, n = self.rows(split, direction)
+        return tokens, index[sr:sr + n + 1], tokens, index[tr:tr + n + 1]
+
+    def lengths(self, split: str, direction: DirectionLike) -> tuple[np.ndarray, np.ndarray]:
+        """sentencepiece lengths (src [n], tgt [n], int64) without tags/bos/eos."""
+        _, so, _, to = self.arrays(split, direction)
+        return np.diff(so), np.diff(to)
+
+    def example(self, split: str, direction: DirectionLike, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(src_ids, tgt_ids) of example ``i``: int64 arrays without tags/eos."""
+        st, so, tt, to = self.arrays(split, direction)
+        n = len(so) - 1
+        if not 0 <= i < n:
+            raise ValueError(f"i: index {i} out of range for {split} {direction_name(direction)} ({n} examples)")
+        return (np.asarray(st[so[i]:so[i + 1]], dtype=np.int64),
+                np.asarray(tt[to[i]:to[i + 1]], dtype=np.int64))
+
+    # ----------------------------------------------------------------- texts
+    def texts(self, split: str, direction: DirectionLike) -> tuple[list[str], list[str]]:
+        """Raw (sources, references) of ``direction`` in ``split`` (valid/test only)."""
+        s, t = as_direction(direction)
+        e = self._find(split, (s, t))
+        if not e.get("texts"):
+            raise ValueError(f"split: raw texts are kept for valid/test only, not {split!r}")
+        return self._text(e["texts"][s]), self._text(e["texts"][t])
+
+    def _text(self, name: str) -> list[str]:
+        key = ("text", name)
+        if key not in self._cache:
+            self._cache[key] = list(iter_lines(self.root / name))
+        return list(self._cache[key])
+
+    def kinds(self, split: str, direction: DirectionLike) -> list[str] | None:
+        """Per-example kind ("phrase" / "sentence") if the corpus provided it, else None."""
+        e = self._find(split, direction)
+        if not e.get("kinds"):
+            return None
+        return self._text(e["kinds"])
