@@ -1,0 +1,241 @@
+"""`triton` backend: masked FFN forward/backward and fused counting as grouped Triton kernels.
+
+Per call the launcher sorts tokens by task (stable; skipped when the batch has one task) and
+passes `tok_start` [T+1] (task t owns sorted rows tok_start[t]:tok_start[t+1]) to kernels
+that tile over (task token tile, block of the task's active neurons) and gather weight rows
+by index inside the kernel (kernels: triton_masked_ffn.py, triton_count.py). No host sync:
+grids use upper bounds (cdiv(N, BM) + T token tiles, cdiv(f, BN) neuron blocks) and idle
+programs exit at once. The O((T + N)·f·d / N) bias terms of DESIGN §2 (c_t, db1[I], dW2[:, I],
+db2) are torch ops here.
+
+Saved for backward: Z_A packed in an [N, f] buffer in task-sorted row order (row r holds its
+task's k_t pre-activations in columns 0..k_t-1), like the torch backend.
+Precision: fp32 accumulation (fp64 for fp64 inputs); fp32 inputs use TF32 only when
+torch.backends.cuda.matmul.allow_tf32 is set. fp64 runs these kernels under the interpreter
+(so gradcheck works on CPU); on CUDA fp64 falls back to the torch backend's math.
+Shared neurons' dW1/dW2 rows accumulate with fp32 atomics when a batch has several tasks
+(result order-dependent in the last bits); one task stores directly.
+"""
+from __future__ import annotations
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+
+    from . import triton_count, triton_masked_ffn
+    from .triton_common import INTERPRETED
+
+    _IMPORT_ERROR = None
+except ImportError as e:  # triton missing or broken: available() says why
+    _IMPORT_ERROR = e
+
+from . import torch_backend
+from .activations import act, act_grad
+
+ACTIVATION_CODES = {"relu": 0, "gelu": 1}
+
+
+def available(device: torch.device) -> str | None:
+    """None on CUDA when Triton imports, on CPU only with TRITON_INTERPRET=1; else why not."""
+    if _IMPORT_ERROR is not None:
+        return f"triton does not import: {_IMPORT_ERROR}"
+    if device.type == "cuda":
+        return None if INTERPRETED or torch.cuda.is_available() else "CUDA is not available"
+    if device.type == "cpu":
+        if INTERPRETED:
+            return None
+        return "Triton runs on CPU only under its interpreter: set TRITON_INTERPRET=1 before importing neuronspec"
+    return f"Triton kernels do not run on device type {device.type!r}"
+
+
+# ---- autotune configs ------------------------------------------------------------------------
+def _gemm_configs():
+    """Tiles for gather_n / gather_k / counting (BM tokens, BN outputs, BK reduction)."""
+    if _IMPORT_ERROR is None and INTERPRETED:  # tiny grids: every program runs in Python
+        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32}, num_warps=1)]
+    return [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
+        for bm, bn, bk, w, s in [
+            (128, 128, 64, 8, 3), (128, 128, 32, 4, 4), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4),
+            (64, 64, 64, 4, 4), (128, 256, 64, 8, 3), (64, 128, 32, 4, 3), (128, 64, 32, 4, 3),
+        ]
+    ]
+
+
+def _scatter_configs():
+    """Tiles for scatter_rows (BM active neurons, BN output columns, BK tokens)."""
+    if _IMPORT_ERROR is None and INTERPRETED:
+        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 16}, num_warps=1)]
+    return [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
+        for bm, bn, bk, w, s in [
+            (128, 128, 64, 8, 3), (128, 128, 32, 4, 4), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4),
+            (64, 64, 64, 4, 4), (64, 64, 32, 4, 3),
+        ]
+    ]
+
+
+if _IMPORT_ERROR is None:
+    _gather_n = triton.autotune(_gemm_configs(), key=["K", "F", "MODE"], reset_to_zero=["db_ptr"])(
+        triton_masked_ffn.gather_n_kernel)
+    _gather_k = triton.autotune(_gemm_configs(), key=["NOUT", "F"])(triton_masked_ffn.gather_k_kernel)
+    _scatter_rows = triton.autotune(_scatter_configs(), key=["NOUT", "F", "ATOMIC"], reset_to_zero=["out_ptr"])(
+        triton_masked_ffn.scatter_rows_kernel)
+    _count = triton.autotune(_gemm_configs(), key=["K", "F", "WRITE_OUTPUT"], reset_to_zero=["counts_ptr"])(
+        triton_count.fc1_act_count_kernel)
+
+
+# ---- launch helpers ----------------------------------------------------------------------------
+def _grouping(task_ids: torch.Tensor, task: int, offsets: torch.Tensor, n: int):
+    """→ (perm int32 [N] or None, tok_start int32 [T'+1], task offsets int32 [T'+1], T',
+    task rows [T'] long: which rows of the caller's [T, ...] tables the T' groups are)."""
+    num_tasks = offsets.numel() - 1
+    dev = offsets.device
+    if task >= 0:
+        tok_start = torch.tensor([0, n], dtype=torch.int32, device=dev)
+        return None, tok_start, offsets[task : task + 2], 1, torch.tensor([task], device=dev)
+    perm = torch.argsort(task_ids, stable=True).to(torch.int32)
+    sizes = torch.zeros(num_tasks, dtype=torch.int64, device=dev).index_add_(0, task_ids, torch.ones_like(task_ids))
+    tok_start = torch.zeros(num_tasks + 1, dtype=torch.int32, device=dev)
+    tok_start[1:] = torch.cumsum(sizes, 0)
+    return perm, tok_start, offsets, num_tasks, torch.arange(num_tasks, device=dev)
+
+
+def _inactive(indices: torch.Tensor, offsets: torch.Tensor, f: int, rows: torch.Tensor, dtype) -> torch.Tensor:
+    """Dense 0/1 inactive masks [len(rows), f] of the tasks `rows` (no host sync)."""
+    num_tasks = offsets.numel() - 1
+    sizes = (offsets[1:] - offsets[:-1]).long()
+    owner = torch.repeat_interleave(torch.arange(num_tasks, device=indices.device), sizes,
+                                    output_size=indices.numel())
+    m = torch.ones(num_tasks, f, dtype=dtype, device=indices.device)
+    m[owner, indices.long()] = 0
+    return m.index_select(0, rows)
+
+
+def _acc_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _meta(x: torch.Tensor) -> dict:
+    """Compile-time flags shared by all kernels for inputs like x."""
+    fp64 = x.dtype == torch.float64
+    # input_precision only matters for fp32 operands: exact unless torch allows TF32 matmuls
+    exact_fp32 = x.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
+    return dict(UPCAST=INTERPRETED or fp64, PRECISION="ieee" if exact_fp32 else "tf32",
+                ACC=tl.float64 if fp64 else tl.float32)
+
+
+def _use_torch(x: torch.Tensor) -> bool:
+    return x.dtype == torch.float64 and not INTERPRETED
+
+
+def _tiles(n, num_groups, meta, block_cols, cols):
+    return (triton.cdiv(n, meta["BLOCK_M"]) + num_groups, triton.cdiv(cols, meta[block_cols]))
+
+
+# ---- backend protocol ----------------------------------------------------------------------------
+def masked_ffn_fwd(x, w1, b1, w2, b2, indices, offsets, task_ids, task, activation, mask_bias):
+    """→ (y [N, d_out], z packed [N, f] in task-sorted order)."""
+    if _use_torch(x):
+        return torch_backend.masked_ffn_fwd(x, w1, b1, w2, b2, indices, offsets, task_ids, task, activation,
+                                            mask_bias)
+    n, d = x.shape
+    f, d_out = w1.shape[0], w2.shape[0]
+    perm, tok_start, offs, groups, rows = _grouping(task_ids, task, offsets, n)
+    acc_dtype = _acc_dtype(x.dtype)
+    # per-group output bias b2 + c_t, c_t = act(b1[I]) W2[:, I]ᵀ
+    if mask_bias:
+        bias, bias_stride = b2.to(acc_dtype), 0
+    else:
+        hb = act(b1.to(acc_dtype), activation) * _inactive(indices, offsets, f, rows, acc_dtype)
+        bias, bias_stride = (hb @ w2.to(acc_dtype).t() + b2.to(acc_dtype)).contiguous(), d_out
+    z = x.new_zeros(n, f)  # columns past k_t stay 0: the op's second output is deterministic
+    y = x.new_empty(n, d_out)
+    if n == 0:
+        return y, z
+    h = x.new_empty(n, f)
+    meta = _meta(x)
+    perm_arg = tok_start if perm is None else perm
+    act_code = ACTIVATION_CODES[activation]
+    unused = torch.zeros(1, dtype=acc_dtype, device=x.device)  # db_ptr: backward only
+    _gather_n[lambda m: _tiles(n, groups, m, "BLOCK_N", f)](
+        x, perm_arg, w1, indices, offs, tok_start, groups, b1, z, h, h, unused, d, f,
+        MODE=0, ACT=act_code, HAS_PERM=perm is not None, **meta)
+    if d_out:
+        w2t = w2.t().contiguous()
+        _gather_k[lambda m: _tiles(n, groups, m, "BLOCK_N", d_out)](
+            h, perm_arg, w2t, indices, offs, tok_start, groups, bias, bias_stride, y, d_out, f,
+            HAS_BIAS=True, HAS_PERM=perm is not None, **meta)
+    return y, z
+
+
+def masked_ffn_bwd(dy, x, w1, b1, w2, b2, indices, offsets, task_ids, task, z, activation, mask_bias):
+    """→ (dx, dw1, db1, dw2, db2) for the packed z saved by masked_ffn_fwd."""
+    if _use_torch(x):
+        return torch_backend.masked_ffn_bwd(dy, x, w1, b1, w2, b2, indices, offsets, task_ids, task, z,
+                                            activation, mask_bias)
+    n, d = x.shape
+    f, d_out = w1.shape[0], w2.shape[0]
+    perm, tok_start, offs, groups, rows = _grouping(task_ids, task, offsets, n)
+    acc_dtype = _acc_dtype(x.dtype)
+    atomic = groups > 1  # neurons shared by tasks: rows of dW1 / dW2ᵀ get several contributions
+    buf_dtype = acc_dtype if atomic else x.dtype
+    dx = x.new_empty(n, d)
+    db1 = torch.zeros(f, dtype=acc_dtype, device=x.device)
+    dw1 = torch.zeros(f, d, dtype=buf_dtype, device=x.device)
+    dw2t = torch.zeros(f, d_out, dtype=buf_dtype, device=x.device)
+    if n:
+        meta = _meta(x)
+        perm_arg = tok_start if perm is None else perm
+        has_perm = perm is not None
+        dz, h = x.new_empty(n, f), x.new_empty(n, f)
+        w2t = w2.t().contiguous()
+        _gather_n[lambda m: _tiles(n, groups, m, "BLOCK_N", f)](
+            dy, perm_arg, w2t, indices, offs, tok_start, groups, b1, z, dz, h, db1, d_out, f,
+            MODE=1, ACT=ACTIVATION_CODES[activation], HAS_PERM=has_perm, **meta)
+        if d:
+            _gather_k[lambda m: _tiles(n, groups, m, "BLOCK_N", d)](
+                dz, perm_arg, w1, indices, offs, tok_start, groups, b1, 0, dx, d, f,
+                HAS_BIAS=False, HAS_PERM=has_perm, **meta)
+        for p, a, out, cols in ((dz, x, dw1, d), (h, dy, dw2t, d_out)):
+            if cols:
+                _scatter_rows[lambda m: (groups, triton.cdiv(f, m["BLOCK_M"]), triton.cdiv(cols, m["BLOCK_N"]))](
+                    p, perm_arg, a, indices, offs, tok_start, out, cols, f,
+                    ATOMIC=atomic, HAS_PERM=has_perm, **meta)
+    dw2 = dw2t.t().to(acc_dtype)
+    dyf = dy.to(acc_dtype)
+    if not mask_bias:  # inactive neurons output the constant act(b1_i) (DESIGN §2)
+        if task >= 0:
+            sdy = dyf.sum(0, keepdim=True)
+        else:
+            sdy = torch.zeros(groups, d_out, dtype=acc_dtype, device=x.device).index_add_(0, task_ids, dyf)
+        inactive = _inactive(indices, offsets, f, rows, acc_dtype)
+        b1f = b1.to(acc_dtype)
+        db1 += act_grad(b1f, activation) * (inactive * (sdy @ w2.to(acc_dtype))).sum(0)
+        dw2 = dw2 + sdy.t() @ (inactive * act(b1f, activation))
+    return dx, dw1.to(x.dtype), db1.to(x.dtype), dw2.to(x.dtype), dyf.sum(0).to(x.dtype)
+
+
+def fc1_act_count(x, w1, b1, counts, task_ids, task, valid, activation, write_output):
+    """H = act(x W1ᵀ + b1) ([0, f] when not write_output); counts[t] += valid Z > 0 (in place)."""
+    n, d = x.shape
+    f = w1.shape[0]
+    if _use_torch(x):
+        return torch_backend.fc1_act_count(x, w1, b1, counts, task_ids, task, valid, activation, write_output)
+    h = x.new_empty(n if write_output else 0, f)
+    if n == 0:
+        return h
+    # only the grouping matters here: a dummy offsets tensor of the right length
+    dummy_offsets = torch.zeros(counts.shape[0] + 1, dtype=torch.int32, device=x.device)
+    perm, tok_start, _, groups, rows = _grouping(task_ids, task, dummy_offsets, n)
+    scratch = torch.zeros(groups, f, dtype=torch.int32, device=x.device)
+    perm_arg = tok_start if perm is None else perm
+    _count[lambda m: _tiles(n, groups, m, "BLOCK_N", f)](
+        x, perm_arg, w1, b1, tok_start if valid is None else valid.view(torch.uint8), tok_start, groups,
+        h if write_output else x, scratch, d, f,
+        ACT=ACTIVATION_CODES[activation], HAS_PERM=perm is not None, HAS_VALID=valid is not None,
+        WRITE_OUTPUT=bool(write_output), **_meta(x))
+    counts.index_add_(0, rows, scratch.to(torch.int64))
+    return h

@@ -1,0 +1,69 @@
+"""Triton helpers shared by the masked-FFN and counting kernels.
+
+- `act` / `act_grad`: relu (ACT=0) or exact erf GELU (ACT=1) and their derivatives, in the
+  accumulator precision (relu'(0) = 0, like autograd).
+- `find_tile`: maps a program id to (task, first row, end row) of one BLOCK_M tile of the
+  task-sorted tokens; tasks own the rows tok_start[t]:tok_start[t+1]. Launch grids use the
+  upper bound cdiv(N, BLOCK_M) + T tiles; programs past the last tile get task = -1.
+- `mma`: tl.dot with fp32/fp64 accumulation. Under the interpreter the operands are upcast
+  first (its dot multiplies bf16 as raw uint16), which is what the GPU tensor core computes.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+from triton.runtime.interpreter import InterpretedFunction
+
+
+@triton.jit
+def _probe():
+    pass
+
+
+# triton.jit reads TRITON_INTERPRET when a kernel is defined, i.e. when this module is imported.
+INTERPRETED = isinstance(_probe, InterpretedFunction)
+
+
+@triton.jit
+def act(z, ACT: tl.constexpr):
+    if ACT == 0:
+        return tl.where(z > 0, z, 0.0)
+    else:
+        return 0.5 * z * (1.0 + tl.math.erf(z * 0.7071067811865476))
+
+
+@triton.jit
+def act_grad(z, ACT: tl.constexpr):
+    if ACT == 0:
+        return tl.where(z > 0, 1.0, 0.0).to(z.dtype)
+    else:
+        cdf = 0.5 * (1.0 + tl.math.erf(z * 0.7071067811865476))
+        return cdf + z * tl.exp(-0.5 * z * z) * 0.3989422804014327
+
+
+@triton.jit
+def find_tile(pid, tok_start_ptr, T, BLOCK_M: tl.constexpr):
+    """→ (task or -1, row_begin, row_end) of the pid-th (task, BLOCK_M rows) tile."""
+    task = pid * 0 - 1
+    row0 = pid * 0
+    row1 = pid * 0
+    seen = pid * 0
+    for t in range(T):
+        s = tl.load(tok_start_ptr + t)
+        e = tl.load(tok_start_ptr + t + 1)
+        n_tiles = (e - s + BLOCK_M - 1) // BLOCK_M
+        hit = (pid >= seen) & (pid < seen + n_tiles)
+        task = tl.where(hit, t, task)
+        row0 = tl.where(hit, s + (pid - seen) * BLOCK_M, row0)
+        row1 = tl.where(hit, e, row1)
+        seen += n_tiles
+    return task, row0, row1
+
+
+@triton.jit
+def mma(a, b, acc, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+    """acc + a @ b (a [M, K], b [K, N], acc fp32 or fp64 [M, N])."""
+    if UPCAST:
+        return tl.dot(a.to(acc.dtype), b.to(acc.dtype), acc)
+    else:
+        return tl.dot(a, b, acc, input_precision=PRECISION)

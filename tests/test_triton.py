@@ -1,0 +1,201 @@
+"""`triton` backend vs the plain-torch reference (DESIGN §2-3).
+
+On CPU the kernels run under TRITON_INTERPRET=1 (set by conftest.py) at small shapes; the same
+tests run at larger shapes on CUDA when a GPU is present (CUDA cases skip cleanly otherwise).
+"""
+import pytest
+import torch
+
+from neuronspec.ops import TaskMasks, fc1_act_count, fc1_act_count_reference, masked_ffn, masked_ffn_reference
+from neuronspec.ops import registry
+
+from _ffn_cases import grads, random_masks, random_problem
+
+triton_backend = pytest.importorskip("neuronspec.ops.triton_backend")
+
+NAMES = ["x", "w1", "b1", "w2", "b2"]
+DEVICES = [
+    pytest.param("cpu", marks=pytest.mark.skipif(
+        triton_backend.available(torch.device("cpu")) is not None, reason="needs TRITON_INTERPRET=1")),
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")),
+]
+# (n, d, f, d_out) per device: small under the interpreter, several tiles in every dimension.
+SHAPES = {"cpu": (64, 48, 96, 40), "cuda": (1000, 256, 1024, 192)}
+# max |error| / max(|ref|, 1) allowed, per dtype (bf16: the interpreter truncates when rounding)
+TOL = {torch.float64: 1e-12, torch.float32: 2e-5, torch.bfloat16: 3e-2}
+
+
+def problem(device, seed, num_tasks=6, dtype=torch.float32, shape=None, density=None):
+    n, d, f, d_out = shape or SHAPES[device]
+    tensors, masks, ids = random_problem(seed, n, d, f, num_tasks, dtype=dtype, density=density, d_out=d_out)
+    return [t.to(device) for t in tensors], masks, ids.to(device)
+
+
+def check(tensors, masks, task_ids, activation, mask_bias, dtype_tol):
+    """Output and the five gradients through masked_ffn(backend="triton") vs autograd on the
+    reference in float64 (same rounded inputs)."""
+    dev = tensors[0].device
+    masks = masks.to(dev)
+
+    def op(*ts):
+        return masked_ffn(*ts, masks, task_ids, activation, mask_bias, backend="triton")
+
+    def ref(x, w1, b1, w2, b2):
+        ids = task_ids if isinstance(task_ids, torch.Tensor) else torch.full((x.shape[0],), task_ids, device=dev)
+        return masked_ffn_reference(x, w1, b1, w2, b2, masks.indices, masks.offsets, ids, activation, mask_bias)
+
+    y, gs = grads(op, tensors)
+    y_ref, gs_ref = grads(ref, [t.double() for t in tensors])
+    for name, got, want in zip(["y"] + NAMES, [y] + gs, [y_ref] + gs_ref):
+        err = (got - want).abs().max().item() if got.numel() else 0.0
+        scale = max(want.abs().max().item() if want.numel() else 0.0, 1.0)
+        assert err <= dtype_tol * scale, f"{name}: max error {err:.3g} > {dtype_tol:g} × {scale:.3g}"
+
+
+# ---- masked FFN ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+@pytest.mark.parametrize("mask_bias", [False, True], ids=["bias", "mask_bias"])
+def test_mixed_tasks_match_reference(device, dtype, activation, mask_bias):
+    """Unsorted task ids; tasks 3 (empty mask) and 5 (full mask) present; task 4 has no tokens."""
+    tensors, masks, ids = problem(device, seed=11, dtype=dtype)
+    ids = torch.where(ids == 4, torch.zeros_like(ids), ids)
+    ids[:3] = torch.tensor([3, 5, 3], device=device)
+    assert masks.sizes()[3] == 0 and masks.sizes()[5] == masks.num_neurons
+    check(tensors, masks, ids, activation, mask_bias, TOL[dtype])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("task", [0, 3, 5], ids=["random", "empty", "full"])
+def test_homogeneous_batch_float64(device, task):
+    """One int task for the whole batch (no sort); fp64 through the kernels under the interpreter."""
+    tensors, masks, _ = problem(device, seed=5, dtype=torch.float64)
+    check(tensors, masks, task, ("relu", "gelu")[task % 2], task == 5, TOL[torch.float64])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("n", [0, 1])
+def test_zero_and_one_token(device, n):
+    tensors, masks, ids = problem(device, seed=2, shape=(n, 24, 40, 16))
+    if n == 1:
+        return check(tensors, masks, ids, "gelu", False, TOL[torch.float32])
+    # the oracle has no graph for an empty batch: every gradient is a sum over zero rows
+    leaves = [t.clone().requires_grad_(True) for t in tensors]
+    y = masked_ffn(*leaves, masks.to(device), ids, "gelu", False, backend="triton")
+    assert y.shape == (0, 16)
+    y.sum().backward()
+    assert all(l.grad is not None and not l.grad.any() for l in leaves)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_shared_neurons_accumulate(device):
+    """Every task uses the same dense-ish neuron set: dW1/dW2 rows get one contribution per task."""
+    n, d, f, d_out = SHAPES[device]
+    tensors, _, ids = problem(device, seed=3, num_tasks=3)
+    common = sorted(range(0, f, 3))
+    masks = TaskMasks.from_indices([common, common, common[::2]], f)
+    check(tensors, masks, ids, "relu", False, TOL[torch.float32])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_float16(device):
+    tensors, masks, ids = problem(device, seed=8, dtype=torch.float16)
+    check(tensors, masks, ids, "gelu", False, 1e-2)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mask_bias", [False, True])
+def test_gradcheck_float64(device, mask_bias):
+    tensors, masks, ids = problem(device, seed=7, num_tasks=3, dtype=torch.float64, shape=(6, 5, 12, 4))
+    masks = masks.to(device)
+    leaves = [t.clone().requires_grad_(True) for t in tensors]
+
+    def fn(*ts):
+        return masked_ffn(*ts, masks, ids, "gelu", mask_bias, backend="triton")
+
+    assert torch.autograd.gradcheck(fn, leaves, fast_mode=True)
+
+
+def test_opcheck():
+    """Schema, fake kernels, autograd registration and AOT dispatch of both ops on the triton backend."""
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    if triton_backend.available(torch.device(dev)) is not None:
+        pytest.skip(triton_backend.available(torch.device(dev)))
+    tensors, masks, ids = problem(dev, seed=4, num_tasks=3, shape=(8, 16, 32, 16))
+    masks = masks.to(dev)
+    x, w1, b1, w2, b2 = [t.requires_grad_(True) for t in tensors]
+    for task_ids, task in ((ids, -1), (torch.empty(0, dtype=torch.long, device=dev), 2)):
+        args = (x, w1, b1, w2, b2, masks.indices, masks.offsets, task_ids, task, "gelu", False, "triton")
+        torch.library.opcheck(registry.masked_ffn_fwd, args)
+    counts = torch.zeros(3, 32, dtype=torch.long, device=dev)
+    valid = torch.rand(8, generator=torch.Generator().manual_seed(0)).to(dev) > 0.3
+    args = (x.detach(), w1.detach(), b1.detach(), counts, ids, -1, valid, "relu", True, "triton")
+    torch.library.opcheck(registry.fc1_act_count, args)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_compile(device):
+    tensors, masks, ids = problem(device, seed=12, num_tasks=3, shape=(16, 32, 48, 32))
+    masks = masks.to(device)
+
+    def fn(*ts):
+        return masked_ffn(*ts, masks, ids, "relu", False, backend="triton")
+
+    y, gs = grads(torch.compile(fn, backend="aot_eager", fullgraph=True), tensors)
+    y_ref, gs_ref = grads(fn, tensors)
+    for got, want in zip([y] + gs, [y_ref] + gs_ref):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+# ---- fused counting ---------------------------------------------------------------------------
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+@pytest.mark.parametrize("mode", ["per_token", "one_task", "count_only"])
+def test_fc1_act_count_matches_reference(device, activation, mode):
+    n, d, f, _ = SHAPES[device]
+    tensors, _, ids = problem(device, seed=9, num_tasks=5)
+    x, w1, b1 = tensors[:3]
+    valid = torch.rand(n, generator=torch.Generator().manual_seed(1)).to(device) > 0.25
+    start = torch.randint(0, 50, (5, f), generator=torch.Generator().manual_seed(2)).to(device)
+    task_ids = 2 if mode == "one_task" else ids
+    counts = start.clone()
+    h = fc1_act_count(x, w1, b1, counts, task_ids, valid, activation, return_output=mode != "count_only",
+                      backend="triton")
+    want_counts = start.clone()
+    ref_ids = torch.full((n,), 2, device=device) if mode == "one_task" else ids
+    h_ref = fc1_act_count_reference(x.double(), w1.double(), b1.double(), want_counts, ref_ids, valid, activation)
+    assert torch.equal(counts, want_counts)
+    if mode == "count_only":
+        assert h is None
+    else:
+        torch.testing.assert_close(h, h_ref.float(), atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fc1_act_count_bf16_without_padding(device):
+    n, d, f, _ = SHAPES[device]
+    tensors, _, ids = problem(device, seed=10, num_tasks=3, dtype=torch.bfloat16)
+    x, w1, b1 = tensors[:3]
+    counts = torch.zeros(3, f, dtype=torch.int64, device=device)
+    h = fc1_act_count(x, w1, b1, counts, ids, None, "gelu", backend="triton")
+    want = torch.zeros_like(counts)
+    h_ref = fc1_act_count_reference(x.double(), w1.double(), b1.double(), want, ids, None, "gelu")
+    assert (h.double() - h_ref).abs().max().item() <= 3e-2 * max(h_ref.abs().max().item(), 1.0)
+    # Z is accumulated in fp32 from bf16 inputs, the oracle in fp64: signs agree except at |Z| ≈ 0.
+    assert (counts - want).abs().sum().item() <= max(2, counts.sum().item() // 1000)
+    assert counts.sum().item() > 0
+
+
+# ---- availability and dispatch ----------------------------------------------------------------
+def test_available_reports_interpreter_state():
+    reason = triton_backend.available(torch.device("cpu"))
+    assert (reason is None) == triton_backend.INTERPRETED
+    if reason is not None:
+        assert "TRITON_INTERPRET" in reason
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_triton_is_default_on_cuda(monkeypatch):
+    monkeypatch.delenv(registry.ENV_VAR, raising=False)
+    assert registry.resolve_backend(None, torch.device("cuda")) == "triton"
