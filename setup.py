@@ -23,12 +23,20 @@ class CMakeExtension(Extension):
 
 
 class CMakeBuild(build_ext):
+    """Configure csrc/ with CMake (CUDA language, pybind11) and build it with ninja; the module
+    lands next to the package (neuronspec/_cuda*.so in editable/in-place builds). Skipped with
+    a message when nvcc is missing or NEURONSPEC_NO_CUDA=1; a failing build fails the install.
+    NEURONSPEC_CUDA_ARCH picks the architectures (CMakeLists.txt reads it; default "80;90"),
+    NEURONSPEC_BUILD_JOBS the parallel compile jobs (default: CPU count)."""
+
     def build_extension(self, ext: Extension) -> None:
         nvcc = shutil.which("nvcc")
         if os.environ.get("NEURONSPEC_NO_CUDA") == "1" or nvcc is None:
             why = "NEURONSPEC_NO_CUDA=1" if nvcc else "nvcc not found"
             print(f"neuronspec: {why}; the CUDA backend will be unavailable", file=sys.stderr)
             return
+        import time
+
         import pybind11
 
         out_dir = Path(self.get_ext_fullpath(ext.name)).parent.resolve()
@@ -41,12 +49,14 @@ class CMakeBuild(build_ext):
             f"-DCMAKE_CUDA_COMPILER={nvcc}",
             "-DCMAKE_BUILD_TYPE=Release",
         ]
-        if os.environ.get("NEURONSPEC_CUDA_ARCH"):
-            cfg.append(f"-DCMAKE_CUDA_ARCHITECTURES={os.environ['NEURONSPEC_CUDA_ARCH']}")
         if shutil.which("ninja"):
             cfg.append("-GNinja")
+        jobs = os.environ.get("NEURONSPEC_BUILD_JOBS") or str(os.cpu_count() or 2)
+        start = time.perf_counter()
         subprocess.run(["cmake", str(ROOT), *cfg], cwd=build_dir, check=True)
-        subprocess.run(["cmake", "--build", ".", "-j", str(os.cpu_count() or 2)], cwd=build_dir, check=True)
+        subprocess.run(["cmake", "--build", ".", "-j", jobs], cwd=build_dir, check=True)
+        print(f"neuronspec: built neuronspec._cuda in {time.perf_counter() - start:.0f} s ({jobs} jobs) "
+              f"into {out_dir}", file=sys.stderr)
 
 
 setup(

@@ -39,7 +39,7 @@ def grads(fn, tensors, seed: int = 0):
     """Output and gradients of sum(fn(*leaves) * g) w.r.t. every tensor (cast to float64)."""
     leaves = [t.detach().clone().requires_grad_(True) for t in tensors]
     y = fn(*leaves)
-    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed)).to(y.dtype)
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed)).to(y.device, y.dtype)
     gs = torch.autograd.grad(y, leaves, g, allow_unused=True)
     gs = [torch.zeros_like(l) if gr is None else gr for l, gr in zip(leaves, gs)]
     return y.detach().double(), [gr.double() for gr in gs]
