@@ -93,7 +93,10 @@ def masked_ffn_bwd(dy, x, w1, b1, w2, b2, indices, offsets, task_ids, task, z, a
             zt = _packed(z, used, e - s, idx.numel())
             used += zt.numel()
             dht = dyt @ w2.index_select(1, idx)
-            dzt = torch.where(zt > 0, dht, 0) if activation == "relu" else dht.mul_(act_grad(zt, activation))
+            if activation == "relu":  # what autograd uses for ReLU: one fused pass
+                dzt = torch.ops.aten.threshold_backward(dht, zt, 0)
+            else:
+                dzt = dht.mul_(act_grad(zt, activation))
             torch.mm(dzt, w1.index_select(0, idx), out=dxs[s:e])
             dw1.index_add_(0, idx, dzt.t() @ xs[s:e])
             db1.index_add_(0, idx, dzt.sum(0))
@@ -114,9 +117,10 @@ def fc1_act_count(x, w1, b1, counts, task_ids, task, valid, activation, write_ou
     pos = z > 0
     if valid is not None:
         pos &= valid[:, None]
+    pos = pos.view(torch.uint8)  # summing bytes into int32 is ~2x faster than bool into int64
     if task >= 0:
-        counts[task] += pos.sum(0)
+        counts[task] += pos.sum(0, dtype=torch.int32)
     else:
         for t in torch.unique(task_ids).tolist():
-            counts[t] += pos[task_ids == t].sum(0)
+            counts[t] += pos[task_ids == t].sum(0, dtype=torch.int32)
     return act(z, activation) if write_output else z.new_empty(0, w1.shape[0])
