@@ -29,12 +29,15 @@ class CMakeBuild(build_ext):
     NEURONSPEC_CUDA_ARCH picks the architectures (CMakeLists.txt reads it; default "80;90"),
     NEURONSPEC_BUILD_JOBS the parallel compile jobs (default: CPU count)."""
 
-    def build_extension(self, ext: Extension) -> None:
+    def run(self) -> None:
         nvcc = shutil.which("nvcc")
         if os.environ.get("NEURONSPEC_NO_CUDA") == "1" or nvcc is None:
             why = "NEURONSPEC_NO_CUDA=1" if nvcc else "nvcc not found"
             print(f"neuronspec: {why}; the CUDA backend will be unavailable", file=sys.stderr)
-            return
+            self.extensions = []  # nothing to build, nothing for the installer to copy
+        super().run()
+
+    def build_extension(self, ext: Extension) -> None:
         import time
 
         import pybind11
@@ -46,7 +49,7 @@ class CMakeBuild(build_ext):
             f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={out_dir}",
             f"-DPython_EXECUTABLE={sys.executable}",
             f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
-            f"-DCMAKE_CUDA_COMPILER={nvcc}",
+            f"-DCMAKE_CUDA_COMPILER={shutil.which('nvcc')}",
             "-DCMAKE_BUILD_TYPE=Release",
         ]
         if shutil.which("ninja"):

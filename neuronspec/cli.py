@@ -49,7 +49,13 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     module = importlib.import_module(COMMANDS[args.command][0])
-    return int(module.run(args) or 0)
+    try:
+        return int(module.run(args) or 0)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        if args.verbose:
+            raise
+        print(f"neuronspec {args.command}: error: {e} (run with -v for the traceback)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
