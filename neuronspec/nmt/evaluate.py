@@ -1,0 +1,283 @@
+"""Translate a split and score it: ``neuronspec evaluate`` and ``evaluate_checkpoint``.
+
+Per direction: sacrebleu BLEU (13a tokenisation) and chrF++ (``CHRF(word_order=2)``),
+corpus level, plus the chrF++ of copying the source (a floor: many CLDR names are written
+identically in several languages). Averages as in the paper: per resource tier (high /
+medium / low) and over en→x (O2M) and x→en (M2O) directions; phrases and sentences are
+scored separately when the data records kinds. Writes, into the output folder (atomically):
+``hyp.{split}.{src}-{tgt}.{tgt}`` (one hypothesis per line, in file order, only the scored
+lines), ``results.json`` and ``results.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+from sacrebleu.metrics import BLEU, CHRF
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+TIER_ORDER = ("high", "medium", "low")
+
+
+# --------------------------------------------------------------------------- scoring
+def _metrics():
+    return BLEU(tokenize="13a"), CHRF(word_order=2)
+
+
+def score(hyps: Sequence[str], refs: Sequence[str]) -> dict[str, float]:
+    """Corpus BLEU and chrF++ of ``hyps`` against one reference each."""
+    if len(hyps) != len(refs):
+        raise ValueError(f"hyps and refs must have the same length, got {len(hyps)} and {len(refs)}")
+    if not hyps:
+        raise ValueError("hyps: nothing to score")
+    bleu, chrf = _metrics()
+    return {"bleu": bleu.corpus_score(list(hyps), [list(refs)]).score,
+            "chrf": chrf.corpus_score(list(hyps), [list(refs)]).score, "n": len(hyps)}
+
+
+def signatures() -> dict[str, str]:
+    """sacrebleu signatures of the two metrics as used here (one reference per line)."""
+    bleu, chrf = _metrics()
+    for m in (bleu, chrf):  # sacrebleu fills the signature (e.g. nrefs) on first use
+        m.corpus_score(["a"], [["a"]])
+    return {"bleu": str(bleu.get_signature()), "chrf": str(chrf.get_signature())}
+
+
+def _mean(rows: list[dict], key: str) -> float:
+    return sum(r[key] for r in rows) / len(rows)
+
+
+def _average(rows: list[dict]) -> dict[str, Any] | None:
+    if not rows:
+        return None
+    return {"directions": len(rows), "bleu": _mean(rows, "bleu"), "chrf": _mean(rows, "chrf"),
+            "copy_chrf": _mean(rows, "copy_chrf")}
+
+
+def summarize(per_dir: dict[str, dict], pivot: str = "en") -> dict[str, Any]:
+    """Averages over groups of directions (all, en-x, x-en, tier, tier×side) for the whole
+    sets and for each kind, and how many directions beat copying the source."""
+    def groups(rows: dict[str, dict]) -> dict[str, dict]:
+        out: dict[str, Any] = {}
+        items = list(rows.items())
+        sel = {"all": items,
+               f"{pivot}-x": [(k, r) for k, r in items if r["src"] == pivot],
+               f"x-{pivot}": [(k, r) for k, r in items if r["tgt"] == pivot]}
+        for t in TIER_ORDER:
+            sel[t] = [(k, r) for k, r in items if r["tier"] == t]
+            sel[f"{t}/{pivot}-x"] = [(k, r) for k, r in sel[t] if r["src"] == pivot]
+            sel[f"{t}/x-{pivot}"] = [(k, r) for k, r in sel[t] if r["tgt"] == pivot]
+        for name, its in sel.items():
+            avg = _average([r for _, r in its])
+            if avg is not None:
+                out[name] = avg
+        return out
+
+    def wins(rows: Iterable[dict]) -> dict[str, Any]:
+        rows = list(rows)
+        w = sum(r["chrf"] > r["copy_chrf"] for r in rows)
+        return {"wins": w, "total": len(rows), "fraction": w / len(rows) if rows else None}
+
+    kinds = sorted({k for r in per_dir.values() for k in (r.get("kinds") or {})})
+    by_kind = {}
+    for kind in kinds:
+        rows = {}
+        for name, r in per_dir.items():
+            if kind in (r.get("kinds") or {}):
+                rows[name] = {**r["kinds"][kind], "src": r["src"], "tgt": r["tgt"], "tier": r["tier"]}
+        by_kind[kind] = {"averages": groups(rows), "beats_copy": wins(rows.values())}
+    beats = {"all": wins(per_dir.values())}
+    beats.update({k: v["beats_copy"] for k, v in by_kind.items()})
+    return {"averages": groups(per_dir), "by_kind": by_kind, "beats_copy": beats}
+
+
+# --------------------------------------------------------------------------- evaluation
+def _tier(data, direction) -> str | None:
+    s, t = direction
+    other = t if s == data.pivot else s
+    if other in data.tiers:
+        return data.tiers[other]
+    try:
+        from .languages import tier
+
+        return tier(other)
+    except (ValueError, KeyError):
+        return None
+
+
+def evaluate_model(model, data, split: str = "test", *, beam: int = 5, lenpen: float = 1.0,
+                   max_sentences: int | None = None, max_tokens: int = 4000, device: str | torch.device = "cpu",
+                   source_tag: bool = False, directions: Sequence | None = None, hyp_dir: str | os.PathLike | None = None,
+                   num_samples: int = 3, progress: bool = True) -> dict[str, Any]:
+    """Translate and score every training direction of ``split`` (or ``directions``).
+
+    max_sentences: per direction, evenly spaced (None = all). Returns the results dict
+    (see module docstring); writes hypothesis files into ``hyp_dir`` when given."""
+    from .data import as_direction
+    from .decode import sample_ids, translate_direction
+
+    if directions is None:
+        directions = [d for d in data.directions if data.num_examples(split, d) > 0]
+    else:
+        directions = [as_direction(d) for d in directions]
+    if not directions:
+        raise ValueError(f"split: no direction has {split!r} data in {data.root}")
+    per_dir: dict[str, dict] = {}
+    samples: dict[str, list] = {}
+    for d in tqdm(directions, desc=f"translate {split}", unit="dir", disable=not progress):
+        name = f"{d[0]}-{d[1]}"
+        ids, hyps = translate_direction(model, data, split, d, beam=beam, lenpen=lenpen, max_tokens=max_tokens,
+                                        max_sentences=max_sentences, source_tag=source_tag, device=device)
+        sources, refs = data.texts(split, d)
+        sources, refs = [sources[i] for i in ids], [refs[i] for i in ids]
+        row = {"src": d[0], "tgt": d[1], "tier": _tier(data, d), **score(hyps, refs),
+               "copy_chrf": score(sources, refs)["chrf"]}
+        kinds = data.kinds(split, d)
+        if kinds is not None:
+            row["kinds"] = {}
+            for kind in sorted(set(kinds[i] for i in ids)):
+                sel = [j for j, i in enumerate(ids) if kinds[i] == kind]
+                h, r, s = [hyps[j] for j in sel], [refs[j] for j in sel], [sources[j] for j in sel]
+                row["kinds"][kind] = {**score(h, r), "copy_chrf": score(s, r)["chrf"]}
+        per_dir[name] = row
+        pick = sample_ids(len(ids), num_samples) if num_samples else []
+        pick = range(len(ids)) if pick is None else pick
+        samples[name] = [{"src": sources[j], "ref": refs[j], "hyp": hyps[j],
+                          **({"kind": kinds[ids[j]]} if kinds is not None else {})} for j in pick]
+        if hyp_dir is not None:
+            _write_text(Path(hyp_dir) / f"hyp.{split}.{name}.{d[1]}", "".join(h + "\n" for h in hyps))
+    return {"split": split, "pivot": data.pivot, "beam": beam, "lenpen": lenpen, "max_sentences": max_sentences,
+            "signatures": signatures(), "directions": per_dir, **summarize(per_dir, data.pivot), "samples": samples}
+
+
+def evaluate_checkpoint(ckpt: str | os.PathLike, data: str | os.PathLike | None = None, split: str = "test",
+                        beam: int = 5, max_sentences: int | None = None, *, out_dir: str | os.PathLike | None = None,
+                        lenpen: float = 1.0, max_tokens: int = 4000, device: str | None = None,
+                        directions: Sequence | None = None, write: bool = True, progress: bool = True) -> dict:
+    """Load a checkpoint (and its masks), evaluate it, write hypotheses + results.json/.md.
+
+    data: prepared folder (default: the one the checkpoint was trained on). out_dir:
+    default ``<checkpoint folder>/eval-{split}-beam{beam}``. Returns the results dict with
+    ``out_dir`` added."""
+    from .data import PreparedData
+    from .train import load_model
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, ck = load_model(ckpt, device)
+    prep = data or ck.get("data", {}).get("prep")
+    if prep is None:
+        raise ValueError("data: the checkpoint does not name its prepared folder; pass data=")
+    pdata = PreparedData.load(prep)
+    if len(pdata.tokenizer) != model.cfg.vocab_size:
+        raise ValueError(f"data: vocabulary of {prep} ({len(pdata.tokenizer)}) differs from the model's "
+                         f"({model.cfg.vocab_size})")
+    out = Path(out_dir) if out_dir is not None else Path(ckpt).parent / f"eval-{split}-beam{beam}"
+    source_tag = bool(ck.get("config", {}).get("source_tag", False))
+    res = evaluate_model(model, pdata, split, beam=beam, lenpen=lenpen, max_sentences=max_sentences,
+                         max_tokens=max_tokens, device=device, source_tag=source_tag, directions=directions,
+                         hyp_dir=out if write else None, progress=progress)
+    res.update(checkpoint=os.path.abspath(ckpt), data=os.path.abspath(prep), step=ck.get("step"),
+               masked=bool(ck.get("masks")), out_dir=str(out))
+    if write:
+        _write_text(out / "results.json", json.dumps(res, indent=2, ensure_ascii=False))
+        _write_text(out / "results.md", to_markdown(res))
+    return res
+
+
+# --------------------------------------------------------------------------- reports
+def _avg_table(avgs: dict, pivot: str = "en") -> list[str]:
+    o2m, m2o = f"{pivot}-x", f"x-{pivot}"
+    lines = [f"| group | O2M ({o2m}) BLEU | O2M chrF++ | M2O ({m2o}) BLEU | M2O chrF++ | all chrF++ | copy chrF++ |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+
+    def cell(key, metric):
+        a = avgs.get(key)
+        return f"{a[metric]:.1f}" if a else "–"
+
+    for g in (*TIER_ORDER, None):
+        pre = f"{g}/" if g else ""
+        allkey = g or "all"
+        if allkey not in avgs:
+            continue
+        lines.append(f"| {g or 'all'} | {cell(pre + o2m, 'bleu')} | {cell(pre + o2m, 'chrf')} | "
+                     f"{cell(pre + m2o, 'bleu')} | {cell(pre + m2o, 'chrf')} | {cell(allkey, 'chrf')} | "
+                     f"{cell(allkey, 'copy_chrf')} |")
+    return lines
+
+
+def to_markdown(res: dict, max_sample_dirs: int = 6) -> str:
+    pivot = res.get("pivot", "en")
+    lines = [f"# Evaluation: {res.get('checkpoint', 'model')}", "",
+             f"split `{res['split']}`, beam {res['beam']}, lenpen {res['lenpen']}, "
+             f"sentences per direction: {res['max_sentences'] or 'all'}" + (", **masked**" if res.get("masked") else ""),
+             "", "## Averages", "", *_avg_table(res["averages"], pivot), ""]
+    b = res["beats_copy"]
+    lines.append("Directions whose chrF++ beats copying the source: " + ", ".join(
+        f"{k} {v['wins']}/{v['total']}" for k, v in b.items()))
+    for kind, v in res["by_kind"].items():
+        lines += ["", f"## Averages: {kind}s only", "", *_avg_table(v["averages"], pivot)]
+    kinds = list(res["by_kind"])
+    head = "| direction | tier | n | BLEU | chrF++ | copy chrF++ |" + "".join(f" {k} chrF++ (copy) |" for k in kinds)
+    lines += ["", "## Per direction", "", head, "|---" * (6 + len(kinds)) + "|"]
+    for name, r in res["directions"].items():
+        extra = ""
+        for k in kinds:
+            kr = (r.get("kinds") or {}).get(k)
+            extra += f" {kr['chrf']:.1f} ({kr['copy_chrf']:.1f}) |" if kr else " – |"
+        lines.append(f"| {name} | {r['tier'] or '–'} | {r['n']} | {r['bleu']:.1f} | {r['chrf']:.1f} | "
+                     f"{r['copy_chrf']:.1f} |{extra}")
+    lines += ["", "## Samples", ""]
+    for name in list(res["samples"])[:max_sample_dirs]:
+        for s in res["samples"][name]:
+            kind = f" ({s['kind']})" if "kind" in s else ""
+            lines += [f"- **{name}**{kind}  ", f"  src: {s['src']}  ", f"  ref: {s['ref']}  ", f"  hyp: {s['hyp']}"]
+    lines += ["", "sacrebleu signatures:", "", f"- BLEU: `{res['signatures']['bleu']}`",
+              f"- chrF++: `{res['signatures']['chrf']}`", ""]
+    return "\n".join(lines)
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# --------------------------------------------------------------------------- CLI
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="checkpoint file (e.g. runs/tiny/checkpoint_best.pt)")
+    p.add_argument("--data", help="prepared folder (default: the checkpoint's)")
+    p.add_argument("--split", default="test", choices=["valid", "test"])
+    p.add_argument("--beam", type=int, default=5)
+    p.add_argument("--lenpen", type=float, default=1.0)
+    p.add_argument("--max-sentences", type=int, help="per direction, evenly spaced (default: all)")
+    p.add_argument("--max-tokens", type=int, default=4000)
+    p.add_argument("--directions", nargs="+", help="e.g. en-de de-en (default: all training directions)")
+    p.add_argument("--out", help="output folder (default: next to the checkpoint)")
+    p.add_argument("--device", help="cpu | cuda (default: cuda when available)")
+    p.add_argument("--samples", type=int, default=6, help="directions whose sample outputs are printed")
+
+
+def run(args: argparse.Namespace) -> int:
+    dirs = [tuple(d.split("-", 1)) for d in args.directions] if args.directions else None
+    res = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.beam, args.max_sentences,
+                              out_dir=args.out, lenpen=args.lenpen, max_tokens=args.max_tokens,
+                              device=args.device, directions=dirs)
+    md = to_markdown(res, max_sample_dirs=args.samples)
+    print(md)
+    log.info("wrote %s/results.json, results.md and hypotheses", res["out_dir"])
+    return 0

@@ -1,0 +1,625 @@
+"""Train a multilingual Transformer: ``neuronspec train`` and the ``Trainer`` API.
+
+fairseq habits, one file: Adam (0.9, 0.98, eps 1e-6), inverse-sqrt LR with linear warm-up,
+label-smoothed cross-entropy summed over target tokens and normalised by the number of
+target tokens of the whole update (all micro-batches, all ranks), gradient clipping,
+bf16 autocast on CUDA, gradient accumulation (``update_freq``), DDP through ``torchrun``
+(gloo on CPU, NCCL on GPU). Losses are logged in base 2 like fairseq (ppl = 2^nll).
+
+Python API (used for continued/specialized training)::
+
+    from neuronspec.nmt.train import TrainConfig, train
+    cfg = TrainConfig(data="prep", out="runs/spec", max_steps=2000)
+    summary = train(cfg, init_from="runs/tiny/checkpoint_last.pt", masks={"encoder.layers.0.ffn": m, ...})
+
+``init_from`` takes the model (architecture + weights) of a checkpoint and starts a fresh
+optimizer, scheduler, sampler and step counter; ``masks`` (``{layer: TaskMasks}`` or the
+path of a masks file) are set on the model and saved in every checkpoint; ``resume=True``
+continues ``out/checkpoint_last.pt`` exactly (same batches, same dropout, same optimizer).
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .model import PRESETS, ModelConfig, Transformer
+
+log = logging.getLogger(__name__)
+
+LAST, BEST = "checkpoint_last.pt", "checkpoint_best.pt"
+
+# Optimisation defaults per preset (lr, warm-up, stop): the tiny preset trains for minutes.
+TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
+    "tiny": dict(lr=2e-3, warmup=150, max_minutes=8.0),
+    "base": dict(lr=7e-4, warmup=4000),
+    "big": dict(lr=5e-4, warmup=4000),
+    "wide": dict(lr=5e-4, warmup=4000),
+    "deep": dict(lr=5e-4, warmup=4000),
+}
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; saved in every checkpoint. ``None`` = preset default."""
+    data: str | None = None  # prepared folder; None: prepare `corpus` (or the built-in corpus) into out/data
+    corpus: str | None = None
+    langs: list[str] | None = None  # for on-the-fly preparation
+    vocab_size: int = 8000  # for on-the-fly preparation
+    out: str = "runs/tiny"
+    # model
+    preset: str = "tiny"
+    activation: str | None = None
+    positions: str | None = None
+    dropout: float | None = None
+    attention_dropout: float | None = None
+    model_args: dict[str, Any] | None = None  # any other ModelConfig field, e.g. {"d_model": 64}
+    # optimisation
+    lr: float | None = None
+    warmup: int | None = None
+    warmup_init_lr: float = 1e-7
+    betas: tuple[float, float] = (0.9, 0.98)
+    adam_eps: float = 1e-6
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.1
+    clip_norm: float = 1.0  # 0 = off
+    max_tokens: int = 1500
+    update_freq: int = 1
+    # sampling
+    temperature: float = 5.0
+    mixed_batches: bool = False
+    source_tag: bool = False
+    seed: int = 1
+    # stopping (whichever first; max_steps counts all updates of the run, resumed ones included)
+    max_steps: int | None = None
+    max_minutes: float | None = None  # wall-clock training time of this invocation
+    # bookkeeping
+    log_every: int = 50
+    valid_every: int = 500  # validation loss + checkpoint every N steps (0: only at the end)
+    valid_max_sentences: int | None = 100  # per direction, for the validation loss
+    valid_chrf_sentences: int = 50  # per direction, greedy chrF++ at the end (0: off)
+    valid_chrf_every: int = 0  # also every N steps (0: only at the end)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | on | off
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.preset not in PRESETS:
+            raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
+        for k, v in TRAIN_DEFAULTS[self.preset].items():
+            if getattr(self, k) is None and not (k == "max_minutes" and self.max_steps is not None):
+                setattr(self, k, v)
+        self.betas = tuple(self.betas)
+        if self.max_steps is None and self.max_minutes is None:
+            raise ValueError("give max_steps or max_minutes (no default stop for this preset)")
+        checks = [("max_tokens", self.max_tokens, 1), ("update_freq", self.update_freq, 1),
+                  ("warmup", self.warmup, 0), ("log_every", self.log_every, 1), ("valid_every", self.valid_every, 0)]
+        if self.max_steps is not None:
+            checks.append(("max_steps", self.max_steps, 0))
+        for name, v, lo in checks:
+            if not isinstance(v, int) or v < lo:
+                raise ValueError(f"TrainConfig.{name} must be an int >= {lo}, got {v!r}")
+        if not self.lr or self.lr <= 0:
+            raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr!r}")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ValueError(f"TrainConfig.max_minutes must be > 0, got {self.max_minutes!r}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"TrainConfig.label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        if self.amp not in ("auto", "on", "off"):
+            raise ValueError(f"TrainConfig.amp must be auto|on|off, got {self.amp!r}")
+
+    def model_overrides(self) -> dict[str, Any]:
+        keys = ("activation", "positions", "dropout", "attention_dropout")
+        return {**(self.model_args or {}), **{k: getattr(self, k) for k in keys if getattr(self, k) is not None}}
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], **overrides) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{**{k: v for k, v in d.items() if k in known}, **overrides})
+
+
+class InverseSqrtSchedule:
+    """fairseq ``inverse_sqrt``: linear warm-up from ``init_lr`` to ``lr`` over ``warmup``
+    updates, then ``lr · sqrt(warmup / step)``."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, lr: float, warmup: int, init_lr: float = 1e-7):
+        self.optimizer, self.lr, self.warmup, self.init_lr = optimizer, lr, warmup, init_lr
+        self.step_count = 0
+        self._apply()
+
+    def value(self, step: int) -> float:
+        if self.warmup > 0 and step < self.warmup:
+            return self.init_lr + (self.lr - self.init_lr) * step / self.warmup
+        return self.lr * math.sqrt(max(self.warmup, 1) / max(step, 1))
+
+    def _apply(self) -> None:
+        for g in self.optimizer.param_groups:
+            g["lr"] = self.value(self.step_count)
+
+    def step(self) -> None:
+        self.step_count += 1
+        self._apply()
+
+    def state_dict(self) -> dict:
+        return {"step_count": self.step_count, "lr": self.lr, "warmup": self.warmup, "init_lr": self.init_lr}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step_count = int(state["step_count"])
+        self._apply()
+
+
+def label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, eps: float, pad: int):
+    """Summed label-smoothed NLL and plain NLL (nats) over non-pad targets.
+
+    logits [B, L, V]; target [B, L]. fairseq's formula: (1-eps)·nll + eps/V·Σ_v -log p_v."""
+    lprobs = F.log_softmax(logits.float(), dim=-1).view(-1, logits.shape[-1])
+    target = target.reshape(-1)
+    keep = target != pad
+    nll = -lprobs.gather(1, target[:, None]).squeeze(1)
+    smooth = -lprobs.mean(-1)
+    nll = nll.masked_fill(~keep, 0.0).sum()
+    loss = (1 - eps) * nll + eps * smooth.masked_fill(~keep, 0.0).sum()
+    return loss, nll.detach()
+
+
+# ----------------------------------------------------------------------- distributed
+def _dist_env() -> tuple[int, int, int]:
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def _pick_device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        name = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    elif name == "cuda":
+        name = f"cuda:{local_rank}"
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("device: CUDA requested but not available")
+        torch.cuda.set_device(dev)
+    return dev
+
+
+def resolve_data(cfg: TrainConfig, rank: int = 0, world_size: int = 1) -> str:
+    """Path of the prepared folder: ``cfg.data``, else ``cfg.corpus`` (or the built-in
+    corpus) prepared into ``cfg.out/data`` once (reused when it already exists)."""
+    if cfg.data is not None:
+        return cfg.data
+    prep = Path(cfg.out) / "data"
+    if rank == 0 and not (prep / "meta.json").is_file():
+        from .binarize import prepare_corpus
+
+        corpus = cfg.corpus
+        if corpus is None:
+            from .builtin_corpus import build_builtin_corpus
+
+            corpus = str(Path(cfg.out) / "corpus")
+            log.info("building the built-in corpus into %s", corpus)
+            build_builtin_corpus(corpus, langs=cfg.langs)
+        log.info("preparing %s into %s", corpus, prep)
+        prepare_corpus(corpus, prep, vocab_size=cfg.vocab_size, langs=cfg.langs, progress=cfg.progress)
+    if world_size > 1:
+        dist.barrier()
+    return str(prep)
+
+
+def _masks_state(masks: Mapping[str, Any]) -> dict[str, dict]:
+    return {name: m.state_dict() for name, m in masks.items()}
+
+
+def _masks_from_state(state: Mapping[str, dict] | None) -> dict[str, Any]:
+    from neuronspec.ops import TaskMasks
+
+    return {name: TaskMasks.from_state_dict(s) for name, s in (state or {}).items()}
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Transformer, dict]:
+    """Model (with its masks, if any) from a checkpoint, in eval mode; returns (model, checkpoint)."""
+    ckpt = load_checkpoint(path)
+    model = Transformer(ModelConfig.from_dict(ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    model.to(device).eval()
+    if ckpt.get("masks"):
+        model.set_masks(_masks_from_state(ckpt["masks"]))
+    return model, ckpt
+
+
+# ----------------------------------------------------------------------- trainer
+class Trainer:
+    """One training run (see module docstring). ``Trainer(cfg, ...).train()`` -> summary dict."""
+
+    def __init__(self, cfg: TrainConfig, *, init_from: str | os.PathLike | None = None,
+                 masks: Mapping[str, Any] | str | os.PathLike | None = None, resume: bool = False):
+        from .batching import TrainSampler
+        from .data import PreparedData
+
+        if resume and init_from is not None:
+            raise ValueError("resume and init_from are exclusive (resume continues out/checkpoint_last.pt)")
+        self.rank, self.world_size, local_rank = _dist_env()
+        self.distributed = self.world_size > 1
+        self.device = _pick_device(cfg.device, local_rank)
+        if self.distributed and not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        self.out = Path(cfg.out)
+        self.is_main = self.rank == 0
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+
+        resume_ckpt = None
+        if resume:
+            path = self.out / LAST
+            if not path.is_file():
+                raise ValueError(f"resume: no checkpoint {path}")
+            resume_ckpt = load_checkpoint(path)
+            saved = TrainConfig.from_dict(resume_ckpt["config"])
+            # The saved run wins, except for when to stop and how to report.
+            keep = ("out", "max_steps", "max_minutes", "progress", "log_every", "device")
+            cfg = TrainConfig.from_dict(saved.to_dict(), **{k: getattr(cfg, k) for k in keep})
+        self.cfg = cfg
+        self.data = PreparedData.load(resolve_data(cfg, self.rank, self.world_size))
+        self.tok = self.data.tokenizer
+
+        torch.manual_seed(cfg.seed)
+        init_ckpt = load_checkpoint(init_from) if init_from is not None else None
+        src = resume_ckpt or init_ckpt
+        if src is not None:
+            mcfg = ModelConfig.from_dict(src["model_config"])
+        else:
+            mcfg = ModelConfig.from_preset(cfg.preset, len(self.tok), pad=self.tok.pad, **cfg.model_overrides())
+        if mcfg.vocab_size != len(self.tok):
+            raise ValueError(f"checkpoint vocabulary ({mcfg.vocab_size}) differs from the data's ({len(self.tok)})")
+        names = ["-".join(d) for d in self.data.directions]
+        if src is not None and src["data"]["directions"] != names:
+            raise ValueError(f"checkpoint directions {src['data']['directions'][:4]}... differ from the data's "
+                             f"{names[:4]}... (task ids would not match)")
+        self.model = Transformer(mcfg).to(self.device)
+        if src is not None:
+            self.model.load_state_dict(src["model"])
+        if masks is None and src is not None and src.get("masks"):
+            masks = _masks_from_state(src["masks"])  # a specialized model stays specialized
+        elif isinstance(masks, (str, os.PathLike)):
+            from neuronspec.ops import load_layer_masks
+
+            masks = load_layer_masks(masks)[0]
+        if masks:
+            for name, m in masks.items():
+                if m is None:
+                    continue
+                named = not all(n.startswith("task") for n in m.names)  # TaskMasks' default names
+                if m.num_tasks != len(names) or (named and list(m.names) != names):
+                    raise ValueError(f"masks: {name} has tasks {list(m.names)[:4]}..., the data's directions are "
+                                     f"{names[:4]}... ({len(names)})")
+            self.model.set_masks(masks)
+        self.ddp = (torch.nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                    if self.distributed else self.model)
+
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.adam_eps,
+                                          weight_decay=cfg.weight_decay)
+        self.scheduler = InverseSqrtSchedule(self.optimizer, cfg.lr, cfg.warmup, cfg.warmup_init_lr)
+        self.sampler = TrainSampler(self.data, cfg.max_tokens, temperature=cfg.temperature, seed=cfg.seed,
+                                    mixed=cfg.mixed_batches, rank=self.rank, world_size=self.world_size,
+                                    source_tag=cfg.source_tag)
+        self.amp = cfg.amp == "on" or (cfg.amp == "auto" and self.device.type == "cuda")
+        self.step = 0
+        self.best_valid = math.inf
+        self.history: list[dict] = []
+        torch.manual_seed(cfg.seed + 1000 * self.rank)  # dropout streams differ across ranks
+        if resume_ckpt is not None:
+            self._restore(resume_ckpt)
+        self._it = iter(self.sampler)
+        if self.is_main:
+            log.info("model %s: %.1fM parameters, %d directions, vocab %d, device %s%s, world %d",
+                     cfg.preset, self.model.num_parameters() / 1e6, len(self.data.directions), len(self.tok),
+                     self.device, " (bf16 autocast)" if self.amp else "", self.world_size)
+
+    # ---------------------------------------------------------------- state
+    def _restore(self, ck: dict) -> None:
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.scheduler.load_state_dict(ck["scheduler"])
+        per_rank = ck["per_rank"]
+        if len(per_rank) != self.world_size:
+            raise ValueError(f"resume: checkpoint was written by {len(per_rank)} process(es), now {self.world_size}")
+        self.sampler.load_state_dict(per_rank[self.rank]["sampler"])
+        set_rng_state(per_rank[self.rank]["rng"])
+        self.step = int(ck["step"])
+        self.best_valid = float(ck.get("best_valid", math.inf))
+        self.history = list(ck.get("history", []))
+        log.info("resumed from step %d", self.step)
+
+    def state_dict(self) -> dict:
+        """Checkpoint contents (call on every rank: it gathers per-rank sampler/RNG states)."""
+        mine = {"sampler": self.sampler.state_dict(), "rng": rng_state()}
+        per_rank = [mine]
+        if self.distributed:  # exchanged as torch.save bytes (tensors inside objects do not pickle here)
+            buf = io.BytesIO()
+            torch.save(mine, buf)
+            blobs = [None] * self.world_size
+            dist.all_gather_object(blobs, buf.getvalue())
+            per_rank = [torch.load(io.BytesIO(b), weights_only=True) for b in blobs]
+        return {
+            "step": self.step, "config": self.cfg.to_dict(), "model_config": self.model.cfg.to_dict(),
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "per_rank": per_rank,
+            "masks": _masks_state(self.model.masks()) or None,
+            "data": {"prep": os.path.abspath(self.data.root), "directions": ["-".join(d) for d in self.data.directions]},
+            "best_valid": self.best_valid, "history": self.history,
+        }
+
+    def save(self, best: bool = False) -> Path:
+        """Write out/checkpoint_last.pt (and checkpoint_best.pt) atomically, on rank 0."""
+        state = self.state_dict()
+        path = self.out / LAST
+        if self.is_main:
+            save_checkpoint(path, state)
+            if best:
+                save_checkpoint(self.out / BEST, state)
+        if self.distributed:
+            dist.barrier()  # no rank goes on (or returns) before the file exists
+        return path
+
+    # ---------------------------------------------------------------- steps
+    def _autocast(self):
+        if not self.amp:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def train_step(self) -> dict:
+        """One update over ``update_freq`` micro-batches; returns summed stats of this rank+peers."""
+        self.ddp.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        pad, eps = self.tok.pad, self.cfg.label_smoothing
+        stats = torch.zeros(3, dtype=torch.float64)  # loss, nll, ntokens
+        for i in range(self.cfg.update_freq):
+            batch = next(self._it).to(self.device)
+            sync = (not self.distributed) or i == self.cfg.update_freq - 1
+            with (nullcontext() if sync else self.ddp.no_sync()), self._autocast():
+                logits = self.ddp(batch.src, batch.tgt_in, batch.task)
+                loss, nll = label_smoothed_loss(logits, batch.tgt_out, eps, pad)
+            loss.backward()
+            stats += torch.tensor([loss.item(), nll.item(), batch.ntokens], dtype=torch.float64)
+        if self.distributed:
+            dist.all_reduce(stats)
+        ntok = max(stats[2].item(), 1.0)
+        # DDP averages gradients over ranks; rescale so they are d(sum of losses)/d(total tokens).
+        scale = self.world_size / ntok
+        for p in self.model.parameters():
+            if p.grad is not None:
+                p.grad.mul_(scale)
+        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_norm if self.cfg.clip_norm > 0 else math.inf)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        return {"loss": stats[0].item(), "nll": stats[1].item(), "ntokens": stats[2].item(), "gnorm": float(gnorm)}
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """Validation loss over (a sample of) every direction; directions are shared across ranks."""
+        from .batching import eval_batches
+        from .decode import subset_batch, sample_ids
+
+        self.model.eval()
+        pad, eps = self.tok.pad, self.cfg.label_smoothing
+        dirs = [d for d in self.data.directions if self.data.num_examples("valid", d) > 0]
+        stats = torch.zeros(len(dirs), 3, dtype=torch.float64)
+        for k, d in enumerate(dirs):
+            if k % self.world_size != self.rank:
+                continue
+            chosen = sample_ids(self.data.num_examples("valid", d), self.cfg.valid_max_sentences)
+            chosen = None if chosen is None else torch.from_numpy(chosen)
+            for batch in eval_batches(self.data, "valid", d, 4 * self.cfg.max_tokens, source_tag=self.cfg.source_tag):
+                if chosen is not None:
+                    keep = torch.isin(batch.ids, chosen).nonzero().view(-1)
+                    if keep.numel() == 0:
+                        continue
+                    batch = subset_batch(batch, keep)
+                batch = batch.to(self.device)
+                with self._autocast():
+                    logits = self.model(batch.src, batch.tgt_in, batch.task)
+                loss, nll = label_smoothed_loss(logits, batch.tgt_out, eps, pad)
+                stats[k] += torch.tensor([loss.item(), nll.item(), batch.ntokens], dtype=torch.float64)
+        if self.distributed:
+            dist.all_reduce(stats)
+        self.model.train()
+        tot = stats.sum(0)
+        ln2 = math.log(2)
+        out = {"loss": tot[0].item() / max(tot[2].item(), 1) / ln2, "nll": tot[1].item() / max(tot[2].item(), 1) / ln2}
+        out["ppl"] = 2 ** out["nll"]
+        out["directions"] = {"-".join(d): stats[k, 1].item() / max(stats[k, 2].item(), 1) / ln2 for k, d in enumerate(dirs)}
+        return out
+
+    def valid_chrf(self, max_sentences: int) -> dict:
+        """Greedy chrF++ on ``max_sentences`` evenly spaced valid sentences per direction (rank 0)."""
+        from .evaluate import evaluate_model
+
+        res = evaluate_model(self.model, self.data, "valid", beam=1, max_sentences=max_sentences,
+                             device=self.device, source_tag=self.cfg.source_tag, progress=False)
+        return {"chrf": res["averages"]["all"]["chrf"], "copy_chrf": res["averages"]["all"]["copy_chrf"],
+                "beats_copy": res["beats_copy"]}
+
+    def _log_valid(self, final: bool = False) -> dict:
+        v = self.validate()
+        rec = {"step": self.step, "valid_loss": v["loss"], "valid_nll": v["nll"], "valid_ppl": v["ppl"]}
+        every = self.cfg.valid_chrf_every
+        if self.cfg.valid_chrf_sentences > 0 and (final or (every and self.step % every == 0)):
+            if self.is_main:
+                c = self.valid_chrf(self.cfg.valid_chrf_sentences)
+                rec.update(valid_chrf=c["chrf"], copy_chrf=c["copy_chrf"], beats_copy=c["beats_copy"])
+            if self.distributed:
+                dist.barrier()
+        if self.is_main:
+            extra = f" | chrF++ {rec['valid_chrf']:.1f} (copy {rec['copy_chrf']:.1f})" if "valid_chrf" in rec else ""
+            log.info("valid | step %d | loss %.3f | nll %.3f | ppl %.2f%s", self.step, v["loss"], v["nll"], v["ppl"], extra)
+        self.history.append(rec)
+        best = v["loss"] < self.best_valid
+        self.best_valid = min(self.best_valid, v["loss"])
+        self.save(best=best)
+        return rec
+
+    def train(self, steps: int | None = None, max_minutes: float | None = None) -> dict:
+        """Train until ``steps`` total updates (default cfg.max_steps) or ``max_minutes`` of
+        wall-clock time (default cfg.max_minutes); validate + checkpoint on the way and at the end."""
+        cfg = self.cfg
+        steps = cfg.max_steps if steps is None else steps
+        max_minutes = cfg.max_minutes if max_minutes is None else max_minutes
+        deadline = None if max_minutes is None else time.monotonic() + 60 * max_minutes
+        t_start = time.monotonic()
+        bar = tqdm(total=steps, initial=self.step, unit="step", disable=not (cfg.progress and self.is_main),
+                   mininterval=1.0, dynamic_ncols=True)
+        acc = {"loss": 0.0, "nll": 0.0, "ntokens": 0.0, "n": 0}
+        t_log = time.monotonic()
+        ln2 = math.log(2)
+        while steps is None or self.step < steps:
+            if deadline is not None:
+                stop = torch.tensor([float(time.monotonic() >= deadline)])
+                if self.distributed:
+                    dist.all_reduce(stop)  # every rank stops at the same step
+                if stop.item() > 0:
+                    break
+            try:
+                s = self.train_step()
+            except KeyboardInterrupt:
+                if not self.distributed:  # keep what was done (resume continues from it)
+                    log.warning("interrupted at step %d: saving %s", self.step, self.out / LAST)
+                    self.save()
+                raise
+            bar.update(1)
+            for k in ("loss", "nll", "ntokens"):
+                acc[k] += s[k]
+            acc["n"] += 1
+            if self.step % cfg.log_every == 0:
+                now = time.monotonic()
+                loss, nll = acc["loss"] / acc["ntokens"] / ln2, acc["nll"] / acc["ntokens"] / ln2
+                rec = {"step": self.step, "loss": loss, "nll": nll, "ppl": 2 ** nll,
+                       "lr": self.optimizer.param_groups[0]["lr"], "gnorm": s["gnorm"],
+                       "tokens_per_s": acc["ntokens"] / max(now - t_log, 1e-9)}
+                bar.set_postfix(loss=f"{loss:.3f}", ppl=f"{2 ** nll:.1f}")
+                if self.is_main:
+                    log.info("train | step %d | loss %.3f | nll %.3f | ppl %.2f | lr %.2e | gnorm %.2f | tok/s %.0f | %.1f min",
+                             self.step, loss, nll, 2 ** nll, rec["lr"], s["gnorm"], rec["tokens_per_s"],
+                             (now - t_start) / 60)
+                self.history.append(rec)
+                acc = {"loss": 0.0, "nll": 0.0, "ntokens": 0.0, "n": 0}
+                t_log = now
+            if cfg.valid_every and self.step % cfg.valid_every == 0 and self.step != steps:
+                self._log_valid()
+        bar.close()
+        final = self._log_valid(final=True)
+        minutes = (time.monotonic() - t_start) / 60
+        summary = {"checkpoint": str(self.out / LAST), "best_checkpoint": str(self.out / BEST), "step": self.step,
+                   "minutes": minutes, "final": final, "data": os.path.abspath(self.data.root)}
+        if self.is_main:
+            _write_json(self.out / "train_summary.json", summary)
+            log.info("done: %d steps in %.1f min, checkpoint %s", self.step, minutes, summary["checkpoint"])
+        return summary
+
+
+def train(cfg: TrainConfig, *, init_from: str | os.PathLike | None = None,
+          masks: Mapping[str, Any] | str | os.PathLike | None = None, steps: int | None = None,
+          max_minutes: float | None = None, resume: bool = False) -> dict:
+    """Build a :class:`Trainer` and train; returns the summary (checkpoint paths, final metrics).
+
+    ``steps``/``max_minutes`` override the config's stop criteria for this call."""
+    return Trainer(cfg, init_from=init_from, masks=masks, resume=resume).train(steps=steps, max_minutes=max_minutes)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------- CLI
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    src = p.add_argument_group("data (default: the built-in corpus, prepared into OUT/data)")
+    src.add_argument("--data", help="prepared folder (`neuronspec data prepare`)")
+    src.add_argument("--corpus", help="raw corpus folder in EC30 layout, prepared into OUT/data")
+    src.add_argument("--langs", nargs="+", help="languages to use when preparing (default: all)")
+    src.add_argument("--vocab-size", type=int, default=8000)
+    p.add_argument("--out", help="output folder (default: runs/PRESET)")
+    p.add_argument("--resume", action="store_true", help="continue OUT/checkpoint_last.pt exactly")
+    p.add_argument("--init-from", help="start from this checkpoint's weights with a fresh optimizer")
+    p.add_argument("--masks", help="masks file (`neuronspec select`) to train with")
+    m = p.add_argument_group("model")
+    m.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+    m.add_argument("--activation", choices=["relu", "gelu"])
+    m.add_argument("--positions", choices=["sinusoidal", "learned"])
+    m.add_argument("--dropout", type=float)
+    m.add_argument("--attention-dropout", type=float)
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--lr", type=float, help="peak learning rate (preset default)")
+    o.add_argument("--warmup", type=int, help="warm-up updates (preset default)")
+    o.add_argument("--label-smoothing", type=float, default=0.1)
+    o.add_argument("--clip-norm", type=float, default=1.0)
+    o.add_argument("--weight-decay", type=float, default=0.0)
+    o.add_argument("--max-tokens", type=int, default=1500, help="tokens per batch and process (padding included)")
+    o.add_argument("--update-freq", type=int, default=1, help="accumulate gradients over N batches")
+    o.add_argument("--temperature", type=float, default=5.0, help="direction sampling temperature")
+    o.add_argument("--mixed-batches", action="store_true", help="mix directions inside a batch")
+    o.add_argument("--source-tag", action="store_true", help="also prepend the source-language tag")
+    o.add_argument("--seed", type=int, default=1)
+    s = p.add_argument_group("stopping and logging")
+    s.add_argument("--max-steps", type=int, help="total updates")
+    s.add_argument("--max-minutes", type=float, help="wall-clock training budget (tiny default: 8)")
+    s.add_argument("--log-every", type=int, default=50)
+    s.add_argument("--valid-every", type=int, default=500)
+    s.add_argument("--valid-max-sentences", type=int, default=100, help="per direction, for the valid loss")
+    s.add_argument("--valid-chrf-sentences", type=int, default=50, help="per direction, greedy chrF++ at the end (0: off)")
+    s.add_argument("--valid-chrf-every", type=int, default=0)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--amp", default="auto", choices=["auto", "on", "off"])
+    s.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    names = [f.name for f in fields(TrainConfig)]
+    kw = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+    kw["out"] = args.out or f"runs/{args.preset}"
+    kw["progress"] = not args.no_progress
+    rank = _dist_env()[0]
+    pkg = logging.getLogger("neuronspec")
+    fh = None
+    if rank == 0:  # OUT/train.log gets the log lines of this run
+        Path(kw["out"]).mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(Path(kw["out"]) / "train.log", encoding="utf-8")
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        fh.setLevel(logging.INFO)
+        pkg.addHandler(fh)
+        if pkg.getEffectiveLevel() > logging.INFO:
+            pkg.setLevel(logging.INFO)
+    else:
+        pkg.setLevel(logging.WARNING)
+    try:
+        if args.resume:
+            saved = load_checkpoint(Path(kw["out"]) / LAST)["config"]
+            stop = {k: kw[k] for k in ("max_steps", "max_minutes") if k in kw}
+            summary = train(TrainConfig.from_dict(saved, out=kw["out"], progress=kw["progress"], **stop), resume=True)
+        else:
+            summary = train(TrainConfig(**kw), init_from=args.init_from, masks=args.masks)
+        if rank == 0:
+            print(json.dumps({k: summary[k] for k in ("checkpoint", "step", "minutes")}, indent=2))
+    finally:
+        if fh is not None:
+            pkg.removeHandler(fh)
+            fh.close()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0

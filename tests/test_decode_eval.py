@@ -1,0 +1,157 @@
+"""Greedy/beam search, scoring against sacrebleu, and checkpoint evaluation end to end."""
+import json
+
+import pytest
+import sacrebleu
+import torch
+
+from _nmt_cases import TINY_MODEL, prepare
+from neuronspec.nmt.decode import beam_search, greedy_search, sample_ids
+from neuronspec.nmt.evaluate import evaluate_checkpoint, score, signatures, summarize
+from neuronspec.nmt.model import ModelConfig, Transformer
+
+V = 30
+
+
+def model(seed):
+    torch.manual_seed(seed)
+    m = Transformer(ModelConfig(vocab_size=V, d_model=32, d_ff=48, heads=4, encoder_layers=2, decoder_layers=2,
+                                dropout=0.0))
+    # flatten the output distribution a little so hypotheses end at different lengths
+    with torch.no_grad():
+        m.embed.weight.mul_(0.3)
+    return m.eval()
+
+
+def sources(B=5, S=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    src = torch.randint(4, V, (B, S), generator=g)
+    src[1, 3:] = 0
+    src[3, 2:] = 0
+    return src
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_beam_one_equals_greedy(seed):
+    m, src = model(seed), sources(seed=seed)
+    task = torch.tensor([0, 1, 0, 1, 1])
+    g = greedy_search(m, src, task, max_len_b=8)
+    b = beam_search(m, src, task, beam=1, max_len_b=8)
+    assert g == b
+    assert all(2 not in h and 1 not in h and 0 not in h for h in g)  # no EOS/BOS/PAD inside
+    assert len({len(h) for h in g}) > 1  # the test covers different lengths
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_beam_batched_equals_one_by_one(seed):
+    """Finished sentences leave the batch (and the cache): each sentence must get the same
+    result as when decoded alone."""
+    m, src = model(seed), sources(seed=seed)
+    task = torch.tensor([0, 1, 0, 1, 1])
+    hyps, scores = beam_search(m, src, task, beam=4, lenpen=1.0, max_len_b=8, return_scores=True)
+    for i in range(src.shape[0]):
+        s = src[i:i + 1, : int((src[i] != 0).sum())]
+        h1, s1 = beam_search(m, s, task[i:i + 1], beam=4, max_len_b=8, return_scores=True)
+        assert h1[0] == hyps[i]
+        assert s1[0] == pytest.approx(scores[i], abs=1e-5)
+
+
+def test_beam_finds_at_least_greedy_score():
+    m, src = model(5), sources(seed=5)
+    _, greedy_scores = beam_search(m, src, 0, beam=1, lenpen=0.0, max_len_b=6, return_scores=True)
+    _, beam_scores = beam_search(m, src, 0, beam=5, lenpen=0.0, max_len_b=6, return_scores=True)
+    # with lenpen=0 scores are total log-probs; a wider beam never loses here
+    assert all(b >= g - 1e-6 for b, g in zip(beam_scores, greedy_scores))
+    assert any(b > g + 1e-4 for b, g in zip(beam_scores, greedy_scores))
+
+
+def test_max_length_and_bad_args():
+    m, src = model(0), sources()
+    for search in (lambda: beam_search(m, src, 0, beam=3, max_len_a=0.0, max_len_b=3),
+                   lambda: greedy_search(m, src, 0, max_len_a=0.0, max_len_b=3)):
+        lengths = [len(h) for h in search()]
+        assert max(lengths) == 3  # at most max_len tokens before the forced EOS (fairseq)
+    with pytest.raises(ValueError, match="beam"):
+        beam_search(m, src, 0, beam=0)
+    with pytest.raises(ValueError, match="beam"):
+        beam_search(m, src, 0, beam=V)
+    with pytest.raises(ValueError, match="lenpen"):
+        beam_search(m, src, 0, beam=2, lenpen=-1)
+
+
+def test_sample_ids_are_evenly_spaced():
+    assert sample_ids(10, None) is None and sample_ids(10, 20) is None
+    assert sample_ids(10, 3).tolist() == [0, 4, 9]  # 4.5 rounds to even
+    with pytest.raises(ValueError, match="max_sentences"):
+        sample_ids(10, 0)
+
+
+# ------------------------------------------------------------------ scoring
+# sacrebleu's README example
+REFS = [["The dog bit the man.", "It was not unexpected.", "The man bit him first."],
+        ["The dog had bit the man.", "No one was surprised.", "The man had bitten the dog."]]
+HYPS = ["The dog bit the man.", "It wasn't surprising.", "The man had just bitten him."]
+
+
+def test_scores_equal_sacrebleu():
+    s = score(HYPS, REFS[0])
+    assert s["bleu"] == pytest.approx(sacrebleu.corpus_bleu(HYPS, [REFS[0]]).score, abs=1e-9)
+    assert s["chrf"] == pytest.approx(sacrebleu.corpus_chrf(HYPS, [REFS[0]], word_order=2).score, abs=1e-9)
+    # two-reference README numbers, for the metric settings themselves
+    assert sacrebleu.metrics.BLEU(tokenize="13a").corpus_score(HYPS, REFS).score == pytest.approx(48.53, abs=0.01)
+    assert score(REFS[0], REFS[0])["chrf"] == pytest.approx(100.0)
+    assert score(["xyz"], ["abc"])["bleu"] == 0.0
+    sig = signatures()
+    assert "tok:13a" in sig["bleu"] and "nw:2" in sig["chrf"] and "nrefs:1" in sig["chrf"]
+    with pytest.raises(ValueError, match="same length"):
+        score(["a"], ["a", "b"])
+
+
+def test_summarize_groups_and_copy_wins():
+    rows = {
+        "en-de": dict(src="en", tgt="de", tier="high", bleu=30, chrf=60, copy_chrf=30, n=5,
+                      kinds={"phrase": dict(bleu=40, chrf=70, copy_chrf=50, n=3)}),
+        "de-en": dict(src="de", tgt="en", tier="high", bleu=20, chrf=50, copy_chrf=55, n=5),
+        "en-am": dict(src="en", tgt="am", tier="low", bleu=2, chrf=10, copy_chrf=1, n=5,
+                      kinds={"phrase": dict(bleu=1, chrf=20, copy_chrf=30, n=2)}),
+    }
+    s = summarize(rows)
+    a = s["averages"]
+    assert a["all"]["chrf"] == pytest.approx(40) and a["all"]["directions"] == 3
+    assert a["en-x"]["bleu"] == pytest.approx(16) and a["x-en"]["bleu"] == pytest.approx(20)
+    assert a["high/en-x"]["chrf"] == 60 and a["low"]["chrf"] == 10 and "medium" not in a
+    assert s["beats_copy"]["all"] == {"wins": 2, "total": 3, "fraction": pytest.approx(2 / 3)}
+    assert s["beats_copy"]["phrase"]["wins"] == 1 and s["by_kind"]["phrase"]["averages"]["all"]["chrf"] == 45
+
+
+# ------------------------------------------------------------------ end to end
+@pytest.mark.slow
+def test_evaluate_checkpoint_end_to_end(tmp_path):
+    from neuronspec.nmt.train import TrainConfig, train
+
+    data = prepare(tmp_path)
+    cfg = TrainConfig(data=str(tmp_path / "prep"), out=str(tmp_path / "run"), model_args=TINY_MODEL, max_steps=200,
+                      max_tokens=500, lr=3e-3, warmup=40, valid_every=0, valid_chrf_sentences=0, progress=False)
+    summary = train(cfg)
+    res = evaluate_checkpoint(summary["checkpoint"], split="test", beam=3, max_sentences=10, progress=False)
+    out = tmp_path / "run" / "eval-test-beam3"
+    assert res["out_dir"] == str(out)
+    assert set(res["directions"]) == {"en-de", "en-fr", "de-en", "fr-en"}
+    for name, r in res["directions"].items():
+        assert r["n"] == 10
+        hyp = (out / f"hyp.test.{name}.{r['tgt']}").read_text(encoding="utf-8").splitlines()
+        assert len(hyp) == 10
+        assert set(r["kinds"]) == {"phrase", "sentence"}
+        assert sum(k["n"] for k in r["kinds"].values()) == 10
+        assert r["chrf"] > r["copy_chrf"]  # 200 updates learn this toy mapping
+    # the scores are sacrebleu's on the written hypotheses
+    srcs, refs = data.texts("test", ("en", "de"))
+    ids = sample_ids(len(refs), 10).tolist()
+    hyp = (out / "hyp.test.en-de.de").read_text(encoding="utf-8").splitlines()
+    assert res["directions"]["en-de"]["chrf"] == pytest.approx(
+        sacrebleu.corpus_chrf(hyp, [[refs[i] for i in ids]], word_order=2).score)
+    saved = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert saved["averages"]["all"]["chrf"] == pytest.approx(res["averages"]["all"]["chrf"])
+    md = (out / "results.md").read_text(encoding="utf-8")
+    assert "| en-de |" in md and "chrF++" in md and "nw:2" in md and "phrases only" in md
+    assert res["samples"]["en-de"] and {"src", "ref", "hyp", "kind"} <= set(res["samples"]["en-de"][0])

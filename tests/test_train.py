@@ -1,0 +1,196 @@
+"""Trainer: loss, schedule, a falling loss, exact resume, continued training with masks, DDP."""
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from _nmt_cases import TINY_MODEL, prepare
+from neuronspec.nmt.checkpoint import load_checkpoint
+from neuronspec.nmt.train import (InverseSqrtSchedule, TrainConfig, Trainer, label_smoothed_loss, load_model,
+                                  train)
+from neuronspec.ops import TaskMasks
+
+LAST = "checkpoint_last.pt"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def prep(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("data")
+    prepare(tmp)
+    return str(tmp / "prep")
+
+
+def config(prep, out, **kw):
+    base = dict(data=prep, out=str(out), model_args=TINY_MODEL, max_tokens=400, lr=3e-3, warmup=20, log_every=5,
+                valid_every=0, valid_chrf_sentences=0, valid_max_sentences=8, progress=False)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_label_smoothed_loss_matches_torch():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 11)
+    target = torch.randint(1, 11, (2, 5))
+    target[1, 3:] = 0
+    loss, nll = label_smoothed_loss(logits, target, 0.1, pad=0)
+    ref = F.cross_entropy(logits.view(-1, 11), target.view(-1), ignore_index=0, label_smoothing=0.1, reduction="sum")
+    torch.testing.assert_close(loss, ref)
+    torch.testing.assert_close(nll, F.cross_entropy(logits.view(-1, 11), target.view(-1), ignore_index=0, reduction="sum"))
+
+
+def test_inverse_sqrt_schedule():
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    s = InverseSqrtSchedule(opt, lr=1e-3, warmup=100, init_lr=0.0)
+    assert opt.param_groups[0]["lr"] == 0.0
+    for _ in range(50):
+        s.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(5e-4)
+    for _ in range(50):
+        s.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-3)
+    for _ in range(300):
+        s.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-3 * math.sqrt(100 / 400))
+    s2 = InverseSqrtSchedule(opt, lr=1e-3, warmup=100)
+    s2.load_state_dict(s.state_dict())
+    assert s2.value(s2.step_count) == pytest.approx(opt.param_groups[0]["lr"])
+
+
+def test_bad_config():
+    with pytest.raises(ValueError, match="preset"):
+        TrainConfig(preset="huge", max_steps=1)
+    with pytest.raises(ValueError, match="max_steps or max_minutes"):
+        TrainConfig(preset="base")
+    with pytest.raises(ValueError, match="max_tokens"):
+        TrainConfig(max_steps=1, max_tokens=0)
+    with pytest.raises(ValueError, match="amp"):
+        TrainConfig(max_steps=1, amp="fp8")
+    assert TrainConfig().max_minutes == 8.0 and TrainConfig(max_steps=5).max_minutes is None  # tiny default
+
+
+@pytest.mark.slow
+def test_loss_falls_and_translations_beat_copy(prep, tmp_path):
+    summary = train(config(prep, tmp_path / "run", max_steps=240, valid_every=120, valid_chrf_sentences=12))
+    hist = load_checkpoint(summary["checkpoint"])["history"]
+    train_losses = [h["loss"] for h in hist if "loss" in h]
+    valid = [h for h in hist if "valid_loss" in h]
+    assert train_losses[-1] < 0.5 * train_losses[0]
+    assert len(valid) == 2 and valid[1]["valid_loss"] < valid[0]["valid_loss"]
+    assert summary["final"]["beats_copy"]["all"]["fraction"] == 1.0
+    assert os.path.isfile(tmp_path / "run" / "checkpoint_best.pt")
+    assert os.path.isfile(tmp_path / "run" / "train_summary.json")
+
+
+@pytest.mark.parametrize("update_freq, mixed", [(1, False), (2, True)])
+def test_resume_is_exact(prep, tmp_path, update_freq, mixed):
+    n = 6
+    kw = dict(valid_every=n, update_freq=update_freq, dropout=0.2, mixed_batches=mixed)
+    a = Trainer(config(prep, tmp_path / "a", max_steps=2 * n, **kw))
+    a.train()
+    train(config(prep, tmp_path / "b", max_steps=n, **kw))
+    b = Trainer(config(prep, tmp_path / "b", max_steps=2 * n), resume=True)
+    assert b.step == n and b.cfg.update_freq == update_freq and b.cfg.dropout == 0.2
+    assert b.sampler.mixed == mixed
+    b.train()
+    assert b.step == 2 * n
+    for (name, pa), pb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        assert torch.equal(pa, pb), name
+    sa, sb = a.optimizer.state_dict()["state"], b.optimizer.state_dict()["state"]
+    assert all(torch.equal(sa[k]["exp_avg_sq"], sb[k]["exp_avg_sq"]) for k in sa)
+    assert a.sampler.state_dict() == b.sampler.state_dict()
+
+
+def test_init_from_with_masks(prep, tmp_path):
+    dense = train(config(prep, tmp_path / "dense", max_steps=5))
+    model, _ = load_model(dense["checkpoint"])
+    f = model.cfg.d_ff
+    g = torch.Generator().manual_seed(0)
+    m = torch.rand(4, f, generator=g) < 0.6
+    m[:, :10] = False  # neurons 0-9 are off for every direction: fc1 rows never change
+    masks = {name: TaskMasks.from_dense(m) for name in model.ffn_layers()}
+    t = Trainer(config(prep, tmp_path / "spec", max_steps=4), init_from=dense["checkpoint"], masks=masks)
+    assert t.step == 0 and not t.optimizer.state  # fresh optimizer
+    before = {k: v.clone() for k, v in t.model.state_dict().items()}
+    t.train()
+    after = t.model.state_dict()
+    for name in model.ffn_layers():
+        w0, w1 = before[f"{name}.fc1.weight"], after[f"{name}.fc1.weight"]
+        assert torch.equal(w0[:10], w1[:10]) and not torch.equal(w0[10:], w1[10:])
+    spec, ck = load_model(tmp_path / "spec" / "checkpoint_last.pt")
+    assert ck["step"] == 4 and spec.masks() == masks
+    assert all(f.masks == masks[n] for n, f in spec.ffn_layers().items())
+    # continuing a specialized checkpoint keeps its masks
+    t2 = Trainer(config(prep, tmp_path / "spec2", max_steps=1), init_from=tmp_path / "spec" / "checkpoint_last.pt")
+    assert t2.model.masks() == masks
+    with pytest.raises(ValueError, match="exclusive"):
+        Trainer(config(prep, tmp_path / "x", max_steps=1), init_from=dense["checkpoint"], resume=True)
+
+
+DDP_SCRIPT = """
+import sys
+sys.path[:0] = [{root!r}, {tests!r}]
+from _nmt_cases import TINY_MODEL
+from neuronspec.nmt.train import TrainConfig, train
+
+def cfg(out, steps):
+    return TrainConfig(data={prep!r}, out=out, model_args=TINY_MODEL, max_tokens=300, lr=3e-3, warmup=5,
+                       log_every=1, valid_every=3, valid_chrf_sentences=4, max_steps=steps, progress=False,
+                       device="cpu", dropout=0.2)
+
+train(cfg({a!r}, 6))
+train(cfg({b!r}, 3))
+train(cfg({b!r}, 6), resume=True)
+"""
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_gloo_with_resume(prep, tmp_path):
+    """torchrun, 2 CPU processes (gloo): 6 steps straight == 3 steps + resume + 3 steps."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT.format(root=ROOT, tests=os.path.join(ROOT, "tests"), prep=prep, a=str(a), b=str(b)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    errors = "\n".join(line for line in r.stderr.splitlines() if line.startswith("[rank"))
+    assert r.returncode == 0, (errors or r.stderr)[-4000:]
+    ca, cb = load_checkpoint(a / LAST), load_checkpoint(b / LAST)
+    assert ca["step"] == cb["step"] == 6 and len(ca["per_rank"]) == 2
+    assert [s["sampler"]["config"]["rank"] for s in ca["per_rank"]] == [0, 1]
+    assert ca["per_rank"][0]["sampler"] != ca["per_rank"][1]["sampler"]  # disjoint streams
+    for k in ca["model"]:
+        assert torch.equal(ca["model"][k], cb["model"][k]), k
+    assert ca["history"][-1]["valid_chrf"] >= 0  # rank 0 ran the chrF sample while rank 1 waited
+
+
+def test_cli_train_and_evaluate(prep, tmp_path, capsys):
+    from neuronspec.cli import main
+
+    out = tmp_path / "cli"
+    assert main(["train", "--data", prep, "--out", str(out), "--max-steps", "2", "--max-tokens", "300",
+                 "--valid-chrf-sentences", "0", "--no-progress", "--activation", "gelu", "--positions", "learned"]) == 0
+    ck = load_checkpoint(out / LAST)
+    assert ck["step"] == 2 and ck["model_config"]["activation"] == "gelu" and ck["config"]["preset"] == "tiny"
+    assert (out / "train.log").read_text().count("valid | step 2") == 1
+    assert main(["evaluate", "--checkpoint", str(out / LAST), "--beam", "2", "--max-sentences", "3",
+                 "--directions", "en-de", "de-en", "--out", str(tmp_path / "ev")]) == 0
+    printed = capsys.readouterr().out
+    assert "| en-de |" in printed and "| de-en |" in printed and "| en-fr |" not in printed
+    assert (tmp_path / "ev" / "results.md").is_file() and (tmp_path / "ev" / "hyp.test.de-en.en").is_file()
+
+
+def test_cli_train_prepares_a_raw_corpus(tmp_path):
+    from _nmt_cases import make_corpus
+    from neuronspec.cli import main
+
+    corpus = make_corpus(tmp_path / "corpus", langs=("de",), n_train=60, n_eval=6)
+    out = tmp_path / "run"
+    assert main(["train", "--corpus", str(corpus), "--vocab-size", "300", "--out", str(out), "--max-steps", "1",
+                 "--max-tokens", "300", "--valid-chrf-sentences", "0", "--no-progress", "--mixed-batches"]) == 0
+    ck = load_checkpoint(out / LAST)
+    assert (out / "data" / "meta.json").is_file() and ck["data"]["prep"] == str((out / "data").resolve())
+    assert ck["data"]["directions"] == ["en-de", "de-en"] and ck["config"]["mixed_batches"] is True
