@@ -1,0 +1,350 @@
+"""`neuronspec demo`: the whole Neuron-Specialization study on the built-in corpus.
+
+build corpus → prepare → dense baseline (tiny preset) → evaluate it → record → select
+(k, plus k = 0.7 for the published IoU trend, plus size-matched random masks) → analyze →
+three continuations of the baseline with the *same* number of extra steps, fresh optimizer,
+same batch stream: dense fine-tuning, random masks, specialized masks → evaluate them →
+final table (BLEU / chrF++ per resource tier and average, Δ vs the baseline) and IoU plots.
+
+Time budget (`--minutes`, default 14): after corpus + preparation, the dense baseline gets
+`--dense-share` of what is left; the baseline's evaluation is timed and three more are
+reserved; the rest goes to the three continuations, whose common step count comes from
+the baseline's measured steps/s. Everything lands in `--out` (default runs/demo):
+
+    results.md / results.json    final table, trends, timings
+    analysis/, analysis-k0.7/    IoU heatmaps, mean IoU by layer vs the paper, report.md
+    dense/ finetune/ random/ specialized/   checkpoints;  eval/<arm>/  hypotheses + scores
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
+
+# 8 of the EC30 languages: every tier, two families, several branches and scripts (Germanic
+# de/af, Romance fr/it, Slavic ru/bg/uk in Cyrillic, Semitic he in Hebrew script), 16 directions.
+DEFAULT_LANGS = "de,fr,ru,he,it,bg,af,uk"
+ARMS = ("finetune", "random", "specialized")
+MARKER = ".neuronspec-demo"
+PHASES = ("corpus", "prepare", "dense", "eval baseline", "record", "select", "analyze", *ARMS,
+          "eval continued", "report")
+
+
+class Clock:
+    """Wall-clock budget and per-phase timings."""
+
+    def __init__(self, minutes: float):
+        self.t0, self.budget, self.phases = time.monotonic(), 60.0 * minutes, {}
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+    def left(self) -> float:
+        return self.budget - self.elapsed()
+
+    def record(self, name: str, since: float) -> float:
+        self.phases[name] = time.monotonic() - since
+        return self.phases[name]
+
+
+def _loadavg() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+
+
+def pick_threads(threads: int | None = None) -> int:
+    """CPU threads for torch. Given: checked and used. None: the cores not already busy
+    (cpu count − 1-minute load average, at least 1). On a shared CPU, more intra-op threads
+    than free cores make every step wait on descheduled threads (measured on 2 cores with
+    one other busy process: 1.6 s/step with 1 thread, 16 s/step with 2)."""
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads <= 0:
+            raise ValueError(f"threads: expected a positive int, got {threads!r}")
+        return threads
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return max(1, min(cores, int(cores - busy + 0.5)))
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and any(out.iterdir()) and not (out / MARKER).exists():
+        raise ValueError(f"out: {out} exists, is not empty and was not written by `neuronspec demo`; "
+                         "choose another folder")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by neuronspec demo\n", encoding="utf-8")
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _pick(res: dict, key: str, metric: str):
+    a = res["averages"].get(key)
+    return None if a is None else a[metric]
+
+
+def results_table(evals: dict[str, dict], steps: dict[str, int]) -> tuple[str, list[dict]]:
+    """Markdown table: one row per arm, BLEU / chrF++ for high / medium / low / all, Δ vs baseline."""
+    cols = [k for k in ("high", "medium", "low", "all") if any(k in r["averages"] for r in evals.values())]
+    base = evals["baseline"]
+    rows = []
+    head = "| model | extra steps | " + " | ".join(f"BLEU {c}" for c in cols) + " | " + \
+        " | ".join(f"chrF++ {c}" for c in cols) + " | ΔBLEU | ΔchrF++ |"
+    lines = [head, "|" + "---|" * (4 + 2 * len(cols))]
+    for name, res in evals.items():
+        row = {"model": name, "extra_steps": steps.get(name, 0)}
+        cells = []
+        for metric in ("bleu", "chrf"):
+            for c in cols:
+                v = _pick(res, c, metric)
+                row[f"{metric}_{c}"] = v
+                cells.append("–" if v is None else f"{v:.2f}")
+        row["d_bleu"] = row["bleu_all"] - _pick(base, "all", "bleu")
+        row["d_chrf"] = row["chrf_all"] - _pick(base, "all", "chrf")
+        rows.append(row)
+        d = "" if name == "baseline" else f"{row['d_bleu']:+.2f} | {row['d_chrf']:+.2f}"
+        lines.append(f"| {name} | {row['extra_steps']} | " + " | ".join(cells) + f" | {d or '– | –'} |")
+    return "\n".join(lines), rows
+
+
+def verdicts(evals: dict[str, dict], analyses: dict[str, dict]) -> list[str]:
+    """The seed's expectations, as observed here (not assumed)."""
+    from neuronspec.specialization.iou import trend
+
+    out = []
+    for label, res in analyses.items():
+        enc, dec = trend(res["encoder"]), trend(res["decoder"])
+        out.append(f"IoU ({label}): encoder {enc} with depth (paper: rising) — "
+                   f"{'held' if enc == 'rising' else 'did not hold'}; decoder {dec} (paper: falling) — "
+                   f"{'held' if dec == 'falling' else 'did not hold'}.")
+    if all(a in evals for a in ARMS):
+        for metric, name in (("chrf", "chrF++"), ("bleu", "BLEU")):
+            s, f, r = (_pick(evals[a], "all", metric) for a in ("specialized", "finetune", "random"))
+            held = s >= f >= r
+            out.append(f"{name}: specialized {s:.2f}, fine-tune {f:.2f}, random {r:.2f} — "
+                       f"specialized ≥ fine-tune ≥ random {'held' if held else 'did not hold'}.")
+    return out
+
+
+def run_demo(out: str | os.PathLike = "runs/demo", *, langs: str = DEFAULT_LANGS, minutes: float = 14.0,
+             vocab_size: int = 4000, k: float = 0.95, beam: int = 1, eval_sentences: int | None = 100,
+             record_sentences: int = 100, max_tokens: int = 1500, dense_share: float = 0.5,
+             dense_steps: int | None = None, extra_steps: int | None = None, warmup: int | None = None,
+             valid_sentences: int = 50, seed: int = 1, device: str = "auto", threads: int | None = None,
+             progress: bool = True) -> dict:
+    """Run the study (see module docstring); returns the results dict also saved as results.json."""
+    import torch
+
+    from neuronspec.nmt.languages import parse_langs
+
+    if not minutes or minutes <= 0:
+        raise ValueError(f"minutes: must be > 0, got {minutes!r}")
+    if not 0 < dense_share < 1:
+        raise ValueError(f"dense_share: must lie in (0, 1), got {dense_share!r}")
+    for name, v in (("dense_steps", dense_steps), ("extra_steps", extra_steps)):
+        if v is not None and (not isinstance(v, int) or v <= 0):
+            raise ValueError(f"{name}: expected a positive int, got {v!r}")
+    codes = parse_langs(langs)
+    threads, previous = pick_threads(threads), torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _study(Path(out), codes, minutes, vocab_size, k, beam, eval_sentences, record_sentences, max_tokens,
+                      dense_share, dense_steps, extra_steps, warmup, valid_sentences, seed, device, threads, progress)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _study(out, codes, minutes, vocab_size, k, beam, eval_sentences, record_sentences, max_tokens, dense_share,
+           dense_steps, extra_steps, warmup, valid_sentences, seed, device, threads, progress) -> dict:
+    import torch
+
+    from neuronspec.nmt.binarize import prepare_corpus
+    from neuronspec.nmt.builtin_corpus import build_builtin_corpus
+    from neuronspec.nmt.evaluate import evaluate_checkpoint
+    from neuronspec.nmt.train import TrainConfig, Trainer
+    from neuronspec.ops import save_layer_masks
+    from neuronspec.specialization.iou import write_analysis
+    from neuronspec.specialization.record import record
+    from neuronspec.specialization.select import format_kept, random_masks, select_masks
+    from neuronspec.specialization.specialize import continue_training
+
+    _check_out(out)
+    clock = Clock(minutes)
+    dev = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    log.info("demo on %s with %d CPU thread(s) (load average %s)", dev, threads, _loadavg())
+    bar = tqdm(total=len(PHASES), desc="demo", unit="phase", disable=not progress, position=0)
+
+    def phase(name):
+        bar.set_description(f"demo: {name}")
+        log.info("=== %s (%.1f of %.1f min used)", name, clock.elapsed() / 60, minutes)
+        return time.monotonic()
+
+    def done(name, t):
+        s = clock.record(name, t)
+        bar.update(1)
+        log.info("    %s took %.1f s", name, s)
+
+    t = phase("corpus")
+    build_builtin_corpus(out / "corpus", langs=codes, seed=0, progress=False)
+    done("corpus", t)
+
+    t = phase("prepare")
+    prep = out / "data"
+    prepare_corpus(out / "corpus", prep, vocab_size=vocab_size, progress=False)
+    done("prepare", t)
+
+    # ---- dense baseline
+    t = phase("dense")
+    dense_minutes = max(0.05, dense_share * clock.left() / 60)
+    cfg = TrainConfig(data=str(prep), out=str(out / "dense"), preset="tiny", max_tokens=max_tokens, warmup=warmup,
+                      seed=seed, max_steps=dense_steps, max_minutes=None if dense_steps else dense_minutes,
+                      valid_every=0, valid_max_sentences=valid_sentences, valid_chrf_sentences=0, log_every=25,
+                      device=dev, progress=progress)
+    trainer = Trainer(cfg)
+    t_train = time.monotonic()
+    summary = trainer.train()
+    train_seconds = time.monotonic() - t_train
+    dense_ckpt = summary["checkpoint"]
+    final_lr = trainer.optimizer.param_groups[0]["lr"]
+    steps_per_s = summary["step"] / max(train_seconds, 1e-6)
+    del trainer
+    done("dense", t)
+    log.info("dense baseline: %d steps in %.1f min (%.2f steps/s), final lr %.2e",
+             summary["step"], train_seconds / 60, steps_per_s, final_lr)
+
+    def evaluate(name, ckpt):
+        return evaluate_checkpoint(ckpt, str(prep), "test", beam, eval_sentences, out_dir=out / "eval" / name,
+                                   device=dev, progress=progress)
+
+    t = phase("eval baseline")
+    evals = {"baseline": evaluate("baseline", dense_ckpt)}
+    done("eval baseline", t)
+    eval_seconds = clock.phases["eval baseline"]
+
+    # ---- record, select, analyze
+    t = phase("record")
+    counts = record(dense_ckpt, prep, out / "counts.pt", split="valid", max_sentences=record_sentences,
+                    max_tokens=4000, device=dev, progress=progress)
+    done("record", t)
+
+    t = phase("select")
+    directions, pivot = counts["directions"], counts["meta"]["pivot"]
+    masks = select_masks(counts["counts"], directions, k, pivot=pivot)
+    masks_07 = select_masks(counts["counts"], directions, 0.7, pivot=pivot)
+    rand = random_masks(masks, seed)
+    save_layer_masks(masks, out / "masks.pt", {"kind": "selected", "k": k, "directions": directions, "pivot": pivot})
+    save_layer_masks(masks_07, out / "masks-k0.7.pt", {"kind": "selected", "k": 0.7, "directions": directions,
+                                                       "pivot": pivot})
+    save_layer_masks(rand, out / "masks-random.pt", {"kind": "random", "seed": seed, "directions": directions,
+                                                     "pivot": pivot, "masks_like": "masks.pt"})
+    log.info("kept fraction per layer (k=%s):\n%s", k, format_kept(masks))
+    done("select", t)
+
+    t = phase("analyze")
+    analyses = {f"k={k}": write_analysis(masks, out / "analysis", {"k": k}, pivot),
+                "k=0.7": write_analysis(masks_07, out / "analysis-k0.7", {"k": 0.7}, pivot)}
+    done("analyze", t)
+
+    # ---- three continuations with the same number of steps
+    if extra_steps is None:
+        reserve = 3 * eval_seconds + 20.0  # three evaluations + the report
+        per_arm = max(1.0, (clock.left() - reserve) / 3)
+        extra_steps = max(1, int(0.85 * per_arm * steps_per_s))  # margin: start-up, validation, load
+        log.info("%.0f s left: %d extra steps per continuation (%.0f s each at the baseline's speed)",
+                 clock.left(), extra_steps, per_arm)
+    cont = dict(lr=final_lr, warmup=max(1, min(50, extra_steps // 4)), valid_max_sentences=valid_sentences,
+                valid_chrf_sentences=0, valid_every=0, progress=progress, device=dev)
+    arm_masks = {"finetune": None, "random": rand, "specialized": masks}
+    ckpts, steps = {}, {"baseline": 0}
+    for arm in ARMS:
+        t = phase(arm)
+        s = continue_training(dense_ckpt, out / arm, arm_masks[arm], steps=extra_steps, **cont)
+        ckpts[arm], steps[arm] = s["checkpoint"], s["step"]
+        done(arm, t)
+
+    t = phase("eval continued")
+    for arm in ARMS:
+        evals[arm] = evaluate(arm, ckpts[arm])
+    done("eval continued", t)
+
+    # ---- report
+    t = phase("report")
+    table, rows = results_table(evals, steps)
+    notes = verdicts(evals, analyses)
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    res = {"langs": codes, "directions": directions, "k": k, "beam": beam, "eval_sentences": eval_sentences,
+           "dense_steps": summary["step"], "extra_steps": extra_steps, "rows": rows, "verdicts": notes,
+           "iou_mean_by_layer": {lab: {"encoder": a["encoder"], "decoder": a["decoder"]} for lab, a in analyses.items()},
+           "timings_s": clock.phases, "total_s": clock.elapsed(), "budget_s": clock.budget,
+           "loadavg": list(load) if load else None, "device": dev, "threads": threads, "out": str(out)}
+    md = ["# Neuron Specialization demo", "",
+          f"{len(codes)} languages ({', '.join(codes)}) ↔ en, {len(directions)} directions, tiny preset; "
+          f"dense baseline {summary['step']} steps, then {extra_steps} extra steps per continuation "
+          f"(fresh optimizer, same batches). Test split, beam {beam}, "
+          f"{eval_sentences or 'all'} sentences per direction; masks from k = {k}.", "", table, "",
+          "## Observed trends", "", *[f"- {n}" for n in notes], "",
+          "## Mean IoU by layer (%)", ""]
+    for lab, a in analyses.items():
+        md.append(f"- {lab}: encoder {' → '.join(f'{v * 100:.1f}' for v in a['encoder'])}; "
+                  f"decoder {' → '.join(f'{v * 100:.1f}' for v in a['decoder'])}")
+    md += ["- Tan et al. (k = 0.7): encoder 37.7 → 47.9 → 52.6 → 59.1 → 63.0 → 65.5; "
+           "decoder 52.2 → 49.7 → 41.4 → 29.9 → 24.1 → 25.9", "",
+           "![mean IoU, k=0.7](analysis-k0.7/mean_iou.png)", "",
+           "## Timings", "", *[f"- {n}: {s:.1f} s" for n, s in clock.phases.items()],
+           f"- total: {clock.elapsed() / 60:.1f} min (budget {minutes} min, {threads} CPU thread(s))"
+           + (f", load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}" if load else ""), ""]
+    _write(out / "results.md", "\n".join(md))
+    _write(out / "results.json", json.dumps(res, indent=2, ensure_ascii=False))
+    done("report", t)
+    bar.close()
+    res["table"] = table
+    return res
+
+
+# ---------------------------------------------------------------------------- CLI
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    p.add_argument("--langs", default=DEFAULT_LANGS, help=f"EC30 codes, comma-separated (default {DEFAULT_LANGS})")
+    p.add_argument("--minutes", type=float, default=14.0, help="wall-clock budget of the whole demo (default 14)")
+    p.add_argument("--vocab-size", type=int, default=4000, help="sentencepiece vocabulary (default 4000)")
+    p.add_argument("--k", type=float, default=0.95, help="selection threshold for the specialized masks")
+    p.add_argument("--beam", type=int, default=1, help="beam size for evaluation (default 1: greedy, fast)")
+    p.add_argument("--eval-sentences", type=int, default=100, help="test sentences per direction (0 = all)")
+    p.add_argument("--record-sentences", type=int, default=100, help="valid sentences per direction to record")
+    p.add_argument("--max-tokens", type=int, default=1500, help="tokens per training batch")
+    p.add_argument("--dense-share", type=float, default=0.5, help="share of the budget for the dense baseline")
+    p.add_argument("--dense-steps", type=int, default=None, help="fixed baseline steps instead of a time share")
+    p.add_argument("--extra-steps", type=int, default=None, help="fixed steps per continuation instead of the budget")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up updates of the baseline (default: the preset's)")
+    p.add_argument("--valid-sentences", type=int, default=50,
+                   help="valid sentences per direction for the trainer's validation loss")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (default: cores not already busy, from the load average)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def run(args) -> int:
+    res = run_demo(args.out, langs=args.langs, minutes=args.minutes, vocab_size=args.vocab_size, k=args.k,
+                   beam=args.beam, eval_sentences=args.eval_sentences or None,
+                   record_sentences=args.record_sentences, max_tokens=args.max_tokens, dense_share=args.dense_share,
+                   dense_steps=args.dense_steps, extra_steps=args.extra_steps, warmup=args.warmup,
+                   valid_sentences=args.valid_sentences, seed=args.seed,
+                   device=args.device, threads=args.threads, progress=not args.no_progress)
+    print()
+    print(res["table"])
+    print()
+    for n in res["verdicts"]:
+        print("-", n)
+    print(f"\nwritten to {res['out']}/results.md (plots in analysis/, analysis-k0.7/) — "
+          f"{res['total_s'] / 60:.1f} min")
+    return 0

@@ -1,0 +1,295 @@
+"""Overlap of neuron sets between directions (DESIGN §1 "Analysis"), and `neuronspec analyze`.
+
+Per layer, IoU(S_a, S_b) = |S_a ∩ S_b| / |S_a ∪ S_b| for every pair of directions
+(two empty sets count as identical: IoU 1). Statistics per layer:
+- mean IoU over all pairs of distinct directions, and within pivot→x and within x→pivot;
+- within one kind (both pivot→x or both x→pivot), comparing the non-pivot languages:
+  same-family vs different-family (top-level family, e.g. Indo-European), same-branch vs
+  different-branch (e.g. Slavic) and same-script vs different-script mean IoU, and the
+  Spearman correlation of IoU with `neuronspec.nmt.languages.relatedness` (pairs whose
+  languages are not EC30 are left out of these).
+
+    neuronspec analyze --masks runs/masks.pt --out runs/analysis
+writes iou.json, report.md, mean_iou.png and one heatmap_<layer>.png per layer.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from neuronspec.ops import TaskMasks, load_layer_masks
+
+log = logging.getLogger(__name__)
+
+# Tan et al., k = 0.7, mean IoU (%) by layer, 6+6 layers (DESIGN §1).
+PUBLISHED = {"encoder": [37.7, 47.9, 52.6, 59.1, 63.0, 65.5], "decoder": [52.2, 49.7, 41.4, 29.9, 24.1, 25.9]}
+
+
+def iou_matrix(masks: TaskMasks) -> np.ndarray:
+    """float64 [T, T]: IoU between the neuron sets of every pair of tasks (symmetric,
+    diagonal 1, values in [0, 1])."""
+    if not isinstance(masks, TaskMasks):
+        raise TypeError(f"masks: expected a TaskMasks, got {type(masks).__name__}")
+    d = masks.to("cpu").to_dense().double()
+    inter = d @ d.T
+    size = d.sum(1)
+    union = size[:, None] + size[None, :] - inter
+    iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter))
+    return iou.numpy()
+
+
+def spearman(x, y) -> float:
+    """Spearman rank correlation (average ranks for ties); nan if either side is constant."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(f"spearman: x and y must be 1-D of equal length, got {x.shape} and {y.shape}")
+    if len(x) < 2:
+        return float("nan")
+    rx, ry = _ranks(x), _ranks(y)
+    sx, sy = rx.std(), ry.std()
+    if sx == 0 or sy == 0:
+        return float("nan")
+    return float(((rx - rx.mean()) * (ry - ry.mean())).mean() / (sx * sy))
+
+
+def _ranks(v: np.ndarray) -> np.ndarray:
+    order = np.argsort(v, kind="stable")
+    ranks = np.empty(len(v))
+    ranks[order] = np.arange(1, len(v) + 1)
+    for val in np.unique(v):  # average ranks of ties
+        sel = v == val
+        ranks[sel] = ranks[sel].mean()
+    return ranks
+
+
+def _mean(vals) -> float | None:
+    return float(np.mean(vals)) if len(vals) else None
+
+
+def _lang_facts(code: str):
+    from neuronspec.nmt import languages
+
+    try:
+        return languages.info(code)
+    except ValueError:
+        return None
+
+
+def layer_stats(iou: np.ndarray, names: list[str], pivot: str = "en") -> dict:
+    """Statistics of one layer's IoU matrix (see module docstring); None where no pair applies."""
+    from neuronspec.nmt import languages
+
+    T = len(names)
+    dirs = [n.split("-", 1) for n in names]
+    kind = ["en2x" if s == pivot else "x2en" if t == pivot else "other" for s, t in dirs]
+    other = [t if k == "en2x" else s if k == "x2en" else None for (s, t), k in zip(dirs, kind)]
+    all_pairs, by_kind = [], {"en2x": [], "x2en": []}
+    fam, br, scr, rel = {True: [], False: []}, {True: [], False: []}, {True: [], False: []}, ([], [])
+    for i in range(T):
+        for j in range(i + 1, T):
+            v = float(iou[i, j])
+            all_pairs.append(v)
+            if kind[i] != kind[j] or kind[i] == "other":
+                continue
+            by_kind[kind[i]].append(v)
+            a, b = _lang_facts(other[i]), _lang_facts(other[j])
+            if a is None or b is None:
+                continue
+            fam[a.family == b.family].append(v)
+            br[a.family == b.family and a.branch == b.branch].append(v)
+            scr[a.script == b.script].append(v)
+            rel[0].append(languages.relatedness(a.code, b.code))
+            rel[1].append(v)
+    rho = spearman(rel[0], rel[1]) if len(rel[0]) >= 2 else float("nan")
+    return {
+        "mean": _mean(all_pairs), "mean_en2x": _mean(by_kind["en2x"]), "mean_x2en": _mean(by_kind["x2en"]),
+        "same_family": _mean(fam[True]), "diff_family": _mean(fam[False]),
+        "same_branch": _mean(br[True]), "diff_branch": _mean(br[False]),
+        "same_script": _mean(scr[True]), "diff_script": _mean(scr[False]),
+        "spearman_relatedness": None if math.isnan(rho) else rho, "pairs_with_facts": len(rel[0]),
+        "kept_fraction": None,
+    }
+
+
+def analyze(masks: dict[str, TaskMasks], pivot: str = "en") -> dict:
+    """{"layers": {layer: {"iou": [[...]], "stats": {...}}}, "names": [...],
+    "encoder"/"decoder": [mean IoU per layer]}."""
+    if not masks:
+        raise ValueError("masks: no layers to analyze")
+    names = None
+    out = {"layers": {}, "encoder": [], "decoder": []}
+    for layer, m in masks.items():
+        if names is None:
+            names = list(m.names)
+        elif list(m.names) != names:
+            raise ValueError(f"masks[{layer!r}]: directions {m.names[:3]}... differ from the first layer's")
+        iou = iou_matrix(m)
+        stats = layer_stats(iou, names, pivot)
+        stats["kept_fraction"] = float(m.fractions().mean())
+        out["layers"][layer] = {"iou": iou.tolist(), "stats": stats}
+        side = "encoder" if layer.startswith("encoder") else "decoder" if layer.startswith("decoder") else None
+        if side:
+            out[side].append(stats["mean"])
+    out["names"] = names
+    return out
+
+
+def trend(values: list[float | None]) -> str:
+    """'rising', 'falling' or 'mixed' from the first to the last layer (Spearman with depth)."""
+    v = [x for x in values if x is not None]
+    if len(v) < 2:
+        return "n/a"
+    rho = spearman(np.arange(len(v)), v)
+    if math.isnan(rho):
+        return "flat"
+    return "rising" if rho >= 0.8 else "falling" if rho <= -0.8 else "mixed"
+
+
+# ---------------------------------------------------------------------------- outputs
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _savefig(fig, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".png")
+    os.close(fd)
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    os.replace(tmp, path)
+
+
+def plot_heatmap(iou: np.ndarray, names: list[str], title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    T = len(names)
+    size = max(4.0, 0.32 * T + 2)
+    fig, ax = plt.subplots(figsize=(size, size * 0.85))
+    im = ax.imshow(np.asarray(iou) * 100, vmin=0, vmax=100, cmap="viridis")
+    ax.set_xticks(range(T), names, rotation=90, fontsize=7)
+    ax.set_yticks(range(T), names, fontsize=7)
+    if T <= 12:
+        for i in range(T):
+            for j in range(T):
+                ax.text(j, i, f"{iou[i][j] * 100:.0f}", ha="center", va="center", fontsize=7,
+                        color="white" if iou[i][j] < 0.6 else "black")
+    fig.colorbar(im, ax=ax, label="IoU (%)")
+    ax.set_title(title)
+    _savefig(fig, path)
+    plt.close(fig)
+
+
+def plot_mean_iou(result: dict, path: Path, k_label: str = "") -> None:
+    """Mean IoU by relative depth for encoder and decoder, ours beside the published trend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    for ax, side in zip(axes, ("encoder", "decoder")):
+        layers = [l for l in result["layers"] if l.startswith(side)]
+        if layers:
+            x = [(i + 1) / len(layers) for i in range(len(layers))]
+            for key, label, style in (("mean", f"ours, all pairs {k_label}", "o-"),
+                                      ("mean_en2x", "ours, en→x pairs", "s--"),
+                                      ("mean_x2en", "ours, x→en pairs", "^--")):
+                ys = [result["layers"][l]["stats"][key] for l in layers]
+                if all(y is not None for y in ys):
+                    ax.plot(x, [y * 100 for y in ys], style, label=label, alpha=1.0 if key == "mean" else 0.6)
+        pub = PUBLISHED[side]
+        ax.plot([(i + 1) / len(pub) for i in range(len(pub))], pub, "k:", marker="x",
+                label="Tan et al. (EC30, k=0.7)")
+        ax.set_title(side)
+        ax.set_xlabel("relative depth (layer / number of layers)")
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("mean IoU (%)")
+    axes[1].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    _savefig(fig, path)
+    plt.close(fig)
+
+
+def _fmt(v, pct: bool = True) -> str:
+    if v is None:
+        return "–"
+    return f"{v * 100:.1f}" if pct else f"{v:+.2f}"
+
+
+def report_markdown(result: dict, meta: dict | None = None) -> str:
+    meta = meta or {}
+    lines = ["# Neuron overlap between directions (IoU)", ""]
+    if meta:
+        lines += [f"Masks: {meta.get('kind', 'selected')}, " + ", ".join(
+            f"{k}={meta[k]}" for k in ("k", "k_enc", "k_dec", "k_en2x", "k_x2en", "seed") if k in meta), ""]
+    lines += [f"{len(result['names'])} directions: {', '.join(result['names'])}", "",
+              "| layer | kept | mean IoU | en→x | x→en | same fam. | diff. fam. | same branch | diff. branch "
+              "| same script | diff. script | ρ(IoU, relatedness) |", "|" + "---|" * 12]
+    for layer, entry in result["layers"].items():
+        s = entry["stats"]
+        lines.append(f"| {layer} | {_fmt(s['kept_fraction'])} | {_fmt(s['mean'])} | {_fmt(s['mean_en2x'])} | "
+                     f"{_fmt(s['mean_x2en'])} | {_fmt(s['same_family'])} | {_fmt(s['diff_family'])} | "
+                     f"{_fmt(s['same_branch'])} | {_fmt(s['diff_branch'])} | "
+                     f"{_fmt(s['same_script'])} | {_fmt(s['diff_script'])} | "
+                     f"{_fmt(s['spearman_relatedness'], pct=False)} |")
+    lines += ["", "Values in %. ρ: Spearman correlation over pairs of the same kind (both en→x or both x→en).", "",
+              "## Trend by depth", "",
+              "| | ours (mean IoU by layer) | trend | Tan et al., k = 0.7 | trend |", "|---|---|---|---|---|"]
+    for side in ("encoder", "decoder"):
+        ours = " → ".join(_fmt(v) for v in result[side])
+        pub = " → ".join(f"{v:.1f}" for v in PUBLISHED[side])
+        lines.append(f"| {side} | {ours} | {trend(result[side])} | {pub} | {trend(PUBLISHED[side])} |")
+    lines += ["", "![mean IoU by layer](mean_iou.png)", ""]
+    return "\n".join(lines)
+
+
+def write_analysis(masks: dict[str, TaskMasks], out: str | os.PathLike, meta: dict | None = None,
+                   pivot: str = "en", heatmaps: bool = True) -> dict:
+    """Analyze, then write iou.json, report.md, mean_iou.png and heatmaps into `out`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = analyze(masks, pivot)
+    k_label = f"(k={meta['k']})" if meta and "k" in meta else ""
+    if heatmaps:
+        for layer, entry in result["layers"].items():
+            plot_heatmap(entry["iou"], result["names"], f"IoU, {layer}", out / f"heatmap_{layer.replace('.', '_')}.png")
+    plot_mean_iou(result, out / "mean_iou.png", k_label)
+    _atomic_write_text(out / "iou.json", json.dumps({**result, "published_k0.7": PUBLISHED, "meta": meta or {}},
+                                                    indent=1, default=str))
+    _atomic_write_text(out / "report.md", report_markdown(result, meta))
+    return result
+
+
+# ---------------------------------------------------------------------------- CLI
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--masks", required=True, help="masks file from `neuronspec select`")
+    p.add_argument("--out", default=None, help="output folder (default: analysis/ next to --masks)")
+    p.add_argument("--no-heatmaps", action="store_true", help="skip the per-layer heatmap PNGs")
+
+
+def run(args) -> int:
+    masks, meta = load_layer_masks(args.masks)
+    out = Path(args.out) if args.out else Path(args.masks).with_name("analysis")
+    result = write_analysis(masks, out, meta, meta.get("pivot", "en"), heatmaps=not args.no_heatmaps)
+    print(f"{'layer':<22} {'kept':>6} {'meanIoU':>8} {'en→x':>6} {'x→en':>6}")
+    for layer, e in result["layers"].items():
+        s = e["stats"]
+        print(f"{layer:<22} {_fmt(s['kept_fraction']):>6} {_fmt(s['mean']):>8} {_fmt(s['mean_en2x']):>6} "
+              f"{_fmt(s['mean_x2en']):>6}")
+    for side in ("encoder", "decoder"):
+        print(f"{side}: mean IoU {' → '.join(_fmt(v) for v in result[side])} ({trend(result[side])})")
+    print(f"wrote {out}/report.md, iou.json, mean_iou.png")
+    return 0

@@ -1,0 +1,99 @@
+"""Specialized training (DESIGN §1): continue a dense checkpoint with per-direction masks.
+
+Fresh optimizer and schedule (the trainer's `init_from`), each direction restricted to its
+own neurons in every masked FFN (`fc1.weight ⊙ m_t` through the masked ops). The masks are
+saved in every checkpoint, so `neuronspec evaluate` decodes with them.
+
+    neuronspec specialize --checkpoint runs/dense/checkpoint_best.pt --masks runs/masks.pt \\
+        --out runs/spec --max-steps 1000 [--where enc|dec|both]
+
+`continue_training(...)` with masks=None is the dense fine-tuning control (same steps).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from neuronspec.ops import TaskMasks, load_layer_masks
+
+log = logging.getLogger(__name__)
+
+WHERE = ("enc", "dec", "both")
+
+
+def restrict(masks: Mapping[str, TaskMasks], where: str) -> dict[str, TaskMasks]:
+    """Keep the encoder layers ('enc'), decoder layers ('dec') or all ('both'); the others stay dense."""
+    if where not in WHERE:
+        raise ValueError(f"where: expected one of {WHERE}, got {where!r}")
+    prefix = {"enc": ("encoder.",), "dec": ("decoder.",), "both": ("encoder.", "decoder.")}[where]
+    out = {k: m for k, m in masks.items() if k.startswith(prefix)}
+    if not out:
+        raise ValueError(f"masks: no {'encoder' if where == 'enc' else 'decoder' if where == 'dec' else ''} "
+                         f"layers among {list(masks)[:4]}")
+    return out
+
+
+def continue_training(checkpoint: str | os.PathLike, out: str | os.PathLike,
+                      masks: Mapping[str, TaskMasks] | str | os.PathLike | None, *, steps: int,
+                      where: str = "both", max_minutes: float | None = None, **overrides: Any) -> dict:
+    """Train `steps` more updates from `checkpoint`'s weights (fresh optimizer, step counter
+    from 0), with `masks` (dict or masks file; None = dense fine-tuning). The run keeps the
+    checkpoint's training config (data, batch size, lr, ...) unless `overrides` (TrainConfig
+    fields, e.g. lr=5e-4, warmup=100) say otherwise. Returns the trainer's summary."""
+    from neuronspec.nmt.checkpoint import load_checkpoint
+    from neuronspec.nmt.train import TrainConfig, train
+
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps <= 0:
+        raise ValueError(f"steps: expected a positive int, got {steps!r}")
+    ck = load_checkpoint(checkpoint)
+    if ck.get("masks"):
+        raise ValueError(f"checkpoint: {os.fspath(checkpoint)!r} is already specialized; start from the dense model")
+    directions = list((ck.get("data") or {}).get("directions") or [])
+    prep = (ck.get("data") or {}).get("prep")
+    if masks is not None:
+        if isinstance(masks, (str, os.PathLike)):
+            masks = load_layer_masks(masks)[0]
+        masks = restrict(masks, where)
+        for layer, m in masks.items():
+            if directions and list(m.names) != directions:
+                raise ValueError(f"masks[{layer!r}]: directions {m.names[:4]}... differ from the checkpoint's "
+                                 f"{directions[:4]}...; select them from this model's counts")
+    base = dict(ck["config"])
+    base.update(data=overrides.pop("data", None) or prep or base.get("data"), out=os.fspath(out),
+                max_steps=steps, max_minutes=max_minutes)
+    cfg = TrainConfig.from_dict(base, **overrides)
+    log.info("continued training from %s: %d steps, %s", checkpoint, steps,
+             "dense" if masks is None else f"{len(masks)} masked FFN layers ({where})")
+    return train(cfg, init_from=checkpoint, masks=masks)
+
+
+# ---------------------------------------------------------------------------- CLI
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="dense checkpoint to start from")
+    p.add_argument("--masks", required=True, help="masks file (`neuronspec select`)")
+    p.add_argument("--where", default="both", choices=WHERE, help="mask encoder, decoder or both (default)")
+    p.add_argument("--out", default=None, help="output folder (default: spec-<where>/ next to the checkpoint)")
+    p.add_argument("--max-steps", type=int, required=True, help="updates of continued training")
+    p.add_argument("--max-minutes", type=float, default=None, help="also stop after this many minutes")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the checkpoint's)")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up updates (default: the checkpoint's)")
+    p.add_argument("--max-tokens", type=int, default=None, help="tokens per batch (default: the checkpoint's)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--valid-every", type=int, default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def run(args) -> int:
+    out = args.out or str(Path(args.checkpoint).parent / f"spec-{args.where}")
+    over = {k: getattr(args, k) for k in ("lr", "warmup", "max_tokens", "seed", "valid_every", "device")
+            if getattr(args, k) is not None}
+    if args.no_progress:
+        over["progress"] = False
+    summary = continue_training(args.checkpoint, out, args.masks, steps=args.max_steps, where=args.where,
+                                max_minutes=args.max_minutes, **over)
+    print(f"specialized checkpoint: {summary['checkpoint']} ({summary['step']} steps, {summary['minutes']:.1f} min)")
+    return 0
