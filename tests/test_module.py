@@ -77,3 +77,27 @@ def test_module_errors():
         ffn.start_counting(1)
     with pytest.raises(ValueError, match="activation: expected one of"):
         SpecializedFFN(4, 4, activation="swish")
+
+
+@pytest.mark.parametrize("mode", ["masks", "counting"])
+def test_autocast_runs_ops_in_bf16(mode):
+    torch.manual_seed(0)
+    ffn = SpecializedFFN(8, 16)
+    x = torch.randn(6, 8)
+    ids = torch.tensor([0, 1, 0, 1, 1, 0])
+    masks = TaskMasks.from_dense(torch.rand(2, 16) < 0.5)
+    ref = masked_ffn_reference(x, ffn.fc1.weight, ffn.fc1.bias, ffn.fc2.weight, ffn.fc2.bias,
+                               masks.indices, masks.offsets, ids)
+    if mode == "masks":
+        ffn.set_masks(masks)
+    else:
+        ffn.start_counting(2)
+        ref = ffn.fc2(torch.relu(ffn.fc1(x)))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = ffn(x, ids)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), ref, atol=5e-2, rtol=5e-2)
+    y.float().sum().backward()
+    assert ffn.fc1.weight.grad.dtype == torch.float32 and ffn.fc1.weight.grad.abs().sum() > 0
+    if mode == "counting":
+        assert ffn.stop_counting().sum() > 0

@@ -94,7 +94,7 @@ class TrainConfig:
     valid_chrf_sentences: int = 50  # per direction, greedy chrF++ at the end (0: off)
     valid_chrf_every: int = 0  # also every N steps (0: only at the end)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | on | off
+    amp: str = "auto"  # auto (bf16 on CUDA and on CPUs with native bf16, else off) | on | off
     progress: bool = True
 
     def __post_init__(self):
@@ -135,6 +135,14 @@ class TrainConfig:
     def from_dict(cls, d: Mapping[str, Any], **overrides) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
         return cls(**{**{k: v for k, v in d.items() if k in known}, **overrides})
+
+
+def native_bf16(device: torch.device) -> bool:
+    """bf16 autocast pays off: CUDA, or a CPU with AVX512-BF16/AMX (about 2x the fp32 step rate
+    on this project's CPU machines)."""
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
 class InverseSqrtSchedule:
@@ -318,7 +326,7 @@ class Trainer:
         self.sampler = TrainSampler(self.data, cfg.max_tokens, temperature=cfg.temperature, seed=cfg.seed,
                                     mixed=cfg.mixed_batches, rank=self.rank, world_size=self.world_size,
                                     source_tag=cfg.source_tag)
-        self.amp = cfg.amp == "on" or (cfg.amp == "auto" and self.device.type == "cuda")
+        self.amp = cfg.amp == "on" or (cfg.amp == "auto" and native_bf16(self.device))
         self.step = 0
         self.best_valid = math.inf
         self.history: list[dict] = []
@@ -585,7 +593,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     s.add_argument("--valid-chrf-sentences", type=int, default=50, help="per direction, greedy chrF++ at the end (0: off)")
     s.add_argument("--valid-chrf-every", type=int, default=0)
     s.add_argument("--device", default="auto")
-    s.add_argument("--amp", default="auto", choices=["auto", "on", "off"])
+    s.add_argument("--amp", default="auto", choices=["auto", "on", "off"],
+                   help="bf16 autocast; auto = on for CUDA and CPUs with native bf16")
     s.add_argument("--no-progress", action="store_true")
 
 

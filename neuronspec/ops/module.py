@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .activations import act
@@ -56,16 +55,25 @@ class SpecializedFFN(nn.Module):
                 valid: torch.Tensor | None = None) -> torch.Tensor:
         """x [..., d_model]; task_ids int or LongTensor [...] (needed with masks or counting);
         valid bool [...] marks non-padding tokens (used by counting only)."""
-        if self.counts is not None:
-            h = fc1_act_count(x, self.fc1.weight, self.fc1.bias, self.counts, task_ids, valid,
-                              self.activation, backend=self.backend)
-            return self.fc2(h)
-        if self.masks is None:
+        if self.masks is None and self.counts is None:
             return self.fc2(act(self.fc1(x), self.activation))
+        x, w1, b1, w2, b2 = self._autocast(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
+        if self.counts is not None:
+            h = fc1_act_count(x, w1, b1, self.counts, task_ids, valid, self.activation, backend=self.backend)
+            return torch.nn.functional.linear(h, w2, b2)
         if task_ids is None:
             raise ValueError("task_ids: required when masks are set (one id per token, or an int)")
-        return masked_ffn(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias, self.masks,
-                          task_ids, self.activation, self.mask_bias, self.backend)
+        return masked_ffn(x, w1, b1, w2, b2, self.masks, task_ids, self.activation, self.mask_bias, self.backend)
+
+    @staticmethod
+    def _autocast(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Under torch.autocast, run the custom ops in the autocast dtype (as nn.Linear would);
+        gradients flow back through the casts to the float32 parameters."""
+        device = tensors[0].device.type
+        if not torch.is_autocast_enabled(device):
+            return tensors
+        dtype = torch.get_autocast_dtype(device)
+        return tuple(t.to(dtype) for t in tensors)
 
     def extra_repr(self) -> str:
         m = "dense" if self.masks is None else f"{self.masks.num_tasks} task masks"
