@@ -113,9 +113,12 @@ def _setup_context(ctx, inputs, output):
     x, w1, b1, w2, b2, indices, offsets, task_ids, task, activation, mask_bias, backend = inputs
     ctx.save_for_backward(x, w1, b1, w2, b2, indices, offsets, task_ids, output[1])
     ctx.task, ctx.activation, ctx.mask_bias, ctx.backend = task, activation, mask_bias, backend
+    ctx.set_materialize_grads(False)  # z is never differentiated: no [N, f] zero gradient for it
 
 
 def _backward(ctx, dy, _dz):
+    if dy is None:  # y did not reach the loss
+        return (None,) * 12
     x, w1, b1, w2, b2, indices, offsets, task_ids, z = ctx.saved_tensors
     grads = masked_ffn_bwd(
         dy, x, w1, b1, w2, b2, indices, offsets, task_ids, ctx.task, z, ctx.activation, ctx.mask_bias, ctx.backend

@@ -83,7 +83,7 @@ def masked_ffn_bwd(dy, x, w1, b1, w2, b2, indices, offsets, task_ids, task, z, a
     dys = dy if order is None else dy.index_select(0, order)
     dxs = x.new_empty(x.shape)
     dw1, db1 = torch.zeros_like(w1), torch.zeros_like(b1)
-    dw2t = w2.new_zeros(f, w2.shape[0])  # dW2ᵀ: active rows are contiguous to accumulate
+    dw2 = torch.zeros_like(w2)
     if not mask_bias:
         hb, hb_grad = act(b1, activation), act_grad(b1, activation)
     used = 0
@@ -100,16 +100,16 @@ def masked_ffn_bwd(dy, x, w1, b1, w2, b2, indices, offsets, task_ids, task, z, a
             torch.mm(dzt, w1.index_select(0, idx), out=dxs[s:e])
             dw1.index_add_(0, idx, dzt.t() @ xs[s:e])
             db1.index_add_(0, idx, dzt.sum(0))
-            dw2t.index_add_(0, idx, act(zt, activation).t() @ dyt)
+            dw2.index_add_(1, idx, dyt.t() @ act(zt, activation))
         else:
             dxs[s:e] = 0
         if not mask_bias:  # inactive neurons output the constant act(b1_i)
             sdy = dyt.sum(0)
             inactive = _inactive(idx, f, b1)
             db1 += inactive * hb_grad * (w2.t() @ sdy)
-            dw2t += torch.outer(inactive * hb, sdy)
+            dw2 += torch.outer(sdy, inactive * hb)
     dx = dxs if order is None else torch.empty_like(dxs).index_copy_(0, order, dxs)
-    return dx, dw1, db1, dw2t.t().contiguous(), dy.sum(0)
+    return dx, dw1, db1, dw2, dy.sum(0)
 
 
 def fc1_act_count(x, w1, b1, counts, task_ids, task, valid, activation, write_output):
