@@ -3,7 +3,8 @@
 Tokens are grouped by task (stable sort); for task t with active rows A:
     Z_A = X W1[A]ᵀ + b1[A],  Y = act(Z_A) W2[:, A]ᵀ + c_t + b2,  c_t = act(b1[I]) W2[:, I]ᵀ
 Forward saves every task's Z_A [N_t, |A_t|] back to back (task order) at the start of a
-[N, f] buffer (a static shape for the custom op; the unused tail reads as zeros).
+[N, f] buffer (a static shape for the custom op; the unused tail reads as zeros). For ReLU
+it saves H_A = relu(Z_A) instead, in place: relu'(Z) = (H > 0), and no temporary is needed.
 """
 from __future__ import annotations
 
@@ -71,7 +72,8 @@ def masked_ffn_fwd(x, w1, b1, w2, b2, indices, offsets, task_ids, task, activati
         zt = _packed(z, used, e - s, idx.numel())
         used += zt.numel()
         torch.addmm(b1[idx], xs[s:e], w1.index_select(0, idx).t(), out=zt)
-        torch.addmm(base, act(zt, activation), w2.index_select(1, idx).t(), out=ys[s:e])
+        ht = zt.relu_() if activation == "relu" else act(zt, activation)
+        torch.addmm(base, ht, w2.index_select(1, idx).t(), out=ys[s:e])
     y = ys if order is None else torch.empty_like(ys).index_copy_(0, order, ys)
     return y, z
 
@@ -92,15 +94,17 @@ def masked_ffn_bwd(dy, x, w1, b1, w2, b2, indices, offsets, task_ids, task, z, a
         if idx.numel():
             zt = _packed(z, used, e - s, idx.numel())
             used += zt.numel()
-            dht = dyt @ w2.index_select(1, idx)
-            if activation == "relu":  # what autograd uses for ReLU: one fused pass
-                dzt = torch.ops.aten.threshold_backward(dht, zt, 0)
+            dzt = dyt @ w2.index_select(1, idx)
+            if activation == "relu":  # zt holds H: relu'(Z) = (H > 0)
+                ht = zt
+                dzt.masked_fill_(ht <= 0, 0)
             else:
-                dzt = dht.mul_(act_grad(zt, activation))
+                ht = act(zt, activation)
+                dzt.mul_(act_grad(zt, activation))
             torch.mm(dzt, w1.index_select(0, idx), out=dxs[s:e])
             dw1.index_add_(0, idx, dzt.t() @ xs[s:e])
             db1.index_add_(0, idx, dzt.sum(0))
-            dw2.index_add_(1, idx, dyt.t() @ act(zt, activation))
+            dw2.index_add_(1, idx, dyt.t() @ ht)
         else:
             dxs[s:e] = 0
         if not mask_bias:  # inactive neurons output the constant act(b1_i)
