@@ -37,5 +37,6 @@ def test_demo_smoke(tmp_path, capsys):
     other = tmp_path / "other"
     other.mkdir()
     (other / "precious.txt").write_text("x")
-    with pytest.raises(ValueError, match="out"):
-        main(["demo", "--out", str(other), "--langs", "de", "--dense-steps", "1", "--no-progress"])
+    assert main(["demo", "--out", str(other), "--langs", "de", "--dense-steps", "1", "--no-progress"]) == 2
+    assert "was not written by `neuronspec demo`" in capsys.readouterr().err
+    assert sorted(p.name for p in other.iterdir()) == ["precious.txt"]
