@@ -287,6 +287,26 @@ def parse_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
+def add_run_args(p, repeats_help: str | None = None, warmup_help: str | None = None) -> None:
+    """The flags every benchmark script shares: --repeats, --warmup, --seed, --out, -v."""
+    p.add_argument("--repeats", type=int, help=repeats_help)
+    p.add_argument("--warmup", type=int, help=warmup_help)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="output folder (default benchmarks/results/<device type>)")
+    p.add_argument("-v", "--verbose", action="store_true")
+
+
+def parse_config(parser, resolve, argv) -> dict | None:
+    """Parse argv, set up logging and resolve the config; a bad flag prints one line, → None."""
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        return resolve(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return None
+
+
 def setup_logging(verbose: bool = False) -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,

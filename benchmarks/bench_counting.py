@@ -59,11 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", help="fp32, bf16, fp16, fp64")
     p.add_argument("--activation", default="relu", choices=("relu", "gelu"))
     p.add_argument("--pad-fraction", type=float, default=0.1, help="fraction of tokens marked as padding")
-    p.add_argument("--repeats", type=int)
-    p.add_argument("--warmup", type=int)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="output folder (default benchmarks/results/<device type>)")
-    p.add_argument("-v", "--verbose", action="store_true")
+    tm.add_run_args(p)
     return p
 
 
@@ -203,12 +199,8 @@ def markdown_report(rows: list[dict], meta: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    tm.setup_logging(args.verbose)
-    try:
-        cfg = resolve_args(args)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
+    cfg = tm.parse_config(build_parser(), resolve_args, argv)
+    if cfg is None:
         return 2
     meta = {**tm.machine_info(cfg["device"]), "benchmark": "counting", "preset": cfg["preset"],
             "repeats": cfg["repeats"], "warmup": cfg["warmup"], "backends": cfg["backends"]}

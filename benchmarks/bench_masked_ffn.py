@@ -78,12 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--providers", help="dense,reference,torch,triton,cuda (default: all available)")
     p.add_argument("--dtype", help="fp32, bf16, fp16, fp64")
     p.add_argument("--activation", default="relu", choices=("relu", "gelu"))
-    p.add_argument("--repeats", type=int, help="timed rounds")
-    p.add_argument("--warmup", type=int, help="untimed calls per provider first")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="output folder (default benchmarks/results/<device type>)")
+    tm.add_run_args(p, repeats_help="timed rounds", warmup_help="untimed calls per provider first")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
-    p.add_argument("-v", "--verbose", action="store_true")
     return p
 
 
@@ -381,12 +377,8 @@ def plot(rows: list[dict], path: Path, meta: dict) -> None:
 
 # ---- main ------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    tm.setup_logging(args.verbose)
-    try:
-        cfg = resolve_args(args)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
+    cfg = tm.parse_config(build_parser(), resolve_args, argv)
+    if cfg is None:
         return 2
     meta = {**tm.machine_info(cfg["device"]), "benchmark": "masked_ffn", "preset": cfg["preset"],
             "repeats": cfg["repeats"], "warmup": cfg["warmup"], "providers": cfg["providers"]}
