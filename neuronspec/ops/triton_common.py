@@ -67,3 +67,27 @@ def mma(a, b, acc, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
         return tl.dot(a.to(acc.dtype), b.to(acc.dtype), acc)
     else:
         return tl.dot(a, b, acc, input_precision=PRECISION)
+
+
+@triton.jit
+def token_rows(rows, row_ok, perm_ptr, HAS_PERM: tl.constexpr):
+    """Row of the caller's (unsorted) token order for each task-sorted row (int64)."""
+    if HAS_PERM:
+        src = tl.load(perm_ptr + rows, mask=row_ok, other=0).to(tl.int64)
+    else:
+        src = rows.to(tl.int64)
+    return src
+
+
+@triton.jit
+def gathered_matmul(a_ptr, src, row_ok, b_ptr, b_rows, b_ok, K, acc,
+                    UPCAST: tl.constexpr, PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
+    """acc + A[src, :K] @ B[b_rows, :K]ᵀ: fc1 with the weight rows picked by index inside the
+    tile loads (A and B row-major with row length K; masked rows/columns read as 0)."""
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        k_ok = ks < K
+        a = tl.load(a_ptr + src[:, None] * K + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        b = tl.load(b_ptr + b_rows[None, :] * K + ks[:, None], mask=b_ok[None, :] & k_ok[:, None], other=0.0)
+        acc = mma(a, b, acc, UPCAST, PRECISION)
+    return acc

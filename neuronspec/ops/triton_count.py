@@ -13,7 +13,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .triton_common import act, find_tile, mma
+from .triton_common import act, find_tile, gathered_matmul, token_rows
 
 
 @triton.jit
@@ -28,21 +28,12 @@ def fc1_act_count_kernel(
         return
     rows = r0 + tl.arange(0, BLOCK_M)
     row_ok = rows < r1
-    if HAS_PERM:
-        src = tl.load(perm_ptr + rows, mask=row_ok, other=0).to(tl.int64)
-    else:
-        src = rows.to(tl.int64)
+    src = token_rows(rows, row_ok, perm_ptr, HAS_PERM)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < F
 
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
-    for k0 in range(0, K, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K)
-        k_ok = ks < K
-        a = tl.load(x_ptr + src[:, None] * K + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        w = tl.load(w_ptr + cols.to(tl.int64)[None, :] * K + ks[:, None], mask=col_ok[None, :] & k_ok[:, None],
-                    other=0.0)
-        acc = mma(a, w, acc, UPCAST, PRECISION)
+    acc = gathered_matmul(x_ptr, src, row_ok, w_ptr, cols.to(tl.int64), col_ok, K,
+                          tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC), UPCAST, PRECISION, BLOCK_K)
     z = acc + tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(ACC)[None, :]
 
     ok = row_ok[:, None] & col_ok[None, :]

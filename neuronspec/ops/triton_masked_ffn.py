@@ -21,7 +21,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .triton_common import act, act_grad, find_tile, mma
+from .triton_common import act, act_grad, find_tile, gathered_matmul, mma, token_rows
 
 
 @triton.jit
@@ -42,21 +42,13 @@ def gather_n_kernel(
         return
     rows = r0 + tl.arange(0, BLOCK_M)
     row_ok = rows < r1
-    if HAS_PERM:
-        src = tl.load(perm_ptr + rows, mask=row_ok, other=0).to(tl.int64)
-    else:
-        src = rows.to(tl.int64)
+    src = token_rows(rows, row_ok, perm_ptr, HAS_PERM)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < k_t
     nid = tl.load(idx_ptr + c0 + cols, mask=col_ok, other=0).to(tl.int64)
 
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
-    for k0 in range(0, K, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K)
-        k_ok = ks < K
-        a = tl.load(a_ptr + src[:, None] * K + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        b = tl.load(b_ptr + nid[None, :] * K + ks[:, None], mask=col_ok[None, :] & k_ok[:, None], other=0.0)
-        acc = mma(a, b, acc, UPCAST, PRECISION)
+    acc = gathered_matmul(a_ptr, src, row_ok, b_ptr, nid, col_ok, K, tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC),
+                          UPCAST, PRECISION, BLOCK_K)
 
     ok = row_ok[:, None] & col_ok[None, :]
     packed = rows.to(tl.int64)[:, None] * F + cols[None, :]
@@ -102,10 +94,7 @@ def gather_k_kernel(
     if HAS_BIAS:
         acc += tl.load(bias_ptr + task * bias_stride + cols, mask=col_ok, other=0.0).to(ACC)[None, :]
 
-    if HAS_PERM:
-        dst = tl.load(perm_ptr + rows, mask=row_ok, other=0).to(tl.int64)
-    else:
-        dst = rows.to(tl.int64)
+    dst = token_rows(rows, row_ok, perm_ptr, HAS_PERM)
     tl.store(out_ptr + dst[:, None] * NOUT + cols[None, :], acc.to(out_ptr.dtype.element_ty),
              mask=row_ok[:, None] & col_ok[None, :])
 
@@ -135,10 +124,7 @@ def scatter_rows_kernel(
     for r0 in range(s, e, BLOCK_K):
         rs = r0 + tl.arange(0, BLOCK_K)
         r_ok = rs < e
-        if HAS_PERM:
-            src = tl.load(perm_ptr + rs, mask=r_ok, other=0).to(tl.int64)
-        else:
-            src = rs.to(tl.int64)
+        src = token_rows(rs, r_ok, perm_ptr, HAS_PERM)
         p = tl.load(p_ptr + rs.to(tl.int64)[:, None] * F + js[None, :], mask=r_ok[:, None] & j_ok[None, :], other=0.0)
         a = tl.load(a_ptr + src[:, None] * NOUT + cols[None, :], mask=r_ok[:, None] & col_ok[None, :], other=0.0)
         acc = mma(tl.trans(p), a, acc, UPCAST, PRECISION)
