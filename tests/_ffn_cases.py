@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from neuronspec.ops import TaskMasks
+from neuronspec.ops import TaskMasks, masked_ffn, masked_ffn_reference
+
+NAMES = ["x", "w1", "b1", "w2", "b2"]
 
 
 def random_masks(gen: torch.Generator, num_tasks: int, f: int, density: float | None = None) -> TaskMasks:
@@ -42,4 +44,24 @@ def grads(fn, tensors, seed: int = 0):
     g = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed)).to(y.device, y.dtype)
     gs = torch.autograd.grad(y, leaves, g, allow_unused=True)
     gs = [torch.zeros_like(l) if gr is None else gr for l, gr in zip(leaves, gs)]
-    return y.detach().double(), [gr.double() for gr in gs]
+    return y.detach().double().cpu(), [gr.double().cpu() for gr in gs]
+
+
+def outputs_vs_reference(backend, tensors, masks, task_ids, activation, mask_bias):
+    """[(name, got, want)] for the output "y" and the five gradients: masked_ffn(backend=...)
+    vs autograd on masked_ffn_reference in float64 from the same rounded inputs (any leading
+    dims; results float64 on the CPU)."""
+    masks = masks.to(tensors[0].device)
+
+    def op(x, w1, b1, w2, b2):
+        return masked_ffn(x, w1, b1, w2, b2, masks, task_ids, activation, mask_bias, backend=backend)
+
+    def ref(x, w1, b1, w2, b2):
+        ids = task_ids if isinstance(task_ids, torch.Tensor) else torch.full(x.shape[:-1], task_ids, device=x.device)
+        y = masked_ffn_reference(x.reshape(-1, x.shape[-1]), w1, b1, w2, b2, masks.indices, masks.offsets,
+                                 ids.reshape(-1), activation, mask_bias)
+        return y.reshape(*x.shape[:-1], w2.shape[0])
+
+    y, gs = grads(op, tensors)
+    y_ref, gs_ref = grads(ref, [t.double() for t in tensors])
+    return list(zip(["y", *NAMES], [y, *gs], [y_ref, *gs_ref]))

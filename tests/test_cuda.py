@@ -19,9 +19,8 @@ from neuronspec.ops import (
 from neuronspec.ops import cuda_backend as cb
 from neuronspec.ops.activations import act, act_grad
 
-from _ffn_cases import random_problem
+from _ffn_cases import NAMES, outputs_vs_reference, random_problem
 
-NAMES = ["x", "w1", "b1", "w2", "b2"]
 WHY_NO_GPU = cb.available(torch.device("cuda"))  # e.g. no device, module not built, driver too old
 needs_gpu = pytest.mark.skipif(WHY_NO_GPU is not None, reason=f"cuda backend unavailable: {WHY_NO_GPU}")
 needs_module = pytest.mark.skipif(cb._load() is None, reason="neuronspec._cuda not built")
@@ -277,31 +276,8 @@ TOL = {torch.float32: 2e-5, torch.bfloat16: 3e-2, torch.float16: 1e-2}
 GPU_SHAPE = (1000, 256, 1000, 200)  # n, d, f, d_out: several tiles, none a multiple of 64
 
 
-def grads(fn, tensors, seed: int = 0):
-    """Output and gradients (float64, on CPU) of sum(fn(*leaves) * g), g drawn on the CPU and
-    moved to the output's device."""
-    leaves = [t.detach().clone().requires_grad_(True) for t in tensors]
-    y = fn(*leaves)
-    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed)).to(y.device, y.dtype)
-    gs = torch.autograd.grad(y, leaves, g, allow_unused=True)
-    gs = [torch.zeros_like(l) if gr is None else gr for l, gr in zip(leaves, gs)]
-    return y.detach().double().cpu(), [gr.double().cpu() for gr in gs]
-
-
 def check_gpu(tensors, masks, task_ids, activation, mask_bias, tol):
-    dev = tensors[0].device
-    masks = masks.to(dev)
-
-    def op(*ts):
-        return masked_ffn(*ts, masks, task_ids, activation, mask_bias, backend="cuda")
-
-    def ref(x, w1, b1, w2, b2):
-        ids = task_ids if isinstance(task_ids, torch.Tensor) else torch.full((x.shape[0],), task_ids, device=dev)
-        return masked_ffn_reference(x, w1, b1, w2, b2, masks.indices, masks.offsets, ids, activation, mask_bias)
-
-    y, gs = grads(op, tensors)
-    y_ref, gs_ref = grads(ref, [t.double() for t in tensors])
-    for name, got, want in zip(["y"] + NAMES, [y] + gs, [y_ref] + gs_ref):
+    for name, got, want in outputs_vs_reference("cuda", tensors, masks, task_ids, activation, mask_bias):
         assert_close(name, got, want, tol)
 
 

@@ -3,22 +3,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from neuronspec.ops import TaskMasks, fc1_act_count, fc1_act_count_reference, masked_ffn, masked_ffn_reference
+from neuronspec.ops import TaskMasks, fc1_act_count, fc1_act_count_reference, masked_ffn
 from neuronspec.ops import registry
 
-from _ffn_cases import grads, random_masks, random_problem
-
-NAMES = ["x", "w1", "b1", "w2", "b2"]
-
-
-def ref_fn(masks, task_ids, activation, mask_bias):
-    def fn(x, w1, b1, w2, b2):
-        tids = task_ids if isinstance(task_ids, torch.Tensor) else torch.full(x.shape[:-1], task_ids)
-        y = masked_ffn_reference(x.reshape(-1, x.shape[-1]), w1, b1, w2, b2, masks.indices, masks.offsets,
-                                 tids.reshape(-1), activation, mask_bias)
-        return y.reshape(*x.shape[:-1], w2.shape[0])
-    return fn
-
+from _ffn_cases import grads, outputs_vs_reference, random_masks, random_problem
 
 def op_fn(masks, task_ids, activation, mask_bias, backend="torch"):
     def fn(x, w1, b1, w2, b2):
@@ -27,11 +15,8 @@ def op_fn(masks, task_ids, activation, mask_bias, backend="torch"):
 
 
 def assert_match(tensors, masks, task_ids, activation, mask_bias, atol=1e-10, rtol=1e-8, backend="torch"):
-    y, gs = grads(op_fn(masks, task_ids, activation, mask_bias, backend), tensors)
-    y_ref, gs_ref = grads(ref_fn(masks, task_ids, activation, mask_bias), [t.double() for t in tensors])
-    torch.testing.assert_close(y, y_ref, atol=atol, rtol=rtol, msg=lambda m: f"output: {m}")
-    for name, g, g_ref in zip(NAMES, gs, gs_ref):
-        torch.testing.assert_close(g, g_ref, atol=atol, rtol=rtol, msg=lambda m: f"grad {name}: {m}")
+    for name, got, want in outputs_vs_reference(backend, tensors, masks, task_ids, activation, mask_bias):
+        torch.testing.assert_close(got, want, atol=atol, rtol=rtol, msg=lambda m: f"{name}: {m}")
 
 
 @pytest.mark.parametrize("seed", range(56))
@@ -59,13 +44,9 @@ def test_gradcheck_float64(activation, mask_bias):
 def test_working_dtypes(dtype, tol, activation):
     tensors, masks, ids = random_problem(3, 64, 32, 96, 4, dtype=dtype)
     for mask_bias in (False, True):
-        y, gs = grads(op_fn(masks, ids, activation, mask_bias), tensors)
         # Reference in float64 from the same (rounded) inputs.
-        y_ref, gs_ref = grads(ref_fn(masks, ids, activation, mask_bias), [t.double() for t in tensors])
-        scale = lambda r: r.abs().max().clamp_min(1.0)
-        assert (y - y_ref).abs().max() <= tol * scale(y_ref) * 4
-        for name, g, g_ref in zip(NAMES, gs, gs_ref):
-            assert (g - g_ref).abs().max() <= tol * scale(g_ref) * 4, name
+        for name, got, want in outputs_vs_reference("torch", tensors, masks, ids, activation, mask_bias):
+            assert (got - want).abs().max() <= tol * want.abs().max().clamp_min(1.0) * 4, name
 
 
 def test_empty_mask_gives_constant_output():

@@ -6,14 +6,13 @@ tests run at larger shapes on CUDA when a GPU is present (CUDA cases skip cleanl
 import pytest
 import torch
 
-from neuronspec.ops import TaskMasks, fc1_act_count, fc1_act_count_reference, masked_ffn, masked_ffn_reference
+from neuronspec.ops import TaskMasks, fc1_act_count, fc1_act_count_reference, masked_ffn
 from neuronspec.ops import registry
 
-from _ffn_cases import grads, random_masks, random_problem
+from _ffn_cases import grads, outputs_vs_reference, random_problem
 
 triton_backend = pytest.importorskip("neuronspec.ops.triton_backend")
 
-NAMES = ["x", "w1", "b1", "w2", "b2"]
 DEVICES = [
     pytest.param("cpu", marks=pytest.mark.skipif(
         triton_backend.available(torch.device("cpu")) is not None, reason="needs TRITON_INTERPRET=1")),
@@ -32,21 +31,8 @@ def problem(device, seed, num_tasks=6, dtype=torch.float32, shape=None, density=
 
 
 def check(tensors, masks, task_ids, activation, mask_bias, dtype_tol):
-    """Output and the five gradients through masked_ffn(backend="triton") vs autograd on the
-    reference in float64 (same rounded inputs)."""
-    dev = tensors[0].device
-    masks = masks.to(dev)
-
-    def op(*ts):
-        return masked_ffn(*ts, masks, task_ids, activation, mask_bias, backend="triton")
-
-    def ref(x, w1, b1, w2, b2):
-        ids = task_ids if isinstance(task_ids, torch.Tensor) else torch.full((x.shape[0],), task_ids, device=dev)
-        return masked_ffn_reference(x, w1, b1, w2, b2, masks.indices, masks.offsets, ids, activation, mask_bias)
-
-    y, gs = grads(op, tensors)
-    y_ref, gs_ref = grads(ref, [t.double() for t in tensors])
-    for name, got, want in zip(["y"] + NAMES, [y] + gs, [y_ref] + gs_ref):
+    """Output and the five gradients through masked_ffn(backend="triton") vs the reference."""
+    for name, got, want in outputs_vs_reference("triton", tensors, masks, task_ids, activation, mask_bias):
         err = (got - want).abs().max().item() if got.numel() else 0.0
         scale = max(want.abs().max().item() if want.numel() else 0.0, 1.0)
         assert err <= dtype_tol * scale, f"{name}: max error {err:.3g} > {dtype_tol:g} × {scale:.3g}"
