@@ -166,6 +166,21 @@ def relative_error(y: torch.Tensor, ref: torch.Tensor) -> float:
     return float((y.double() - ref.double()).abs().max() / ref.double().abs().max().clamp_min(1e-30))
 
 
+def reference_outputs(inputs, dy, masks: TaskMasks, task_vec, activation: str, grads: bool) -> list:
+    """[y] (+ dx, dW1, db1, dW2, db2 when grads) from the float64 oracle (DESIGN §2)."""
+    leaves = [t.detach().double().requires_grad_(grads) for t in inputs]
+    with torch.set_grad_enabled(grads):
+        y = masked_ffn_reference(*leaves, masks.indices, masks.offsets, task_vec, activation)
+    return [y.detach(), *(torch.autograd.grad(y, leaves, dy.double()) if grads else ())]
+
+
+def provider_outputs(fwd, inputs, dy, grads: bool) -> list:
+    """[y] (+ the five gradients when grads) from one provider call."""
+    with torch.set_grad_enabled(grads):
+        y = fwd()
+    return [y.detach(), *(torch.autograd.grad(y, inputs, dy) if grads else ())]
+
+
 # ---- one group: shape × tokens × batch × mode, all providers and p interleaved ----------------------
 def run_group(cfg: dict, shape, n: int, num_tasks: int, mode: str, ps: list[float], errors: dict) -> list[dict]:
     name, d, f = shape
@@ -182,6 +197,7 @@ def run_group(cfg: dict, shape, n: int, num_tasks: int, mode: str, ps: list[floa
         task = task_vec
     gen_masks = torch.Generator().manual_seed(cfg["seed"] + 1)
     masks = {p: make_masks(f, p, num_tasks, gen_masks, device) for p in cfg["p"]}  # same masks in every chunk
+    grads = mode not in ("fwd", "inference")  # check the five gradients too
     fns = {}
     for p in [None, *ps]:
         ref = None
@@ -189,12 +205,10 @@ def run_group(cfg: dict, shape, n: int, num_tasks: int, mode: str, ps: list[floa
             key = (prov, p)
             fwd = forward_fn(prov, x, weights, masks[p] if p else None, task, task_vec, cfg["activation"])
             try:
-                if p is not None and key not in errors:  # output check, once per (shape, N, batch)
-                    with torch.no_grad():
-                        if ref is None:  # float64 oracle
-                            ref = masked_ffn_reference(*[t.detach().double() for t in inputs], masks[p].indices,
-                                                       masks[p].offsets, task_vec, cfg["activation"])
-                        errors[key] = relative_error(fwd(), ref)
+                if p is not None and key not in errors:  # checked once per (shape, N, batch, fwd-only)
+                    if ref is None:
+                        ref = reference_outputs(inputs, dy, masks[p], task_vec, cfg["activation"], grads)
+                    errors[key] = max(map(relative_error, provider_outputs(fwd, inputs, dy, grads), ref))
                 fns[key] = timed_fn(mode, fwd, inputs, dy)
             except Exception as e:  # noqa: BLE001 - record and go on with the other providers
                 log.warning("%s p=%s setup failed: %s", prov, p, e)
@@ -387,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     errors_by_case: dict[tuple, dict] = {}
     for shape, n, k, mode in tqdm(jobs, desc="masked_ffn", unit="group", disable=None):
-        errors = errors_by_case.setdefault((shape, n, k), {})
+        errors = errors_by_case.setdefault((shape, n, k, mode in ("fwd", "inference")), {})
         group = []
         for ps in p_chunks(cfg, shape, n, k, mode):
             try:

@@ -21,7 +21,7 @@ mkdir -p "$OUTDIR" && OUTDIR="$(cd "$OUTDIR" && pwd)"
 DRY="${NEURONSPEC_SUITE_DRY:-0}"
 if [ "$DRY" = "1" ]; then BUDGET="${NEURONSPEC_SUITE_BUDGET:-1200}"; else BUDGET="${NEURONSPEC_SUITE_BUDGET:-470}"; fi
 SKIP=",${NEURONSPEC_SUITE_SKIP:-},"
-PY="${PYTHON:-python}"
+PY="${PYTHON:-$(command -v python || command -v python3)}"
 START=$(date +%s)
 cd "$ROOT" || exit 1
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
@@ -105,7 +105,11 @@ tests() {
     if [ -f "$f" ]; then files+=("$f"); else echo "missing test file: $f"; fi
   done
   [ ${#files[@]} -gt 0 ] || return 1
-  "$PY" -m pytest -q -p no:cacheprovider -rs --junitxml="$OUTDIR/pytest.xml" "${files[@]}"
+  # correctness, not tuning: one tile config per kernel (8x fewer compiles), workers in parallel
+  local par=()
+  "$PY" -c "import xdist" 2>/dev/null && [ "$DRY" != "1" ] && par=(-n 8)
+  NEURONSPEC_TRITON_AUTOTUNE=0 "$PY" -m pytest -q -p no:cacheprovider -rs "${par[@]}" \
+    --junitxml="$OUTDIR/pytest.xml" "${files[@]}"
 }
 
 if [ "$DRY" = "1" ]; then  # CPU: tiny sizes, a few rounds
@@ -113,11 +117,12 @@ if [ "$DRY" = "1" ]; then  # CPU: tiny sizes, a few rounds
   COUNT=(--device cpu --shapes tiny --tokens 512 --tasks 1,4 --repeats 3 --warmup 1)
   TRAIN=(--device cpu --models tiny --batch-tokens 256 --seq-len 16 --vocab 1000 --batches homogeneous,mixed --repeats 2 --warmup 1)
   LIMITS=(60 300 300 120 60 90)   # info build tests masked counting train
-else                       # GPU sizes: the scripts' CUDA defaults (bf16, N 8192, base/big/llm)
-  MASKED=(--device cuda --preset default --repeats 10)
-  COUNT=(--device cuda --preset default --repeats 15)
-  TRAIN=(--device cuda --preset default --repeats 8)
-  LIMITS=(20 110 80 150 40 60)
+else                       # GPU sizes (bf16, N 8192): the bars of the issues first, big before base
+  MASKED=(--device cuda --shapes big,base --tokens 8192 --p 0.25,0.5,0.75,1.0 --modes fwd+bwd,fwd --tasks 1,8
+          --repeats 10 --warmup 3)
+  COUNT=(--device cuda --shapes big,base --tokens 8192 --tasks 1,8 --repeats 15)
+  TRAIN=(--device cuda --models base,big --batches homogeneous,mixed --repeats 8)
+  LIMITS=(20 90 100 130 40 50)
 fi
 
 export -f info build tests

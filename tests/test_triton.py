@@ -185,3 +185,19 @@ def test_available_reports_interpreter_state():
 def test_triton_is_default_on_cuda(monkeypatch):
     monkeypatch.delenv(registry.ENV_VAR, raising=False)
     assert registry.resolve_backend(None, torch.device("cuda")) == "triton"
+
+
+# ---- compiled for the GPU (no GPU needed) -------------------------------------------------------
+def test_kernels_compile_for_sm90():
+    """Every kernel specialization goes through Triton's real pipeline to an sm_90 cubin (the
+    interpreter accepts code the compiler rejects); bf16, first tile config (tests/_triton_sm90.py)."""
+    import os
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(__file__), "_triton_sm90.py")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, script, "--dtypes", "bf16"], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "0 failed" in proc.stdout and proc.stdout.count(": ok (") >= 30

@@ -15,8 +15,12 @@ torch.backends.cuda.matmul.allow_tf32 is set. fp64 runs these kernels under the 
 (so gradcheck works on CPU); on CUDA fp64 falls back to the torch backend's math.
 Shared neurons' dW1/dW2 rows accumulate with fp32 atomics when a batch has several tasks
 (result order-dependent in the last bits); one task stores directly.
+Tiles are autotuned per problem size; NEURONSPEC_TRITON_AUTOTUNE=0 (read at import) keeps the
+first config of each list, which compiles ~8x fewer kernels (the GPU tests use it).
 """
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -51,30 +55,37 @@ def available(device: torch.device) -> str | None:
 
 
 # ---- autotune configs ------------------------------------------------------------------------
+AUTOTUNE = os.environ.get("NEURONSPEC_TRITON_AUTOTUNE", "1") != "0"
+
+
+def _tuned(configs: list) -> list:
+    return configs if AUTOTUNE else configs[:1]
+
+
 def _gemm_configs():
     """Tiles for gather_n / gather_k / counting (BM tokens, BN outputs, BK reduction)."""
     if _IMPORT_ERROR is None and INTERPRETED:  # tiny grids: every program runs in Python
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32}, num_warps=1)]
-    return [
+    return _tuned([
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
         for bm, bn, bk, w, s in [
             (128, 128, 64, 8, 3), (128, 128, 32, 4, 4), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4),
             (64, 64, 64, 4, 4), (128, 256, 64, 8, 3), (64, 128, 32, 4, 3), (128, 64, 32, 4, 3),
         ]
-    ]
+    ])
 
 
 def _scatter_configs():
     """Tiles for scatter_rows (BM active neurons, BN output columns, BK tokens)."""
     if _IMPORT_ERROR is None and INTERPRETED:
         return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 16}, num_warps=1)]
-    return [
+    return _tuned([
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
         for bm, bn, bk, w, s in [
             (128, 128, 64, 8, 3), (128, 128, 32, 4, 4), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4),
             (64, 64, 64, 4, 4), (64, 64, 32, 4, 3),
         ]
-    ]
+    ])
 
 
 if _IMPORT_ERROR is None:
