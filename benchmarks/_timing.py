@@ -104,6 +104,27 @@ def _time_once(fn: Callable[[], object], device: torch.device, inner: int) -> fl
     return (time.perf_counter() - t0) / inner
 
 
+def kernel_time(fn: Callable[[], object], device: torch.device, calls: int = 5) -> float | None:
+    """Seconds of GPU activity (kernels, memcpy, memset) per call of `fn`, read from
+    torch.profiler: what the call costs the GPU with the host's launch overhead taken away.
+    None on CPU or when the profiler fails (logged)."""
+    if device.type != "cuda":
+        return None
+    try:
+        from torch.profiler import ProfilerActivity, profile
+
+        fn()
+        torch.cuda.synchronize(device)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(calls):
+                fn()
+            torch.cuda.synchronize(device)
+        return sum(e.self_device_time_total for e in prof.key_averages()) / 1e6 / calls
+    except Exception as e:  # noqa: BLE001 - profiling is extra information, never fatal
+        log.warning("kernel time unavailable: %s", e)
+        return None
+
+
 def measure(fns: Mapping[str, Callable[[], object]], device: torch.device, repeats: int = 7,
             warmup: int = 2, min_sample_s: float = 0.0) -> dict[str, Stats | str]:
     """Interleaved timing of several callables → {name: Stats, or an error message}.

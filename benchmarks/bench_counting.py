@@ -147,6 +147,7 @@ def run_case(cfg: dict, shape, n: int, num_tasks: int) -> list[dict]:
                 correct[key] = f"error: {type(e).__name__}: {e}"[:200]
         stats = tm.measure(fns, device, cfg["repeats"], cfg["warmup"],
                            min_sample_s=2e-3 if device.type == "cuda" else 0.0)
+        kernel = {k: tm.kernel_time(fns[k], device) for k, st in stats.items() if isinstance(st, tm.Stats)}
     hook.handle.remove()
     base = stats["fc1+act"]
     rows = []
@@ -163,6 +164,10 @@ def run_case(cfg: dict, shape, n: int, num_tasks: int) -> list[dict]:
             r_med, r_q1, r_q3 = tm.ratio_stats(st, base)  # time ratio provider / baseline
             row.update(overhead_pct=round((st.median / base.median - 1) * 100, 3),
                        overhead_q1_pct=round((r_q1 - 1) * 100, 2), overhead_q3_pct=round((r_q3 - 1) * 100, 2))
+        if kernel.get(key) is not None:
+            row["kernel_ms"] = tm.sig(kernel[key] * 1e3)
+            if kernel.get("fc1+act"):
+                row["kernel_overhead_pct"] = round((kernel[key] / kernel["fc1+act"] - 1) * 100, 2)
         ok = correct.get(key, True)
         row["counts_correct"] = ok if key != "fc1+act" else None
         row["status"] = "ok" if ok is True else ("WRONG COUNTS" if ok is False else ok)
@@ -181,9 +186,17 @@ def case_table(rows: list[dict]) -> str:
             continue
         ov = "baseline" if r["provider"] == "fc1+act" else (
             f"{r['overhead_pct']:+.1f} % [{r['overhead_q1_pct']:+.1f}, {r['overhead_q3_pct']:+.1f}]")
-        body.append([r["provider"], f"{r['median_ms']:.3g}", f"{r['iqr_ms']:.2g}", ov +
-                     ("" if r["status"] == "ok" else f" ({r['status']})")])
-    return title + "\n\n" + tm.markdown_table(["provider", "median ms", "IQR ms", "overhead vs fc1+act [IQR]"], body)
+        line = [r["provider"], f"{r['median_ms']:.3g}", f"{r['iqr_ms']:.2g}", ov +
+                ("" if r["status"] == "ok" else f" ({r['status']})")]
+        if any("kernel_ms" in q for q in rows):
+            line += [f"{r['kernel_ms']:.3g}" if "kernel_ms" in r else "",
+                     f"{r['kernel_overhead_pct']:+.1f} %" if "kernel_overhead_pct" in r and r["provider"] != "fc1+act"
+                     else ("baseline" if r["provider"] == "fc1+act" else "")]
+        body.append(line)
+    header = ["provider", "median ms", "IQR ms", "overhead vs fc1+act [IQR]"]
+    if any("kernel_ms" in q for q in rows):  # CUDA: GPU time alone (torch.profiler), host overhead excluded
+        header += ["GPU kernel ms", "kernel overhead"]
+    return title + "\n\n" + tm.markdown_table(header, body)
 
 
 def markdown_report(rows: list[dict], meta: dict) -> str:

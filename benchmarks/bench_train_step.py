@@ -208,6 +208,7 @@ def run_case(cfg: dict, model_name: str, kind: str) -> list[dict]:
         opt = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-6)
         fns[name] = make_step(model, opt, batch)
     stats = tm.measure(fns, device, cfg["repeats"], cfg["warmup"])
+    kernel = {k: tm.kernel_time(fns[k], device, calls=2) for k, st in stats.items() if isinstance(st, tm.Stats)}
     memory = {}
     for name, fn in fns.items():
         try:
@@ -237,6 +238,10 @@ def run_case(cfg: dict, model_name: str, kind: str) -> list[dict]:
             r_med, r_q1, r_q3 = tm.ratio_stats(stats["dense"], st)
             row.update(speedup=tm.sig(stats["dense"].median / st.median), speedup_q1=tm.sig(r_q1),
                        speedup_q3=tm.sig(r_q3))
+        if kernel.get(name) is not None:  # CUDA: GPU busy time of one step, host overhead excluded
+            row["kernel_ms"] = tm.sig(kernel[name] * 1e3)
+            if kernel.get("dense"):
+                row["kernel_speedup"] = tm.sig(kernel["dense"] / kernel[name])
         rows.append(row)
     return rows
 
@@ -256,8 +261,13 @@ def markdown_report(rows: list[dict], meta: dict) -> str:
              "n/a (CPU)" if r.get("peak_step_mib") is None else f"{r['peak_step_mib']:.0f}"]
             if "median_ms" in r else [r["model"], "", r["batch"], "", r["variant"], "", r["status"], "", "", "", ""]
             for r in rows]
-    return head + tm.markdown_table(["model", "d/ff layers", "batch", "tgt tokens", "variant", "kept",
-                                     "step ms ±IQR/2", "tgt tok/s", "speedup [IQR]", "saved for bwd MiB", "step peak MiB"], body)
+    header = ["model", "d/ff layers", "batch", "tgt tokens", "variant", "kept", "step ms ±IQR/2", "tgt tok/s",
+              "speedup [IQR]", "saved for bwd MiB", "step peak MiB"]
+    if any("kernel_ms" in r for r in rows):  # CUDA: GPU time alone (torch.profiler)
+        header += ["GPU kernel ms", "kernel speedup"]
+        body = [b + ([f"{r['kernel_ms']:.1f}", f"{r.get('kernel_speedup', float('nan')):.2f}×"]
+                     if "kernel_ms" in r else ["", ""]) for b, r in zip(body, rows)]
+    return head + tm.markdown_table(header, body)
 
 
 def main(argv: list[str] | None = None) -> int:

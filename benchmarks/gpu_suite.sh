@@ -122,7 +122,7 @@ else                       # GPU sizes (bf16, N 8192): the bars of the issues fi
           --repeats 10 --warmup 3)
   COUNT=(--device cuda --shapes big,base --tokens 8192 --tasks 1,8 --repeats 15)
   TRAIN=(--device cuda --models base,big --batches homogeneous,mixed --repeats 8)
-  LIMITS=(20 90 100 130 40 50)
+  LIMITS=(15 40 100 170 50 60)
 fi
 
 export -f info build tests

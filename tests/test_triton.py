@@ -53,6 +53,20 @@ def test_mixed_tasks_match_reference(device, dtype, activation, mask_bias):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_cached_tables_follow_in_place_changes(device):
+    """The launcher caches tables derived from the task ids and the masks per tensor object;
+    ids or mask indices changed in place (same objects) must not reuse stale tables."""
+    tensors, masks, ids = problem(device, seed=13)
+    masked_ffn(*tensors, masks, ids, backend="triton")  # fills the caches
+    ids.copy_(ids.flip(0))
+    check(tensors, masks, ids, "relu", False, TOL[torch.float32])
+    k = masks.offsets[1].item()  # task 0 gets another set of k neurons, in place
+    new = torch.randperm(masks.num_neurons, generator=torch.Generator().manual_seed(0))[:k].sort().values
+    masks.indices[:k] = new.to(masks.indices)
+    check(tensors, masks, ids, "relu", False, TOL[torch.float32])
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("task", [0, 3, 5], ids=["random", "empty", "full"])
 def test_homogeneous_batch_float64(device, task):
     """One int task for the whole batch (no sort); fp64 through the kernels under the interpreter."""

@@ -129,6 +129,38 @@ def _backward(ctx, dy, _dz):
 masked_ffn_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
+class _EagerMaskedFFN(torch.autograd.Function):
+    """Eager twin of the custom op above: the same backend calls without the custom-op
+    dispatch, which costs ~100 µs of Python per forward+backward (measured by
+    benchmarks/bench_overhead.py); `masked_ffn` uses it unless torch.compile is tracing."""
+
+    @staticmethod
+    def forward(ctx, x, w1, b1, w2, b2, indices, offsets, task_ids, task, activation, mask_bias, backend):
+        check_task_range(task_ids, offsets.numel() - 1)
+        y, z = _module(backend).masked_ffn_fwd(x, w1, b1, w2, b2, indices, offsets, task_ids, task, activation,
+                                               mask_bias)
+        _setup_context(ctx, (x, w1, b1, w2, b2, indices, offsets, task_ids, task, activation, mask_bias, backend),
+                       (y, z))
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        if dy is None:
+            return (None,) * 12
+        x, w1, b1, w2, b2, indices, offsets, task_ids, z = ctx.saved_tensors
+        grads = _module(ctx.backend).masked_ffn_bwd(dy.contiguous(), x, w1, b1, w2, b2, indices, offsets, task_ids,
+                                                    ctx.task, z, ctx.activation, ctx.mask_bias)
+        return (*grads, None, None, None, None, None, None, None)
+
+
+def masked_ffn(x, w1, b1, w2, b2, indices, offsets, task_ids, task, activation, mask_bias, backend) -> Tensor:
+    """y [N, d_out] through the custom op when torch.compile traces, else through _EagerMaskedFFN."""
+    args = (x, w1, b1, w2, b2, indices, offsets, task_ids, task, activation, mask_bias, backend)
+    if torch.compiler.is_compiling():
+        return masked_ffn_fwd(*args)[0]
+    return _EagerMaskedFFN.apply(*args)
+
+
 # ---- fused fc1 + activation + counting ----------------------------------------------------
 @torch.library.custom_op("neuronspec::fc1_act_count", mutates_args=("counts",))
 def fc1_act_count(
@@ -137,6 +169,15 @@ def fc1_act_count(
 ) -> Tensor:
     check_task_range(task_ids, counts.shape[0])
     return _module(backend).fc1_act_count(x, w1, b1, counts, task_ids, task, valid, activation, write_output)
+
+
+def fc1_act_count_call(x, w1, b1, counts, task_ids, task, valid, activation, write_output, backend) -> Tensor:
+    """The custom op when torch.compile traces, else the backend directly (no dispatch cost)."""
+    args = (x, w1, b1, counts, task_ids, task, valid, activation, write_output, backend)
+    if torch.compiler.is_compiling():
+        return fc1_act_count(*args)
+    check_task_range(task_ids, counts.shape[0])
+    return _module(backend).fc1_act_count(*args[:-1])
 
 
 @fc1_act_count.register_fake

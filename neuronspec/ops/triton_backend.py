@@ -21,6 +21,7 @@ first config of each list, which compiles ~8x fewer kernels (the GPU tests use i
 from __future__ import annotations
 
 import os
+import weakref
 
 import torch
 
@@ -99,30 +100,56 @@ if _IMPORT_ERROR is None:
 
 
 # ---- launch helpers ----------------------------------------------------------------------------
+_MEMO: dict[tuple, tuple] = {}
+
+
+def _memo(t: torch.Tensor, tag: tuple, make):
+    """make(), cached for this very tensor object `t` (weakly referenced, same in-place version)
+    and `tag`: tables derived from the masks or the batch's task ids are built once, not in
+    every forward and backward (each small op costs a kernel launch on the GPU)."""
+    key = (id(t), tag)
+    hit = _MEMO.get(key)
+    if hit is not None and hit[0]() is t and hit[1] == t._version:
+        return hit[2]
+    value = make()
+    if len(_MEMO) >= 256:
+        _MEMO.clear()
+    _MEMO[key] = (weakref.ref(t), t._version, value)
+    return value
+
+
 def _grouping(task_ids: torch.Tensor, task: int, offsets: torch.Tensor, n: int):
     """→ (perm int32 [N] or None, tok_start int32 [T'+1], task offsets int32 [T'+1], T',
     task rows [T'] long: which rows of the caller's [T, ...] tables the T' groups are)."""
     num_tasks = offsets.numel() - 1
     dev = offsets.device
     if task >= 0:
-        tok_start = torch.tensor([0, n], dtype=torch.int32, device=dev)
-        return None, tok_start, offsets[task : task + 2], 1, torch.tensor([task], device=dev)
-    perm = torch.argsort(task_ids, stable=True).to(torch.int32)
-    sizes = torch.zeros(num_tasks, dtype=torch.int64, device=dev).index_add_(0, task_ids, torch.ones_like(task_ids))
-    tok_start = torch.zeros(num_tasks + 1, dtype=torch.int32, device=dev)
-    tok_start[1:] = torch.cumsum(sizes, 0)
-    return perm, tok_start, offsets, num_tasks, torch.arange(num_tasks, device=dev)
+        def homogeneous():
+            tok_start = torch.tensor([0, n], dtype=torch.int32, device=dev)
+            return None, tok_start, offsets[task : task + 2], 1, torch.tensor([task], device=dev)
+        return _memo(offsets, ("homogeneous", n, task), homogeneous)
+
+    def by_task():
+        perm = torch.argsort(task_ids, stable=True).to(torch.int32)
+        sizes = torch.zeros(num_tasks, dtype=torch.int64, device=dev).index_add_(0, task_ids, torch.ones_like(task_ids))
+        tok_start = torch.zeros(num_tasks + 1, dtype=torch.int32, device=dev)
+        tok_start[1:] = torch.cumsum(sizes, 0)
+        return perm, tok_start, offsets, num_tasks, torch.arange(num_tasks, device=dev)
+    return _memo(task_ids, ("by_task", id(offsets), offsets._version, num_tasks), by_task)
 
 
 def _inactive(indices: torch.Tensor, offsets: torch.Tensor, f: int, rows: torch.Tensor, dtype) -> torch.Tensor:
     """Dense 0/1 inactive masks [len(rows), f] of the tasks `rows` (no host sync)."""
-    num_tasks = offsets.numel() - 1
-    sizes = (offsets[1:] - offsets[:-1]).long()
-    owner = torch.repeat_interleave(torch.arange(num_tasks, device=indices.device), sizes,
-                                    output_size=indices.numel())
-    m = torch.ones(num_tasks, f, dtype=dtype, device=indices.device)
-    m[owner, indices.long()] = 0
-    return m.index_select(0, rows)
+    def dense():
+        num_tasks = offsets.numel() - 1
+        sizes = (offsets[1:] - offsets[:-1]).long()
+        owner = torch.repeat_interleave(torch.arange(num_tasks, device=indices.device), sizes,
+                                        output_size=indices.numel())
+        m = torch.ones(num_tasks, f, dtype=dtype, device=indices.device)
+        m[owner, indices.long()] = 0
+        return m
+    m = _memo(indices, ("inactive", id(offsets), offsets._version, f, dtype), dense)
+    return m if rows.numel() == m.shape[0] and rows.numel() > 1 else m.index_select(0, rows)
 
 
 def _acc_dtype(dtype):
