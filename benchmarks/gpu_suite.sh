@@ -10,7 +10,8 @@
 #   NEURONSPEC_SUITE_DRY=1     CPU dry run: same steps, tiny benchmark sizes, the CUDA build goes
 #                              to a scratch folder instead of the source tree (see README.md)
 #   NEURONSPEC_SUITE_BUDGET    total seconds (default 470: an 8-minute slot with margin; dry run 1200)
-#   NEURONSPEC_SUITE_SKIP      comma-separated steps to skip: info,build,tests,masked_ffn,counting,train_step
+#   NEURONSPEC_SUITE_SKIP      comma-separated steps to skip: info,build,tests,masked_ffn,counting,train_step,
+#                              masked_ffn_large
 #   NEURONSPEC_CUDA_ARCH       passed to the build (default there: 80;90)
 # Output: suite.log (one line per step: name, status, seconds), <step>.log for each step,
 # nvidia-smi.txt, versions.txt, pytest junit XML, masked_ffn/counting/train_step .csv/.json/.md/.png
@@ -116,13 +117,18 @@ if [ "$DRY" = "1" ]; then  # CPU: tiny sizes, a few rounds
   MASKED=(--device cpu --shapes tiny --tokens 512 --p 0.25,0.5,1.0 --modes fwd+bwd,fwd --tasks 1,4 --repeats 3 --warmup 1)
   COUNT=(--device cpu --shapes tiny --tokens 512 --tasks 1,4 --repeats 3 --warmup 1)
   TRAIN=(--device cpu --models tiny --batch-tokens 256 --seq-len 16 --vocab 1000 --batches homogeneous,mixed --repeats 2 --warmup 1)
-  LIMITS=(60 300 300 120 60 90)   # info build tests masked counting train
+  LARGE=(--device cpu --shapes tiny --tokens 1024 --p 0.25,1.0 --modes fwd+bwd --tasks 1 --providers dense,torch
+         --repeats 2 --warmup 1)
+  LIMITS=(60 300 300 120 60 90 60)   # info build tests masked counting train large
 else                       # GPU sizes (bf16, N 8192): the bars of the issues first, big before base
   MASKED=(--device cuda --shapes big,base --tokens 8192 --p 0.25,0.5,0.75,1.0 --modes fwd+bwd,fwd --tasks 1,8
           --repeats 10 --warmup 3)
   COUNT=(--device cuda --shapes big,base --tokens 8192 --tasks 1,8 --repeats 15)
   TRAIN=(--device cuda --models base,big --batches homogeneous,mixed --repeats 8)
-  LIMITS=(15 40 100 170 50 60)
+  # the LLM-size FFN, where GPU work dwarfs launch overhead: dense vs the default backend
+  LARGE=(--device cuda --shapes llm --tokens 8192 --p 0.25,0.5,1.0 --modes fwd+bwd --tasks 1,8
+         --providers dense,triton --repeats 8 --warmup 2)
+  LIMITS=(15 40 100 170 50 60 60)
 fi
 
 export -f info build tests
@@ -134,5 +140,6 @@ step tests "${LIMITS[2]}" tests
 step masked_ffn "${LIMITS[3]}" "$PY" benchmarks/bench_masked_ffn.py "${MASKED[@]}" --out "$OUTDIR"
 step counting "${LIMITS[4]}" "$PY" benchmarks/bench_counting.py "${COUNT[@]}" --out "$OUTDIR"
 step train_step "${LIMITS[5]}" "$PY" benchmarks/bench_train_step.py "${TRAIN[@]}" --out "$OUTDIR"
+step masked_ffn_large "${LIMITS[6]}" "$PY" benchmarks/bench_masked_ffn.py "${LARGE[@]}" --out "$OUTDIR/large"
 log "done in $(( $(date +%s) - START ))s; failed:${FAILED:- none}"
 [ -z "$FAILED" ]  # exit status 1 when a step failed (all steps ran regardless)
