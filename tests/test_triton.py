@@ -57,6 +57,7 @@ def test_cached_tables_follow_in_place_changes(device):
     """The launcher caches tables derived from the task ids and the masks per tensor object;
     ids or mask indices changed in place (same objects) must not reuse stale tables."""
     tensors, masks, ids = problem(device, seed=13)
+    masks = masks.to(device)
     masked_ffn(*tensors, masks, ids, backend="triton")  # fills the caches
     ids.copy_(ids.flip(0))
     check(tensors, masks, ids, "relu", False, TOL[torch.float32])
