@@ -183,3 +183,20 @@ def test_fc1_act_count_differentiable_output():
     torch.testing.assert_close(x.grad, x2.grad)
     torch.testing.assert_close(w1.grad, w12.grad)
     assert counts.sum() == (F.linear(x, w1, b1) > 0).sum()
+
+
+def test_memo_rebuilds_after_in_place_change():
+    """Backends cache tables per tensor object; an in-place change or another object rebuilds."""
+    from neuronspec.ops.memo import memo
+
+    t, calls = torch.tensor([1, 2]), []
+
+    def make():
+        calls.append(1)
+        return t.tolist()
+
+    assert memo(t, ("host",), make) == [1, 2] and memo(t, ("host",), make) == [1, 2] and len(calls) == 1
+    t[0] = 5
+    assert memo(t, ("host",), make) == [5, 2] and len(calls) == 2
+    u = t.clone()
+    assert memo(u, ("host",), lambda: "other") == "other"

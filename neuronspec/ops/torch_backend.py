@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .activations import act, act_grad
+from .memo import memo
 
 
 def available(device: torch.device) -> str | None:
@@ -31,7 +32,7 @@ def group_tokens(task_ids: torch.Tensor, task: int, num_tasks: int, n: int):
 
 def _task_groups(indices, offsets, starts):
     """Yield (t, token range start, end, active ids as long) for tasks that have tokens."""
-    off = offsets.tolist()
+    off = memo(offsets, ("host",), offsets.tolist)  # no device-to-host sync per call
     for t in range(len(off) - 1):
         if starts[t + 1] > starts[t]:
             yield t, starts[t], starts[t + 1], indices[off[t] : off[t + 1]].long()

@@ -12,7 +12,8 @@ Saved for backward: Z_A packed in an [N, f] buffer in task-sorted row order (row
 task's k_t pre-activations in columns 0..k_t-1), like the torch backend.
 Precision: fp32 accumulation (fp64 for fp64 inputs); fp32 inputs use TF32 only when
 torch.backends.cuda.matmul.allow_tf32 is set. fp64 runs these kernels under the interpreter
-(so gradcheck works on CPU); on CUDA fp64 falls back to the torch backend's math.
+(so gradcheck works on CPU). On CUDA, fp64 and homogeneous batches (one task) use the torch
+backend's gather + cuBLAS math, which measured faster than these kernels (see _use_torch).
 Shared neurons' dW1/dW2 rows accumulate with fp32 atomics when a batch has several tasks
 (result order-dependent in the last bits); one task stores directly.
 Tiles are autotuned per problem size; NEURONSPEC_TRITON_AUTOTUNE=0 (read at import) keeps the
@@ -21,7 +22,6 @@ first config of each list, which compiles ~8x fewer kernels (the GPU tests use i
 from __future__ import annotations
 
 import os
-import weakref
 
 import torch
 
@@ -38,6 +38,7 @@ except ImportError as e:  # triton missing or broken: available() says why
 
 from . import torch_backend
 from .activations import act, act_grad
+from .memo import memo
 
 ACTIVATION_CODES = {"relu": 0, "gelu": 1}
 
@@ -100,24 +101,6 @@ if _IMPORT_ERROR is None:
 
 
 # ---- launch helpers ----------------------------------------------------------------------------
-_MEMO: dict[tuple, tuple] = {}
-
-
-def _memo(t: torch.Tensor, tag: tuple, make):
-    """make(), cached for this very tensor object `t` (weakly referenced, same in-place version)
-    and `tag`: tables derived from the masks or the batch's task ids are built once, not in
-    every forward and backward (each small op costs a kernel launch on the GPU)."""
-    key = (id(t), tag)
-    hit = _MEMO.get(key)
-    if hit is not None and hit[0]() is t and hit[1] == t._version:
-        return hit[2]
-    value = make()
-    if len(_MEMO) >= 256:
-        _MEMO.clear()
-    _MEMO[key] = (weakref.ref(t), t._version, value)
-    return value
-
-
 def _grouping(task_ids: torch.Tensor, task: int, offsets: torch.Tensor, n: int):
     """→ (perm int32 [N] or None, tok_start int32 [T'+1], task offsets int32 [T'+1], T',
     task rows [T'] long: which rows of the caller's [T, ...] tables the T' groups are)."""
@@ -127,7 +110,7 @@ def _grouping(task_ids: torch.Tensor, task: int, offsets: torch.Tensor, n: int):
         def homogeneous():
             tok_start = torch.tensor([0, n], dtype=torch.int32, device=dev)
             return None, tok_start, offsets[task : task + 2], 1, torch.tensor([task], device=dev)
-        return _memo(offsets, ("homogeneous", n, task), homogeneous)
+        return memo(offsets, ("homogeneous", n, task), homogeneous)
 
     def by_task():
         perm = torch.argsort(task_ids, stable=True).to(torch.int32)
@@ -135,7 +118,7 @@ def _grouping(task_ids: torch.Tensor, task: int, offsets: torch.Tensor, n: int):
         tok_start = torch.zeros(num_tasks + 1, dtype=torch.int32, device=dev)
         tok_start[1:] = torch.cumsum(sizes, 0)
         return perm, tok_start, offsets, num_tasks, torch.arange(num_tasks, device=dev)
-    return _memo(task_ids, ("by_task", id(offsets), offsets._version, num_tasks), by_task)
+    return memo(task_ids, ("by_task", id(offsets), offsets._version, num_tasks), by_task)
 
 
 def _inactive(indices: torch.Tensor, offsets: torch.Tensor, f: int, rows: torch.Tensor, dtype) -> torch.Tensor:
@@ -148,7 +131,7 @@ def _inactive(indices: torch.Tensor, offsets: torch.Tensor, f: int, rows: torch.
         m = torch.ones(num_tasks, f, dtype=dtype, device=indices.device)
         m[owner, indices.long()] = 0
         return m
-    m = _memo(indices, ("inactive", id(offsets), offsets._version, f, dtype), dense)
+    m = memo(indices, ("inactive", id(offsets), offsets._version, f, dtype), dense)
     return m if rows.numel() == m.shape[0] and rows.numel() > 1 else m.index_select(0, rows)
 
 
@@ -165,8 +148,12 @@ def _meta(x: torch.Tensor) -> dict:
                 ACC=tl.float64 if fp64 else tl.float32)
 
 
-def _use_torch(x: torch.Tensor) -> bool:
-    return x.dtype == torch.float64 and not INTERPRETED
+def _use_torch(x: torch.Tensor, task: int = -1) -> bool:
+    """fp64 on a GPU, and homogeneous batches (one task) on a GPU: gathering the task's W1
+    rows / W2 columns once and calling cuBLAS (the torch backend's math) beat these kernels on
+    an H200 (bf16, N 8192, llm shape: 2.1x dense at p=0.25 vs 0.96x; GPU time 1.8x vs 0.65x on
+    the big shape; benchmarks/results/gpu-h200/). Mixed batches keep the grouped kernels."""
+    return not INTERPRETED and (x.dtype == torch.float64 or task >= 0)
 
 
 def _tiles(n, num_groups, meta, block_cols, cols):
@@ -176,7 +163,7 @@ def _tiles(n, num_groups, meta, block_cols, cols):
 # ---- backend protocol ----------------------------------------------------------------------------
 def masked_ffn_fwd(x, w1, b1, w2, b2, indices, offsets, task_ids, task, activation, mask_bias):
     """→ (y [N, d_out], z packed [N, f] in task-sorted order)."""
-    if _use_torch(x):
+    if _use_torch(x, task):
         return torch_backend.masked_ffn_fwd(x, w1, b1, w2, b2, indices, offsets, task_ids, task, activation,
                                             mask_bias)
     n, d = x.shape
@@ -211,7 +198,7 @@ def masked_ffn_fwd(x, w1, b1, w2, b2, indices, offsets, task_ids, task, activati
 
 def masked_ffn_bwd(dy, x, w1, b1, w2, b2, indices, offsets, task_ids, task, z, activation, mask_bias):
     """→ (dx, dw1, db1, dw2, db2) for the packed z saved by masked_ffn_fwd."""
-    if _use_torch(x):
+    if _use_torch(x, task):
         return torch_backend.masked_ffn_bwd(dy, x, w1, b1, w2, b2, indices, offsets, task_ids, task, z,
                                             activation, mask_bias)
     n, d = x.shape
