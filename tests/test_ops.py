@@ -200,3 +200,16 @@ def test_memo_rebuilds_after_in_place_change():
     assert memo(t, ("host",), make) == [5, 2] and len(calls) == 2
     u = t.clone()
     assert memo(u, ("host",), lambda: "other") == "other"
+
+
+def test_memo_keys_views_by_region_of_the_owner():
+    """Views of one tensor share the memo when they cover the same memory the same way;
+    a view of another region of the same tensor does not."""
+    from neuronspec.ops.memo import memo
+
+    base = torch.arange(6)
+    a, b = base.view(2, 3).reshape(6), base.view(6)
+    assert memo(a, ("sum",), lambda: int(a.sum())) == 15
+    assert memo(b, ("sum",), lambda: -1) == 15  # same owner, same region and layout
+    c = base[3:]
+    assert memo(c, ("sum",), lambda: int(c.sum())) == 12

@@ -118,7 +118,7 @@ def _grouping(task_ids: torch.Tensor, task: int, offsets: torch.Tensor, n: int):
         tok_start = torch.zeros(num_tasks + 1, dtype=torch.int32, device=dev)
         tok_start[1:] = torch.cumsum(sizes, 0)
         return perm, tok_start, offsets, num_tasks, torch.arange(num_tasks, device=dev)
-    return memo(task_ids, ("by_task", id(offsets), offsets._version, num_tasks), by_task)
+    return memo(task_ids, ("by_task", id(offsets), offsets.data_ptr(), offsets._version, num_tasks), by_task)
 
 
 def _inactive(indices: torch.Tensor, offsets: torch.Tensor, f: int, rows: torch.Tensor, dtype) -> torch.Tensor:
@@ -131,7 +131,7 @@ def _inactive(indices: torch.Tensor, offsets: torch.Tensor, f: int, rows: torch.
         m = torch.ones(num_tasks, f, dtype=dtype, device=indices.device)
         m[owner, indices.long()] = 0
         return m
-    m = memo(indices, ("inactive", id(offsets), offsets._version, f, dtype), dense)
+    m = memo(indices, ("inactive", id(offsets), offsets.data_ptr(), offsets._version, f, dtype), dense)
     return m if rows.numel() == m.shape[0] and rows.numel() > 1 else m.index_select(0, rows)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from .activations import ACTIVATIONS
+from .memo import memo
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
@@ -80,6 +81,7 @@ def check_task_range(task_ids: torch.Tensor, num_tasks: int) -> None:
     """Value check of per-token ids; called inside the custom ops so it also runs under
     torch.compile (where data-dependent checks cannot be traced)."""
     if task_ids.numel():
-        lo, hi = torch.aminmax(task_ids)
+        # one host copy per batch of ids (memo: layers sharing the ids tensor reuse it)
+        lo, hi = memo(task_ids, ("range",), lambda: torch.stack(torch.aminmax(task_ids)).tolist())
         if lo < 0 or hi >= num_tasks:
-            raise ValueError(f"task_ids: ids must lie in [0, {num_tasks}), got range [{int(lo)}, {int(hi)}]")
+            raise ValueError(f"task_ids: ids must lie in [0, {num_tasks}), got range [{lo}, {hi}]")
