@@ -105,8 +105,10 @@ def task_arg(task: int | torch.Tensor) -> int | torch.Tensor:
 
 
 def _expand_task(task: int | torch.Tensor, length: int) -> int | torch.Tensor:
-    """int stays int; ``[B]`` becomes ``[B, length]`` (one id per token)."""
-    return task if isinstance(task, int) else task[:, None].expand(-1, length)
+    """int stays int; ``[B]`` becomes one contiguous id per token ``[B·length]``, built once per
+    encode/decode so that every layer's FFN sees views of one tensor (the ops cache their
+    per-batch tables and id checks per tensor)."""
+    return task if isinstance(task, int) else task[:, None].expand(-1, length).reshape(-1)
 
 
 def sinusoidal_table(n: int, d: int) -> torch.Tensor:
