@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from neuronspec.nmt.batching import Batch, TrainSampler, eval_batches, temperature_probs
+from neuronspec.nmt.batching import Batch, TrainSampler, eval_batches, tag_options, temperature_probs
 from neuronspec.nmt.binarize import prepare_corpus
 
 from test_nmt_data import make_corpus
@@ -62,9 +62,10 @@ def test_sampler_probabilities_and_empirical_frequencies(data, T):
 # ---------------------------------------------------------- batch contents
 @pytest.mark.parametrize("mixed", [False, True])
 @pytest.mark.parametrize("source_tag", [False, True])
-def test_batch_layout_and_budget(data, mixed, source_tag):
+@pytest.mark.parametrize("target_tag", ["decoder", "encoder"])
+def test_batch_layout_and_budget(data, mixed, source_tag, target_tag):
     max_tokens = 150
-    s = TrainSampler(data, max_tokens=max_tokens, seed=1, mixed=mixed, source_tag=source_tag)
+    s = TrainSampler(data, max_tokens=max_tokens, seed=1, mixed=mixed, source_tag=source_tag, target_tag=target_tag)
     tok = data.tokenizer
     multi = 0
     for b in take(s, 60):
@@ -78,11 +79,13 @@ def test_batch_layout_and_budget(data, mixed, source_tag):
         for r in range(B):
             d = data.directions[int(b.task[r])]
             src_ids, tgt_ids = data.example("train", d, int(b.ids[r]))
-            prefix = ([tok.lang_tag(d[0])] if source_tag else []) + [tok.lang_tag(d[1])]
+            on_dec = target_tag == "decoder"
+            prefix = ([tok.lang_tag(d[0])] if source_tag else []) + ([] if on_dec else [tok.lang_tag(d[1])])
             want_src = prefix + src_ids.tolist() + [tok.eos]
             assert b.src[r, :len(want_src)].tolist() == want_src and not b.src_valid[r, len(want_src):].any()
             n = len(tgt_ids)
-            assert b.tgt_in[r, :n + 1].tolist() == [tok.bos] + tgt_ids.tolist()
+            start = tok.lang_tag(d[1]) if on_dec else tok.bos
+            assert b.tgt_in[r, :n + 1].tolist() == [start] + tgt_ids.tolist()
             assert b.tgt_out[r, :n + 1].tolist() == tgt_ids.tolist() + [tok.eos]
             assert not b.tgt_valid[r, n + 1:].any() and (b.tgt_in[r, n + 1:] == tok.pad).all()
     if mixed:
@@ -209,7 +212,7 @@ def test_overlong_examples_are_skipped(data):
     assert s.num_skipped > 0
     assert all(b.num_cells <= max_tokens for b in take(s, 200))
     with pytest.raises(ValueError, match="max_tokens"):
-        TrainSampler(data, max_tokens=2)  # every example here has >= 3 (tag, a piece, eos)
+        TrainSampler(data, max_tokens=1)  # every example here has >= 2 (a piece, eos)
 
 
 def test_bad_arguments(data):
@@ -249,15 +252,33 @@ def test_eval_batches(data):
             for r in range(len(b)):
                 i = int(b.ids[r])
                 assert tok.decode(b.src[r]) == srcs[i] and tok.decode(b.tgt_out[r]) == refs[i]
-                assert int(b.src[r, 0]) == tok.lang_tag(d[1])
+                assert int(b.tgt_in[r, 0]) == tok.lang_tag(d[1])  # default: the tag is the decoder's start
     assert ("de", "fr") in data.eval_directions("test")
     # an example over the budget still comes, alone
     big = list(eval_batches(data, "valid", "en-de", max_tokens=8))
     assert sorted(torch.cat([b.ids for b in big]).tolist()) == list(range(data.num_examples("valid", "en-de")))
     assert any(len(b) == 1 and b.num_cells > 8 for b in big)
-    first = list(eval_batches(data, "valid", "de-en", max_tokens=500, max_examples=5, task=3, source_tag=True))
+    first = list(eval_batches(data, "valid", "de-en", max_tokens=500, max_examples=5, task=3, source_tag=True,
+                              target_tag="encoder"))
     assert sorted(torch.cat([b.ids for b in first]).tolist()) == [0, 1, 2, 3, 4]
-    assert all((b.task == 3).all() and (b.src[:, 0] == tok.lang_tag("de")).all() for b in first)
+    assert all((b.task == 3).all() and (b.src[:, :2] == torch.tensor([tok.lang_tag("de"), tok.lang_tag("en")])).all()
+               and (b.tgt_in[:, 0] == tok.bos).all() for b in first)
+
+
+def test_target_tag_errors_and_saved_configs(data):
+    with pytest.raises(ValueError, match="target_tag"):
+        TrainSampler(data, max_tokens=100, target_tag="both")
+    with pytest.raises(ValueError, match="target_tag"):
+        next(eval_batches(data, "valid", "de-en", max_tokens=100, target_tag="src"))
+    assert tag_options({}) == {"source_tag": False, "target_tag": "encoder"}  # checkpoints from before the option
+    assert tag_options({"source_tag": True, "target_tag": "decoder"}) == {"source_tag": True, "target_tag": "decoder"}
+    # a sampler state saved before target_tag existed resumes an encoder-tag sampler, not a decoder one
+    enc = TrainSampler(data, max_tokens=100, target_tag="encoder")
+    old = enc.state_dict()
+    del old["config"]["target_tag"]
+    TrainSampler(data, max_tokens=100, target_tag="encoder").load_state_dict(old)
+    with pytest.raises(ValueError, match="target_tag"):
+        TrainSampler(data, max_tokens=100).load_state_dict(old)
 
 
 def test_batch_to(data):

@@ -65,6 +65,49 @@ def test_beam_finds_at_least_greedy_score():
     assert any(b > g + 1e-4 for b, g in zip(beam_scores, greedy_scores))
 
 
+def test_start_tokens_per_sentence():
+    """``start`` (the target-language tag of each sentence) replaces BOS as the first decoder
+    input: a [B] tensor gives each sentence what decoding it alone from that int gives."""
+    m, src = model(4), sources(seed=4)
+    start = torch.tensor([5, 6, 5, 7, 6])
+    for search in (lambda s, t, st: greedy_search(m, s, t, max_len_b=8, start=st),
+                   lambda s, t, st: beam_search(m, s, t, beam=3, max_len_b=8, start=st)):
+        hyps = search(src, 0, start)
+        for i in range(src.shape[0]):
+            assert search(src[i:i + 1], 0, int(start[i])) == [hyps[i]]
+        assert hyps != search(src, 0, None)  # the start token matters
+    assert greedy_search(m, src, 0, max_len_b=8, start=1) == greedy_search(m, src, 0, max_len_b=8)  # default: bos
+    with pytest.raises(ValueError, match="start"):
+        greedy_search(m, src, 0, start=torch.tensor([5, 6]))
+
+
+@pytest.mark.parametrize("target_tag", ["decoder", "encoder"])
+def test_decoding_starts_like_training(tmp_path, target_tag):
+    """Decoding a prepared direction feeds the decoder what training fed it: teacher forcing
+    the greedy hypothesis on the training layout (tgt_in = start + hyp) predicts that same
+    hypothesis, and the first input is <2tgt> (decoder tag) or BOS (encoder tag)."""
+    from neuronspec.nmt.batching import eval_batches
+    from neuronspec.nmt.decode import translate_batches
+
+    data = prepare(tmp_path, n_train=40, n_eval=6)
+    tok = data.tokenizer
+    torch.manual_seed(0)
+    m = Transformer(ModelConfig(vocab_size=len(tok), **TINY_MODEL, dropout=0.0)).eval()
+    for d in (("en", "de"), ("fr", "en")):
+        batch = next(eval_batches(data, "valid", d, max_tokens=400, target_tag=target_tag))
+        want = tok.lang_tag(d[1]) if target_tag == "decoder" else tok.bos
+        assert (batch.tgt_in[:, 0] == want).all()
+        hyps = dict(translate_batches(m, [batch], beam=1, max_len_a=0.0, max_len_b=5))
+        for r, i in enumerate(batch.ids.tolist()):
+            h = hyps[i]
+            tgt_in = torch.tensor([[want] + h])
+            logits = m(batch.src[r:r + 1, : int(batch.src_valid[r].sum())], tgt_in, batch.task[r:r + 1])
+            logits[0, :, [tok.pad, tok.bos]] = -torch.inf  # what decoding bans
+            logits[0, 0, tok.eos] = -torch.inf  # (min_len 1)
+            forced = logits[0].argmax(-1).tolist()
+            assert forced[:len(h)] == h
+
+
 def test_max_length_and_bad_args():
     m, src = model(0), sources()
     for search in (lambda: beam_search(m, src, 0, beam=3, max_len_a=0.0, max_len_b=3),

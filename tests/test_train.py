@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from _nmt_cases import TINY_MODEL, prepare
+from neuronspec.demo import DEFAULT_LANGS as DEMO_LANGS
 from neuronspec.nmt.checkpoint import load_checkpoint
-from neuronspec.nmt.train import (InverseSqrtSchedule, TrainConfig, Trainer, label_smoothed_loss, load_model,
-                                  train)
+from neuronspec.nmt.train import (TINY_BUILTIN_LANGS, InverseSqrtSchedule, TrainConfig, Trainer, label_smoothed_loss,
+                                  load_model, train)
 from neuronspec.ops import TaskMasks
 
 LAST = "checkpoint_last.pt"
@@ -69,6 +70,20 @@ def test_bad_config():
         TrainConfig(max_steps=1, max_tokens=0)
     with pytest.raises(ValueError, match="amp"):
         TrainConfig(max_steps=1, amp="fp8")
+    with pytest.raises(ValueError, match="target_tag"):
+        TrainConfig(max_steps=1, target_tag="both")
+    assert TrainConfig(max_steps=1).target_tag == "decoder"
+    old = TrainConfig(max_steps=1).to_dict()
+    del old["target_tag"]  # a checkpoint written before the option: the tag was on the encoder side
+    assert TrainConfig.from_dict(old).target_tag == "encoder"
+    # tiny on the built-in corpus: a language subset unless asked for ["all"]; a given corpus: all of it
+    assert TrainConfig().langs == list(TINY_BUILTIN_LANGS) and TrainConfig(langs=["all"]).langs == ["all"]
+    assert ",".join(TINY_BUILTIN_LANGS) == DEMO_LANGS  # one documented subset for tiny runs
+    assert TrainConfig(corpus="c", max_steps=1).langs is None and TrainConfig(preset="base", max_steps=1).langs is None
+    for bad in (["all", "de"], []):
+        with pytest.raises(ValueError, match="langs"):
+            TrainConfig(max_steps=1, langs=bad)
+    assert TrainConfig().max_tokens == 800 and TrainConfig(preset="base", max_steps=1).max_tokens == 1500
     assert TrainConfig().max_minutes == 8.0 and TrainConfig(max_steps=5).max_minutes is None  # tiny default
 
 
@@ -81,6 +96,8 @@ def test_loss_falls_and_translations_beat_copy(prep, tmp_path):
     assert train_losses[-1] < 0.5 * train_losses[0]
     assert len(valid) == 2 and valid[1]["valid_loss"] < valid[0]["valid_loss"]
     assert summary["final"]["beats_copy"]["all"]["fraction"] == 1.0
+    assert set(summary["final"]["valid_chrf_by_kind"]) == {"phrase", "sentence"}
+    assert "phrases only" in (tmp_path / "run" / "valid_chrf.md").read_text()  # the full report, by kind
     assert os.path.isfile(tmp_path / "run" / "checkpoint_best.pt")
     assert os.path.isfile(tmp_path / "run" / "train_summary.json")
 
@@ -172,9 +189,11 @@ def test_cli_train_and_evaluate(prep, tmp_path, capsys):
 
     out = tmp_path / "cli"
     assert main(["train", "--data", prep, "--out", str(out), "--max-steps", "2", "--max-tokens", "300",
-                 "--valid-chrf-sentences", "0", "--no-progress", "--activation", "gelu", "--positions", "learned"]) == 0
+                 "--valid-chrf-sentences", "0", "--no-progress", "--activation", "gelu", "--positions", "learned",
+                 "--target-tag", "encoder"]) == 0
     ck = load_checkpoint(out / LAST)
     assert ck["step"] == 2 and ck["model_config"]["activation"] == "gelu" and ck["config"]["preset"] == "tiny"
+    assert ck["config"]["target_tag"] == "encoder"
     assert (out / "train.log").read_text().count("valid | step 2") == 1
     assert main(["evaluate", "--checkpoint", str(out / LAST), "--beam", "2", "--max-sentences", "3",
                  "--directions", "en-de", "de-en", "--out", str(tmp_path / "ev")]) == 0
@@ -194,3 +213,18 @@ def test_cli_train_prepares_a_raw_corpus(tmp_path):
     ck = load_checkpoint(out / LAST)
     assert (out / "data" / "meta.json").is_file() and ck["data"]["prep"] == str((out / "data").resolve())
     assert ck["data"]["directions"] == ["en-de", "de-en"] and ck["config"]["mixed_batches"] is True
+    assert ck["config"]["target_tag"] == "decoder"
+
+
+@pytest.mark.parametrize("langs, want", [(None, list(TINY_BUILTIN_LANGS)), (["all"], None), (["de", "fr"], ["de", "fr"])])
+def test_builtin_corpus_languages(tmp_path, monkeypatch, langs, want):
+    """The tiny preset with no corpus builds the built-in corpus of TINY_BUILTIN_LANGS; ['all']
+    builds and prepares every language (None to the builders)."""
+    from neuronspec.nmt import binarize, builtin_corpus
+    from neuronspec.nmt.train import resolve_data
+
+    seen = {}
+    monkeypatch.setattr(builtin_corpus, "build_builtin_corpus", lambda out, langs: seen.update(built=langs))
+    monkeypatch.setattr(binarize, "prepare_corpus", lambda corpus, prep, langs, **kw: seen.update(prepared=langs))
+    resolve_data(TrainConfig(out=str(tmp_path), langs=langs))
+    assert seen == {"built": want, "prepared": want}

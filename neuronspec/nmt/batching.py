@@ -1,9 +1,12 @@
 """Token-budget batches over prepared data: temperature sampling of directions.
 
-Example layout for a direction src→tgt (ids from ``PreparedData``):
-    src     = [<2src>]? + [<2tgt>] + spm(src) + [eos]     (<2src> only with source_tag)
-    tgt_in  = [bos] + spm(tgt)
-    tgt_out = spm(tgt) + [eos]
+Example layout for a direction src→tgt (ids from ``PreparedData``), with the target-language
+tag ``<2tgt>`` on the decoder side (``target_tag="decoder"``, fairseq's ``--decoder-langtok``)
+or on the encoder side (``target_tag="encoder"``):
+    decoder:  src = [<2src>]? + spm(src) + [eos]            tgt_in = [<2tgt>] + spm(tgt)
+    encoder:  src = [<2src>]? + [<2tgt>] + spm(src) + [eos]  tgt_in = [bos] + spm(tgt)
+    tgt_out = spm(tgt) + [eos]                                (<2src> only with source_tag)
+Decoding starts from ``tgt_in[:, 0]`` of the same batches, so it always agrees with training.
 The *size* of an example is max(len(src), len(tgt_out)); a batch of B examples costs
 B × (largest size in it), padding included, and never exceeds ``max_tokens``.
 
@@ -34,6 +37,21 @@ from neuronspec.nmt.data import DirectionLike, PreparedData, as_direction, direc
 log = logging.getLogger(__name__)
 
 _BLOCK = 1024  # direction draws per RNG block (homogeneous mode)
+TARGET_TAGS = ("decoder", "encoder")
+
+
+def check_target_tag(target_tag: str) -> str:
+    if target_tag not in TARGET_TAGS:
+        raise ValueError(f"target_tag: must be one of {TARGET_TAGS}, got {target_tag!r}")
+    return target_tag
+
+
+def tag_options(config) -> dict:
+    """``source_tag`` / ``target_tag`` of a saved TrainConfig dict (checkpoints written
+    before ``target_tag`` existed put the tag on the encoder side)."""
+    config = config or {}
+    return {"source_tag": bool(config.get("source_tag", False)),
+            "target_tag": check_target_tag(config.get("target_tag", "encoder"))}
 
 
 @dataclass
@@ -93,15 +111,20 @@ def temperature_probs(sizes, temperature: float) -> np.ndarray:
 
 
 class _View:
-    """One (split, direction): rows in the split's index, tag prefix, example sizes."""
+    """One (split, direction): rows in the split's index, source tag prefix, first decoder
+    input, example sizes."""
 
-    def __init__(self, data: PreparedData, split: str, direction, task: int, source_tag: bool):
+    def __init__(self, data: PreparedData, split: str, direction, task: int, source_tag: bool,
+                 target_tag: str = "decoder"):
         self.direction = as_direction(direction)
         self.src_row, self.tgt_row, self.n = data.rows(split, self.direction)
         _, index = data.split_arrays(split)
         tok = data.tokenizer
         s, t = self.direction
-        self.prefix = np.array(([tok.lang_tag(s)] if source_tag else []) + [tok.lang_tag(t)], dtype=np.int64)
+        on_decoder = check_target_tag(target_tag) == "decoder"
+        prefix = ([tok.lang_tag(s)] if source_tag else []) + ([] if on_decoder else [tok.lang_tag(t)])
+        self.prefix = np.array(prefix, dtype=np.int64)
+        self.start = tok.lang_tag(t) if on_decoder else tok.bos
         self.task = task
         src_len = np.diff(index[self.src_row:self.src_row + self.n + 1]) + len(self.prefix) + 1
         tgt_len = np.diff(index[self.tgt_row:self.tgt_row + self.n + 1]) + 1
@@ -130,9 +153,10 @@ class _Collator:
         self.src_row = np.array([v.src_row for v in views], dtype=np.int64)
         self.tgt_row = np.array([v.tgt_row for v in views], dtype=np.int64)
         self.prefix = np.stack([v.prefix for v in views])  # [V, k]: same k for all views
+        self.start = np.array([v.start for v in views], dtype=np.int64)
         self.task = np.array([v.task for v in views], dtype=np.int64)
         tok = data.tokenizer
-        self.pad, self.bos, self.eos = tok.pad, tok.bos, tok.eos
+        self.pad, self.eos = tok.pad, tok.eos
 
     def __call__(self, vidx: np.ndarray, eidx: np.ndarray) -> Batch:
         vidx = np.asarray(vidx, dtype=np.int64)
@@ -148,7 +172,7 @@ class _Collator:
         L = int(tl.max()) + 1
         tin = np.full((B, L), self.pad, dtype=np.int64)
         tout = np.full((B, L), self.pad, dtype=np.int64)
-        tin[:, 0] = self.bos
+        tin[:, 0] = self.start[vidx]
         _place(tin, tf, tl, 1)
         _place(tout, tf, tl, 0)
         tout[rows, tl] = self.eos
@@ -184,14 +208,17 @@ class TrainSampler:
     data: PreparedData; max_tokens: budget per batch (padding included); temperature: T
     of the direction sampling; seed; mixed: mix directions inside a batch; rank /
     world_size: this process's share; split: which split to stream; source_tag: also
-    prepend ``<2src>``; max_sentences: optional cap on examples per batch; pool_batches:
-    bucketing pool size of mixed mode, in batches.
+    prepend ``<2src>``; target_tag: where ``<2tgt>`` goes (``decoder``: first decoder
+    input; ``encoder``: source prefix); max_sentences: optional cap on examples per batch;
+    pool_batches: bucketing pool size of mixed mode, in batches.
     """
 
     def __init__(self, data: PreparedData, max_tokens: int, temperature: float = 5.0, seed: int = 0,
                  mixed: bool = False, rank: int = 0, world_size: int = 1, split: str = "train",
-                 source_tag: bool = False, max_sentences: int | None = None, pool_batches: int = 64):
+                 source_tag: bool = False, max_sentences: int | None = None, pool_batches: int = 64,
+                 target_tag: str = "decoder"):
         _check_budget(max_tokens, max_sentences)
+        check_target_tag(target_tag)
         if not isinstance(world_size, int) or world_size < 1:
             raise ValueError(f"world_size: must be an int >= 1, got {world_size!r}")
         if not isinstance(rank, int) or not 0 <= rank < world_size:
@@ -209,12 +236,13 @@ class TrainSampler:
         self.rank, self.world_size = rank, world_size
         self.split = split
         self.source_tag = bool(source_tag)
+        self.target_tag = target_tag
         self.pool_batches = pool_batches
 
         self.directions = [d for d in data.directions if data.num_examples(split, d) > 0]
         if not self.directions:
             raise ValueError(f"split: no training direction has {split!r} data in {data.root}")
-        self.views = [_View(data, split, d, data.task_id(d), self.source_tag) for d in self.directions]
+        self.views = [_View(data, split, d, data.task_id(d), self.source_tag, target_tag) for d in self.directions]
         self._collate = _Collator(data, split, self.views)
         self.probabilities = temperature_probs([v.n for v in self.views], self.temperature)
         self.num_skipped = 0
@@ -277,7 +305,7 @@ class TrainSampler:
         return {"max_tokens": self.max_tokens, "max_sentences": self.max_sentences,
                 "temperature": self.temperature, "seed": self.seed, "mixed": self.mixed,
                 "rank": self.rank, "world_size": self.world_size, "split": self.split,
-                "source_tag": self.source_tag, "pool_batches": self.pool_batches,
+                "source_tag": self.source_tag, "target_tag": self.target_tag, "pool_batches": self.pool_batches,
                 "directions": [direction_name(v.direction) for v in self.views],
                 "sizes": [v.n for v in self.views]}
 
@@ -296,7 +324,8 @@ class TrainSampler:
         if not isinstance(state, dict) or "config" not in state:
             raise ValueError("state: expected a dict from TrainSampler.state_dict()")
         mine = self._config()
-        diff = [k for k in mine if state["config"].get(k) != mine[k]]
+        saved = {"target_tag": "encoder", **state["config"]}  # states from before target_tag
+        diff = [k for k in mine if saved.get(k) != mine[k]]
         if diff:
             raise ValueError(f"state: sampler settings differ from the saved ones in {diff}")
         self._reset()
@@ -381,20 +410,21 @@ class TrainSampler:
 
 def eval_batches(data: PreparedData, split: str, direction: DirectionLike, max_tokens: int,
                  source_tag: bool = False, max_examples: int | None = None,
-                 task: int | None = None, max_sentences: int | None = None) -> Iterator[Batch]:
+                 task: int | None = None, max_sentences: int | None = None,
+                 target_tag: str = "decoder") -> Iterator[Batch]:
     """All examples of ``direction`` in ``split`` (the first ``max_examples`` if given),
     sorted by size into ≤ max_tokens batches; ``batch.ids`` restore the file order.
 
     An example larger than ``max_tokens`` gets a batch of its own (over budget, never
-    dropped). task: id written into ``batch.task``; default the direction's training task
-    id, or -1 for a direction that is not trained (zero-shot): the caller decides which
-    masks such a direction uses.
+    dropped). source_tag / target_tag: the tag layout (module docstring). task: id written
+    into ``batch.task``; default the direction's training task id, or -1 for a direction
+    that is not trained (zero-shot): the caller decides which masks such a direction uses.
     """
     _check_budget(max_tokens, max_sentences)
     d = as_direction(direction)
     if task is None:
         task = data.task_id(d) if d in data.directions else -1
-    view = _View(data, split, d, int(task), source_tag)
+    view = _View(data, split, d, int(task), source_tag, target_tag)
     collate = _Collator(data, split, [view])
     n = view.n if max_examples is None else min(view.n, int(max_examples))
     order = np.argsort(view.size[:n], kind="stable")

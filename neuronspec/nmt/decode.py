@@ -7,7 +7,10 @@ best ``beam`` others continue. A sentence stops once it holds ``beam`` finished 
 finished sentences are dropped from the batch (and from the cache). Hypotheses are forced
 to end at ``max_len = max_len_a · src_len + max_len_b`` tokens.
 
-Token ids returned exclude BOS and EOS.
+The first decoder input is ``start`` (default BOS): an int, or a LongTensor ``[B]`` with one
+token per sentence — the target-language tag when training put it on the decoder side
+(``translate_batches`` passes ``batch.tgt_in[:, 0]``, the token training started from).
+Token ids returned exclude that first token and EOS.
 """
 from __future__ import annotations
 
@@ -30,6 +33,17 @@ def _check(beam: int, max_len_a: float, max_len_b: int, lenpen: float) -> None:
         raise ValueError(f"max_len_a must be >= 0 and max_len_b >= 1, got {max_len_a}, {max_len_b}")
     if lenpen < 0:
         raise ValueError(f"lenpen must be >= 0, got {lenpen}")
+
+
+def _start_tokens(start: int | torch.Tensor | None, bos: int, B: int, device) -> torch.Tensor:
+    """The first decoder input of each sentence, ``[B, 1]``."""
+    if start is None:
+        start = bos
+    if isinstance(start, int):
+        return torch.full((B, 1), start, dtype=torch.long, device=device)
+    if not isinstance(start, torch.Tensor) or start.shape != (B,):
+        raise ValueError(f"start must be an int or a tensor [B={B}], got {getattr(start, 'shape', start)!r}")
+    return start.to(device=device, dtype=torch.long)[:, None]
 
 
 def _max_lengths(model: Transformer, src: torch.Tensor, a: float, b: int) -> torch.Tensor:
@@ -55,15 +69,17 @@ def _step_logprobs(model, tokens, enc, task, cache, step, max_len, bos, eos, min
 
 @torch.no_grad()
 def greedy_search(model: Transformer, src: torch.Tensor, task: int | torch.Tensor, *, bos: int = 1, eos: int = 2,
-                  max_len_a: float = 1.2, max_len_b: int = 10, min_len: int = 1) -> list[list[int]]:
-    """Argmax decoding of ``src [B, S]``; returns B token-id lists (no BOS/EOS)."""
+                  max_len_a: float = 1.2, max_len_b: int = 10, min_len: int = 1,
+                  start: int | torch.Tensor | None = None) -> list[list[int]]:
+    """Argmax decoding of ``src [B, S]`` from ``start`` (default ``bos``); returns B token-id
+    lists (without the start token and EOS)."""
     _check(1, max_len_a, max_len_b, 0.0)
     task = task_arg(task)
     B = src.shape[0]
     enc = model.encode(src, task)
     max_len = _max_lengths(model, src, max_len_a, max_len_b)
     cache = model.new_cache()
-    last = torch.full((B, 1), bos, dtype=torch.long, device=src.device)
+    last = _start_tokens(start, bos, B, src.device)
     out = torch.zeros(B, int(max_len.max()) + 1, dtype=torch.long, device=src.device)
     done = torch.zeros(B, dtype=torch.bool, device=src.device)
     lengths = torch.zeros(B, dtype=torch.long, device=src.device)
@@ -82,9 +98,10 @@ def greedy_search(model: Transformer, src: torch.Tensor, task: int | torch.Tenso
 @torch.no_grad()
 def beam_search(model: Transformer, src: torch.Tensor, task: int | torch.Tensor, *, beam: int = 5,
                 lenpen: float = 1.0, bos: int = 1, eos: int = 2, max_len_a: float = 1.2, max_len_b: int = 10,
-                min_len: int = 1, return_scores: bool = False):
-    """Beam search over ``src [B, S]``; returns the best hypothesis per sentence (token ids,
-    no BOS/EOS), and with ``return_scores`` also its length-normalised log-probability."""
+                min_len: int = 1, return_scores: bool = False, start: int | torch.Tensor | None = None):
+    """Beam search over ``src [B, S]`` from ``start`` (default ``bos``); returns the best
+    hypothesis per sentence (token ids, without the start token and EOS), and with
+    ``return_scores`` also its length-normalised log-probability."""
     _check(beam, max_len_a, max_len_b, lenpen)
     task = task_arg(task)
     B, K, dev = src.shape[0], beam, src.device
@@ -98,7 +115,7 @@ def beam_search(model: Transformer, src: torch.Tensor, task: int | torch.Tensor,
     enc = enc.index_select(rows)
     task_k = task if isinstance(task, int) else task.index_select(0, rows)
     cache = model.new_cache()
-    tokens = torch.full((B * K, 1), bos, dtype=torch.long, device=dev)
+    tokens = _start_tokens(start, bos, B, dev).repeat_interleave(K, 0)
     scores = torch.full((B, K), -torch.inf, device=dev)
     scores[:, 0] = 0.0  # only one live hypothesis at step 0
     alive = torch.arange(B, device=dev)  # sentence id of each live batch row
@@ -153,15 +170,18 @@ def beam_search(model: Transformer, src: torch.Tensor, task: int | torch.Tensor,
 def translate_batches(model: Transformer, batches, *, beam: int = 5, lenpen: float = 1.0,
                       max_len_a: float = 1.2, max_len_b: int = 10, bos: int = 1, eos: int = 2,
                       device: torch.device | str = "cpu") -> Iterator[tuple[int, list[int]]]:
-    """Yield ``(example id, hypothesis token ids)`` for every sentence of ``Batch`` objects."""
+    """Yield ``(example id, hypothesis token ids)`` for every sentence of ``Batch`` objects;
+    each sentence starts from its batch's first decoder input ``tgt_in[:, 0]``."""
     for batch in batches:
         src = batch.src.to(device)
         task = batch.task.to(device)
+        start = batch.tgt_in[:, 0]
         if beam == 1:
-            hyps = greedy_search(model, src, task, bos=bos, eos=eos, max_len_a=max_len_a, max_len_b=max_len_b)
+            hyps = greedy_search(model, src, task, bos=bos, eos=eos, max_len_a=max_len_a, max_len_b=max_len_b,
+                                 start=start)
         else:
             hyps = beam_search(model, src, task, beam=beam, lenpen=lenpen, bos=bos, eos=eos,
-                               max_len_a=max_len_a, max_len_b=max_len_b)
+                               max_len_a=max_len_a, max_len_b=max_len_b, start=start)
         yield from zip(batch.ids.tolist(), hyps)
 
 
@@ -177,9 +197,11 @@ def sample_ids(n: int, max_sentences: int | None) -> np.ndarray | None:
 def translate_direction(model: Transformer, data, split: str, direction: Sequence[str], *, beam: int = 5,
                         lenpen: float = 1.0, max_tokens: int = 4000, max_sentences: int | None = None,
                         max_len_a: float = 1.2, max_len_b: int = 10, source_tag: bool = False,
+                        target_tag: str = "decoder",
                         device: torch.device | str = "cpu") -> tuple[list[int], list[str]]:
     """Translate one direction of a prepared split (all of it or ``max_sentences`` evenly
-    spaced examples). Returns (example ids in order, hypothesis strings)."""
+    spaced examples) with the tag layout of training (``source_tag``, ``target_tag``).
+    Returns (example ids in order, hypothesis strings)."""
     from .batching import eval_batches
 
     n = data.num_examples(split, tuple(direction))
@@ -187,7 +209,8 @@ def translate_direction(model: Transformer, data, split: str, direction: Sequenc
     chosen_t = None if chosen is None else torch.from_numpy(chosen)
 
     def batches():
-        for batch in eval_batches(data, split, tuple(direction), max_tokens, source_tag=source_tag):
+        for batch in eval_batches(data, split, tuple(direction), max_tokens, source_tag=source_tag,
+                                  target_tag=target_tag):
             if chosen_t is not None:
                 keep = torch.isin(batch.ids, chosen_t).nonzero().view(-1)
                 if keep.numel() == 0:

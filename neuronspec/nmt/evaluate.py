@@ -115,12 +115,13 @@ def _tier(data, direction) -> str | None:
 
 def evaluate_model(model, data, split: str = "test", *, beam: int = 5, lenpen: float = 1.0,
                    max_sentences: int | None = None, max_tokens: int = 4000, device: str | torch.device = "cpu",
-                   source_tag: bool = False, directions: Sequence | None = None, hyp_dir: str | os.PathLike | None = None,
-                   num_samples: int = 3, progress: bool = True) -> dict[str, Any]:
+                   source_tag: bool = False, target_tag: str = "decoder", directions: Sequence | None = None,
+                   hyp_dir: str | os.PathLike | None = None, num_samples: int = 3, progress: bool = True) -> dict[str, Any]:
     """Translate and score every training direction of ``split`` (or ``directions``).
 
-    max_sentences: per direction, evenly spaced (None = all). Returns the results dict
-    (see module docstring); writes hypothesis files into ``hyp_dir`` when given."""
+    max_sentences: per direction, evenly spaced (None = all). source_tag / target_tag: the
+    tag layout the model was trained with (``batching.tag_options`` of its config). Returns
+    the results dict (see module docstring); writes hypothesis files into ``hyp_dir`` when given."""
     from .data import as_direction
     from .decode import sample_ids, translate_direction
 
@@ -135,7 +136,8 @@ def evaluate_model(model, data, split: str = "test", *, beam: int = 5, lenpen: f
     for d in tqdm(directions, desc=f"translate {split}", unit="dir", disable=not progress):
         name = f"{d[0]}-{d[1]}"
         ids, hyps = translate_direction(model, data, split, d, beam=beam, lenpen=lenpen, max_tokens=max_tokens,
-                                        max_sentences=max_sentences, source_tag=source_tag, device=device)
+                                        max_sentences=max_sentences, source_tag=source_tag,
+                                        target_tag=target_tag, device=device)
         sources, refs = data.texts(split, d)
         sources, refs = [sources[i] for i in ids], [refs[i] for i in ids]
         row = {"src": d[0], "tgt": d[1], "tier": _tier(data, d), **score(hyps, refs),
@@ -167,6 +169,7 @@ def evaluate_checkpoint(ckpt: str | os.PathLike, data: str | os.PathLike | None 
     data: prepared folder (default: the one the checkpoint was trained on). out_dir:
     default ``<checkpoint folder>/eval-{split}-beam{beam}``. Returns the results dict with
     ``out_dir`` added."""
+    from .batching import tag_options
     from .data import PreparedData
     from .train import load_model
 
@@ -180,10 +183,9 @@ def evaluate_checkpoint(ckpt: str | os.PathLike, data: str | os.PathLike | None 
         raise ValueError(f"data: vocabulary of {prep} ({len(pdata.tokenizer)}) differs from the model's "
                          f"({model.cfg.vocab_size})")
     out = Path(out_dir) if out_dir is not None else Path(ckpt).parent / f"eval-{split}-beam{beam}"
-    source_tag = bool(ck.get("config", {}).get("source_tag", False))
     res = evaluate_model(model, pdata, split, beam=beam, lenpen=lenpen, max_sentences=max_sentences,
-                         max_tokens=max_tokens, device=device, source_tag=source_tag, directions=directions,
-                         hyp_dir=out if write else None, progress=progress)
+                         max_tokens=max_tokens, device=device, directions=directions,
+                         **tag_options(ck.get("config")), hyp_dir=out if write else None, progress=progress)
     res.update(checkpoint=os.path.abspath(ckpt), data=os.path.abspath(prep), step=ck.get("step"),
                masked=bool(ck.get("masks")), out_dir=str(out))
     if write:

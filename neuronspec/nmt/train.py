@@ -36,6 +36,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .batching import check_target_tag, tag_options
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .model import PRESETS, ModelConfig, Transformer
 
@@ -43,14 +44,19 @@ log = logging.getLogger(__name__)
 
 LAST, BEST = "checkpoint_last.pt", "checkpoint_best.pt"
 
-# Optimisation defaults per preset (lr, warm-up, stop): the tiny preset trains for minutes.
+# Optimisation defaults per preset (lr, warm-up, batch tokens, stop): the tiny preset trains for
+# minutes, where small batches (more updates) win on 2 CPU cores (docs/nmt-tiny-cpu.md).
 TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
-    "tiny": dict(lr=2e-3, warmup=150, max_minutes=8.0),
-    "base": dict(lr=7e-4, warmup=4000),
-    "big": dict(lr=5e-4, warmup=4000),
-    "wide": dict(lr=5e-4, warmup=4000),
-    "deep": dict(lr=5e-4, warmup=4000),
+    "tiny": dict(lr=2e-3, warmup=150, max_tokens=800, max_minutes=8.0),
+    "base": dict(lr=7e-4, warmup=4000, max_tokens=1500),
+    "big": dict(lr=5e-4, warmup=4000, max_tokens=1500),
+    "wide": dict(lr=5e-4, warmup=4000, max_tokens=1500),
+    "deep": dict(lr=5e-4, warmup=4000, max_tokens=1500),
 }
+# Languages of the tiny preset on the built-in corpus when --langs is not given (the demo's
+# tier and script spread): all 30 EC30 languages do not fit its minutes on 2 CPU cores
+# (docs/nmt-tiny-cpu.md). ``langs=["all"]`` asks for every language.
+TINY_BUILTIN_LANGS = ("de", "fr", "ru", "he", "it", "bg", "af", "uk")
 
 
 @dataclass
@@ -58,7 +64,8 @@ class TrainConfig:
     """Everything a run needs; saved in every checkpoint. ``None`` = preset default."""
     data: str | None = None  # prepared folder; None: prepare `corpus` (or the built-in corpus) into out/data
     corpus: str | None = None
-    langs: list[str] | None = None  # for on-the-fly preparation
+    # for on-the-fly preparation; None: all (tiny on the built-in corpus: TINY_BUILTIN_LANGS); ["all"]: all
+    langs: list[str] | None = None
     vocab_size: int = 8000  # for on-the-fly preparation
     out: str = "runs/tiny"
     # model
@@ -77,12 +84,13 @@ class TrainConfig:
     weight_decay: float = 0.0
     label_smoothing: float = 0.1
     clip_norm: float = 1.0  # 0 = off
-    max_tokens: int = 1500
+    max_tokens: int | None = None  # per batch and process, padding included
     update_freq: int = 1
     # sampling
     temperature: float = 5.0
     mixed_batches: bool = False
     source_tag: bool = False
+    target_tag: str = "decoder"  # decoder: <2tgt> is the first decoder input; encoder: a source prefix
     seed: int = 1
     # stopping (whichever first; max_steps counts all updates of the run, resumed ones included)
     max_steps: int | None = None
@@ -104,6 +112,10 @@ class TrainConfig:
             if getattr(self, k) is None and not (k == "max_minutes" and self.max_steps is not None):
                 setattr(self, k, v)
         self.betas = tuple(self.betas)
+        if self.langs is None and self.preset == "tiny" and self.data is None and self.corpus is None:
+            self.langs = list(TINY_BUILTIN_LANGS)
+        if self.langs is not None and (not self.langs or ("all" in self.langs and len(self.langs) > 1)):
+            raise ValueError(f"TrainConfig.langs must be language codes or ['all'], got {self.langs!r}")
         if self.max_steps is None and self.max_minutes is None:
             raise ValueError("give max_steps or max_minutes (no default stop for this preset)")
         checks = [("max_tokens", self.max_tokens, 1), ("update_freq", self.update_freq, 1),
@@ -119,6 +131,7 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.max_minutes must be > 0, got {self.max_minutes!r}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"TrainConfig.label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        check_target_tag(self.target_tag)
         if self.amp not in ("auto", "on", "off"):
             raise ValueError(f"TrainConfig.amp must be auto|on|off, got {self.amp!r}")
 
@@ -133,7 +146,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], **overrides) -> "TrainConfig":
+        """A saved config (``to_dict``); saved before ``target_tag`` existed = encoder-side tag."""
         known = {f.name for f in fields(cls)}
+        d = {**tag_options(d), **d}
         return cls(**{**{k: v for k, v in d.items() if k in known}, **overrides})
 
 
@@ -216,15 +231,16 @@ def resolve_data(cfg: TrainConfig, rank: int = 0, world_size: int = 1) -> str:
     if rank == 0 and not (prep / "meta.json").is_file():
         from .binarize import prepare_corpus
 
+        langs = None if cfg.langs == ["all"] else cfg.langs
         corpus = cfg.corpus
         if corpus is None:
             from .builtin_corpus import build_builtin_corpus
 
             corpus = str(Path(cfg.out) / "corpus")
             log.info("building the built-in corpus into %s", corpus)
-            build_builtin_corpus(corpus, langs=cfg.langs)
+            build_builtin_corpus(corpus, langs=langs)
         log.info("preparing %s into %s", corpus, prep)
-        prepare_corpus(corpus, prep, vocab_size=cfg.vocab_size, langs=cfg.langs, progress=cfg.progress)
+        prepare_corpus(corpus, prep, vocab_size=cfg.vocab_size, langs=langs, progress=cfg.progress)
     if world_size > 1:
         dist.barrier()
     return str(prep)
@@ -323,9 +339,10 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.adam_eps,
                                           weight_decay=cfg.weight_decay)
         self.scheduler = InverseSqrtSchedule(self.optimizer, cfg.lr, cfg.warmup, cfg.warmup_init_lr)
+        self._tags = {"source_tag": cfg.source_tag, "target_tag": cfg.target_tag}
         self.sampler = TrainSampler(self.data, cfg.max_tokens, temperature=cfg.temperature, seed=cfg.seed,
                                     mixed=cfg.mixed_batches, rank=self.rank, world_size=self.world_size,
-                                    source_tag=cfg.source_tag)
+                                    **self._tags)
         self.amp = cfg.amp == "on" or (cfg.amp == "auto" and native_bf16(self.device))
         self.step = 0
         self.best_valid = math.inf
@@ -433,7 +450,7 @@ class Trainer:
                 continue
             chosen = sample_ids(self.data.num_examples("valid", d), self.cfg.valid_max_sentences)
             chosen = None if chosen is None else torch.from_numpy(chosen)
-            for batch in eval_batches(self.data, "valid", d, 4 * self.cfg.max_tokens, source_tag=self.cfg.source_tag):
+            for batch in eval_batches(self.data, "valid", d, 4 * self.cfg.max_tokens, **self._tags):
                 if chosen is not None:
                     keep = torch.isin(batch.ids, chosen).nonzero().view(-1)
                     if keep.numel() == 0:
@@ -454,14 +471,21 @@ class Trainer:
         out["directions"] = {"-".join(d): stats[k, 1].item() / max(stats[k, 2].item(), 1) / ln2 for k, d in enumerate(dirs)}
         return out
 
-    def valid_chrf(self, max_sentences: int) -> dict:
-        """Greedy chrF++ on ``max_sentences`` evenly spaced valid sentences per direction (rank 0)."""
-        from .evaluate import evaluate_model
+    def valid_chrf(self, max_sentences: int, write: bool = False) -> dict:
+        """Greedy chrF++ on ``max_sentences`` evenly spaced valid sentences per direction (rank 0);
+        ``write``: also save the full results (per direction, tier, kind; samples) as
+        out/valid_chrf.json and out/valid_chrf.md."""
+        from .evaluate import _write_text, evaluate_model, to_markdown
 
         res = evaluate_model(self.model, self.data, "valid", beam=1, max_sentences=max_sentences,
-                             device=self.device, source_tag=self.cfg.source_tag, progress=False)
+                             device=self.device, progress=False, **self._tags)
+        if write:
+            res.update(checkpoint=str(self.out / LAST), step=self.step)
+            _write_json(self.out / "valid_chrf.json", res)
+            _write_text(self.out / "valid_chrf.md", to_markdown(res))
+        by_kind = {k: v["averages"]["all"] for k, v in res["by_kind"].items()}
         return {"chrf": res["averages"]["all"]["chrf"], "copy_chrf": res["averages"]["all"]["copy_chrf"],
-                "beats_copy": res["beats_copy"]}
+                "beats_copy": res["beats_copy"], "by_kind": by_kind}
 
     def _log_valid(self, final: bool = False) -> dict:
         v = self.validate()
@@ -469,12 +493,19 @@ class Trainer:
         every = self.cfg.valid_chrf_every
         if self.cfg.valid_chrf_sentences > 0 and (final or (every and self.step % every == 0)):
             if self.is_main:
-                c = self.valid_chrf(self.cfg.valid_chrf_sentences)
-                rec.update(valid_chrf=c["chrf"], copy_chrf=c["copy_chrf"], beats_copy=c["beats_copy"])
+                c = self.valid_chrf(self.cfg.valid_chrf_sentences, write=final)
+                rec.update(valid_chrf=c["chrf"], copy_chrf=c["copy_chrf"], beats_copy=c["beats_copy"],
+                           valid_chrf_by_kind=c["by_kind"])
             if self.distributed:
                 dist.barrier()
         if self.is_main:
-            extra = f" | chrF++ {rec['valid_chrf']:.1f} (copy {rec['copy_chrf']:.1f})" if "valid_chrf" in rec else ""
+            extra = ""
+            if "valid_chrf" in rec:
+                extra = f" | chrF++ {rec['valid_chrf']:.1f} (copy {rec['copy_chrf']:.1f})"
+                for kind, a in rec["valid_chrf_by_kind"].items():
+                    w = rec["beats_copy"][kind]
+                    extra += (f" | {kind}s {a['chrf']:.1f} (copy {a['copy_chrf']:.1f}), "
+                              f"beat copy {w['wins']}/{w['total']}")
             log.info("valid | step %d | loss %.3f | nll %.3f | ppl %.2f%s", self.step, v["loss"], v["nll"], v["ppl"], extra)
         self.history.append(rec)
         best = v["loss"] < self.best_valid
@@ -560,7 +591,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     src = p.add_argument_group("data (default: the built-in corpus, prepared into OUT/data)")
     src.add_argument("--data", help="prepared folder (`neuronspec data prepare`)")
     src.add_argument("--corpus", help="raw corpus folder in EC30 layout, prepared into OUT/data")
-    src.add_argument("--langs", nargs="+", help="languages to use when preparing (default: all)")
+    src.add_argument("--langs", nargs="+", help="languages to use when preparing, or 'all' (default: all; the tiny "
+                     f"preset on the built-in corpus: {' '.join(TINY_BUILTIN_LANGS)})")
     src.add_argument("--vocab-size", type=int, default=8000)
     p.add_argument("--out", help="output folder (default: runs/PRESET)")
     p.add_argument("--resume", action="store_true", help="continue OUT/checkpoint_last.pt exactly")
@@ -578,11 +610,14 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     o.add_argument("--label-smoothing", type=float, default=0.1)
     o.add_argument("--clip-norm", type=float, default=1.0)
     o.add_argument("--weight-decay", type=float, default=0.0)
-    o.add_argument("--max-tokens", type=int, default=1500, help="tokens per batch and process (padding included)")
+    o.add_argument("--max-tokens", type=int, help="tokens per batch and process, padding included (preset default)")
     o.add_argument("--update-freq", type=int, default=1, help="accumulate gradients over N batches")
     o.add_argument("--temperature", type=float, default=5.0, help="direction sampling temperature")
     o.add_argument("--mixed-batches", action="store_true", help="mix directions inside a batch")
     o.add_argument("--source-tag", action="store_true", help="also prepend the source-language tag")
+    o.add_argument("--target-tag", choices=["decoder", "encoder"], default="decoder",
+                   help="where the target-language tag goes: first decoder input (fairseq's --decoder-langtok, "
+                        "default) or source prefix")
     o.add_argument("--seed", type=int, default=1)
     s = p.add_argument_group("stopping and logging")
     s.add_argument("--max-steps", type=int, help="total updates")

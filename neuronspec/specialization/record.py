@@ -98,7 +98,7 @@ def record(checkpoint: str | os.PathLike, data: str | os.PathLike, out: str | os
            device: str | None = None, progress: bool = True) -> dict:
     """Record counts for every training direction of prepared folder `data`; save to `out`
     (if given) and return the counts dict (the file's layout, see module docstring)."""
-    from neuronspec.nmt.batching import eval_batches
+    from neuronspec.nmt.batching import eval_batches, tag_options
     from neuronspec.nmt.data import PreparedData, direction_name
 
     if max_sentences is not None and (not isinstance(max_sentences, int) or max_sentences <= 0):
@@ -111,7 +111,7 @@ def record(checkpoint: str | os.PathLike, data: str | os.PathLike, out: str | os
     if trained is not None and list(trained) != directions:
         raise ValueError(f"data: directions {directions[:4]}... differ from the checkpoint's {list(trained)[:4]}...; "
                          "record with the prepared folder the model was trained on")
-    source_tag = bool((state.get("config") or {}).get("source_tag", False))
+    tags = tag_options(state.get("config"))
     empty = [n for d, n in zip(prep.directions, directions) if prep.num_examples(split, d) == 0]
     if empty:
         raise ValueError(f"split: no {split!r} examples for {empty[:6]}; choose another split (e.g. --split train)")
@@ -120,7 +120,7 @@ def record(checkpoint: str | os.PathLike, data: str | os.PathLike, out: str | os
         for d in prep.directions:
             n = prep.num_examples(split, d)
             limit = n if max_sentences is None else min(n, max_sentences)
-            yield from _trimmed(eval_batches(prep, split, d, max_tokens, source_tag=source_tag, max_examples=limit),
+            yield from _trimmed(eval_batches(prep, split, d, max_tokens, max_examples=limit, **tags),
                                 limit)
 
     log.info("recording %d directions × %s sentences of %s on %s", len(directions),
