@@ -79,13 +79,25 @@ def _choose(backend: str | None, env_backend: str | None, device: torch.device) 
 
 
 # ---- masked FFN -------------------------------------------------------------------------
+# The op bodies live in plain functions: the custom ops (traced by torch.compile) and the eager
+# autograd.Function below both call them.
+def _fwd(x, w1, b1, w2, b2, indices, offsets, task_ids, task, activation, mask_bias, backend):
+    check_task_range(task_ids, offsets.numel() - 1)
+    return _module(backend).masked_ffn_fwd(x, w1, b1, w2, b2, indices, offsets, task_ids, task, activation, mask_bias)
+
+
+def _bwd(dy, x, w1, b1, w2, b2, indices, offsets, task_ids, task, z, activation, mask_bias, backend):
+    return _module(backend).masked_ffn_bwd(
+        dy.contiguous(), x, w1, b1, w2, b2, indices, offsets, task_ids, task, z, activation, mask_bias
+    )
+
+
 @torch.library.custom_op("neuronspec::masked_ffn_fwd", mutates_args=())
 def masked_ffn_fwd(
     x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, indices: Tensor, offsets: Tensor,
     task_ids: Tensor, task: int, activation: str, mask_bias: bool, backend: str,
 ) -> tuple[Tensor, Tensor]:
-    check_task_range(task_ids, offsets.numel() - 1)
-    return _module(backend).masked_ffn_fwd(x, w1, b1, w2, b2, indices, offsets, task_ids, task, activation, mask_bias)
+    return _fwd(x, w1, b1, w2, b2, indices, offsets, task_ids, task, activation, mask_bias, backend)
 
 
 @masked_ffn_fwd.register_fake
@@ -98,9 +110,7 @@ def masked_ffn_bwd(
     dy: Tensor, x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, indices: Tensor,
     offsets: Tensor, task_ids: Tensor, task: int, z: Tensor, activation: str, mask_bias: bool, backend: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    grads = _module(backend).masked_ffn_bwd(
-        dy.contiguous(), x, w1, b1, w2, b2, indices, offsets, task_ids, task, z, activation, mask_bias
-    )
+    grads = _bwd(dy, x, w1, b1, w2, b2, indices, offsets, task_ids, task, z, activation, mask_bias, backend)
     return tuple(g.contiguous() for g in grads)
 
 
@@ -116,41 +126,34 @@ def _setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)  # z is never differentiated: no [N, f] zero gradient for it
 
 
-def _backward(ctx, dy, _dz):
+def _input_grads(ctx, dy, bwd):
+    """The 12 input gradients of masked_ffn_fwd from what _setup_context saved, through `bwd`."""
     if dy is None:  # y did not reach the loss
         return (None,) * 12
     x, w1, b1, w2, b2, indices, offsets, task_ids, z = ctx.saved_tensors
-    grads = masked_ffn_bwd(
-        dy, x, w1, b1, w2, b2, indices, offsets, task_ids, ctx.task, z, ctx.activation, ctx.mask_bias, ctx.backend
-    )
+    grads = bwd(dy, x, w1, b1, w2, b2, indices, offsets, task_ids, ctx.task, z, ctx.activation, ctx.mask_bias,
+                ctx.backend)
     return (*grads, None, None, None, None, None, None, None)
 
 
-masked_ffn_fwd.register_autograd(_backward, setup_context=_setup_context)
+masked_ffn_fwd.register_autograd(lambda ctx, dy, _dz: _input_grads(ctx, dy, masked_ffn_bwd),
+                                 setup_context=_setup_context)
 
 
 class _EagerMaskedFFN(torch.autograd.Function):
-    """Eager twin of the custom op above: the same backend calls without the custom-op
-    dispatch, which costs ~100 µs of Python per forward+backward (measured by
-    benchmarks/bench_overhead.py); `masked_ffn` uses it unless torch.compile is tracing."""
+    """Eager twin of the custom op above: the same op bodies without the custom-op dispatch,
+    which costs ~100 µs of Python per forward+backward (measured on CPU with no-op kernels);
+    `masked_ffn` uses it unless torch.compile is tracing."""
 
     @staticmethod
-    def forward(ctx, x, w1, b1, w2, b2, indices, offsets, task_ids, task, activation, mask_bias, backend):
-        check_task_range(task_ids, offsets.numel() - 1)
-        y, z = _module(backend).masked_ffn_fwd(x, w1, b1, w2, b2, indices, offsets, task_ids, task, activation,
-                                               mask_bias)
-        _setup_context(ctx, (x, w1, b1, w2, b2, indices, offsets, task_ids, task, activation, mask_bias, backend),
-                       (y, z))
+    def forward(ctx, *inputs):
+        y, z = _fwd(*inputs)
+        _setup_context(ctx, inputs, (y, z))
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        if dy is None:
-            return (None,) * 12
-        x, w1, b1, w2, b2, indices, offsets, task_ids, z = ctx.saved_tensors
-        grads = _module(ctx.backend).masked_ffn_bwd(dy.contiguous(), x, w1, b1, w2, b2, indices, offsets, task_ids,
-                                                    ctx.task, z, ctx.activation, ctx.mask_bias)
-        return (*grads, None, None, None, None, None, None, None)
+        return _input_grads(ctx, dy, _bwd)
 
 
 def masked_ffn(x, w1, b1, w2, b2, indices, offsets, task_ids, task, activation, mask_bias, backend) -> Tensor:
@@ -162,22 +165,23 @@ def masked_ffn(x, w1, b1, w2, b2, indices, offsets, task_ids, task, activation, 
 
 
 # ---- fused fc1 + activation + counting ----------------------------------------------------
+def _count(x, w1, b1, counts, task_ids, task, valid, activation, write_output, backend):
+    check_task_range(task_ids, counts.shape[0])
+    return _module(backend).fc1_act_count(x, w1, b1, counts, task_ids, task, valid, activation, write_output)
+
+
 @torch.library.custom_op("neuronspec::fc1_act_count", mutates_args=("counts",))
 def fc1_act_count(
     x: Tensor, w1: Tensor, b1: Tensor, counts: Tensor, task_ids: Tensor, task: int,
     valid: Optional[Tensor], activation: str, write_output: bool, backend: str,
 ) -> Tensor:
-    check_task_range(task_ids, counts.shape[0])
-    return _module(backend).fc1_act_count(x, w1, b1, counts, task_ids, task, valid, activation, write_output)
+    return _count(x, w1, b1, counts, task_ids, task, valid, activation, write_output, backend)
 
 
 def fc1_act_count_call(x, w1, b1, counts, task_ids, task, valid, activation, write_output, backend) -> Tensor:
-    """The custom op when torch.compile traces, else the backend directly (no dispatch cost)."""
+    """The custom op when torch.compile traces, else its body directly (no dispatch cost)."""
     args = (x, w1, b1, counts, task_ids, task, valid, activation, write_output, backend)
-    if torch.compiler.is_compiling():
-        return fc1_act_count(*args)
-    check_task_range(task_ids, counts.shape[0])
-    return _module(backend).fc1_act_count(*args[:-1])
+    return fc1_act_count(*args) if torch.compiler.is_compiling() else _count(*args)
 
 
 @fc1_act_count.register_fake
