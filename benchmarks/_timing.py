@@ -317,6 +317,20 @@ def add_run_args(p, repeats_help: str | None = None, warmup_help: str | None = N
     p.add_argument("-v", "--verbose", action="store_true")
 
 
+def preset_values(args, presets: Mapping) -> tuple[torch.device, Callable[[str], object]]:
+    """(device of --device, get(flag) = the flag if given, else the --preset default for that
+    device type) — the first lines of every script's resolve_args."""
+    device = parse_device(args.device)
+    preset = presets[args.preset][device.type]
+    return device, lambda k: getattr(args, k) if getattr(args, k) is not None else preset[k]
+
+
+def run_meta(cfg: Mapping, benchmark: str, **extra) -> dict:
+    """What every result file records: the machine, the benchmark, its preset and rounds."""
+    return {**machine_info(cfg["device"]), "benchmark": benchmark, "preset": cfg["preset"],
+            "repeats": cfg["repeats"], "warmup": cfg["warmup"], **extra}
+
+
 def parse_config(parser, resolve, argv) -> dict | None:
     """Parse argv, set up logging and resolve the config; a bad flag prints one line, → None."""
     args = parser.parse_args(argv)

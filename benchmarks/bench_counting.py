@@ -64,9 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_args(args) -> dict:
-    device = tm.parse_device(args.device)
-    preset = PRESETS[args.preset][device.type]
-    get = lambda k: getattr(args, k) if getattr(args, k) is not None else preset[k]  # noqa: E731
+    device, get = tm.preset_values(args, PRESETS)
     avail = [b for b in available_backends(device) if b != "reference"]
     # Triton on CPU is its interpreter (TRITON_INTERPRET=1): timed only when asked for
     default = [b for b in avail if not (device.type == "cpu" and b == "triton")]
@@ -215,8 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = tm.parse_config(build_parser(), resolve_args, argv)
     if cfg is None:
         return 2
-    meta = {**tm.machine_info(cfg["device"]), "benchmark": "counting", "preset": cfg["preset"],
-            "repeats": cfg["repeats"], "warmup": cfg["warmup"], "backends": cfg["backends"]}
+    meta = tm.run_meta(cfg, "counting", backends=cfg["backends"])
     log.info("counting benchmark on %s: backends %s, out %s", tm.device_label(meta), cfg["backends"], cfg["out"])
     rows: list[dict] = []
     jobs = [(s, n, k) for s in cfg["shapes"] for n in cfg["tokens"] for k in cfg["tasks"]]

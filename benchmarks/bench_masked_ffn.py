@@ -85,9 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_args(args: argparse.Namespace) -> dict:
     """Fill unset flags from the preset of the device and parse the lists (ValueError if bad)."""
-    device = tm.parse_device(args.device)
-    preset = PRESETS[args.preset][device.type]
-    get = lambda k: getattr(args, k) if getattr(args, k) is not None else preset[k]  # noqa: E731
+    device, get = tm.preset_values(args, PRESETS)
     shapes = tm.parse_shapes(get("shapes"))
     ps = tm.parse_list(get("p"), float, "--p")
     if any(not 0 < v <= 1 for v in ps):
@@ -417,8 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = tm.parse_config(build_parser(), resolve_args, argv)
     if cfg is None:
         return 2
-    meta = {**tm.machine_info(cfg["device"]), "benchmark": "masked_ffn", "preset": cfg["preset"],
-            "repeats": cfg["repeats"], "warmup": cfg["warmup"], "providers": cfg["providers"]}
+    meta = tm.run_meta(cfg, "masked_ffn", providers=cfg["providers"])
     log.info("masked FFN benchmark on %s: providers %s, out %s", tm.device_label(meta), cfg["providers"], cfg["out"])
     jobs = [(s, n, k, m) for s in cfg["shapes"] for n in cfg["tokens"] for k in cfg["tasks"] for m in cfg["modes"]]
     rows: list[dict] = []

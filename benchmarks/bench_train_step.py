@@ -77,9 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_args(args) -> dict:
-    device = tm.parse_device(args.device)
-    preset = PRESETS[args.preset][device.type]
-    get = lambda k: getattr(args, k) if getattr(args, k) is not None else preset[k]  # noqa: E731
+    device, get = tm.preset_values(args, PRESETS)
     models = tm.parse_list(get("models"), str, "--models")
     for m in models:
         if m not in MODEL_PRESETS:
@@ -274,9 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = tm.parse_config(build_parser(), resolve_args, argv)
     if cfg is None:
         return 2
-    meta = {**tm.machine_info(cfg["device"]), "benchmark": "train_step", "preset": cfg["preset"],
-            "repeats": cfg["repeats"], "warmup": cfg["warmup"], "masks": cfg["masks"],
-            "keep" if cfg["masks"] == "random" else "k": cfg["keep"] if cfg["masks"] == "random" else cfg["k"]}
+    meta = tm.run_meta(cfg, "train_step", masks=cfg["masks"],
+                       **({"keep": cfg["keep"]} if cfg["masks"] == "random" else {"k": cfg["k"]}))
     log.info("train-step benchmark on %s, out %s", tm.device_label(meta), cfg["out"])
     rows: list[dict] = []
     jobs = [(m, b) for m in cfg["models"] for b in cfg["batches"]]
