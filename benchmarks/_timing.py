@@ -16,7 +16,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as `python benchmarks/x.py` from a source checkout
     sys.path.insert(0, str(ROOT))
+
+from neuronspec.atomic import save_figure_atomic, write_atomic  # noqa: E402
 
 log = logging.getLogger("neuronspec.bench")
 
@@ -222,24 +223,6 @@ def device_label(info: Mapping) -> str:
 
 
 # ---- output files ---------------------------------------------------------------------------
-def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
-    """Write to a temporary file in the same folder, then rename over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_results(out_dir: str | os.PathLike, name: str, rows: Sequence[Mapping], meta: Mapping,
                   markdown: str | None = None) -> None:
     """{out_dir}/{name}.csv (one row per measurement), .json (meta + rows), .md (table)."""
@@ -259,9 +242,7 @@ def write_results(out_dir: str | os.PathLike, name: str, rows: Sequence[Mapping]
 
 
 def save_figure(fig, path: str | os.PathLike) -> None:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    write_atomic(path, buf.getvalue())
+    save_figure_atomic(fig, path)
 
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence]) -> str:

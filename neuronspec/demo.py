@@ -26,6 +26,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from neuronspec.atomic import write_atomic
+
 log = logging.getLogger(__name__)
 
 # 8 of the EC30 languages: every tier, two families, several branches and scripts (Germanic
@@ -78,12 +80,6 @@ def _check_out(out: Path) -> None:
                          "choose another folder")
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).write_text("written by neuronspec demo\n", encoding="utf-8")
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _pick(res: dict, key: str, metric: str):
@@ -301,8 +297,8 @@ def _study(out, codes, minutes, vocab_size, k, beam, eval_sentences, record_sent
            "## Timings", "", *[f"- {n}: {s:.1f} s" for n, s in clock.phases.items()],
            f"- total: {clock.elapsed() / 60:.1f} min (budget {minutes} min, {threads} CPU thread(s))"
            + (f", load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}" if load else ""), ""]
-    _write(out / "results.md", "\n".join(md))
-    _write(out / "results.json", json.dumps(res, indent=2, ensure_ascii=False))
+    write_atomic(out / "results.md", "\n".join(md))
+    write_atomic(out / "results.json", json.dumps(res, indent=2, ensure_ascii=False))
     done("report", t)
     bar.close()
     res["table"] = table

@@ -1,7 +1,6 @@
 """`neuronspec demo` end to end with a tiny budget (a smoke test, well under a minute on 2 cores)."""
 import json
 
-import pytest
 import torch
 
 from neuronspec.cli import main

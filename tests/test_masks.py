@@ -19,7 +19,21 @@ def test_dense_and_indices_round_trip(tmp_path):
     save_layer_masks({"encoder.layers.0.ffn": m}, tmp_path / "all.pt", meta={"k": 0.95})
     layers, meta = load_layer_masks(tmp_path / "all.pt")
     assert layers["encoder.layers.0.ffn"] == m and meta == {"k": 0.95}
-    assert not list(tmp_path.glob(".tmp-*"))  # atomic writes leave no temporary files
+    assert not list(tmp_path.glob(".*"))  # atomic writes leave no temporary files
+
+
+def test_failed_atomic_write_keeps_the_old_file(tmp_path):
+    """neuronspec.atomic (used by every writer: masks, checkpoints, tables, plots): a write that
+    fails midway leaves the previous file whole and no temporary file behind."""
+    from neuronspec.atomic import atomic_file, write_atomic
+
+    path = tmp_path / "results.json"
+    write_atomic(path, "old")
+    with pytest.raises(RuntimeError):
+        with atomic_file(path) as f:
+            f.write(b"half of the new")
+            raise RuntimeError("disk full")
+    assert path.read_text() == "old" and not list(tmp_path.glob(".*"))
 
 
 def test_fractions_and_repr():

@@ -23,7 +23,6 @@ import itertools
 import json
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -31,11 +30,12 @@ from typing import Iterable, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from neuronspec.atomic import atomic_file, write_atomic
 from neuronspec.nmt.data import (
     FORMAT_VERSION, META_FILE, PIVOT, Corpus, PreparedData, iter_lines, read_kinds,
     scan_corpus,
 )
-from neuronspec.nmt.tokenizer import Tokenizer, write_bytes_atomic
+from neuronspec.nmt.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -43,28 +43,8 @@ TOKENIZER_FILE = "spm.model"
 CHUNK_LINES = 8192
 
 
-class _AtomicFile:
-    """Binary file written under a temp name in the same folder, renamed on success."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        fd, self.tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        self.f = os.fdopen(fd, "wb")
-
-    def __enter__(self):
-        return self.f
-
-    def __exit__(self, exc_type, exc, tb):
-        self.f.close()
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        elif os.path.exists(self.tmp):
-            os.unlink(self.tmp)
-        return False
-
-
 def _write_text_atomic(path: Path, lines: Iterable[str]) -> None:
-    with _AtomicFile(path) as f:
+    with atomic_file(path) as f:
         for line in lines:
             f.write(line.encode("utf-8"))
             f.write(b"\n")
@@ -145,7 +125,7 @@ def _encode_side(tok: Tokenizer, path: Path, num_lines: int, fb, fi, pos: int, d
     row = 0
     np.array([pos], dtype=np.int64).tofile(fi)
     with contextlib.ExitStack() as stack:
-        ft = stack.enter_context(_AtomicFile(keep_text)) if keep_text is not None else None
+        ft = stack.enter_context(atomic_file(keep_text)) if keep_text is not None else None
         lines = iter_lines(path)
         while chunk := list(itertools.islice(lines, CHUNK_LINES)):
             if row + len(chunk) > num_lines:
@@ -211,7 +191,7 @@ def prepare_corpus(
     with tqdm(total=total_lines, unit="line", desc="binarize", disable=not progress, mininterval=1.0) as bar:
         for split, pairs in corpus.pairs.items():
             pos = row = 0
-            with _AtomicFile(out / f"{split}.bin") as fb, _AtomicFile(out / f"{split}.idx") as fi:
+            with atomic_file(out / f"{split}.bin") as fb, atomic_file(out / f"{split}.idx") as fi:
                 for p in pairs:
                     entry = {"a": p.a, "b": p.b, "num": p.num_lines, "rows": {}, "texts": None, "kinds": None}
                     keep_text = split != "train"
@@ -260,7 +240,7 @@ def prepare_corpus(
             "seed": seed,
         },
     }
-    write_bytes_atomic(out / META_FILE, json.dumps(meta, indent=1, ensure_ascii=False).encode("utf-8"))
+    write_atomic(out / META_FILE, json.dumps(meta, indent=1, ensure_ascii=False))
     dt = time.perf_counter() - t0
     log.info("prepared %s: %d languages, %d training directions, %d lines, %d tokens, vocab %d "
              "(tokenizer %.1fs, total %.1fs)", out, len(corpus.languages), len(corpus.train_directions),

@@ -14,13 +14,14 @@ import argparse
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import torch
 from sacrebleu.metrics import BLEU, CHRF
 from tqdm import tqdm
+
+from neuronspec.atomic import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,7 @@ def evaluate_model(model, data, split: str = "test", *, beam: int = 5, lenpen: f
         samples[name] = [{"src": sources[j], "ref": refs[j], "hyp": hyps[j],
                           **({"kind": kinds[ids[j]]} if kinds is not None else {})} for j in pick]
         if hyp_dir is not None:
-            _write_text(Path(hyp_dir) / f"hyp.{split}.{name}.{d[1]}", "".join(h + "\n" for h in hyps))
+            write_atomic(Path(hyp_dir) / f"hyp.{split}.{name}.{d[1]}", "".join(h + "\n" for h in hyps))
     return {"split": split, "pivot": data.pivot, "beam": beam, "lenpen": lenpen, "max_sentences": max_sentences,
             "signatures": signatures(), "directions": per_dir, **summarize(per_dir, data.pivot), "samples": samples}
 
@@ -189,8 +190,8 @@ def evaluate_checkpoint(ckpt: str | os.PathLike, data: str | os.PathLike | None 
     res.update(checkpoint=os.path.abspath(ckpt), data=os.path.abspath(prep), step=ck.get("step"),
                masked=bool(ck.get("masks")), out_dir=str(out))
     if write:
-        _write_text(out / "results.json", json.dumps(res, indent=2, ensure_ascii=False))
-        _write_text(out / "results.md", to_markdown(res))
+        write_atomic(out / "results.json", json.dumps(res, indent=2, ensure_ascii=False))
+        write_atomic(out / "results.md", to_markdown(res))
     return res
 
 
@@ -244,19 +245,6 @@ def to_markdown(res: dict, max_sample_dirs: int = 6) -> str:
     lines += ["", "sacrebleu signatures:", "", f"- BLEU: `{res['signatures']['bleu']}`",
               f"- chrF++: `{res['signatures']['chrf']}`", ""]
     return "\n".join(lines)
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # --------------------------------------------------------------------------- CLI

@@ -14,11 +14,12 @@ from __future__ import annotations
 import io
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import sentencepiece as spm
+
+from neuronspec.atomic import write_atomic
 
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
 _TAG_RE = re.compile(r"^<2(.+)>$")
@@ -27,20 +28,6 @@ _TAG_RE = re.compile(r"^<2(.+)>$")
 def lang_tag_piece(lang: str) -> str:
     """The tag piece of a language: ``"de" -> "<2de>"``."""
     return f"<2{lang}>"
-
-
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same folder + os.replace."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 class Tokenizer:
@@ -121,7 +108,7 @@ class Tokenizer:
             raise ValueError(f"vocab_size: sentencepiece training failed with vocab_size={vocab_size}: {e}") from None
         path = Path(f"{os.fspath(model_prefix)}.model")
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(path, model.getvalue())
+        write_atomic(path, model.getvalue())
         return cls.load(path)
 
     @classmethod

@@ -27,7 +27,7 @@ import math
 import os
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -36,6 +36,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..atomic import write_atomic
 from .batching import check_target_tag, tag_options
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .model import PRESETS, ModelConfig, Transformer
@@ -475,14 +476,14 @@ class Trainer:
         """Greedy chrF++ on ``max_sentences`` evenly spaced valid sentences per direction (rank 0);
         ``write``: also save the full results (per direction, tier, kind; samples) as
         out/valid_chrf.json and out/valid_chrf.md."""
-        from .evaluate import _write_text, evaluate_model, to_markdown
+        from .evaluate import evaluate_model, to_markdown
 
         res = evaluate_model(self.model, self.data, "valid", beam=1, max_sentences=max_sentences,
                              device=self.device, progress=False, **self._tags)
         if write:
             res.update(checkpoint=str(self.out / LAST), step=self.step)
-            _write_json(self.out / "valid_chrf.json", res)
-            _write_text(self.out / "valid_chrf.md", to_markdown(res))
+            write_atomic(self.out / "valid_chrf.json", json.dumps(res, indent=2, ensure_ascii=False))
+            write_atomic(self.out / "valid_chrf.md", to_markdown(res))
         by_kind = {k: v["averages"]["all"] for k, v in res["by_kind"].items()}
         return {"chrf": res["averages"]["all"]["chrf"], "copy_chrf": res["averages"]["all"]["copy_chrf"],
                 "beats_copy": res["beats_copy"], "by_kind": by_kind}
@@ -566,7 +567,7 @@ class Trainer:
         summary = {"checkpoint": str(self.out / LAST), "best_checkpoint": str(self.out / BEST), "step": self.step,
                    "minutes": minutes, "final": final, "data": os.path.abspath(self.data.root)}
         if self.is_main:
-            _write_json(self.out / "train_summary.json", summary)
+            write_atomic(self.out / "train_summary.json", json.dumps(summary, indent=2, ensure_ascii=False))
             log.info("done: %d steps in %.1f min, checkpoint %s", self.step, minutes, summary["checkpoint"])
         return summary
 
@@ -578,12 +579,6 @@ def train(cfg: TrainConfig, *, init_from: str | os.PathLike | None = None,
 
     ``steps``/``max_minutes`` override the config's stop criteria for this call."""
     return Trainer(cfg, init_from=init_from, masks=masks, resume=resume).train(steps=steps, max_minutes=max_minutes)
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------- CLI

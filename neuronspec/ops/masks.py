@@ -8,11 +8,12 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 import torch
+
+from ..atomic import atomic_file
 
 
 @dataclass
@@ -164,18 +165,8 @@ class TaskMasks:
 
 def save_atomic(obj, path: str | os.PathLike) -> None:
     """torch.save to a temporary file in the same folder, then rename over `path`."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path) as f:
+        torch.save(obj, f)
 
 
 def save_layer_masks(masks: dict[str, TaskMasks], path: str | os.PathLike, meta: dict | None = None) -> None:

@@ -19,12 +19,12 @@ import json
 import logging
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from neuronspec.atomic import save_figure_atomic, write_atomic
 from neuronspec.ops import TaskMasks, load_layer_masks
 
 log = logging.getLogger(__name__)
@@ -154,20 +154,6 @@ def trend(values: list[float | None]) -> str:
 
 
 # ---------------------------------------------------------------------------- outputs
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def _savefig(fig, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
-
-
 def plot_heatmap(iou: np.ndarray, names: list[str], title: str, path: Path) -> None:
     import matplotlib
 
@@ -187,7 +173,7 @@ def plot_heatmap(iou: np.ndarray, names: list[str], title: str, path: Path) -> N
                         color="white" if iou[i][j] < 0.6 else "black")
     fig.colorbar(im, ax=ax, label="IoU (%)")
     ax.set_title(title)
-    _savefig(fig, path)
+    save_figure_atomic(fig, path)
     plt.close(fig)
 
 
@@ -219,7 +205,7 @@ def plot_mean_iou(result: dict, path: Path, k_label: str = "") -> None:
     axes[0].set_ylabel("mean IoU (%)")
     axes[1].legend(fontsize=7, loc="lower left")
     fig.tight_layout()
-    _savefig(fig, path)
+    save_figure_atomic(fig, path)
     plt.close(fig)
 
 
@@ -267,9 +253,9 @@ def write_analysis(masks: dict[str, TaskMasks], out: str | os.PathLike, meta: di
         for layer, entry in result["layers"].items():
             plot_heatmap(entry["iou"], result["names"], f"IoU, {layer}", out / f"heatmap_{layer.replace('.', '_')}.png")
     plot_mean_iou(result, out / "mean_iou.png", k_label)
-    _atomic_write_text(out / "iou.json", json.dumps({**result, "published_k0.7": PUBLISHED, "meta": meta or {}},
+    write_atomic(out / "iou.json", json.dumps({**result, "published_k0.7": PUBLISHED, "meta": meta or {}},
                                                     indent=1, default=str))
-    _atomic_write_text(out / "report.md", report_markdown(result, meta))
+    write_atomic(out / "report.md", report_markdown(result, meta))
     return result
 
 
