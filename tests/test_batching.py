@@ -285,3 +285,35 @@ def test_batch_to(data):
     b = next(TrainSampler(data, max_tokens=100))
     c = b.to("cpu")
     assert same(b, c) and c.ntokens == b.ntokens and c.pad == b.pad
+
+
+@pytest.mark.parametrize("mixed", [False, True])
+def test_upsample_repeats_a_kind(tmp_path, data, mixed):
+    """upsample={"sentence": 3}: an epoch holds every sentence 3 times and every phrase once."""
+    from _nmt_cases import prepare
+
+    kdata = prepare(tmp_path, n_train=60, n_eval=6)
+    s = TrainSampler(kdata, max_tokens=200, seed=1, mixed=mixed, upsample={"sentence": 3}, pool_batches=4)
+    kinds = {t: kdata.kinds("train", d) for t, d in enumerate(kdata.directions)}
+    epoch = {t: sum(3 if k == "sentence" else 1 for k in ks) for t, ks in kinds.items()}
+    seen = {t: [] for t in kinds}
+    while any(len(seen[t]) < 2 * epoch[t] for t in kinds):
+        b = next(s)
+        for t, i in zip(b.task.tolist(), b.ids.tolist()):
+            seen[t].append(i)
+    for t, ks in kinds.items():
+        if mixed:  # stream chunks cross epochs: compare how often each kind came
+            c = Counter(seen[t][:2 * epoch[t]])
+            per = {k: np.mean([c[i] for i, kk in enumerate(ks) if kk == k]) for k in ("phrase", "sentence")}
+            assert 2.5 < per["sentence"] / per["phrase"] < 3.5, per
+        else:  # the first epoch of a direction, exactly
+            c = Counter(seen[t][:epoch[t]])
+            assert c == Counter({i: 3 if k == "sentence" else 1 for i, k in enumerate(ks)})
+    state = s.state_dict()
+    with pytest.raises(ValueError, match="upsample"):
+        TrainSampler(kdata, max_tokens=200, seed=1, mixed=mixed, pool_batches=4).load_state_dict(state)
+    for bad, match in (({"poem": 2}, "poem"), ({"sentence": 0}, "int >= 1"), ({"sentence": 1.5}, "int >= 1")):
+        with pytest.raises(ValueError, match=match):
+            TrainSampler(kdata, max_tokens=200, upsample=bad)
+    with pytest.raises(ValueError, match="kinds manifest"):
+        TrainSampler(data, max_tokens=200, upsample={"sentence": 2})

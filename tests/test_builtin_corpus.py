@@ -155,6 +155,25 @@ def test_sentence_placeholders_preserved(corpus):
     assert de["The %(site_name)s team"] == "Das Team von %(site_name)s"
 
 
+def test_sentence_placeholders_become_matching_slots(corpus):
+    """Protected as slots (placeholders.py), a message and its translation hold the same
+    slots, and the translation is restored from the English source alone (and vice versa)."""
+    from neuronspec.nmt.placeholders import protect, restore, slot_values
+
+    out, _ = corpus
+    checked = same = 0
+    for lang in LANGS:
+        for split in bc.SPLITS:
+            for en, xx, kind, _ in all_pairs(out, lang, split):
+                if kind != "sentence" or protect(en) == en:
+                    continue
+                checked += 1
+                if slot_values(en) == slot_values(xx):  # not so when e.g. a link's URL is localised
+                    same += 1
+                    assert restore(protect(xx), en) == xx and restore(protect(en), xx) == en, (en, xx)
+    assert checked > 100 and same / checked > 0.97, (same, checked)
+
+
 def test_summary_and_readme(corpus):
     out, summary = corpus
     md = (out / "summary.md").read_text("utf-8")

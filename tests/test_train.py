@@ -209,11 +209,16 @@ def test_cli_train_prepares_a_raw_corpus(tmp_path):
     corpus = make_corpus(tmp_path / "corpus", langs=("de",), n_train=60, n_eval=6)
     out = tmp_path / "run"
     assert main(["train", "--corpus", str(corpus), "--vocab-size", "300", "--out", str(out), "--max-steps", "1",
-                 "--max-tokens", "300", "--valid-chrf-sentences", "0", "--no-progress", "--mixed-batches"]) == 0
+                 "--max-tokens", "300", "--valid-chrf-sentences", "0", "--no-progress", "--mixed-batches",
+                 "--upsample", "sentence=2"]) == 0
     ck = load_checkpoint(out / LAST)
     assert (out / "data" / "meta.json").is_file() and ck["data"]["prep"] == str((out / "data").resolve())
     assert ck["data"]["directions"] == ["en-de", "de-en"] and ck["config"]["mixed_batches"] is True
-    assert ck["config"]["target_tag"] == "decoder"
+    assert ck["config"]["target_tag"] == "decoder" and ck["config"]["upsample"] == {"sentence": 2}
+    assert ck["per_rank"][0]["sampler"]["config"]["upsample"] == {"sentence": 2}
+    for bad in ("sentence=0", "sentence", "=2"):
+        with pytest.raises(SystemExit):
+            main(["train", "--corpus", str(corpus), "--out", str(out), "--max-steps", "1", "--upsample", bad])
 
 
 @pytest.mark.parametrize("langs, want", [(None, list(TINY_BUILTIN_LANGS)), (["all"], None), (["de", "fr"], ["de", "fr"])])

@@ -16,6 +16,9 @@ B × (largest size in it), padding included, and never exceeds ``max_tokens``.
 - each direction is read epoch by epoch in a shuffled order shared by all ranks; rank r
   takes every world_size-th example of it (the order is padded by wrapping to a multiple
   of world_size, so shares are disjoint up to ≤ world_size-1 repeated examples);
+- ``upsample`` (e.g. ``{"sentence": 2}``): an epoch of a direction holds each example of
+  that kind (the corpus's kinds manifest) N times, as fairseq's ``--upsample-primary``
+  does for a whole dataset;
 - length-bucketed: examples are sorted by size before cutting batches (a whole epoch
   of the direction when homogeneous; a pool of ~``pool_batches`` batches when mixed),
   then the batches are shuffled;
@@ -210,13 +213,14 @@ class TrainSampler:
     world_size: this process's share; split: which split to stream; source_tag: also
     prepend ``<2src>``; target_tag: where ``<2tgt>`` goes (``decoder``: first decoder
     input; ``encoder``: source prefix); max_sentences: optional cap on examples per batch;
-    pool_batches: bucketing pool size of mixed mode, in batches.
+    pool_batches: bucketing pool size of mixed mode, in batches; upsample: {kind: N}
+    repeats of the examples of that kind in every epoch (needs the kinds manifest).
     """
 
     def __init__(self, data: PreparedData, max_tokens: int, temperature: float = 5.0, seed: int = 0,
                  mixed: bool = False, rank: int = 0, world_size: int = 1, split: str = "train",
                  source_tag: bool = False, max_sentences: int | None = None, pool_batches: int = 64,
-                 target_tag: str = "decoder"):
+                 target_tag: str = "decoder", upsample: dict[str, int] | None = None):
         _check_budget(max_tokens, max_sentences)
         check_target_tag(target_tag)
         if not isinstance(world_size, int) or world_size < 1:
@@ -238,6 +242,7 @@ class TrainSampler:
         self.source_tag = bool(source_tag)
         self.target_tag = target_tag
         self.pool_batches = pool_batches
+        self.upsample = dict(upsample) if upsample else None
 
         self.directions = [d for d in data.directions if data.num_examples(split, d) > 0]
         if not self.directions:
@@ -256,12 +261,30 @@ class TrainSampler:
                 log.warning("sampler: %d example(s) of %s exceed max_tokens=%d and are skipped",
                             over, direction_name(v.direction), self.max_tokens)
             self.num_skipped += over
+        if self.upsample:
+            self._upsample_fit()
         mean = float(np.average([v.size.mean() for v in self.views], weights=self.probabilities))
         self._pool_examples = max(1, int(pool_batches * self.max_tokens / mean))
         self._shard_cache: dict[int, tuple[int, np.ndarray]] = {}
         self._epoch_cache: dict[int, tuple[int, tuple]] = {}
         self._block: tuple[int, np.ndarray] | None = None
         self._reset()
+
+    def _upsample_fit(self) -> None:
+        """Repeat each example of ``_fit`` as ``upsample`` says for its kind."""
+        for kind, n in self.upsample.items():
+            if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
+                raise ValueError(f"upsample: the factor of {kind!r} must be an int >= 1, got {n!r}")
+        kinds = [self.data.kinds(self.split, v.direction) for v in self.views]
+        missing = [direction_name(v.direction) for v, k in zip(self.views, kinds) if k is None]
+        if missing:
+            raise ValueError(f"upsample: no kinds manifest (sources.{{split}}.{{pair}} in the corpus) for {missing}")
+        unknown = set(self.upsample) - {k for ks in kinds for k in ks}
+        if unknown:
+            raise ValueError(f"upsample: no {self.split} example has kind(s) {sorted(unknown)}")
+        for d, ks in enumerate(kinds):
+            reps = np.array([self.upsample.get(k, 1) for k in ks], dtype=np.int64)
+            self._fit[d] = np.repeat(self._fit[d], reps[self._fit[d]])
 
     # --------------------------------------------------------------- shards
     def _shard(self, d: int, epoch: int) -> np.ndarray:
@@ -306,6 +329,7 @@ class TrainSampler:
                 "temperature": self.temperature, "seed": self.seed, "mixed": self.mixed,
                 "rank": self.rank, "world_size": self.world_size, "split": self.split,
                 "source_tag": self.source_tag, "target_tag": self.target_tag, "pool_batches": self.pool_batches,
+                "upsample": self.upsample,
                 "directions": [direction_name(v.direction) for v in self.views],
                 "sizes": [v.n for v in self.views]}
 
@@ -324,7 +348,7 @@ class TrainSampler:
         if not isinstance(state, dict) or "config" not in state:
             raise ValueError("state: expected a dict from TrainSampler.state_dict()")
         mine = self._config()
-        saved = {"target_tag": "encoder", **state["config"]}  # states from before target_tag
+        saved = {"target_tag": "encoder", "upsample": None, **state["config"]}  # states from before those options
         diff = [k for k in mine if saved.get(k) != mine[k]]
         if diff:
             raise ValueError(f"state: sampler settings differ from the saved ones in {diff}")

@@ -2,7 +2,8 @@
 
 Prepared folder layout (all files written atomically, ``meta.json`` last):
 
-    spm.model                 shared sentencepiece model (tags <2xx>)
+    spm.model                 shared sentencepiece model (tags <2xx>; placeholder slots
+                              <ph1>... unless prepared with placeholders=False)
     {split}.bin               flat token ids of every line of every side of the split
                               (uint16, or int32 when the vocabulary exceeds 65,536)
     {split}.idx               int64 offsets into {split}.bin: side k of pair p owns the
@@ -155,6 +156,7 @@ def prepare_corpus(
     tokenizer_sentences: int = 200_000,
     character_coverage: float = 1.0,
     model_type: str = "unigram",
+    placeholders: bool = True,
     seed: int = 0,
     num_threads: int | None = None,
     progress: bool = True,
@@ -163,7 +165,8 @@ def prepare_corpus(
 
     vocab_size: sentencepiece vocabulary (soft limit). langs: restrict to these languages.
     tokenizer_sentences: size of the balanced, deterministic training sample for the
-    tokenizer. Returns the loaded ``PreparedData`` of ``out_dir``.
+    tokenizer. placeholders: encode message placeholders (``%(name)s``, ``{0}``, tags) as
+    protected slot tokens (``placeholders.py``). Returns the loaded ``PreparedData`` of ``out_dir``.
     """
     if not isinstance(tokenizer_sentences, int) or tokenizer_sentences <= 0:
         raise ValueError(f"tokenizer_sentences: must be a positive int, got {tokenizer_sentences!r}")
@@ -179,7 +182,7 @@ def prepare_corpus(
     log.info("training sentencepiece (vocab %d) on %d sampled sentences", vocab_size, len(sample))
     tok = Tokenizer.train(sample, out / TOKENIZER_FILE[: -len(".model")], vocab_size, corpus.languages,
                           model_type=model_type, character_coverage=character_coverage,
-                          num_threads=num_threads)
+                          placeholders=placeholders, num_threads=num_threads)
     del sample
     t_tok = time.perf_counter() - t0
     dtype = np.dtype(np.uint16) if len(tok) <= np.iinfo(np.uint16).max + 1 else np.dtype(np.int32)
@@ -237,6 +240,7 @@ def prepare_corpus(
             "tokenizer_sentences": tokenizer_sentences,
             "character_coverage": character_coverage,
             "model_type": model_type,
+            "placeholders": placeholders,
             "seed": seed,
         },
     }

@@ -61,6 +61,7 @@ from babel.lists import format_list
 from babel.units import format_unit
 
 from neuronspec.nmt.languages import LANGUAGES, catalog_lang, parse_langs
+from neuronspec.nmt.placeholders import placeholders, strip_placeholders
 
 logger = logging.getLogger(__name__)
 
@@ -230,21 +231,6 @@ def num2words_phrases(n2w_lang: str | None) -> dict[tuple, tuple[str, str]]:
 
 
 # ------------------------------------------------------------------ gettext sentences
-_PRINTF = re.compile(r"%(?:\([^()]*\))?[#0 +\-]*(?:\*|\d+)?(?:\.(?:\*|\d+))?[hlL]?"
-                     r"[diouxXeEfFgGcrsa%]")
-_BRACE = re.compile(r"\{[^{}\s]*\}")
-_TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9]*)\b[^<>]*>")
-
-
-def placeholders(text: str) -> Counter:
-    """Multiset of placeholders (``%(name)s``, ``%s``, ``%%``, ``{0}``, ``{name}``) and
-    markup tag names (``<a ...>`` -> ``<a>``, ``</a>``) in a message."""
-    found = Counter(_PRINTF.findall(text))
-    found.update(_BRACE.findall(text))
-    found.update(f"<{slash}{name.lower()}>" for slash, name in _TAG.findall(text))
-    return found
-
-
 def _plural_index(plural_expr: str | None, n: int) -> int | None:
     try:
         return int(gettext.c2py(plural_expr or "(n != 1)")(n))
@@ -384,9 +370,7 @@ def _accept(en: str, xx: str, max_chars: int, drops: Counter,
     if check_placeholders and placeholders(en) != placeholders(xx):
         drops["placeholder_mismatch"] += 1
         return None
-    bare_en = _BRACE.sub("", _PRINTF.sub("", _TAG.sub("", en)))
-    bare_xx = _BRACE.sub("", _PRINTF.sub("", _TAG.sub("", xx)))
-    if not _has_letter(bare_en) or not _has_letter(bare_xx):
+    if not _has_letter(strip_placeholders(en)) or not _has_letter(strip_placeholders(xx)):
         drops["no_letters"] += 1
         return None
     return en, xx
@@ -683,7 +667,8 @@ Lines are stripped and line breaks inside a message become one space; no Unicode
 normalisation (U+202F, U+200F etc. are kept). Pairs with an empty side or a side
 longer than {max_chars} characters are dropped. Gettext messages are kept only if their
 placeholders (`%(name)s`, `%s`, `{{0}}`, `{{name}}`) and markup tags match on both sides;
-they are kept verbatim. One translation per English text and one English text per
+they are kept verbatim here (`neuronspec data prepare` turns them into protected slot
+tokens). One translation per English text and one English text per
 translation (first met wins, phrases before sentences).
 """
 

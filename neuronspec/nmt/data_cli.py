@@ -88,6 +88,9 @@ def _add_prepare(sub) -> None:
                    help="sentencepiece character coverage (default 1.0; 0.9995 for huge alphabets)")
     p.add_argument("--model-type", default="unigram", choices=["unigram", "bpe"],
                    help="sentencepiece model type (default unigram)")
+    p.add_argument("--no-placeholders", dest="placeholders", action="store_false",
+                   help="spell message placeholders (%%(name)s, {0}, <b>) in ordinary pieces instead of "
+                        "protected slot tokens <ph1>... restored from the source after decoding")
     p.add_argument("--seed", type=int, default=0, help="tokenizer sample seed (default 0)")
     p.add_argument("--threads", type=int, default=None, help="sentencepiece threads (default min(4, cpus))")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -102,7 +105,7 @@ def _run_prepare(args) -> int:
     data = prepare_corpus(
         args.corpus, args.out, vocab_size=args.vocab_size, langs=langs, pivot=args.pivot,
         tokenizer_sentences=args.tokenizer_sentences, character_coverage=args.character_coverage,
-        model_type=args.model_type, seed=args.seed, num_threads=args.threads,
+        model_type=args.model_type, placeholders=args.placeholders, seed=args.seed, num_threads=args.threads,
         progress=not args.no_progress,
     )
     zero_shot = data.zero_shot_directions("test")

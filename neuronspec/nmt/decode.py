@@ -201,7 +201,7 @@ def translate_direction(model: Transformer, data, split: str, direction: Sequenc
                         device: torch.device | str = "cpu") -> tuple[list[int], list[str]]:
     """Translate one direction of a prepared split (all of it or ``max_sentences`` evenly
     spaced examples) with the tag layout of training (``source_tag``, ``target_tag``).
-    Returns (example ids in order, hypothesis strings)."""
+    Returns (example ids in order, hypothesis strings with the sources' placeholders restored)."""
     from .batching import eval_batches
 
     n = data.num_examples(split, tuple(direction))
@@ -227,7 +227,9 @@ def translate_direction(model: Transformer, data, split: str, direction: Sequenc
     finally:
         model.train(was_training)
     ids = sorted(out)
-    return ids, [data.tokenizer.decode(out[i]) for i in ids]
+    tok = data.tokenizer
+    sources = data.texts(split, tuple(direction))[0] if tok.protects else None
+    return ids, [tok.decode(out[i], source=None if sources is None else sources[i]) for i in ids]
 
 
 def subset_batch(batch, keep: torch.Tensor):

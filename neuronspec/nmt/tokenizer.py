@@ -8,6 +8,10 @@ Normalisation is the identity (no NFKC, whitespace kept as is), so text such as
 CLDR dates with U+202F (narrow no-break space) or U+200F (right-to-left mark)
 survives ``decode(encode(s)) == s``; ``byte_fallback`` spells characters the
 model never saw as UTF-8 bytes instead of ``<unk>``.
+
+A model trained with ``placeholders=True`` also has the slot pieces ``<ph1>`` ... of
+``placeholders.py``: ``encode`` then protects a line's placeholders (``%(name)s``, ``{0}``,
+tags) as slots, and ``decode(ids, source=...)`` puts the source's placeholders back.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from typing import Iterable, Sequence
 import sentencepiece as spm
 
 from neuronspec.atomic import write_atomic
+from neuronspec.nmt.placeholders import SLOT_PIECES, protect, restore
 
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
 _TAG_RE = re.compile(r"^<2(.+)>$")
@@ -52,6 +57,7 @@ class Tokenizer:
             if m and not processor.is_byte(i):
                 self._tags[m.group(1)] = i
         self._strip = set(self._tags.values()) | {PAD, BOS, EOS}
+        self.protects = all(processor.piece_to_id(p) != UNK for p in SLOT_PIECES)
 
     # ---------------------------------------------------------------- creation
     @classmethod
@@ -66,9 +72,13 @@ class Tokenizer:
         character_coverage: float = 1.0,
         byte_fallback: bool = True,
         split_digits: bool = True,
+        placeholders: bool = False,
         num_threads: int = 2,
     ) -> "Tokenizer":
         """Train on ``texts`` (already a bounded sample) and write ``{model_prefix}.model``.
+
+        ``placeholders``: add the slot pieces and train on protected text (see module
+        docstring).
 
         ``vocab_size`` is a soft limit (``hard_vocab_limit=False``): on a tiny corpus the
         model may come out smaller; ``len(tok)`` gives the real size. The model file is
@@ -81,7 +91,7 @@ class Tokenizer:
         langs = list(langs)
         if len(set(langs)) != len(langs):
             raise ValueError(f"langs: duplicate language codes in {langs}")
-        texts = [t for t in texts if t.strip()]
+        texts = [protect(t) if placeholders else t for t in texts if t.strip()]
         if not texts:
             raise ValueError("texts: no non-empty sentence to train the tokenizer on")
         model = io.BytesIO()
@@ -97,7 +107,7 @@ class Tokenizer:
                 split_digits=split_digits,
                 normalization_rule_name="identity",
                 remove_extra_whitespaces=False,
-                user_defined_symbols=[lang_tag_piece(l) for l in langs],
+                user_defined_symbols=[lang_tag_piece(l) for l in langs] + (SLOT_PIECES if placeholders else []),
                 pad_id=PAD, bos_id=BOS, eos_id=EOS, unk_id=UNK,
                 pad_piece="<pad>", bos_piece="<s>", eos_piece="</s>", unk_piece="<unk>",
                 input_sentence_size=0,
@@ -140,16 +150,21 @@ class Tokenizer:
             raise ValueError(f"lang: no tag <2{lang}> in the vocabulary (languages: {self.langs})") from None
 
     def encode(self, text: str) -> list[int]:
-        """Ids of ``text`` (no tags, no bos/eos)."""
-        return self.sp.encode(text)
+        """Ids of ``text`` (no tags, no bos/eos; placeholders as slots if the model has them)."""
+        return self.sp.encode(protect(text) if self.protects else text)
 
     def encode_batch(self, texts: list[str], num_threads: int = 1) -> list[list[int]]:
         """``encode`` over a list (sentencepiece's batched path)."""
+        if self.protects:
+            texts = [protect(t) for t in texts]
         return self.sp.encode(texts, num_threads=num_threads)
 
-    def decode(self, ids: Iterable[int]) -> str:
-        """Text of ``ids``; pad/bos/eos and language tags are dropped."""
-        return self.sp.decode([int(i) for i in ids if int(i) not in self._strip])
+    def decode(self, ids: Iterable[int], source: str | None = None) -> str:
+        """Text of ``ids``; pad/bos/eos and language tags are dropped. ``source``: the line
+        ``ids`` translate, whose placeholders replace the slot pieces (kept as ``<phK>`` text
+        without it)."""
+        text = self.sp.decode([int(i) for i in ids if int(i) not in self._strip])
+        return restore(text, source) if self.protects and source is not None else text
 
     def piece(self, i: int) -> str:
         return self.sp.id_to_piece(int(i))

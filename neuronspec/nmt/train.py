@@ -90,6 +90,7 @@ class TrainConfig:
     # sampling
     temperature: float = 5.0
     mixed_batches: bool = False
+    upsample: dict[str, int] | None = None  # {kind: N}: examples of that kind N times per epoch
     source_tag: bool = False
     target_tag: str = "decoder"  # decoder: <2tgt> is the first decoder input; encoder: a source prefix
     seed: int = 1
@@ -100,7 +101,8 @@ class TrainConfig:
     log_every: int = 50
     valid_every: int = 500  # validation loss + checkpoint every N steps (0: only at the end)
     valid_max_sentences: int | None = 100  # per direction, for the validation loss
-    valid_chrf_sentences: int = 50  # per direction, greedy chrF++ at the end (0: off)
+    valid_chrf_sentences: int | None = None  # per direction (evenly spaced), chrF++ at the end (None: all; 0: off)
+    valid_beam: int = 5  # beam of that chrF++ (1: greedy)
     valid_chrf_every: int = 0  # also every N steps (0: only at the end)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "auto"  # auto (bf16 on CUDA and on CPUs with native bf16, else off) | on | off
@@ -120,9 +122,11 @@ class TrainConfig:
         if self.max_steps is None and self.max_minutes is None:
             raise ValueError("give max_steps or max_minutes (no default stop for this preset)")
         checks = [("max_tokens", self.max_tokens, 1), ("update_freq", self.update_freq, 1),
-                  ("warmup", self.warmup, 0), ("log_every", self.log_every, 1), ("valid_every", self.valid_every, 0)]
-        if self.max_steps is not None:
-            checks.append(("max_steps", self.max_steps, 0))
+                  ("warmup", self.warmup, 0), ("log_every", self.log_every, 1), ("valid_every", self.valid_every, 0),
+                  ("valid_beam", self.valid_beam, 1)]
+        for name in ("max_steps", "valid_chrf_sentences"):
+            if getattr(self, name) is not None:
+                checks.append((name, getattr(self, name), 0))
         for name, v, lo in checks:
             if not isinstance(v, int) or v < lo:
                 raise ValueError(f"TrainConfig.{name} must be an int >= {lo}, got {v!r}")
@@ -343,7 +347,7 @@ class Trainer:
         self._tags = {"source_tag": cfg.source_tag, "target_tag": cfg.target_tag}
         self.sampler = TrainSampler(self.data, cfg.max_tokens, temperature=cfg.temperature, seed=cfg.seed,
                                     mixed=cfg.mixed_batches, rank=self.rank, world_size=self.world_size,
-                                    **self._tags)
+                                    upsample=cfg.upsample, **self._tags)
         self.amp = cfg.amp == "on" or (cfg.amp == "auto" and native_bf16(self.device))
         self.step = 0
         self.best_valid = math.inf
@@ -472,13 +476,14 @@ class Trainer:
         out["directions"] = {"-".join(d): stats[k, 1].item() / max(stats[k, 2].item(), 1) / ln2 for k, d in enumerate(dirs)}
         return out
 
-    def valid_chrf(self, max_sentences: int, write: bool = False) -> dict:
-        """Greedy chrF++ on ``max_sentences`` evenly spaced valid sentences per direction (rank 0);
+    def valid_chrf(self, max_sentences: int | None, write: bool = False) -> dict:
+        """chrF++ (beam ``valid_beam``) on ``max_sentences`` evenly spaced valid sentences per
+        direction (None: all) on rank 0;
         ``write``: also save the full results (per direction, tier, kind; samples) as
         out/valid_chrf.json and out/valid_chrf.md."""
         from .evaluate import evaluate_model, to_markdown
 
-        res = evaluate_model(self.model, self.data, "valid", beam=1, max_sentences=max_sentences,
+        res = evaluate_model(self.model, self.data, "valid", beam=self.cfg.valid_beam, max_sentences=max_sentences,
                              device=self.device, progress=False, **self._tags)
         if write:
             res.update(checkpoint=str(self.out / LAST), step=self.step)
@@ -492,7 +497,7 @@ class Trainer:
         v = self.validate()
         rec = {"step": self.step, "valid_loss": v["loss"], "valid_nll": v["nll"], "valid_ppl": v["ppl"]}
         every = self.cfg.valid_chrf_every
-        if self.cfg.valid_chrf_sentences > 0 and (final or (every and self.step % every == 0)):
+        if self.cfg.valid_chrf_sentences != 0 and (final or (every and self.step % every == 0)):
             if self.is_main:
                 c = self.valid_chrf(self.cfg.valid_chrf_sentences, write=final)
                 rec.update(valid_chrf=c["chrf"], copy_chrf=c["copy_chrf"], beats_copy=c["beats_copy"],
@@ -609,6 +614,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     o.add_argument("--update-freq", type=int, default=1, help="accumulate gradients over N batches")
     o.add_argument("--temperature", type=float, default=5.0, help="direction sampling temperature")
     o.add_argument("--mixed-batches", action="store_true", help="mix directions inside a batch")
+    o.add_argument("--upsample", nargs="+", type=_kind_factor, metavar="KIND=N",
+                   help="see the examples of a kind (the corpus's kinds manifest, e.g. sentence) N times per epoch")
     o.add_argument("--source-tag", action="store_true", help="also prepend the source-language tag")
     o.add_argument("--target-tag", choices=["decoder", "encoder"], default="decoder",
                    help="where the target-language tag goes: first decoder input (fairseq's --decoder-langtok, "
@@ -620,7 +627,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     s.add_argument("--log-every", type=int, default=50)
     s.add_argument("--valid-every", type=int, default=500)
     s.add_argument("--valid-max-sentences", type=int, default=100, help="per direction, for the valid loss")
-    s.add_argument("--valid-chrf-sentences", type=int, default=50, help="per direction, greedy chrF++ at the end (0: off)")
+    s.add_argument("--valid-chrf-sentences", type=int,
+                   help="valid sentences per direction for the chrF++ at the end (default: all; 0: off)")
+    s.add_argument("--valid-beam", type=int, default=5, help="beam of that chrF++ (default 5; 1: greedy)")
     s.add_argument("--valid-chrf-every", type=int, default=0)
     s.add_argument("--device", default="auto")
     s.add_argument("--amp", default="auto", choices=["auto", "on", "off"],
@@ -628,9 +637,18 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     s.add_argument("--no-progress", action="store_true")
 
 
+def _kind_factor(text: str) -> tuple[str, int]:
+    kind, _, n = text.partition("=")
+    if not kind or not n.isdigit() or int(n) < 1:
+        raise argparse.ArgumentTypeError(f"expected KIND=N with N >= 1, got {text!r}")
+    return kind, int(n)
+
+
 def run(args: argparse.Namespace) -> int:
     names = [f.name for f in fields(TrainConfig)]
     kw = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+    if "upsample" in kw:
+        kw["upsample"] = dict(kw["upsample"])
     kw["out"] = args.out or f"runs/{args.preset}"
     kw["progress"] = not args.no_progress
     rank = _dist_env()[0]
