@@ -174,3 +174,30 @@ def test_dropout_only_in_training():
     assert not torch.equal(m(src, tgt, 0), m(src, tgt, 0))
     m.eval()
     assert torch.equal(m(src, tgt, 0), m(src, tgt, 0))
+
+
+@pytest.mark.parametrize("causal, masked", [(True, False), (False, True), (False, False)])
+def test_cpu_bf16_attention_runs_in_float32(causal, masked):
+    """Under bf16 autocast on CPU, attention is computed in float32 (faster there) and cast
+    back to bf16: values and gradients match float64 attention of the same inputs up to bf16
+    rounding, for causal, padding-masked and unmasked attention."""
+    import torch.nn.functional as F
+
+    from neuronspec.nmt.model import _attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 4, 5, 8, generator=g).bfloat16().requires_grad_() for _ in range(3))
+    mask = (torch.rand(3, 1, 1, 5, generator=g) > 0.3) if masked else None
+    if masked:
+        mask[..., 0] = True
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = _attention(q, k, v, mask, causal, 0.0)
+    assert y.dtype == torch.bfloat16
+    qd, kd, vd = (t.detach().double().requires_grad_() for t in (q, k, v))
+    ref = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=mask, is_causal=causal)
+    torch.testing.assert_close(y.double(), ref, atol=1e-2, rtol=1e-2)
+    gy = torch.randn(y.shape, generator=g)
+    got = torch.autograd.grad(y, (q, k, v), gy.bfloat16())
+    want = torch.autograd.grad(ref, (qd, kd, vd), gy.double())
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.double(), b, atol=3e-2, rtol=3e-2)

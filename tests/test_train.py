@@ -84,7 +84,7 @@ def test_bad_config():
         with pytest.raises(ValueError, match="langs"):
             TrainConfig(max_steps=1, langs=bad)
     assert TrainConfig().max_tokens == 800 and TrainConfig(preset="base", max_steps=1).max_tokens == 1500
-    assert TrainConfig().max_minutes == 8.0 and TrainConfig(max_steps=5).max_minutes is None  # tiny default
+    assert TrainConfig().max_minutes == 9.0 and TrainConfig(max_steps=5).max_minutes is None  # tiny default
 
 
 @pytest.mark.slow

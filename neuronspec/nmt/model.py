@@ -124,6 +124,18 @@ def _dropout(p: float) -> nn.Module:
     return nn.Dropout(p) if p > 0 else nn.Identity()  # p = 0 costs nothing
 
 
+def _attention(q, k, v, mask, causal: bool, dropout: float) -> torch.Tensor:
+    """``scaled_dot_product_attention``; on CPU, bf16 inputs are computed in float32 with
+    autocast off (PyTorch's bf16 CPU kernels for it run 2-3x slower than float32 at this
+    model's sizes: forward + backward 6.3 vs 2.1-2.8 ms at 24x4x32x64), then cast back."""
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+        with torch.autocast("cpu", enabled=False):
+            y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask,
+                                               is_causal=causal, dropout_p=dropout)
+        return y.to(torch.bfloat16)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, dropout_p=dropout)
+
+
 class Attention(nn.Module):
     """Multi-head attention with an optional key/value cache for incremental decoding.
 
@@ -161,10 +173,7 @@ class Attention(nn.Module):
                 cache["k"], cache["v"] = k, v
         if causal and k.shape[2] != q.shape[2]:
             raise ValueError("causal self-attention with a cache takes one new token per step")
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=causal and mask is None,
-            dropout_p=self.dropout if self.training else 0.0,
-        )
+        y = _attention(q, k, v, mask, causal and mask is None, self.dropout if self.training else 0.0)
         B, H, T, dh = y.shape
         return self.out_proj(y.transpose(1, 2).reshape(B, T, H * dh))
 

@@ -48,7 +48,7 @@ LAST, BEST = "checkpoint_last.pt", "checkpoint_best.pt"
 # Optimisation defaults per preset (lr, warm-up, batch tokens, stop): the tiny preset trains for
 # minutes, where small batches (more updates) win on 2 CPU cores (docs/nmt-tiny-cpu.md).
 TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
-    "tiny": dict(lr=2e-3, warmup=150, max_tokens=800, max_minutes=8.0),
+    "tiny": dict(lr=2e-3, warmup=150, max_tokens=800, max_minutes=9.0),
     "base": dict(lr=7e-4, warmup=4000, max_tokens=1500),
     "big": dict(lr=5e-4, warmup=4000, max_tokens=1500),
     "wide": dict(lr=5e-4, warmup=4000, max_tokens=1500),
@@ -341,8 +341,10 @@ class Trainer:
         self.ddp = (torch.nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
                     if self.distributed else self.model)
 
+        # fused: one kernel for all parameters (CPU: 5 vs 21 ms per step for the tiny model's 7.6M)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.adam_eps,
-                                          weight_decay=cfg.weight_decay)
+                                          weight_decay=cfg.weight_decay,
+                                          fused=self.device.type in ("cpu", "cuda") or None)
         self.scheduler = InverseSqrtSchedule(self.optimizer, cfg.lr, cfg.warmup, cfg.warmup_init_lr)
         self._tags = {"source_tag": cfg.source_tag, "target_tag": cfg.target_tag}
         self.sampler = TrainSampler(self.data, cfg.max_tokens, temperature=cfg.temperature, seed=cfg.seed,
@@ -431,9 +433,7 @@ class Trainer:
         ntok = max(stats[2].item(), 1.0)
         # DDP averages gradients over ranks; rescale so they are d(sum of losses)/d(total tokens).
         scale = self.world_size / ntok
-        for p in self.model.parameters():
-            if p.grad is not None:
-                p.grad.mul_(scale)
+        torch._foreach_mul_([p.grad for p in self.model.parameters() if p.grad is not None], scale)
         gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_norm if self.cfg.clip_norm > 0 else math.inf)
         self.optimizer.step()
         self.scheduler.step()
@@ -623,7 +623,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     o.add_argument("--seed", type=int, default=1)
     s = p.add_argument_group("stopping and logging")
     s.add_argument("--max-steps", type=int, help="total updates")
-    s.add_argument("--max-minutes", type=float, help="wall-clock training budget (tiny default: 8)")
+    s.add_argument("--max-minutes", type=float, help="wall-clock training budget (tiny default: 9; the whole command then takes about 10)")
     s.add_argument("--log-every", type=int, default=50)
     s.add_argument("--valid-every", type=int, default=500)
     s.add_argument("--valid-max-sentences", type=int, default=100, help="per direction, for the valid loss")
