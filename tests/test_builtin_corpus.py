@@ -335,3 +335,31 @@ def test_cli_builtin(tmp_path, capsys, monkeypatch):
     assert "en↔ha" in capsys.readouterr().out
     assert len(read(out, "test.en-ha.en")) == 30
     assert cli.main(["data", "builtin", "--out", str(tmp_path / "bad"), "--langs", "zz"]) == 2
+    # languages space- or comma-separated, as train/prepare take them; zero-shot pairs
+    assert cli.main(["data", "builtin", "--out", str(tmp_path / "two"), "--langs", "ha", "mt,am",
+                     "--zero-shot", "am-mt", "--no-progress"]) == 0
+    assert json.loads((tmp_path / "two" / "summary.json").read_text())["langs"] == ["ha", "mt", "am"]
+    assert (tmp_path / "two" / "test.am-mt.am").is_file()
+
+
+def test_zero_shot_test_pairs(tmp_path):
+    """zero_shot=["de-fr"] writes test.de-fr.*: the test items of both languages with the
+    same English text, aligned, with kinds; prepared data then has de→fr and fr→de."""
+    from neuronspec.nmt.binarize import prepare_corpus
+
+    out = tmp_path / "c"
+    summary = bc.build_builtin_corpus(out, langs=["de", "fr"], zero_shot=["de-fr"], progress=False)
+    de = {en: xx for en, xx, _, _ in all_pairs(out, "de", "test")}
+    fr = {en: xx for en, xx, _, _ in all_pairs(out, "fr", "test")}
+    both = [en for en in de if en in fr]
+    x, y = read(out, "test.de-fr.de"), read(out, "test.de-fr.fr")
+    assert len(x) == len(y) == len(both) == summary["zero_shot_test"]["de-fr"] > 20
+    assert list(zip(x, y)) == [(de[en], fr[en]) for en in both]
+    assert len(read(out, "sources.test.de-fr")) == len(x) and "Zero-shot test pairs" in (out / "README.md").read_text()
+    data = prepare_corpus(out, tmp_path / "p", vocab_size=2000, progress=False)
+    assert data.zero_shot_directions("test") == [("de", "fr"), ("fr", "de")]
+    assert data.kinds("test", "fr-de") is not None
+    for bad in (["de-uk"], ["de"], ["de-de"]):
+        with pytest.raises(ValueError, match="zero_shot"):
+            bc.build_builtin_corpus(tmp_path / "bad", langs=["de", "fr"], zero_shot=bad, progress=False)
+    assert bc._zero_shot_pairs("all", ["de", "fr", "ru"]) == [("de", "fr"), ("de", "ru"), ("fr", "ru")]

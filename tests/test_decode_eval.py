@@ -198,3 +198,61 @@ def test_evaluate_checkpoint_end_to_end(tmp_path):
     md = (out / "results.md").read_text(encoding="utf-8")
     assert "| en-de |" in md and "chrF++" in md and "nw:2" in md and "phrases only" in md
     assert res["samples"]["en-de"] and {"src", "ref", "hyp", "kind"} <= set(res["samples"]["en-de"][0])
+
+
+def test_zero_shot_decoding_uses_encoder_and_decoder_tasks(tmp_path):
+    """A zero-shot direction x→y encodes with the task of x→en and decodes with the task of
+    en→y: with random masks per task, the hypothesis is the teacher-forced argmax of exactly
+    that pairing, and decoding with the encoder's task instead gives other outputs."""
+    from neuronspec.nmt.batching import eval_batches
+    from neuronspec.nmt.binarize import prepare_corpus
+    from neuronspec.nmt.decode import translate_direction, zero_shot_tasks
+    from neuronspec.ops import TaskMasks
+    from test_nmt_data import make_corpus
+
+    make_corpus(tmp_path / "c", langs=("de", "fr"), n_train=(60, 60), n_eval=6)
+    data = prepare_corpus(tmp_path / "c", tmp_path / "p", vocab_size=400, progress=False)
+    assert data.zero_shot_directions("test") == [("de", "fr"), ("fr", "de")]
+    enc_t, dec_t = zero_shot_tasks(data, ("de", "fr"))
+    assert (enc_t, dec_t) == (data.task_id("de-en"), data.task_id("en-fr"))
+    with pytest.raises(ValueError, match="not a training direction"):
+        zero_shot_tasks(data, ("en", "uk"))
+
+    torch.manual_seed(0)
+    m = Transformer(ModelConfig(vocab_size=len(data.tokenizer), **TINY_MODEL, dropout=0.0)).eval()
+    g = torch.Generator().manual_seed(1)
+    m.set_masks({n: TaskMasks.from_dense(torch.rand(len(data.directions), m.cfg.d_ff, generator=g) < 0.5)
+                 for n in m.ffn_layers()})
+    batch = next(eval_batches(data, "test", ("de", "fr"), max_tokens=400, task=enc_t))
+    start = batch.tgt_in[:, 0]
+    hyps = greedy_search(m, batch.src, enc_t, decoder_task=dec_t, max_len_a=0.0, max_len_b=5, start=start)
+    assert beam_search(m, batch.src, enc_t, beam=1, decoder_task=dec_t, max_len_a=0.0, max_len_b=5,
+                       start=start) == hyps
+    assert greedy_search(m, batch.src, enc_t, max_len_a=0.0, max_len_b=5, start=start) != hyps
+    enc = m.encode(batch.src, enc_t)
+    for r, h in enumerate(hyps):
+        one = type(enc)(enc.out[r:r + 1], enc.valid[r:r + 1])
+        logits = m.decode(torch.tensor([[int(start[r])] + h]), one, dec_t)
+        logits[0, :, [data.tokenizer.pad, data.tokenizer.bos]] = -torch.inf
+        logits[0, 0, data.tokenizer.eos] = -torch.inf
+        assert logits[0].argmax(-1).tolist()[:len(h)] == h
+    ids, texts = translate_direction(m, data, "test", ("de", "fr"), beam=1, max_len_a=0.0, max_len_b=5)
+    assert ids == list(range(data.num_examples("test", "de-fr"))) and len(texts) == len(ids)
+
+
+def test_evaluate_reports_zero_shot_apart(tmp_path):
+    from neuronspec.nmt.binarize import prepare_corpus
+    from neuronspec.nmt.evaluate import evaluate_model, to_markdown
+    from test_nmt_data import make_corpus
+
+    make_corpus(tmp_path / "c", langs=("de", "fr"), n_train=(60, 60), n_eval=6)
+    data = prepare_corpus(tmp_path / "c", tmp_path / "p", vocab_size=400, progress=False)
+    torch.manual_seed(0)
+    m = Transformer(ModelConfig(vocab_size=len(data.tokenizer), **TINY_MODEL, dropout=0.0)).eval()
+    res = evaluate_model(m, data, "test", beam=1, progress=False, zero_shot=True)
+    assert set(res["directions"]) == {"en-de", "en-fr", "de-en", "fr-en", "de-fr", "fr-de"}
+    assert res["averages"]["all"]["directions"] == 4 and res["averages"]["zero-shot"]["directions"] == 2
+    assert res["beats_copy"]["all"]["total"] == 4
+    assert "| zero-shot (2 directions" in to_markdown(res)
+    plain = evaluate_model(m, data, "test", beam=1, progress=False)
+    assert set(plain["directions"]) == {"en-de", "en-fr", "de-en", "fr-en"} and "zero-shot" not in plain["averages"]

@@ -478,6 +478,7 @@ def build_builtin_corpus(
     max_chars: int = 200,
     subsample_tiers: bool = False,
     low_floor: int = 100,
+    zero_shot: str | Iterable[str] | None = None,
     progress: bool = True,
 ) -> dict:
     """Build the corpus into ``out_dir`` and return the summary (saved as summary.json;
@@ -492,8 +493,10 @@ def build_builtin_corpus(
     band is dropped, never moved to train, so no split leaks across directions) and a
     warning is logged when it gets fewer than ``min_eval``. max_chars: pairs with a
     longer side are dropped. subsample_tiers: cap training pairs per tier (see
-    :func:`tier_caps`). An existing ``out_dir`` is replaced only if it is empty or was
-    written by this builder.
+    :func:`tier_caps`). zero_shot: non-English test pairs ("de-fr", ...; "all" = every pair
+    of the chosen languages) written as ``test.x-y.*``: the test items whose English text
+    both languages translate (multi-way parallel, like Flores), for zero-shot evaluation.
+    An existing ``out_dir`` is replaced only if it is empty or was written by this builder.
     """
     t0 = time.perf_counter()
     codes = parse_langs(list(langs) if langs is not None and not isinstance(langs, str)
@@ -515,6 +518,7 @@ def build_builtin_corpus(
             raise ValueError(f"gettext_packages: expected package names, got {p!r}")
     packages = list(dict.fromkeys([*(DEFAULT_GETTEXT_PACKAGES if default_packages else ()),
                                    *extra]))
+    zs_pairs = _zero_shot_pairs(zero_shot, codes)
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
 
@@ -563,15 +567,40 @@ def build_builtin_corpus(
                 drops[lang]["tier_subsample"] += len(train) - cap
                 splits[lang]["train"] = [p for p in train if id(p) in keep]
 
+    zs = {f"{x}-{y}": _multiway(splits[x]["test"], splits[y]["test"]) for x, y in zs_pairs}
     summary = _summary(codes, splits, drops, caps, catalogs, seed=seed, packages=packages,
                        options=dict(valid_fraction=valid_fraction, test_fraction=test_fraction,
                                     max_eval=max_eval, min_eval=min_eval, max_chars=max_chars,
                                     subsample_tiers=subsample_tiers, low_floor=low_floor))
-    _write_atomically(out_dir, splits, summary)  # the files hold no timing: builds are byte-identical
+    summary["zero_shot_test"] = {name: len(rows) for name, rows in zs.items()}
+    _write_atomically(out_dir, splits, summary, zs)  # the files hold no timing: builds are byte-identical
     summary["build_seconds"] = round(time.perf_counter() - t0, 2)
     logger.info("built-in corpus: %d languages, %d pairs, %.1f s -> %s", len(codes),
                 summary["totals"]["all"], summary["build_seconds"], out_dir)
     return summary
+
+
+def _zero_shot_pairs(zero_shot, codes: list[str]) -> list[tuple[str, str]]:
+    """Parse ``zero_shot`` ("all", "de-fr,fr-ru" or a list of "x-y") against the chosen languages."""
+    if zero_shot is None:
+        return []
+    items = zero_shot.split(",") if isinstance(zero_shot, str) else list(zero_shot)
+    if [i.strip() for i in items] == ["all"]:
+        return [(x, y) for i, x in enumerate(codes) for y in codes[i + 1:]]
+    out = []
+    for item in items:
+        x, sep, y = str(item).strip().partition("-")
+        if not sep or x == y or x not in codes or y not in codes:
+            raise ValueError(f"zero_shot: {item!r} is not a pair x-y of two chosen languages {codes}")
+        if (x, y) not in out and (y, x) not in out:
+            out.append((x, y))
+    return out
+
+
+def _multiway(xs: list[Pair], ys: list[Pair]) -> list[tuple[str, str, str, str]]:
+    """(x text, y text, kind, origin) for the English items both test sets hold, in x's order."""
+    by_en = {p.en: p for p in ys}
+    return [(p.xx, by_en[p.en].xx, p.kind, p.origin) for p in xs if p.en in by_en]
 
 
 def _progress(items, enabled):
@@ -678,11 +707,17 @@ def _readme(summary: dict) -> str:
     sub = ("Training pairs were subsampled per tier (medium <= 1/5 and low <= 1/50 of the "
            f"high-tier median, low floor {o['low_floor']})." if o["subsample_tiers"]
            else "No tier subsampling.")
-    return _README.format(n=len(summary["langs"]), langs=" ".join(summary["langs"]),
+    text = _README.format(n=len(summary["langs"]), langs=" ".join(summary["langs"]),
                           gen=GENERATOR, babel=summary["babel_version"],
                           packages=", ".join(summary["gettext_packages"]) or "no packages",
                           vf=o["valid_fraction"], tf=o["test_fraction"], seed=summary["seed"],
                           max_eval=o["max_eval"], subsample=sub, max_chars=o["max_chars"])
+    zs = summary.get("zero_shot_test") or {}
+    if zs:
+        text += ("\n## Zero-shot test pairs\n`test.x-y.*` hold the test items whose English text both "
+                 "languages translate (multi-way parallel through the same English item; never trained): "
+                 + ", ".join(f"{k} ({v} lines)" for k, v in zs.items()) + ".\n")
+    return text
 
 
 def _check_out_dir(out_dir: Path) -> None:
@@ -709,7 +744,7 @@ def _write_lines(path: Path, lines: list[str]) -> None:
             f.write(line + "\n")
 
 
-def _write_atomically(out_dir: Path, splits: dict, summary: dict) -> None:
+def _write_atomically(out_dir: Path, splits: dict, summary: dict, zero_shot: dict | None = None) -> None:
     """Write everything into a temp folder next to ``out_dir``, then swap it in."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
@@ -721,6 +756,11 @@ def _write_atomically(out_dir: Path, splits: dict, summary: dict) -> None:
                 _write_lines(tmp / f"{stem}.{lang}", [p.xx for p in parts[s]])
                 _write_lines(tmp / f"sources.{stem}", [p.kind for p in parts[s]])
                 _write_lines(tmp / f"origins.{stem}", [p.origin for p in parts[s]])
+        for name, rows in (zero_shot or {}).items():
+            x, y = name.split("-")
+            for i, suffix in enumerate((f"test.{name}.{x}", f"test.{name}.{y}", f"sources.test.{name}",
+                                        f"origins.test.{name}")):
+                _write_lines(tmp / suffix, [r[i] for r in rows])
         (tmp / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=1,
                                                      default=str) + "\n", encoding="utf-8")
         (tmp / "summary.md").write_text("# Built-in corpus summary\n\n" + summary_table(summary),

@@ -23,8 +23,8 @@ def _add_builtin(sub) -> None:
                     "catalogs of Django, Sphinx and sphinxcontrib.",
     )
     p.add_argument("--out", required=True, help="output folder (EC30 layout)")
-    p.add_argument("--langs", default=None,
-                   help="comma-separated EC30 codes, e.g. de,fr,am (default: all 30)")
+    p.add_argument("--langs", nargs="+", default=None, metavar="LANG",
+                   help="EC30 codes, e.g. de fr am or de,fr,am (default: all 30)")
     p.add_argument("--gettext-package", action="append", default=[], metavar="NAME",
                    dest="gettext_packages",
                    help="also read the */LC_MESSAGES/*.po|.mo catalogs of this installed "
@@ -45,6 +45,9 @@ def _add_builtin(sub) -> None:
                         "of the high-tier median)")
     p.add_argument("--low-floor", type=int, default=100,
                    help="with --subsample-tiers, low-tier languages keep at least this many")
+    p.add_argument("--zero-shot", nargs="+", metavar="X-Y",
+                   help="also write non-English test pairs (e.g. de-fr ru-uk, or 'all'): the test items both "
+                        "languages translate, for `neuronspec evaluate --zero-shot`")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -52,12 +55,12 @@ def _run_builtin(args) -> int:
     from neuronspec.nmt.builtin_corpus import build_builtin_corpus, summary_table
 
     summary = build_builtin_corpus(
-        args.out, langs=args.langs, seed=args.seed,
+        args.out, langs=None if args.langs is None else ",".join(args.langs), seed=args.seed,
         gettext_packages=args.gettext_packages,
         default_packages=not args.no_default_packages,
         valid_fraction=args.valid_fraction, test_fraction=args.test_fraction,
         max_eval=args.max_eval, min_eval=args.min_eval, max_chars=args.max_chars,
-        subsample_tiers=args.subsample_tiers, low_floor=args.low_floor,
+        subsample_tiers=args.subsample_tiers, low_floor=args.low_floor, zero_shot=args.zero_shot,
         progress=not args.no_progress,
     )
     print(summary_table(summary))

@@ -70,13 +70,16 @@ def _step_logprobs(model, tokens, enc, task, cache, step, max_len, bos, eos, min
 @torch.no_grad()
 def greedy_search(model: Transformer, src: torch.Tensor, task: int | torch.Tensor, *, bos: int = 1, eos: int = 2,
                   max_len_a: float = 1.2, max_len_b: int = 10, min_len: int = 1,
-                  start: int | torch.Tensor | None = None) -> list[list[int]]:
+                  start: int | torch.Tensor | None = None,
+                  decoder_task: int | torch.Tensor | None = None) -> list[list[int]]:
     """Argmax decoding of ``src [B, S]`` from ``start`` (default ``bos``); returns B token-id
-    lists (without the start token and EOS)."""
+    lists (without the start token and EOS). ``decoder_task``: the decoder's task when it
+    differs from the encoder's ``task`` (zero-shot: x→en encoder, en→y decoder)."""
     _check(1, max_len_a, max_len_b, 0.0)
     task = task_arg(task)
     B = src.shape[0]
     enc = model.encode(src, task)
+    task = task if decoder_task is None else task_arg(decoder_task)
     max_len = _max_lengths(model, src, max_len_a, max_len_b)
     cache = model.new_cache()
     last = _start_tokens(start, bos, B, src.device)
@@ -98,10 +101,12 @@ def greedy_search(model: Transformer, src: torch.Tensor, task: int | torch.Tenso
 @torch.no_grad()
 def beam_search(model: Transformer, src: torch.Tensor, task: int | torch.Tensor, *, beam: int = 5,
                 lenpen: float = 1.0, bos: int = 1, eos: int = 2, max_len_a: float = 1.2, max_len_b: int = 10,
-                min_len: int = 1, return_scores: bool = False, start: int | torch.Tensor | None = None):
+                min_len: int = 1, return_scores: bool = False, start: int | torch.Tensor | None = None,
+                decoder_task: int | torch.Tensor | None = None):
     """Beam search over ``src [B, S]`` from ``start`` (default ``bos``); returns the best
     hypothesis per sentence (token ids, without the start token and EOS), and with
-    ``return_scores`` also its length-normalised log-probability."""
+    ``return_scores`` also its length-normalised log-probability. ``decoder_task`` as in
+    :func:`greedy_search`."""
     _check(beam, max_len_a, max_len_b, lenpen)
     task = task_arg(task)
     B, K, dev = src.shape[0], beam, src.device
@@ -109,6 +114,7 @@ def beam_search(model: Transformer, src: torch.Tensor, task: int | torch.Tensor,
     if V < 2 * K:
         raise ValueError(f"beam ({K}) must be at most vocab_size/2 ({V // 2})")
     enc = model.encode(src, task)
+    task = task if decoder_task is None else task_arg(decoder_task)
     max_len = _max_lengths(model, src, max_len_a, max_len_b)
 
     rows = torch.arange(B, device=dev).repeat_interleave(K)  # hypothesis row -> sentence
@@ -169,19 +175,21 @@ def beam_search(model: Transformer, src: torch.Tensor, task: int | torch.Tensor,
 
 def translate_batches(model: Transformer, batches, *, beam: int = 5, lenpen: float = 1.0,
                       max_len_a: float = 1.2, max_len_b: int = 10, bos: int = 1, eos: int = 2,
-                      device: torch.device | str = "cpu") -> Iterator[tuple[int, list[int]]]:
+                      device: torch.device | str = "cpu",
+                      decoder_task: int | None = None) -> Iterator[tuple[int, list[int]]]:
     """Yield ``(example id, hypothesis token ids)`` for every sentence of ``Batch`` objects;
-    each sentence starts from its batch's first decoder input ``tgt_in[:, 0]``."""
+    each sentence starts from its batch's first decoder input ``tgt_in[:, 0]``. The encoder
+    runs with ``batch.task``, the decoder with ``decoder_task`` when given (zero-shot)."""
     for batch in batches:
         src = batch.src.to(device)
         task = batch.task.to(device)
         start = batch.tgt_in[:, 0]
         if beam == 1:
             hyps = greedy_search(model, src, task, bos=bos, eos=eos, max_len_a=max_len_a, max_len_b=max_len_b,
-                                 start=start)
+                                 start=start, decoder_task=decoder_task)
         else:
             hyps = beam_search(model, src, task, beam=beam, lenpen=lenpen, bos=bos, eos=eos,
-                               max_len_a=max_len_a, max_len_b=max_len_b, start=start)
+                               max_len_a=max_len_a, max_len_b=max_len_b, start=start, decoder_task=decoder_task)
         yield from zip(batch.ids.tolist(), hyps)
 
 
@@ -194,6 +202,19 @@ def sample_ids(n: int, max_sentences: int | None) -> np.ndarray | None:
     return np.unique(np.linspace(0, n - 1, max_sentences).round().astype(np.int64))
 
 
+def zero_shot_tasks(data, direction: Sequence[str]) -> tuple[int, int]:
+    """(encoder task, decoder task) of a zero-shot direction x→y: the ids of x→pivot and
+    pivot→y; ValueError naming what is missing when either was not trained."""
+    s, t = direction
+    pivot = data.pivot
+    if pivot in (s, t):
+        raise ValueError(f"direction: {s}-{t} is not a training direction of {data.root}")
+    missing = [f"{a}-{b}" for a, b in ((s, pivot), (pivot, t)) if (a, b) not in data.directions]
+    if missing:
+        raise ValueError(f"direction: zero-shot {s}-{t} needs the training directions {missing}")
+    return data.task_id((s, pivot)), data.task_id((pivot, t))
+
+
 def translate_direction(model: Transformer, data, split: str, direction: Sequence[str], *, beam: int = 5,
                         lenpen: float = 1.0, max_tokens: int = 4000, max_sentences: int | None = None,
                         max_len_a: float = 1.2, max_len_b: int = 10, source_tag: bool = False,
@@ -201,16 +222,22 @@ def translate_direction(model: Transformer, data, split: str, direction: Sequenc
                         device: torch.device | str = "cpu") -> tuple[list[int], list[str]]:
     """Translate one direction of a prepared split (all of it or ``max_sentences`` evenly
     spaced examples) with the tag layout of training (``source_tag``, ``target_tag``).
+    A zero-shot direction x→y (not trained) runs its encoder with the task of x→pivot and its
+    decoder with the task of pivot→y, so a specialized model uses those directions' neurons.
     Returns (example ids in order, hypothesis strings with the sources' placeholders restored)."""
     from .batching import eval_batches
 
+    direction = tuple(direction)
+    enc_task = dec_task = None
+    if direction not in data.directions:
+        enc_task, dec_task = zero_shot_tasks(data, direction)
     n = data.num_examples(split, tuple(direction))
     chosen = sample_ids(n, max_sentences)
     chosen_t = None if chosen is None else torch.from_numpy(chosen)
 
     def batches():
         for batch in eval_batches(data, split, tuple(direction), max_tokens, source_tag=source_tag,
-                                  target_tag=target_tag):
+                                  target_tag=target_tag, task=enc_task):
             if chosen_t is not None:
                 keep = torch.isin(batch.ids, chosen_t).nonzero().view(-1)
                 if keep.numel() == 0:
@@ -223,7 +250,8 @@ def translate_direction(model: Transformer, data, split: str, direction: Sequenc
     try:
         tok = data.tokenizer
         out = dict(translate_batches(model, batches(), beam=beam, lenpen=lenpen, max_len_a=max_len_a,
-                                     max_len_b=max_len_b, bos=tok.bos, eos=tok.eos, device=device))
+                                     max_len_b=max_len_b, bos=tok.bos, eos=tok.eos, device=device,
+                                     decoder_task=dec_task))
     finally:
         model.train(was_training)
     ids = sorted(out)

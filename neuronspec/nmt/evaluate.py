@@ -64,12 +64,16 @@ def _average(rows: list[dict]) -> dict[str, Any] | None:
 
 
 def summarize(per_dir: dict[str, dict], pivot: str = "en") -> dict[str, Any]:
-    """Averages over groups of directions (all, en-x, x-en, tier, tier×side) for the whole
-    sets and for each kind, and how many directions beat copying the source."""
+    """Averages over groups of directions (all, en-x, x-en, tier, tier×side; zero-shot
+    directions, neither side the pivot, only in their own group "zero-shot") for the whole
+    sets and for each kind, and how many supervised directions beat copying the source."""
+    def supervised(rows: Iterable[dict]) -> list[dict]:
+        return [r for r in rows if pivot in (r["src"], r["tgt"])]
+
     def groups(rows: dict[str, dict]) -> dict[str, dict]:
         out: dict[str, Any] = {}
-        items = list(rows.items())
-        sel = {"all": items,
+        items = [(k, r) for k, r in rows.items() if pivot in (r["src"], r["tgt"])]
+        sel = {"all": items, "zero-shot": [(k, r) for k, r in rows.items() if pivot not in (r["src"], r["tgt"])],
                f"{pivot}-x": [(k, r) for k, r in items if r["src"] == pivot],
                f"x-{pivot}": [(k, r) for k, r in items if r["tgt"] == pivot]}
         for t in TIER_ORDER:
@@ -94,8 +98,8 @@ def summarize(per_dir: dict[str, dict], pivot: str = "en") -> dict[str, Any]:
         for name, r in per_dir.items():
             if kind in (r.get("kinds") or {}):
                 rows[name] = {**r["kinds"][kind], "src": r["src"], "tgt": r["tgt"], "tier": r["tier"]}
-        by_kind[kind] = {"averages": groups(rows), "beats_copy": wins(rows.values())}
-    beats = {"all": wins(per_dir.values())}
+        by_kind[kind] = {"averages": groups(rows), "beats_copy": wins(supervised(rows.values()))}
+    beats = {"all": wins(supervised(per_dir.values()))}
     beats.update({k: v["beats_copy"] for k, v in by_kind.items()})
     return {"averages": groups(per_dir), "by_kind": by_kind, "beats_copy": beats}
 
@@ -117,8 +121,11 @@ def _tier(data, direction) -> str | None:
 def evaluate_model(model, data, split: str = "test", *, beam: int = 5, lenpen: float = 1.0,
                    max_sentences: int | None = None, max_tokens: int = 4000, device: str | torch.device = "cpu",
                    source_tag: bool = False, target_tag: str = "decoder", directions: Sequence | None = None,
-                   hyp_dir: str | os.PathLike | None = None, num_samples: int = 3, progress: bool = True) -> dict[str, Any]:
-    """Translate and score every training direction of ``split`` (or ``directions``).
+                   hyp_dir: str | os.PathLike | None = None, num_samples: int = 3, progress: bool = True,
+                   zero_shot: bool = False) -> dict[str, Any]:
+    """Translate and score every training direction of ``split`` (or ``directions``), and
+    with ``zero_shot`` also the split's zero-shot directions (x→y, neither side the pivot:
+    x→pivot encoder task, pivot→y decoder task).
 
     max_sentences: per direction, evenly spaced (None = all). source_tag / target_tag: the
     tag layout the model was trained with (``batching.tag_options`` of its config). Returns
@@ -128,6 +135,8 @@ def evaluate_model(model, data, split: str = "test", *, beam: int = 5, lenpen: f
 
     if directions is None:
         directions = [d for d in data.directions if data.num_examples(split, d) > 0]
+        if zero_shot:
+            directions += data.zero_shot_directions(split)
     else:
         directions = [as_direction(d) for d in directions]
     if not directions:
@@ -164,7 +173,8 @@ def evaluate_model(model, data, split: str = "test", *, beam: int = 5, lenpen: f
 def evaluate_checkpoint(ckpt: str | os.PathLike, data: str | os.PathLike | None = None, split: str = "test",
                         beam: int = 5, max_sentences: int | None = None, *, out_dir: str | os.PathLike | None = None,
                         lenpen: float = 1.0, max_tokens: int = 4000, device: str | None = None,
-                        directions: Sequence | None = None, write: bool = True, progress: bool = True) -> dict:
+                        directions: Sequence | None = None, write: bool = True, progress: bool = True,
+                        zero_shot: bool = False) -> dict:
     """Load a checkpoint (and its masks), evaluate it, write hypotheses + results.json/.md.
 
     data: prepared folder (default: the one the checkpoint was trained on). out_dir:
@@ -186,7 +196,8 @@ def evaluate_checkpoint(ckpt: str | os.PathLike, data: str | os.PathLike | None 
     out = Path(out_dir) if out_dir is not None else Path(ckpt).parent / f"eval-{split}-beam{beam}"
     res = evaluate_model(model, pdata, split, beam=beam, lenpen=lenpen, max_sentences=max_sentences,
                          max_tokens=max_tokens, device=device, directions=directions,
-                         **tag_options(ck.get("config")), hyp_dir=out if write else None, progress=progress)
+                         **tag_options(ck.get("config")), hyp_dir=out if write else None, progress=progress,
+                         zero_shot=zero_shot)
     res.update(checkpoint=os.path.abspath(ckpt), data=os.path.abspath(prep), step=ck.get("step"),
                masked=bool(ck.get("masks")), out_dir=str(out))
     if write:
@@ -213,6 +224,10 @@ def _avg_table(avgs: dict, pivot: str = "en") -> list[str]:
         lines.append(f"| {g or 'all'} | {cell(pre + o2m, 'bleu')} | {cell(pre + o2m, 'chrf')} | "
                      f"{cell(pre + m2o, 'bleu')} | {cell(pre + m2o, 'chrf')} | {cell(allkey, 'chrf')} | "
                      f"{cell(allkey, 'copy_chrf')} |")
+    if "zero-shot" in avgs:
+        z = avgs["zero-shot"]
+        lines.append(f"| zero-shot ({z['directions']} directions, BLEU {z['bleu']:.1f}) | – | – | – | – | "
+                     f"{z['chrf']:.1f} | {z['copy_chrf']:.1f} |")
     return lines
 
 
@@ -256,7 +271,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lenpen", type=float, default=1.0)
     p.add_argument("--max-sentences", type=int, help="per direction, evenly spaced (default: all)")
     p.add_argument("--max-tokens", type=int, default=4000)
-    p.add_argument("--directions", nargs="+", help="e.g. en-de de-en (default: all training directions)")
+    p.add_argument("--directions", nargs="+", help="e.g. en-de de-en de-fr (default: all training directions)")
+    p.add_argument("--zero-shot", action="store_true",
+                   help="also the split's zero-shot directions (x-y test files; x->en encoder, en->y decoder task)")
     p.add_argument("--out", help="output folder (default: next to the checkpoint)")
     p.add_argument("--device", help="cpu | cuda (default: cuda when available)")
     p.add_argument("--samples", type=int, default=6, help="directions whose sample outputs are printed")
@@ -266,7 +283,7 @@ def run(args: argparse.Namespace) -> int:
     dirs = [tuple(d.split("-", 1)) for d in args.directions] if args.directions else None
     res = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.beam, args.max_sentences,
                               out_dir=args.out, lenpen=args.lenpen, max_tokens=args.max_tokens,
-                              device=args.device, directions=dirs)
+                              device=args.device, directions=dirs, zero_shot=args.zero_shot)
     md = to_markdown(res, max_sample_dirs=args.samples)
     print(md)
     log.info("wrote %s/results.json, results.md and hypotheses", res["out_dir"])
