@@ -231,12 +231,12 @@ def translate_direction(model: Transformer, data, split: str, direction: Sequenc
     enc_task = dec_task = None
     if direction not in data.directions:
         enc_task, dec_task = zero_shot_tasks(data, direction)
-    n = data.num_examples(split, tuple(direction))
+    n = data.num_examples(split, direction)
     chosen = sample_ids(n, max_sentences)
     chosen_t = None if chosen is None else torch.from_numpy(chosen)
 
     def batches():
-        for batch in eval_batches(data, split, tuple(direction), max_tokens, source_tag=source_tag,
+        for batch in eval_batches(data, split, direction, max_tokens, source_tag=source_tag,
                                   target_tag=target_tag, task=enc_task):
             if chosen_t is not None:
                 keep = torch.isin(batch.ids, chosen_t).nonzero().view(-1)
@@ -245,18 +245,17 @@ def translate_direction(model: Transformer, data, split: str, direction: Sequenc
                 batch = subset_batch(batch, keep)
             yield batch
 
+    tok = data.tokenizer
     was_training = model.training
     model.eval()
     try:
-        tok = data.tokenizer
         out = dict(translate_batches(model, batches(), beam=beam, lenpen=lenpen, max_len_a=max_len_a,
                                      max_len_b=max_len_b, bos=tok.bos, eos=tok.eos, device=device,
                                      decoder_task=dec_task))
     finally:
         model.train(was_training)
     ids = sorted(out)
-    tok = data.tokenizer
-    sources = data.texts(split, tuple(direction))[0] if tok.protects else None
+    sources = data.texts(split, direction)[0] if tok.protects else None
     return ids, [tok.decode(out[i], source=None if sources is None else sources[i]) for i in ids]
 
 

@@ -67,13 +67,13 @@ def summarize(per_dir: dict[str, dict], pivot: str = "en") -> dict[str, Any]:
     """Averages over groups of directions (all, en-x, x-en, tier, tier×side; zero-shot
     directions, neither side the pivot, only in their own group "zero-shot") for the whole
     sets and for each kind, and how many supervised directions beat copying the source."""
-    def supervised(rows: Iterable[dict]) -> list[dict]:
-        return [r for r in rows if pivot in (r["src"], r["tgt"])]
+    def supervised(r: dict) -> bool:
+        return pivot in (r["src"], r["tgt"])
 
     def groups(rows: dict[str, dict]) -> dict[str, dict]:
         out: dict[str, Any] = {}
-        items = [(k, r) for k, r in rows.items() if pivot in (r["src"], r["tgt"])]
-        sel = {"all": items, "zero-shot": [(k, r) for k, r in rows.items() if pivot not in (r["src"], r["tgt"])],
+        items = [(k, r) for k, r in rows.items() if supervised(r)]
+        sel = {"all": items, "zero-shot": [(k, r) for k, r in rows.items() if not supervised(r)],
                f"{pivot}-x": [(k, r) for k, r in items if r["src"] == pivot],
                f"x-{pivot}": [(k, r) for k, r in items if r["tgt"] == pivot]}
         for t in TIER_ORDER:
@@ -98,8 +98,8 @@ def summarize(per_dir: dict[str, dict], pivot: str = "en") -> dict[str, Any]:
         for name, r in per_dir.items():
             if kind in (r.get("kinds") or {}):
                 rows[name] = {**r["kinds"][kind], "src": r["src"], "tgt": r["tgt"], "tier": r["tier"]}
-        by_kind[kind] = {"averages": groups(rows), "beats_copy": wins(supervised(rows.values()))}
-    beats = {"all": wins(supervised(per_dir.values()))}
+        by_kind[kind] = {"averages": groups(rows), "beats_copy": wins(filter(supervised, rows.values()))}
+    beats = {"all": wins(filter(supervised, per_dir.values()))}
     beats.update({k: v["beats_copy"] for k, v in by_kind.items()})
     return {"averages": groups(per_dir), "by_kind": by_kind, "beats_copy": beats}
 

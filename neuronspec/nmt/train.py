@@ -346,7 +346,7 @@ class Trainer:
         # fused: one kernel for all parameters (CPU: 5 vs 21 ms per step for the tiny model's 7.6M)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.adam_eps,
                                           weight_decay=cfg.weight_decay,
-                                          fused=self.device.type in ("cpu", "cuda") or None)
+                                          fused=True if self.device.type in ("cpu", "cuda") else None)
         self.scheduler = InverseSqrtSchedule(self.optimizer, cfg.lr, cfg.warmup, cfg.warmup_init_lr)
         self._tags = {"source_tag": cfg.source_tag, "target_tag": cfg.target_tag}
         self.sampler = TrainSampler(self.data, cfg.max_tokens, temperature=cfg.temperature, seed=cfg.seed,
