@@ -34,6 +34,26 @@ def test_prose_and_edge_cases():
     assert ph.placeholders("%(n)s %s {0} <b>x</b>") == {"%(n)s": 1, "%s": 1, "{0}": 1, "<b>": 1, "</b>": 1}
 
 
+def test_code_identifiers():
+    """Identifiers translations keep get <idK> slots of their own; prose, placeholders and
+    words with non-ASCII letters do not."""
+    en = "The %r crossref_type of %(field_name)s needs conf.py, get_url() and --full; :widths: is ignored."
+    fr = "Le type %r crossref_type de %(field_name)s requiert --full, get_url() et conf.py ; :widths: est ignoré."
+    assert ph.code_values(en) == ph.code_values(fr) == sorted(["crossref_type", "conf.py", "get_url()", "--full",
+                                                               ":widths:"])
+    pe, pf = ph.protect(en, code=True), ph.protect(fr, code=True)
+    assert "crossref_type" not in pe and "field_name" not in pe and "<ph" in pe
+    assert ph.protect(en) == en.replace("%r", "<ph2>").replace("%(field_name)s", "<ph1>")  # code off
+    assert ph.restore(pf, en) == fr and ph.restore(pe, fr) == en
+    # placeholder slots do not depend on whether identifiers are protected or translated
+    assert ph.protect(en, code=True).count("<ph1>") == ph.protect(en).count("<ph1>")
+    for text in ["e-mail, i.e. e.g. U.S. 3.14 -- x", "naïve_name", "JavaScript and LogEntry", "50% of it",
+                 "%(date_field_label)s"]:
+        assert ph.code_values(text) == [] and ph.protect(text, code=True) == ph.protect(text), text
+    assert ph.code_values("__all__ and theme.inherit, -v") == ["-v", "__all__", "theme.inherit"]
+    assert ph.restore("<id1> <id4>", "only setup() here") == "setup() "  # unknown slot dropped
+
+
 def test_tokenizer_slots_are_single_pieces(tmp_path):
     texts = [EN, DE, "Add another %(model)s", "Noch ein %(model)s hinzufügen", "50% of it"] * 20
     tok = Tokenizer.train(texts, tmp_path / "spm", 400, ["en", "de"], placeholders=True)
@@ -49,6 +69,19 @@ def test_tokenizer_slots_are_single_pieces(tmp_path):
     assert tok.decode(tok.encode("Add %(model)s")) == "Add <ph1>"  # no source: the slot stays
     assert tok.decode(tok.encode("Add %(model)s"), source="Noch %(x)s") == "Add %(x)s"
     assert Tokenizer.load(tmp_path / "spm.model").protects
+    assert not tok.protects_code and tok.decode(tok.encode("see conf.py")) == "see conf.py"
+    code = Tokenizer.train(texts + ["see conf.py or --full"] * 5, tmp_path / "code", 400, ["en", "de"],
+                           placeholders=True, code_identifiers=True)
+    assert code.protects and code.protects_code
+    ids = code.encode("Add %(model)s from conf.py")
+    assert ids[-1] == code.sp.piece_to_id("<id1>") and slot_ids[0] in ids
+    assert code.decode(ids, source="Add %(model)s from conf.py") == "Add %(model)s from conf.py"
+    try:
+        Tokenizer.train(texts, tmp_path / "bad", 400, ["en", "de"], code_identifiers=True)
+    except ValueError as e:
+        assert "code_identifiers" in str(e)
+    else:
+        raise AssertionError("code_identifiers without placeholders must fail")
 
 
 def test_decoding_restores_placeholders(tmp_path, monkeypatch):

@@ -102,6 +102,41 @@ def test_loss_falls_and_translations_beat_copy(prep, tmp_path):
     assert os.path.isfile(tmp_path / "run" / "train_summary.json")
 
 
+def test_ema():
+    from neuronspec.nmt.ema import EMA
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    ema = EMA(model, 0.9)
+    ref = [p.detach().clone() for p in model.parameters()]
+    for t in range(1, 40):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        ema.update(model)
+        d = min(0.9, (1 + t) / (10 + t))  # warm-up of the decay
+        ref = [d * r + (1 - d) * p.detach() for r, p in zip(ref, model.parameters())]
+    for r, s in zip(ref, ema.shadow):
+        torch.testing.assert_close(s, r)
+    online = [p.detach().clone() for p in model.parameters()]
+    with ema.applied(model):
+        assert all(torch.equal(p, s) for p, s in zip(model.parameters(), ema.shadow))
+    assert all(torch.equal(p, o) for p, o in zip(model.parameters(), online))  # put back
+    with pytest.raises(RuntimeError), ema.applied(model):
+        raise RuntimeError("boom")
+    assert all(torch.equal(p, o) for p, o in zip(model.parameters(), online))  # also after an error
+    state = ema.averaged_state(model)
+    assert torch.equal(state["0.weight"], ema.shadow[0]) and "1.running_mean" in state
+    other = EMA(model, 0.5)
+    other.load(ema.state_dict(), state)
+    assert other.decay == 0.9 and other.updates == 39 and all(torch.equal(a, b) for a, b in zip(other.shadow, ema.shadow))
+    with pytest.raises(ValueError, match="decay"):
+        EMA(model, 1.0)
+    with pytest.raises(ValueError, match="ema_decay"):
+        TrainConfig(max_steps=1, ema_decay=1.5)
+    assert TrainConfig(max_steps=1).ema_decay == 0.995 and TrainConfig(preset="base", max_steps=1).ema_decay == 0.0
+
+
 @pytest.mark.parametrize("update_freq, mixed", [(1, False), (2, True)])
 def test_resume_is_exact(prep, tmp_path, update_freq, mixed):
     n = 6
@@ -119,6 +154,13 @@ def test_resume_is_exact(prep, tmp_path, update_freq, mixed):
     sa, sb = a.optimizer.state_dict()["state"], b.optimizer.state_dict()["state"]
     assert all(torch.equal(sa[k]["exp_avg_sq"], sb[k]["exp_avg_sq"]) for k in sa)
     assert a.sampler.state_dict() == b.sampler.state_dict()
+    # the tiny preset's EMA resumes exactly too, and is what the checkpoint holds as its model
+    assert a.ema is not None and a.ema.updates == b.ema.updates == 2 * n
+    assert all(torch.equal(x, y) for x, y in zip(a.ema.shadow, b.ema.shadow))
+    saved = load_checkpoint(tmp_path / "b" / LAST)
+    for name, t in zip(b.ema.names, b.ema.shadow):
+        assert torch.equal(saved["model"][name], t) and torch.equal(saved["ema"]["online"][name],
+                                                                    dict(b.model.named_parameters())[name])
 
 
 def test_init_from_with_masks(prep, tmp_path):
@@ -208,7 +250,7 @@ def test_cli_train_prepares_a_raw_corpus(tmp_path):
 
     corpus = make_corpus(tmp_path / "corpus", langs=("de",), n_train=60, n_eval=6)
     out = tmp_path / "run"
-    assert main(["train", "--corpus", str(corpus), "--vocab-size", "300", "--out", str(out), "--max-steps", "1",
+    assert main(["train", "--corpus", str(corpus), "--vocab-size", "320", "--out", str(out), "--max-steps", "1",
                  "--max-tokens", "300", "--valid-chrf-sentences", "0", "--no-progress", "--mixed-batches",
                  "--upsample", "sentence=2"]) == 0
     ck = load_checkpoint(out / LAST)

@@ -157,6 +157,7 @@ def prepare_corpus(
     character_coverage: float = 1.0,
     model_type: str = "unigram",
     placeholders: bool = True,
+    code_identifiers: bool = True,
     seed: int = 0,
     num_threads: int | None = None,
     progress: bool = True,
@@ -166,7 +167,8 @@ def prepare_corpus(
     vocab_size: sentencepiece vocabulary (soft limit). langs: restrict to these languages.
     tokenizer_sentences: size of the balanced, deterministic training sample for the
     tokenizer. placeholders: encode message placeholders (``%(name)s``, ``{0}``, tags) as
-    protected slot tokens (``placeholders.py``). Returns the loaded ``PreparedData`` of ``out_dir``.
+    protected slot tokens (``placeholders.py``); code_identifiers: code identifiers that
+    translations keep verbatim (``source_suffix``, ``--full``) too. Returns the loaded ``PreparedData`` of ``out_dir``.
     """
     if not isinstance(tokenizer_sentences, int) or tokenizer_sentences <= 0:
         raise ValueError(f"tokenizer_sentences: must be a positive int, got {tokenizer_sentences!r}")
@@ -182,7 +184,8 @@ def prepare_corpus(
     log.info("training sentencepiece (vocab %d) on %d sampled sentences", vocab_size, len(sample))
     tok = Tokenizer.train(sample, out / TOKENIZER_FILE[: -len(".model")], vocab_size, corpus.languages,
                           model_type=model_type, character_coverage=character_coverage,
-                          placeholders=placeholders, num_threads=num_threads)
+                          placeholders=placeholders, code_identifiers=code_identifiers and placeholders,
+                          num_threads=num_threads)
     del sample
     t_tok = time.perf_counter() - t0
     dtype = np.dtype(np.uint16) if len(tok) <= np.iinfo(np.uint16).max + 1 else np.dtype(np.int32)
@@ -241,6 +244,7 @@ def prepare_corpus(
             "character_coverage": character_coverage,
             "model_type": model_type,
             "placeholders": placeholders,
+            "code_identifiers": code_identifiers and placeholders,
             "seed": seed,
         },
     }

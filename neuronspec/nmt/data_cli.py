@@ -94,6 +94,9 @@ def _add_prepare(sub) -> None:
     p.add_argument("--no-placeholders", dest="placeholders", action="store_false",
                    help="spell message placeholders (%%(name)s, {0}, <b>) in ordinary pieces instead of "
                         "protected slot tokens <ph1>... restored from the source after decoding")
+    p.add_argument("--no-code-identifiers", dest="code_identifiers", action="store_false",
+                   help="spell code identifiers (source_suffix, conf.py, --full, :widths:) in ordinary pieces "
+                        "instead of protected slot tokens <id1>...")
     p.add_argument("--seed", type=int, default=0, help="tokenizer sample seed (default 0)")
     p.add_argument("--threads", type=int, default=None, help="sentencepiece threads (default min(4, cpus))")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -108,7 +111,8 @@ def _run_prepare(args) -> int:
     data = prepare_corpus(
         args.corpus, args.out, vocab_size=args.vocab_size, langs=langs, pivot=args.pivot,
         tokenizer_sentences=args.tokenizer_sentences, character_coverage=args.character_coverage,
-        model_type=args.model_type, placeholders=args.placeholders, seed=args.seed, num_threads=args.threads,
+        model_type=args.model_type, placeholders=args.placeholders,
+        code_identifiers=args.code_identifiers, seed=args.seed, num_threads=args.threads,
         progress=not args.no_progress,
     )
     zero_shot = data.zero_shot_directions("test")

@@ -202,6 +202,23 @@ def sample_ids(n: int, max_sentences: int | None) -> np.ndarray | None:
     return np.unique(np.linspace(0, n - 1, max_sentences).round().astype(np.int64))
 
 
+def sampled_batches(data, split: str, direction: Sequence[str], max_tokens: int, max_sentences: int | None,
+                    **batch_kw):
+    """``eval_batches`` of one direction (``batch_kw`` passed on) restricted to
+    ``max_sentences`` evenly spaced examples (``sample_ids``; None: all)."""
+    from .batching import eval_batches
+
+    chosen = sample_ids(data.num_examples(split, direction), max_sentences)
+    chosen = None if chosen is None else torch.from_numpy(chosen)
+    for batch in eval_batches(data, split, direction, max_tokens, **batch_kw):
+        if chosen is not None:
+            keep = torch.isin(batch.ids, chosen).nonzero().view(-1)
+            if keep.numel() == 0:
+                continue
+            batch = subset_batch(batch, keep)
+        yield batch
+
+
 def zero_shot_tasks(data, direction: Sequence[str]) -> tuple[int, int]:
     """(encoder task, decoder task) of a zero-shot direction x→y: the ids of x→pivot and
     pivot→y; ValueError naming what is missing when either was not trained."""
@@ -225,31 +242,17 @@ def translate_direction(model: Transformer, data, split: str, direction: Sequenc
     A zero-shot direction x→y (not trained) runs its encoder with the task of x→pivot and its
     decoder with the task of pivot→y, so a specialized model uses those directions' neurons.
     Returns (example ids in order, hypothesis strings with the sources' placeholders restored)."""
-    from .batching import eval_batches
-
     direction = tuple(direction)
     enc_task = dec_task = None
     if direction not in data.directions:
         enc_task, dec_task = zero_shot_tasks(data, direction)
-    n = data.num_examples(split, direction)
-    chosen = sample_ids(n, max_sentences)
-    chosen_t = None if chosen is None else torch.from_numpy(chosen)
-
-    def batches():
-        for batch in eval_batches(data, split, direction, max_tokens, source_tag=source_tag,
-                                  target_tag=target_tag, task=enc_task):
-            if chosen_t is not None:
-                keep = torch.isin(batch.ids, chosen_t).nonzero().view(-1)
-                if keep.numel() == 0:
-                    continue
-                batch = subset_batch(batch, keep)
-            yield batch
-
+    batches = sampled_batches(data, split, direction, max_tokens, max_sentences, source_tag=source_tag,
+                              target_tag=target_tag, task=enc_task)
     tok = data.tokenizer
     was_training = model.training
     model.eval()
     try:
-        out = dict(translate_batches(model, batches(), beam=beam, lenpen=lenpen, max_len_a=max_len_a,
+        out = dict(translate_batches(model, batches, beam=beam, lenpen=lenpen, max_len_a=max_len_a,
                                      max_len_b=max_len_b, bos=tok.bos, eos=tok.eos, device=device,
                                      decoder_task=dec_task))
     finally:

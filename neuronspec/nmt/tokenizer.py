@@ -11,7 +11,9 @@ model never saw as UTF-8 bytes instead of ``<unk>``.
 
 A model trained with ``placeholders=True`` also has the slot pieces ``<ph1>`` ... of
 ``placeholders.py``: ``encode`` then protects a line's placeholders (``%(name)s``, ``{0}``,
-tags) as slots, and ``decode(ids, source=...)`` puts the source's placeholders back.
+tags) as slots, and ``decode(ids, source=...)`` puts the source's placeholders back. One
+trained with ``code_identifiers=True`` as well has the code-identifier slots ``<id1>`` ... and protects
+identifiers such as ``source_suffix`` or ``--full`` the same way.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from typing import Iterable, Sequence
 import sentencepiece as spm
 
 from neuronspec.atomic import write_atomic
-from neuronspec.nmt.placeholders import SLOT_PIECES, protect, restore
+from neuronspec.nmt.placeholders import CODE_PIECES, SLOT_PIECES, protect, restore
 
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
 _TAG_RE = re.compile(r"^<2(.+)>$")
@@ -58,6 +60,7 @@ class Tokenizer:
                 self._tags[m.group(1)] = i
         self._strip = set(self._tags.values()) | {PAD, BOS, EOS}
         self.protects = all(processor.piece_to_id(p) != UNK for p in SLOT_PIECES)
+        self.protects_code = all(processor.piece_to_id(p) != UNK for p in CODE_PIECES)
 
     # ---------------------------------------------------------------- creation
     @classmethod
@@ -73,12 +76,13 @@ class Tokenizer:
         byte_fallback: bool = True,
         split_digits: bool = True,
         placeholders: bool = False,
+        code_identifiers: bool = False,
         num_threads: int = 2,
     ) -> "Tokenizer":
         """Train on ``texts`` (already a bounded sample) and write ``{model_prefix}.model``.
 
         ``placeholders``: add the slot pieces and train on protected text (see module
-        docstring).
+        docstring); ``code_identifiers``: also the code-identifier slots (needs ``placeholders``).
 
         ``vocab_size`` is a soft limit (``hard_vocab_limit=False``): on a tiny corpus the
         model may come out smaller; ``len(tok)`` gives the real size. The model file is
@@ -91,7 +95,9 @@ class Tokenizer:
         langs = list(langs)
         if len(set(langs)) != len(langs):
             raise ValueError(f"langs: duplicate language codes in {langs}")
-        texts = [protect(t) if placeholders else t for t in texts if t.strip()]
+        if code_identifiers and not placeholders:
+            raise ValueError("code_identifiers: code-identifier slots need placeholders=True")
+        texts = [protect(t, code_identifiers) if placeholders else t for t in texts if t.strip()]
         if not texts:
             raise ValueError("texts: no non-empty sentence to train the tokenizer on")
         model = io.BytesIO()
@@ -107,7 +113,8 @@ class Tokenizer:
                 split_digits=split_digits,
                 normalization_rule_name="identity",
                 remove_extra_whitespaces=False,
-                user_defined_symbols=[lang_tag_piece(l) for l in langs] + (SLOT_PIECES if placeholders else []),
+                user_defined_symbols=[lang_tag_piece(l) for l in langs] + (SLOT_PIECES if placeholders else [])
+                + (CODE_PIECES if code_identifiers else []),
                 pad_id=PAD, bos_id=BOS, eos_id=EOS, unk_id=UNK,
                 pad_piece="<pad>", bos_piece="<s>", eos_piece="</s>", unk_piece="<unk>",
                 input_sentence_size=0,
@@ -150,19 +157,20 @@ class Tokenizer:
             raise ValueError(f"lang: no tag <2{lang}> in the vocabulary (languages: {self.langs})") from None
 
     def encode(self, text: str) -> list[int]:
-        """Ids of ``text`` (no tags, no bos/eos; placeholders as slots if the model has them)."""
-        return self.sp.encode(protect(text) if self.protects else text)
+        """Ids of ``text`` (no tags, no bos/eos; placeholders and code identifiers as slots if
+        the model has them)."""
+        return self.sp.encode(protect(text, self.protects_code) if self.protects else text)
 
     def encode_batch(self, texts: list[str], num_threads: int = 1) -> list[list[int]]:
         """``encode`` over a list (sentencepiece's batched path)."""
         if self.protects:
-            texts = [protect(t) for t in texts]
+            texts = [protect(t, self.protects_code) for t in texts]
         return self.sp.encode(texts, num_threads=num_threads)
 
     def decode(self, ids: Iterable[int], source: str | None = None) -> str:
         """Text of ``ids``; pad/bos/eos and language tags are dropped. ``source``: the line
-        ``ids`` translate, whose placeholders replace the slot pieces (kept as ``<phK>`` text
-        without it)."""
+        ``ids`` translate, whose placeholders and identifiers replace the slot pieces (kept as
+        ``<phK>`` text without it)."""
         text = self.sp.decode([int(i) for i in ids if int(i) not in self._strip])
         return restore(text, source) if self.protects and source is not None else text
 

@@ -4,7 +4,8 @@ fairseq habits, one file: Adam (0.9, 0.98, eps 1e-6), inverse-sqrt LR with linea
 label-smoothed cross-entropy summed over target tokens and normalised by the number of
 target tokens of the whole update (all micro-batches, all ranks), gradient clipping,
 bf16 autocast on CUDA, gradient accumulation (``update_freq``), DDP through ``torchrun``
-(gloo on CPU, NCCL on GPU). Losses are logged in base 2 like fairseq (ppl = 2^nll).
+(gloo on CPU, NCCL on GPU), optionally an EMA of the weights (``ema.py``; the tiny preset's
+default), which is what validation scores and checkpoints hold as their model. Losses are logged in base 2 like fairseq (ppl = 2^nll).
 
 Python API (used for continued/specialized training)::
 
@@ -39,20 +40,22 @@ from tqdm import tqdm
 from ..atomic import write_atomic
 from .batching import check_target_tag, tag_options
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .ema import EMA
 from .model import PRESETS, ModelConfig, Transformer
 
 log = logging.getLogger(__name__)
 
 LAST, BEST = "checkpoint_last.pt", "checkpoint_best.pt"
 
-# Optimisation defaults per preset (lr, warm-up, batch tokens, stop): the tiny preset trains for
-# minutes, where small batches (more updates) win on 2 CPU cores (docs/nmt-tiny-cpu.md).
+# Optimisation defaults per preset (lr, warm-up, batch tokens, weight averaging, stop): the tiny
+# preset trains for minutes, where small batches (more updates) win on 2 CPU cores and an EMA
+# of the weights smooths their noise (docs/nmt-tiny-cpu.md).
 TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
-    "tiny": dict(lr=2e-3, warmup=150, max_tokens=800, max_minutes=9.0),
-    "base": dict(lr=7e-4, warmup=4000, max_tokens=1500),
-    "big": dict(lr=5e-4, warmup=4000, max_tokens=1500),
-    "wide": dict(lr=5e-4, warmup=4000, max_tokens=1500),
-    "deep": dict(lr=5e-4, warmup=4000, max_tokens=1500),
+    "tiny": dict(lr=2e-3, warmup=150, max_tokens=800, ema_decay=0.995, max_minutes=9.0),
+    "base": dict(lr=7e-4, warmup=4000, max_tokens=1500, ema_decay=0.0),
+    "big": dict(lr=5e-4, warmup=4000, max_tokens=1500, ema_decay=0.0),
+    "wide": dict(lr=5e-4, warmup=4000, max_tokens=1500, ema_decay=0.0),
+    "deep": dict(lr=5e-4, warmup=4000, max_tokens=1500, ema_decay=0.0),
 }
 # Languages of the tiny preset on the built-in corpus when --langs is not given (the demo's
 # tier and script spread): all 30 EC30 languages do not fit its minutes on 2 CPU cores
@@ -87,6 +90,8 @@ class TrainConfig:
     clip_norm: float = 1.0  # 0 = off
     max_tokens: int | None = None  # per batch and process, padding included
     update_freq: int = 1
+    # EMA of the weights (ema.py), validated, scored and saved as the checkpoint's model (0: off)
+    ema_decay: float | None = None
     # sampling
     temperature: float = 5.0
     mixed_batches: bool = False
@@ -136,6 +141,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr!r}")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ValueError(f"TrainConfig.max_minutes must be > 0, got {self.max_minutes!r}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"TrainConfig.ema_decay must be in [0, 1), got {self.ema_decay!r}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"TrainConfig.label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
         check_target_tag(self.target_tag)
@@ -352,6 +359,7 @@ class Trainer:
         self.sampler = TrainSampler(self.data, cfg.max_tokens, temperature=cfg.temperature, seed=cfg.seed,
                                     mixed=cfg.mixed_batches, rank=self.rank, world_size=self.world_size,
                                     upsample=cfg.upsample, **self._tags)
+        self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema_decay else None
         self.amp = cfg.amp == "on" or (cfg.amp == "auto" and native_bf16(self.device))
         self.step = 0
         self.best_valid = math.inf
@@ -361,12 +369,17 @@ class Trainer:
             self._restore(resume_ckpt)
         self._it = iter(self.sampler)
         if self.is_main:
-            log.info("model %s: %.1fM parameters, %d directions, vocab %d, device %s%s, world %d",
+            log.info("model %s: %.1fM parameters, %d directions, vocab %d, device %s%s, world %d%s",
                      cfg.preset, self.model.num_parameters() / 1e6, len(self.data.directions), len(self.tok),
-                     self.device, " (bf16 autocast)" if self.amp else "", self.world_size)
+                     self.device, " (bf16 autocast)" if self.amp else "", self.world_size,
+                     f", EMA {cfg.ema_decay}" if self.ema else "")
 
     # ---------------------------------------------------------------- state
     def _restore(self, ck: dict) -> None:
+        if ck.get("ema"):  # ck["model"] holds the average; training goes on from the online weights
+            self.model.load_state_dict(ck["ema"]["online"])
+            if self.ema is not None:
+                self.ema.load(ck["ema"], ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
         self.scheduler.load_state_dict(ck["scheduler"])
         per_rank = ck["per_rank"]
@@ -389,9 +402,14 @@ class Trainer:
             blobs = [None] * self.world_size
             dist.all_gather_object(blobs, buf.getvalue())
             per_rank = [torch.load(io.BytesIO(b), weights_only=True) for b in blobs]
+        ema = None
+        if self.ema is not None:
+            ema = {**self.ema.state_dict(), "online": self.model.state_dict()}
         return {
             "step": self.step, "config": self.cfg.to_dict(), "model_config": self.model.cfg.to_dict(),
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            # the weights to use (the average with EMA on); the online ones, for resuming, in "ema"
+            "model": self.ema.averaged_state(self.model) if self.ema is not None else self.model.state_dict(),
+            "ema": ema, "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "per_rank": per_rank,
             "masks": _masks_state(self.model.masks()) or None,
             "data": {"prep": os.path.abspath(self.data.root), "directions": ["-".join(d) for d in self.data.directions]},
@@ -439,14 +457,15 @@ class Trainer:
         gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_norm if self.cfg.clip_norm > 0 else math.inf)
         self.optimizer.step()
         self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
         self.step += 1
         return {"loss": stats[0].item(), "nll": stats[1].item(), "ntokens": stats[2].item(), "gnorm": float(gnorm)}
 
     @torch.no_grad()
     def validate(self) -> dict:
         """Validation loss over (a sample of) every direction; directions are shared across ranks."""
-        from .batching import eval_batches
-        from .decode import subset_batch, sample_ids
+        from .decode import sampled_batches
 
         self.model.eval()
         pad, eps = self.tok.pad, self.cfg.label_smoothing
@@ -455,14 +474,8 @@ class Trainer:
         for k, d in enumerate(dirs):
             if k % self.world_size != self.rank:
                 continue
-            chosen = sample_ids(self.data.num_examples("valid", d), self.cfg.valid_max_sentences)
-            chosen = None if chosen is None else torch.from_numpy(chosen)
-            for batch in eval_batches(self.data, "valid", d, 4 * self.cfg.max_tokens, **self._tags):
-                if chosen is not None:
-                    keep = torch.isin(batch.ids, chosen).nonzero().view(-1)
-                    if keep.numel() == 0:
-                        continue
-                    batch = subset_batch(batch, keep)
+            for batch in sampled_batches(self.data, "valid", d, 4 * self.cfg.max_tokens, self.cfg.valid_max_sentences,
+                                         **self._tags):
                 batch = batch.to(self.device)
                 with self._autocast():
                     logits = self.model(batch.src, batch.tgt_in, batch.task)
@@ -495,13 +508,19 @@ class Trainer:
         return {"chrf": res["averages"]["all"]["chrf"], "copy_chrf": res["averages"]["all"]["copy_chrf"],
                 "beats_copy": res["beats_copy"], "by_kind": by_kind}
 
+    def _averaged(self):
+        """Context in which the model holds the weights a checkpoint saves (the EMA if on)."""
+        return self.ema.applied(self.model) if self.ema is not None else nullcontext()
+
     def _log_valid(self, final: bool = False) -> dict:
-        v = self.validate()
+        with self._averaged():
+            v = self.validate()
         rec = {"step": self.step, "valid_loss": v["loss"], "valid_nll": v["nll"], "valid_ppl": v["ppl"]}
         every = self.cfg.valid_chrf_every
         if self.cfg.valid_chrf_sentences != 0 and (final or (every and self.step % every == 0)):
             if self.is_main:
-                c = self.valid_chrf(self.cfg.valid_chrf_sentences, write=final)
+                with self._averaged():
+                    c = self.valid_chrf(self.cfg.valid_chrf_sentences, write=final)
                 rec.update(valid_chrf=c["chrf"], copy_chrf=c["copy_chrf"], beats_copy=c["beats_copy"],
                            valid_chrf_by_kind=c["by_kind"])
             if self.distributed:
@@ -614,6 +633,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     o.add_argument("--weight-decay", type=float, default=0.0)
     o.add_argument("--max-tokens", type=int, help="tokens per batch and process, padding included (preset default)")
     o.add_argument("--update-freq", type=int, default=1, help="accumulate gradients over N batches")
+    o.add_argument("--ema-decay", type=float, help="exponential moving average of the weights, validated and saved "
+                   "as the model (0: off; tiny default 0.995, other presets off)")
     o.add_argument("--temperature", type=float, default=5.0, help="direction sampling temperature")
     o.add_argument("--mixed-batches", action="store_true", help="mix directions inside a batch")
     o.add_argument("--upsample", nargs="+", type=_kind_factor, metavar="KIND=N",
