@@ -51,7 +51,7 @@ LAST, BEST = "checkpoint_last.pt", "checkpoint_best.pt"
 # preset trains for minutes, where small batches (more updates) win on 2 CPU cores and an EMA
 # of the weights smooths their noise (docs/nmt-tiny-cpu.md).
 TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
-    "tiny": dict(lr=2e-3, warmup=150, max_tokens=800, ema_decay=0.995, max_minutes=9.0),
+    "tiny": dict(lr=1e-3, warmup=150, max_tokens=800, ema_decay=0.995, max_minutes=9.0),
     "base": dict(lr=7e-4, warmup=4000, max_tokens=1500, ema_decay=0.0),
     "big": dict(lr=5e-4, warmup=4000, max_tokens=1500, ema_decay=0.0),
     "wide": dict(lr=5e-4, warmup=4000, max_tokens=1500, ema_decay=0.0),
