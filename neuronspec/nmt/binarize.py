@@ -168,7 +168,8 @@ def prepare_corpus(
     tokenizer_sentences: size of the balanced, deterministic training sample for the
     tokenizer. placeholders: encode message placeholders (``%(name)s``, ``{0}``, tags) as
     protected slot tokens (``placeholders.py``); code_identifiers: code identifiers that
-    translations keep verbatim (``source_suffix``, ``--full``) too. Returns the loaded ``PreparedData`` of ``out_dir``.
+    translations keep verbatim (``source_suffix``, ``--full``) too (only with placeholders).
+    Returns the loaded ``PreparedData`` of ``out_dir``.
     """
     if not isinstance(tokenizer_sentences, int) or tokenizer_sentences <= 0:
         raise ValueError(f"tokenizer_sentences: must be a positive int, got {tokenizer_sentences!r}")
@@ -179,12 +180,13 @@ def prepare_corpus(
     if (out / META_FILE).exists():
         (out / META_FILE).unlink()  # the folder is incomplete until the new meta.json lands
     num_threads = num_threads or min(4, os.cpu_count() or 1)
+    code_identifiers = code_identifiers and placeholders  # identifier slots go with placeholder slots
 
     sample = tokenizer_sample(corpus, tokenizer_sentences, seed=seed)
     log.info("training sentencepiece (vocab %d) on %d sampled sentences", vocab_size, len(sample))
     tok = Tokenizer.train(sample, out / TOKENIZER_FILE[: -len(".model")], vocab_size, corpus.languages,
                           model_type=model_type, character_coverage=character_coverage,
-                          placeholders=placeholders, code_identifiers=code_identifiers and placeholders,
+                          placeholders=placeholders, code_identifiers=code_identifiers,
                           num_threads=num_threads)
     del sample
     t_tok = time.perf_counter() - t0
@@ -244,7 +246,7 @@ def prepare_corpus(
             "character_coverage": character_coverage,
             "model_type": model_type,
             "placeholders": placeholders,
-            "code_identifiers": code_identifiers and placeholders,
+            "code_identifiers": code_identifiers,
             "seed": seed,
         },
     }

@@ -76,16 +76,21 @@ def _spans(text: str, code: bool) -> list[tuple[int, int, str, bool]]:
     return spans
 
 
+def _values(spans: list[tuple[int, int, str, bool]], is_code: bool) -> list[str]:
+    """The sorted distinct texts of one kind of ``spans`` that get slots (at most ``SLOTS``)."""
+    return sorted({v for _, _, v, c in spans if c == is_code})[:SLOTS]
+
+
 def slot_values(text: str) -> list[str]:
     """The placeholder texts that get slots 1, 2, ... in ``text`` (sorted, distinct, at most
     ``SLOTS``)."""
-    return sorted({v for _, _, v, _ in _spans(text, False)})[:SLOTS]
+    return _values(_spans(text, False), False)
 
 
 def code_values(text: str) -> list[str]:
     """The code identifiers that get slots ``<id1>``, ``<id2>``, ... in ``text`` (sorted,
     distinct, at most ``SLOTS``)."""
-    return sorted({v for _, _, v, is_code in _spans(text, True) if is_code})[:SLOTS]
+    return _values(_spans(text, True), True)
 
 
 def protect(text: str, code: bool = False) -> str:
@@ -94,9 +99,8 @@ def protect(text: str, code: bool = False) -> str:
     spans = _spans(text, code)
     if not spans:
         return text
-    slots = {(v, False): SLOT_PIECES[k] for k, v in enumerate(slot_values(text))}
-    if code:
-        slots.update({(v, True): CODE_PIECES[k] for k, v in enumerate(code_values(text))})
+    slots = {(v, c): pieces[k] for c, pieces in ((False, SLOT_PIECES), (True, CODE_PIECES))
+             for k, v in enumerate(_values(spans, c))}
     out, pos = [], 0
     for a, b, v, is_code in spans:
         out += [text[pos:a], slots.get((v, is_code), v)]
@@ -107,7 +111,8 @@ def protect(text: str, code: bool = False) -> str:
 def restore(translation: str, source: str) -> str:
     """``translation`` with each ``<phK>`` (``<idK>``) replaced by the placeholder (code
     identifier) that has slot K in ``source``; a slot the source does not have is dropped."""
-    values = {"ph": slot_values(source), "id": code_values(source)}
+    spans = _spans(source, True)  # placeholders are the same with or without identifiers
+    values = {"ph": _values(spans, False), "id": _values(spans, True)}
 
     def fill(m: re.Match) -> str:
         vals, k = values[m.group(1)], int(m.group(2))

@@ -12,8 +12,8 @@ model never saw as UTF-8 bytes instead of ``<unk>``.
 A model trained with ``placeholders=True`` also has the slot pieces ``<ph1>`` ... of
 ``placeholders.py``: ``encode`` then protects a line's placeholders (``%(name)s``, ``{0}``,
 tags) as slots, and ``decode(ids, source=...)`` puts the source's placeholders back. One
-trained with ``code_identifiers=True`` as well has the code-identifier slots ``<id1>`` ... and protects
-identifiers such as ``source_suffix`` or ``--full`` the same way.
+trained with ``code_identifiers=True`` as well has the code-identifier slots ``<id1>`` ...
+and protects identifiers such as ``source_suffix`` or ``--full`` the same way.
 """
 from __future__ import annotations
 

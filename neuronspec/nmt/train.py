@@ -5,7 +5,8 @@ label-smoothed cross-entropy summed over target tokens and normalised by the num
 target tokens of the whole update (all micro-batches, all ranks), gradient clipping,
 bf16 autocast on CUDA, gradient accumulation (``update_freq``), DDP through ``torchrun``
 (gloo on CPU, NCCL on GPU), optionally an EMA of the weights (``ema.py``; the tiny preset's
-default), which is what validation scores and checkpoints hold as their model. Losses are logged in base 2 like fairseq (ppl = 2^nll).
+default), which is what validation scores and checkpoints hold as their model. Losses are
+logged in base 2 like fairseq (ppl = 2^nll).
 
 Python API (used for continued/specialized training)::
 
@@ -513,18 +514,17 @@ class Trainer:
         return self.ema.applied(self.model) if self.ema is not None else nullcontext()
 
     def _log_valid(self, final: bool = False) -> dict:
+        every = self.cfg.valid_chrf_every
         with self._averaged():
             v = self.validate()
-        rec = {"step": self.step, "valid_loss": v["loss"], "valid_nll": v["nll"], "valid_ppl": v["ppl"]}
-        every = self.cfg.valid_chrf_every
-        if self.cfg.valid_chrf_sentences != 0 and (final or (every and self.step % every == 0)):
-            if self.is_main:
-                with self._averaged():
+            rec = {"step": self.step, "valid_loss": v["loss"], "valid_nll": v["nll"], "valid_ppl": v["ppl"]}
+            if self.cfg.valid_chrf_sentences != 0 and (final or (every and self.step % every == 0)):
+                if self.is_main:
                     c = self.valid_chrf(self.cfg.valid_chrf_sentences, write=final)
-                rec.update(valid_chrf=c["chrf"], copy_chrf=c["copy_chrf"], beats_copy=c["beats_copy"],
-                           valid_chrf_by_kind=c["by_kind"])
-            if self.distributed:
-                dist.barrier()
+                    rec.update(valid_chrf=c["chrf"], copy_chrf=c["copy_chrf"], beats_copy=c["beats_copy"],
+                               valid_chrf_by_kind=c["by_kind"])
+                if self.distributed:
+                    dist.barrier()
         if self.is_main:
             extra = ""
             if "valid_chrf" in rec:
