@@ -16,6 +16,7 @@ COMMANDS = {
     "data": ("neuronspec.nmt.data_cli", "build the built-in corpus or binarize a corpus"),
     "train": ("neuronspec.nmt.train", "train a dense multilingual Transformer"),
     "evaluate": ("neuronspec.nmt.evaluate", "translate test sets and score them with sacrebleu"),
+    "translate": ("neuronspec.nmt.translate", "translate text with a checkpoint (one sentence a line)"),
     "record": ("neuronspec.specialization.record", "count FFN neuron activations per direction"),
     "select": ("neuronspec.specialization.select", "turn activation counts into per-direction masks"),
     "analyze": ("neuronspec.specialization.iou", "IoU of masks between directions, plots and stats"),

@@ -57,6 +57,16 @@ def tag_options(config) -> dict:
             "target_tag": check_target_tag(config.get("target_tag", "encoder"))}
 
 
+def tag_layout(tok, direction, source_tag: bool, target_tag: str) -> tuple[list[int], int]:
+    """(source prefix ids, first decoder input id) of ``direction`` in a tag layout:
+    ``[<2src>]`` if ``source_tag``, then ``<2tgt>`` on the source side (``target_tag`` encoder,
+    decoding starts from BOS) or as the first decoder input (``decoder``)."""
+    s, t = direction
+    on_decoder = check_target_tag(target_tag) == "decoder"
+    prefix = ([tok.lang_tag(s)] if source_tag else []) + ([] if on_decoder else [tok.lang_tag(t)])
+    return prefix, (tok.lang_tag(t) if on_decoder else tok.bos)
+
+
 @dataclass
 class Batch:
     """src [B, S], tgt_in [B, L], tgt_out [B, L] (int64, right-padded with ``pad``);
@@ -122,12 +132,8 @@ class _View:
         self.direction = as_direction(direction)
         self.src_row, self.tgt_row, self.n = data.rows(split, self.direction)
         _, index = data.split_arrays(split)
-        tok = data.tokenizer
-        s, t = self.direction
-        on_decoder = check_target_tag(target_tag) == "decoder"
-        prefix = ([tok.lang_tag(s)] if source_tag else []) + ([] if on_decoder else [tok.lang_tag(t)])
+        prefix, self.start = tag_layout(data.tokenizer, self.direction, source_tag, target_tag)
         self.prefix = np.array(prefix, dtype=np.int64)
-        self.start = tok.lang_tag(t) if on_decoder else tok.bos
         self.task = task
         src_len = np.diff(index[self.src_row:self.src_row + self.n + 1]) + len(self.prefix) + 1
         tgt_len = np.diff(index[self.tgt_row:self.tgt_row + self.n + 1]) + 1

@@ -170,6 +170,23 @@ def evaluate_model(model, data, split: str = "test", *, beam: int = 5, lenpen: f
             "signatures": signatures(), "directions": per_dir, **summarize(per_dir, data.pivot), "samples": samples}
 
 
+def load_for_decoding(ckpt: str | os.PathLike, data: str | os.PathLike | None, device) -> tuple:
+    """(model with its masks, in eval mode; checkpoint dict; PreparedData) for decoding.
+    data: prepared folder (default: the one the checkpoint was trained on)."""
+    from .data import PreparedData
+    from .train import load_model
+
+    model, ck = load_model(ckpt, device)
+    prep = data or ck.get("data", {}).get("prep")
+    if prep is None:
+        raise ValueError("data: the checkpoint does not name its prepared folder; pass data=")
+    pdata = PreparedData.load(prep)
+    if len(pdata.tokenizer) != model.cfg.vocab_size:
+        raise ValueError(f"data: vocabulary of {prep} ({len(pdata.tokenizer)}) differs from the model's "
+                         f"({model.cfg.vocab_size})")
+    return model, ck, pdata
+
+
 def evaluate_checkpoint(ckpt: str | os.PathLike, data: str | os.PathLike | None = None, split: str = "test",
                         beam: int = 5, max_sentences: int | None = None, *, out_dir: str | os.PathLike | None = None,
                         lenpen: float = 1.0, max_tokens: int = 4000, device: str | None = None,
@@ -181,18 +198,10 @@ def evaluate_checkpoint(ckpt: str | os.PathLike, data: str | os.PathLike | None 
     default ``<checkpoint folder>/eval-{split}-beam{beam}``. Returns the results dict with
     ``out_dir`` added."""
     from .batching import tag_options
-    from .data import PreparedData
-    from .train import load_model
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, ck = load_model(ckpt, device)
-    prep = data or ck.get("data", {}).get("prep")
-    if prep is None:
-        raise ValueError("data: the checkpoint does not name its prepared folder; pass data=")
-    pdata = PreparedData.load(prep)
-    if len(pdata.tokenizer) != model.cfg.vocab_size:
-        raise ValueError(f"data: vocabulary of {prep} ({len(pdata.tokenizer)}) differs from the model's "
-                         f"({model.cfg.vocab_size})")
+    model, ck, pdata = load_for_decoding(ckpt, data, device)
+    prep = pdata.root
     out = Path(out_dir) if out_dir is not None else Path(ckpt).parent / f"eval-{split}-beam{beam}"
     res = evaluate_model(model, pdata, split, beam=beam, lenpen=lenpen, max_sentences=max_sentences,
                          max_tokens=max_tokens, device=device, directions=directions,

@@ -1,0 +1,138 @@
+"""Translate raw text with a trained checkpoint (fairseq-interactive's job): ``neuronspec translate``.
+
+Lines are encoded with the checkpoint's tokenizer (placeholders and code identifiers become
+slots, restored from each source line afterwards), tagged as in training, sorted by length
+into batches of at most ``max_tokens`` padded source tokens and decoded with beam search
+(greedy with beam 1). Empty lines stay empty; the output has one line per input line, in
+input order. A direction that was not trained (x→y, neither side the pivot) is decoded
+zero-shot, as ``evaluate --zero-shot`` does: the encoder runs with x→pivot's task, the
+decoder with pivot→y's.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from typing import Iterator, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from ..atomic import write_atomic
+from .batching import Batch, check_target_tag, tag_layout, tag_options
+from .data import as_direction
+from .decode import translate_batches, zero_shot_tasks
+
+log = logging.getLogger(__name__)
+
+
+def encode_lines(tok, lines: Sequence[str], direction, source_tag: bool, target_tag: str,
+                 max_positions: int) -> tuple[list[list[int]], int]:
+    """(source ids per line: tag prefix + pieces + EOS, or [] for an empty line; first decoder
+    input). ValueError naming the line if a source is longer than ``max_positions``."""
+    prefix, start = tag_layout(tok, direction, source_tag, target_tag)
+    out = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            out.append([])
+            continue
+        ids = prefix + tok.encode(line) + [tok.eos]
+        if len(ids) > max_positions:
+            raise ValueError(f"input line {n}: {len(ids)} source tokens, the model takes at most {max_positions}")
+        out.append(ids)
+    return out, start
+
+
+def text_batches(srcs: Sequence[list[int]], start: int, task: int, max_tokens: int, pad: int) -> Iterator[Batch]:
+    """Non-empty sources sorted by length into batches of ≤ ``max_tokens`` padded tokens (a
+    longer source gets a batch of its own); ``batch.ids`` are the line numbers (0-based)."""
+    if not isinstance(max_tokens, int) or max_tokens < 1:
+        raise ValueError(f"max_tokens: must be an int >= 1, got {max_tokens!r}")
+    order = sorted((i for i, s in enumerate(srcs) if s), key=lambda i: len(srcs[i]))
+    a = 0
+    while a < len(order):
+        b = a + 1
+        while b < len(order) and (b - a + 1) * len(srcs[order[b]]) <= max_tokens:
+            b += 1
+        rows = order[a:b]
+        src = torch.full((len(rows), len(srcs[rows[-1]])), pad, dtype=torch.long)
+        for r, i in enumerate(rows):
+            src[r, :len(srcs[i])] = torch.tensor(srcs[i])
+        B = len(rows)
+        yield Batch(src, torch.full((B, 1), start, dtype=torch.long), torch.full((B, 1), pad, dtype=torch.long),
+                    torch.full((B,), task, dtype=torch.long), torch.tensor(rows), 0, pad)
+        a = b
+
+
+def translate_lines(model, data, lines: Sequence[str], direction, *, beam: int = 5, lenpen: float = 1.0,
+                    max_tokens: int = 4000, source_tag: bool = False, target_tag: str = "decoder",
+                    device: torch.device | str = "cpu", progress: bool = False) -> list[str]:
+    """Translations of ``lines`` (one string each, "" for an empty line) in ``direction``
+    (``"en-de"`` or a pair) with ``model`` and the tokenizer and directions of the prepared
+    folder ``data``, in the tag layout of training (``source_tag``, ``target_tag``)."""
+    s, t = direction = as_direction(direction)
+    check_target_tag(target_tag)
+    tok = data.tokenizer
+    dec_task = None
+    if direction in data.directions:
+        task = data.task_id(direction)
+    else:
+        task, dec_task = zero_shot_tasks(data, direction)
+    srcs, start = encode_lines(tok, lines, direction, source_tag, target_tag, model.cfg.max_positions)
+    batches = list(text_batches(srcs, start, task, max_tokens, tok.pad))
+    was_training = model.training
+    model.eval()
+    try:
+        hyps = dict(translate_batches(model, tqdm(batches, unit="batch", disable=not progress), beam=beam,
+                                      lenpen=lenpen, bos=tok.bos, eos=tok.eos, device=device, decoder_task=dec_task))
+    finally:
+        model.train(was_training)
+    return [tok.decode(hyps[i], source=line) if i in hyps else "" for i, line in enumerate(lines)]
+
+
+def translate_checkpoint(ckpt: str | os.PathLike, lines: Sequence[str], direction, *,
+                         data: str | os.PathLike | None = None, device: str | None = None, **kw) -> list[str]:
+    """``translate_lines`` with the model (and masks) of a checkpoint file; ``data``: its
+    prepared folder (default: the one it was trained on). ``kw``: beam, lenpen, max_tokens, progress."""
+    from .evaluate import load_for_decoding
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, ck, pdata = load_for_decoding(ckpt, data, device)
+    return translate_lines(model, pdata, lines, direction, device=device, **tag_options(ck.get("config")), **kw)
+
+
+# --------------------------------------------------------------------------- CLI
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="checkpoint file (e.g. runs/tiny/checkpoint_best.pt)")
+    p.add_argument("--direction", required=True, help="e.g. en-de; a direction that was not trained (de-fr) "
+                   "is decoded zero-shot")
+    p.add_argument("--input", help="text file, one sentence a line (default: standard input)")
+    p.add_argument("--output", help="file to write (atomically; default: standard output)")
+    p.add_argument("--data", help="prepared folder (default: the checkpoint's)")
+    p.add_argument("--beam", type=int, default=5, help="beam size (1: greedy)")
+    p.add_argument("--lenpen", type=float, default=1.0)
+    p.add_argument("--max-tokens", type=int, default=4000, help="padded source tokens per batch")
+    p.add_argument("--device", help="cpu | cuda (default: cuda when available)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.input is None:
+        lines = sys.stdin.read().splitlines()
+    else:
+        with open(args.input, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    t0 = time.monotonic()
+    out = translate_checkpoint(args.checkpoint, lines, args.direction, data=args.data, device=args.device,
+                               beam=args.beam, lenpen=args.lenpen, max_tokens=args.max_tokens,
+                               progress=not args.no_progress and args.output is not None)
+    text = "".join(o + "\n" for o in out)
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        write_atomic(args.output, text)
+    log.info("translated %d lines (%s) in %.1f s%s", len(lines), args.direction, time.monotonic() - t0,
+             f" -> {args.output}" if args.output else "")
+    return 0
