@@ -204,7 +204,14 @@ def _cut(sizes: np.ndarray, max_tokens: int, max_sentences: int | None) -> np.nd
     return np.asarray(bounds, dtype=np.int64)
 
 
-def _check_budget(max_tokens, max_sentences):
+def length_bounds(sizes: np.ndarray, max_tokens: int, max_sentences: int | None = None) -> list[int]:
+    """Boundaries of batches over ascending ``sizes`` for decoding: greedy ≤ ``max_tokens``
+    batches, and every example larger than ``max_tokens`` in a batch of its own (never dropped)."""
+    fit = int(np.searchsorted(sizes, max_tokens, side="right"))
+    return list(_cut(sizes[:fit], max_tokens, max_sentences)) + list(range(fit + 1, len(sizes) + 1))
+
+
+def check_budget(max_tokens, max_sentences=None):
     if not isinstance(max_tokens, (int, np.integer)) or isinstance(max_tokens, bool) or max_tokens <= 0:
         raise ValueError(f"max_tokens: must be a positive int, got {max_tokens!r}")
     if max_sentences is not None and (not isinstance(max_sentences, (int, np.integer)) or max_sentences <= 0):
@@ -227,7 +234,7 @@ class TrainSampler:
                  mixed: bool = False, rank: int = 0, world_size: int = 1, split: str = "train",
                  source_tag: bool = False, max_sentences: int | None = None, pool_batches: int = 64,
                  target_tag: str = "decoder", upsample: dict[str, int] | None = None):
-        _check_budget(max_tokens, max_sentences)
+        check_budget(max_tokens, max_sentences)
         check_target_tag(target_tag)
         if not isinstance(world_size, int) or world_size < 1:
             raise ValueError(f"world_size: must be an int >= 1, got {world_size!r}")
@@ -450,7 +457,7 @@ def eval_batches(data: PreparedData, split: str, direction: DirectionLike, max_t
     into ``batch.task``; default the direction's training task id, or -1 for a direction
     that is not trained (zero-shot): the caller decides which masks such a direction uses.
     """
-    _check_budget(max_tokens, max_sentences)
+    check_budget(max_tokens, max_sentences)
     d = as_direction(direction)
     if task is None:
         task = data.task_id(d) if d in data.directions else -1
@@ -458,9 +465,7 @@ def eval_batches(data: PreparedData, split: str, direction: DirectionLike, max_t
     collate = _Collator(data, split, [view])
     n = view.n if max_examples is None else min(view.n, int(max_examples))
     order = np.argsort(view.size[:n], kind="stable")
-    sizes = view.size[order]
-    fit = int(np.searchsorted(sizes, max_tokens, side="right"))
-    bounds = list(_cut(sizes[:fit], max_tokens, max_sentences)) + list(range(fit + 1, n + 1))
+    bounds = length_bounds(view.size[order], max_tokens, max_sentences)
     for a, b in zip(bounds[:-1], bounds[1:]):
         eidx = order[a:b]
         yield collate(np.zeros(len(eidx), dtype=np.int64), eidx)

@@ -232,6 +232,24 @@ def zero_shot_tasks(data, direction: Sequence[str]) -> tuple[int, int]:
     return data.task_id((s, pivot)), data.task_id((pivot, t))
 
 
+def direction_tasks(data, direction: Sequence[str]) -> tuple[int, int | None]:
+    """(encoder task, decoder task or None for the same) of ``direction``: its own task when
+    trained, else the zero-shot pair of ``zero_shot_tasks``."""
+    direction = tuple(direction)
+    return (data.task_id(direction), None) if direction in data.directions else zero_shot_tasks(data, direction)
+
+
+def decode_batches(model: Transformer, batches, tok, **kw) -> dict[int, list[int]]:
+    """``{example id: hypothesis ids}`` of ``translate_batches`` (``kw`` passed on) with ``model``
+    in eval mode, its mode restored afterwards; BOS/EOS from the tokenizer ``tok``."""
+    was_training = model.training
+    model.eval()
+    try:
+        return dict(translate_batches(model, batches, bos=tok.bos, eos=tok.eos, **kw))
+    finally:
+        model.train(was_training)
+
+
 def translate_direction(model: Transformer, data, split: str, direction: Sequence[str], *, beam: int = 5,
                         lenpen: float = 1.0, max_tokens: int = 4000, max_sentences: int | None = None,
                         max_len_a: float = 1.2, max_len_b: int = 10, source_tag: bool = False,
@@ -243,20 +261,12 @@ def translate_direction(model: Transformer, data, split: str, direction: Sequenc
     decoder with the task of pivot→y, so a specialized model uses those directions' neurons.
     Returns (example ids in order, hypothesis strings with the sources' placeholders restored)."""
     direction = tuple(direction)
-    enc_task = dec_task = None
-    if direction not in data.directions:
-        enc_task, dec_task = zero_shot_tasks(data, direction)
+    enc_task, dec_task = direction_tasks(data, direction)
     batches = sampled_batches(data, split, direction, max_tokens, max_sentences, source_tag=source_tag,
                               target_tag=target_tag, task=enc_task)
     tok = data.tokenizer
-    was_training = model.training
-    model.eval()
-    try:
-        out = dict(translate_batches(model, batches, beam=beam, lenpen=lenpen, max_len_a=max_len_a,
-                                     max_len_b=max_len_b, bos=tok.bos, eos=tok.eos, device=device,
-                                     decoder_task=dec_task))
-    finally:
-        model.train(was_training)
+    out = decode_batches(model, batches, tok, beam=beam, lenpen=lenpen, max_len_a=max_len_a, max_len_b=max_len_b,
+                         device=device, decoder_task=dec_task)
     ids = sorted(out)
     sources = data.texts(split, direction)[0] if tok.protects else None
     return ids, [tok.decode(out[i], source=None if sources is None else sources[i]) for i in ids]

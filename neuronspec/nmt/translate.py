@@ -17,13 +17,14 @@ import sys
 import time
 from typing import Iterator, Sequence
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from ..atomic import write_atomic
-from .batching import Batch, check_target_tag, tag_layout, tag_options
+from .batching import Batch, check_budget, length_bounds, tag_layout, tag_options
 from .data import as_direction
-from .decode import translate_batches, zero_shot_tasks
+from .decode import decode_batches, direction_tasks
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +49,10 @@ def encode_lines(tok, lines: Sequence[str], direction, source_tag: bool, target_
 def text_batches(srcs: Sequence[list[int]], start: int, task: int, max_tokens: int, pad: int) -> Iterator[Batch]:
     """Non-empty sources sorted by length into batches of ≤ ``max_tokens`` padded tokens (a
     longer source gets a batch of its own); ``batch.ids`` are the line numbers (0-based)."""
-    if not isinstance(max_tokens, int) or max_tokens < 1:
-        raise ValueError(f"max_tokens: must be an int >= 1, got {max_tokens!r}")
+    check_budget(max_tokens)
     order = sorted((i for i, s in enumerate(srcs) if s), key=lambda i: len(srcs[i]))
-    a = 0
-    while a < len(order):
-        b = a + 1
-        while b < len(order) and (b - a + 1) * len(srcs[order[b]]) <= max_tokens:
-            b += 1
+    bounds = length_bounds(np.array([len(srcs[i]) for i in order], dtype=np.int64), max_tokens)
+    for a, b in zip(bounds[:-1], bounds[1:]):
         rows = order[a:b]
         src = torch.full((len(rows), len(srcs[rows[-1]])), pad, dtype=torch.long)
         for r, i in enumerate(rows):
@@ -63,7 +60,6 @@ def text_batches(srcs: Sequence[list[int]], start: int, task: int, max_tokens: i
         B = len(rows)
         yield Batch(src, torch.full((B, 1), start, dtype=torch.long), torch.full((B, 1), pad, dtype=torch.long),
                     torch.full((B,), task, dtype=torch.long), torch.tensor(rows), 0, pad)
-        a = b
 
 
 def translate_lines(model, data, lines: Sequence[str], direction, *, beam: int = 5, lenpen: float = 1.0,
@@ -72,23 +68,13 @@ def translate_lines(model, data, lines: Sequence[str], direction, *, beam: int =
     """Translations of ``lines`` (one string each, "" for an empty line) in ``direction``
     (``"en-de"`` or a pair) with ``model`` and the tokenizer and directions of the prepared
     folder ``data``, in the tag layout of training (``source_tag``, ``target_tag``)."""
-    s, t = direction = as_direction(direction)
-    check_target_tag(target_tag)
+    direction = as_direction(direction)
     tok = data.tokenizer
-    dec_task = None
-    if direction in data.directions:
-        task = data.task_id(direction)
-    else:
-        task, dec_task = zero_shot_tasks(data, direction)
+    task, dec_task = direction_tasks(data, direction)
     srcs, start = encode_lines(tok, lines, direction, source_tag, target_tag, model.cfg.max_positions)
     batches = list(text_batches(srcs, start, task, max_tokens, tok.pad))
-    was_training = model.training
-    model.eval()
-    try:
-        hyps = dict(translate_batches(model, tqdm(batches, unit="batch", disable=not progress), beam=beam,
-                                      lenpen=lenpen, bos=tok.bos, eos=tok.eos, device=device, decoder_task=dec_task))
-    finally:
-        model.train(was_training)
+    hyps = decode_batches(model, tqdm(batches, unit="batch", disable=not progress), tok, beam=beam, lenpen=lenpen,
+                          device=device, decoder_task=dec_task)
     return [tok.decode(hyps[i], source=line) if i in hyps else "" for i, line in enumerate(lines)]
 
 
