@@ -200,7 +200,9 @@ def _study(out, codes, minutes, vocab_size, k, beam, eval_sentences, record_sent
     # ---- dense baseline
     t = phase("dense")
     dense_minutes = max(0.05, dense_share * clock.left() / 60)
+    # inverse_sqrt: the continuations below go on at the baseline's final learning rate
     cfg = TrainConfig(data=str(prep), out=str(out / "dense"), preset="tiny", max_tokens=max_tokens, warmup=warmup,
+                      lr_scheduler="inverse_sqrt",
                       seed=seed, max_steps=dense_steps, max_minutes=None if dense_steps else dense_minutes,
                       valid_every=0, valid_max_sentences=valid_sentences, valid_chrf_sentences=0, log_every=25,
                       device=dev, progress=progress)
@@ -256,7 +258,8 @@ def _study(out, codes, minutes, vocab_size, k, beam, eval_sentences, record_sent
         extra_steps = max(1, int(0.85 * per_arm * steps_per_s))  # margin: start-up, validation, load
         log.info("%.0f s left: %d extra steps per continuation (%.0f s each at the baseline's speed)",
                  clock.left(), extra_steps, per_arm)
-    cont = dict(lr=final_lr, warmup=max(1, min(50, extra_steps // 4)), valid_max_sentences=valid_sentences,
+    cont = dict(lr=final_lr, warmup=max(1, min(50, extra_steps // 4)), lr_scheduler="inverse_sqrt",
+                valid_max_sentences=valid_sentences,
                 valid_chrf_sentences=0, valid_every=0, progress=progress, device=dev)
     arm_masks = {"finetune": None, "random": rand, "specialized": masks}
     ckpts, steps = {}, {"baseline": 0}

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from _nmt_cases import TINY_MODEL, prepare
 from neuronspec.demo import DEFAULT_LANGS as DEMO_LANGS
 from neuronspec.nmt.checkpoint import load_checkpoint
-from neuronspec.nmt.train import (TINY_BUILTIN_LANGS, InverseSqrtSchedule, TrainConfig, Trainer, label_smoothed_loss,
-                                  load_model, train)
+from neuronspec.nmt.train import (TINY_BUILTIN_LANGS, InverseSqrtSchedule, LinearDecaySchedule, TrainConfig, Trainer,
+                                  label_smoothed_loss, load_model, train)
 from neuronspec.ops import TaskMasks
 
 LAST = "checkpoint_last.pt"
@@ -61,6 +61,56 @@ def test_inverse_sqrt_schedule():
     assert s2.value(s2.step_count) == pytest.approx(opt.param_groups[0]["lr"])
 
 
+def test_linear_schedule():
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    s = LinearDecaySchedule(opt, lr=1e-3, warmup=100, init_lr=0.0)
+    lr = lambda: opt.param_groups[0]["lr"]  # noqa: E731
+    assert lr() == 0.0
+    for _ in range(50):
+        s.step(progress=0.01)
+    assert lr() == pytest.approx(5e-4)  # the ramp, below the line
+    for _ in range(50):
+        s.step(progress=0.1)
+    assert lr() == pytest.approx(9e-4)  # the line, below the ramp's end
+    s.step(progress=0.75)
+    assert lr() == pytest.approx(2.5e-4)
+    s2 = LinearDecaySchedule(opt, lr=1e-3, warmup=100)
+    s2.load_state_dict(s.state_dict())
+    assert s2.progress == 0.75 and s2.value(s2.step_count) == pytest.approx(2.5e-4)
+    s.step(progress=1.3)
+    assert lr() == 0.0 and s.progress == 1.0
+    s.step(progress=0.5)  # a longer budget (resumed with more steps) raises it again
+    assert lr() == pytest.approx(5e-4)
+    # inverse_sqrt keeps the progress only for a resume that switches schedules; its lr ignores it
+    old = InverseSqrtSchedule(opt, lr=1e-3, warmup=100)
+    old.load_state_dict({"step_count": 400})  # a state written before the progress existed
+    assert old.progress == 0.0 and lr() == pytest.approx(5e-4)
+
+
+def test_linear_schedule_in_training(prep, tmp_path):
+    """Over max_steps: lr · (1 - step/max_steps) after the warm-up, 0 after the last update;
+    over max_minutes: the time share, and a resume goes on from where the lr stopped."""
+    t = Trainer(config(prep, tmp_path / "steps", max_steps=12, warmup=3, lr_scheduler="linear", log_every=1))
+    t.train()
+    lrs = [h["lr"] for h in t.history if "lr" in h]
+    assert lrs[:2] == pytest.approx([1e-3, 2e-3], rel=1e-3)  # the ramp (3e-3 · step/3) under the line ...
+    assert lrs[2:] == pytest.approx([3e-3 * (1 - s / 12) for s in range(3, 13)])  # ... then the line
+    assert lrs[-1] == 0.0
+    # time budget only: the lr follows the share of the minutes used, reaching ~0 at the deadline
+    cfg = config(prep, tmp_path / "time", max_steps=None, max_minutes=0.1, warmup=1, lr_scheduler="linear",
+                 log_every=1)
+    t = Trainer(cfg)
+    t.train()
+    lrs = [h["lr"] for h in t.history if "lr" in h]
+    assert len(lrs) >= 2 and all(a >= b for a, b in zip(lrs, lrs[1:]))
+    assert 0.5 < t.scheduler.progress <= 1.0 and lrs[-1] == pytest.approx(3e-3 * (1 - t.scheduler.progress))
+    r = Trainer(cfg, resume=True)
+    assert r.scheduler.progress == t.scheduler.progress
+    r.train(max_minutes=0.05)
+    first = next(h["lr"] for h in r.history[len(t.history):] if "lr" in h)
+    assert first <= lrs[-1] + 1e-12 and r.scheduler.progress >= t.scheduler.progress
+
+
 def test_bad_config():
     with pytest.raises(ValueError, match="preset"):
         TrainConfig(preset="huge", max_steps=1)
@@ -72,10 +122,14 @@ def test_bad_config():
         TrainConfig(max_steps=1, amp="fp8")
     with pytest.raises(ValueError, match="target_tag"):
         TrainConfig(max_steps=1, target_tag="both")
+    with pytest.raises(ValueError, match="lr_scheduler"):
+        TrainConfig(max_steps=1, lr_scheduler="cosine")
+    assert TrainConfig().lr_scheduler == "linear" and TrainConfig(preset="base", max_steps=1).lr_scheduler == "inverse_sqrt"
     assert TrainConfig(max_steps=1).target_tag == "decoder"
     old = TrainConfig(max_steps=1).to_dict()
-    del old["target_tag"]  # a checkpoint written before the option: the tag was on the encoder side
-    assert TrainConfig.from_dict(old).target_tag == "encoder"
+    del old["target_tag"], old["lr_scheduler"]  # a checkpoint written before those options:
+    assert TrainConfig.from_dict(old).target_tag == "encoder"  # the tag was on the encoder side
+    assert TrainConfig.from_dict(old).lr_scheduler == "inverse_sqrt"  # and the lr fell as 1/sqrt(step)
     # tiny on the built-in corpus: a language subset unless asked for ["all"]; a given corpus: all of it
     assert TrainConfig().langs == list(TINY_BUILTIN_LANGS) and TrainConfig(langs=["all"]).langs == ["all"]
     assert ",".join(TINY_BUILTIN_LANGS) == DEMO_LANGS  # one documented subset for tiny runs
@@ -143,8 +197,10 @@ def test_resume_is_exact(prep, tmp_path, update_freq, mixed):
     kw = dict(valid_every=n, update_freq=update_freq, dropout=0.2, mixed_batches=mixed)
     a = Trainer(config(prep, tmp_path / "a", max_steps=2 * n, **kw))
     a.train()
-    train(config(prep, tmp_path / "b", max_steps=n, **kw))
+    # the first n of 2n steps: the tiny preset's linear schedule spans all 2n
+    train(config(prep, tmp_path / "b", max_steps=2 * n, **kw), steps=n)
     b = Trainer(config(prep, tmp_path / "b", max_steps=2 * n), resume=True)
+    assert a.cfg.lr_scheduler == b.cfg.lr_scheduler == "linear"
     assert b.step == n and b.cfg.update_freq == update_freq and b.cfg.dropout == 0.2
     assert b.sampler.mixed == mixed
     b.train()
@@ -201,17 +257,29 @@ def cfg(out, steps):
                        device="cpu", dropout=0.2)
 
 train(cfg({a!r}, 6))
-train(cfg({b!r}, 3))
+train(cfg({b!r}, 6), steps=3)
 train(cfg({b!r}, 6), resume=True)
+
+# a time budget: the linear schedule's time share is agreed between ranks, so lr and weights stay equal
+import os, torch
+from neuronspec.nmt.train import Trainer
+t = Trainer(TrainConfig(data={prep!r}, out={c!r}, model_args=TINY_MODEL, max_tokens=300, lr=3e-3, warmup=2,
+                        max_minutes=0.03, lr_scheduler="linear", valid_every=0, valid_chrf_sentences=0,
+                        progress=False, device="cpu"))
+t.train()
+torch.save({{"lr": t.optimizer.param_groups[0]["lr"], "step": t.step,
+            "params": [p.detach().clone() for p in t.model.parameters()]}}, {c!r} + f"/rank{{os.environ['RANK']}}.pt")
 """
 
 
 @pytest.mark.slow
 def test_ddp_two_processes_gloo_with_resume(prep, tmp_path):
-    """torchrun, 2 CPU processes (gloo): 6 steps straight == 3 steps + resume + 3 steps."""
-    a, b = tmp_path / "a", tmp_path / "b"
+    """torchrun, 2 CPU processes (gloo): 6 steps straight == 3 steps + resume + 3 steps; a
+    time-budgeted run keeps the same lr and weights on both ranks."""
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     script = tmp_path / "ddp.py"
-    script.write_text(DDP_SCRIPT.format(root=ROOT, tests=os.path.join(ROOT, "tests"), prep=prep, a=str(a), b=str(b)))
+    script.write_text(DDP_SCRIPT.format(root=ROOT, tests=os.path.join(ROOT, "tests"), prep=prep, a=str(a), b=str(b),
+                                        c=str(c)))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
@@ -224,6 +292,9 @@ def test_ddp_two_processes_gloo_with_resume(prep, tmp_path):
     for k in ca["model"]:
         assert torch.equal(ca["model"][k], cb["model"][k]), k
     assert ca["history"][-1]["valid_chrf"] >= 0  # rank 0 ran the chrF sample while rank 1 waited
+    r0, r1 = (torch.load(c / f"rank{r}.pt") for r in (0, 1))
+    assert r0["step"] == r1["step"] >= 2 and r0["lr"] == r1["lr"] < 3e-3
+    assert all(torch.equal(x, y) for x, y in zip(r0["params"], r1["params"]))
 
 
 def test_cli_train_and_evaluate(prep, tmp_path, capsys):

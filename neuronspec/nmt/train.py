@@ -1,6 +1,7 @@
 """Train a multilingual Transformer: ``neuronspec train`` and the ``Trainer`` API.
 
-fairseq habits, one file: Adam (0.9, 0.98, eps 1e-6), inverse-sqrt LR with linear warm-up,
+fairseq habits, one file: Adam (0.9, 0.98, eps 1e-6), linear warm-up then an inverse-sqrt LR
+(or, the tiny preset's default, a straight line to 0 at the end of the step/time budget),
 label-smoothed cross-entropy summed over target tokens and normalised by the number of
 target tokens of the whole update (all micro-batches, all ranks), gradient clipping,
 bf16 autocast on CUDA, gradient accumulation (``update_freq``), DDP through ``torchrun``
@@ -48,15 +49,16 @@ log = logging.getLogger(__name__)
 
 LAST, BEST = "checkpoint_last.pt", "checkpoint_best.pt"
 
-# Optimisation defaults per preset (lr, warm-up, batch tokens, weight averaging, stop): the tiny
-# preset trains for minutes, where small batches (more updates) win on 2 CPU cores and an EMA
-# of the weights smooths their noise (docs/nmt-tiny-cpu.md).
+# Optimisation defaults per preset (lr, warm-up, schedule, batch tokens, weight averaging, stop):
+# the tiny preset trains for minutes, where small batches (more updates) win on 2 CPU cores, an
+# EMA of the weights smooths their noise and a learning rate that falls to 0 at the end of the
+# budget beat inverse_sqrt by 1-2 chrF++ (docs/nmt-tiny-cpu.md).
 TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
-    "tiny": dict(lr=1e-3, warmup=150, max_tokens=800, ema_decay=0.995, max_minutes=9.0),
-    "base": dict(lr=7e-4, warmup=4000, max_tokens=1500, ema_decay=0.0),
-    "big": dict(lr=5e-4, warmup=4000, max_tokens=1500, ema_decay=0.0),
-    "wide": dict(lr=5e-4, warmup=4000, max_tokens=1500, ema_decay=0.0),
-    "deep": dict(lr=5e-4, warmup=4000, max_tokens=1500, ema_decay=0.0),
+    "tiny": dict(lr=1e-3, warmup=150, lr_scheduler="linear", max_tokens=800, ema_decay=0.995, max_minutes=9.0),
+    "base": dict(lr=7e-4, warmup=4000, lr_scheduler="inverse_sqrt", max_tokens=1500, ema_decay=0.0),
+    "big": dict(lr=5e-4, warmup=4000, lr_scheduler="inverse_sqrt", max_tokens=1500, ema_decay=0.0),
+    "wide": dict(lr=5e-4, warmup=4000, lr_scheduler="inverse_sqrt", max_tokens=1500, ema_decay=0.0),
+    "deep": dict(lr=5e-4, warmup=4000, lr_scheduler="inverse_sqrt", max_tokens=1500, ema_decay=0.0),
 }
 # Languages of the tiny preset on the built-in corpus when --langs is not given (the demo's
 # tier and script spread): all 30 EC30 languages do not fit its minutes on 2 CPU cores
@@ -83,6 +85,9 @@ class TrainConfig:
     # optimisation
     lr: float | None = None
     warmup: int | None = None
+    # inverse_sqrt (fairseq's) | linear: to 0 at the end of the budget (max_steps and/or
+    # max_minutes, whichever ends first); None: the preset's (tiny: linear)
+    lr_scheduler: str | None = None
     warmup_init_lr: float = 1e-7
     betas: tuple[float, float] = (0.9, 0.98)
     adam_eps: float = 1e-6
@@ -140,6 +145,8 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be an int >= {lo}, got {v!r}")
         if not self.lr or self.lr <= 0:
             raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr!r}")
+        if self.lr_scheduler not in LR_SCHEDULERS:
+            raise ValueError(f"TrainConfig.lr_scheduler must be one of {sorted(LR_SCHEDULERS)}, got {self.lr_scheduler!r}")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ValueError(f"TrainConfig.max_minutes must be > 0, got {self.max_minutes!r}")
         if not 0 <= self.ema_decay < 1:
@@ -161,9 +168,10 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], **overrides) -> "TrainConfig":
-        """A saved config (``to_dict``); saved before ``target_tag`` existed = encoder-side tag."""
+        """A saved config (``to_dict``); saved before ``target_tag`` existed = encoder-side tag,
+        before ``lr_scheduler`` existed = inverse_sqrt."""
         known = {f.name for f in fields(cls)}
-        d = {**tag_options(d), **d}
+        d = {**tag_options(d), "lr_scheduler": "inverse_sqrt", **d}
         return cls(**{**{k: v for k, v in d.items() if k in known}, **overrides})
 
 
@@ -177,32 +185,54 @@ def native_bf16(device: torch.device) -> bool:
 
 class InverseSqrtSchedule:
     """fairseq ``inverse_sqrt``: linear warm-up from ``init_lr`` to ``lr`` over ``warmup``
-    updates, then ``lr · sqrt(warmup / step)``."""
+    updates, then ``lr · sqrt(warmup / step)``. ``step(progress)`` ignores the progress."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, lr: float, warmup: int, init_lr: float = 1e-7):
         self.optimizer, self.lr, self.warmup, self.init_lr = optimizer, lr, warmup, init_lr
         self.step_count = 0
+        self.progress = 0.0
         self._apply()
+
+    def _ramp(self, step: int) -> float:
+        if self.warmup > 0 and step < self.warmup:
+            return self.init_lr + (self.lr - self.init_lr) * step / self.warmup
+        return self.lr
 
     def value(self, step: int) -> float:
         if self.warmup > 0 and step < self.warmup:
-            return self.init_lr + (self.lr - self.init_lr) * step / self.warmup
+            return self._ramp(step)
         return self.lr * math.sqrt(max(self.warmup, 1) / max(step, 1))
 
     def _apply(self) -> None:
         for g in self.optimizer.param_groups:
             g["lr"] = self.value(self.step_count)
 
-    def step(self) -> None:
+    def step(self, progress: float = 0.0) -> None:
+        """One update done; ``progress``: the fraction of the run's budget used so far."""
         self.step_count += 1
+        self.progress = min(max(float(progress), 0.0), 1.0)
         self._apply()
 
     def state_dict(self) -> dict:
-        return {"step_count": self.step_count, "lr": self.lr, "warmup": self.warmup, "init_lr": self.init_lr}
+        return {"step_count": self.step_count, "lr": self.lr, "warmup": self.warmup, "init_lr": self.init_lr,
+                "progress": self.progress}
 
     def load_state_dict(self, state: dict) -> None:
         self.step_count = int(state["step_count"])
+        self.progress = float(state.get("progress", 0.0))  # states written before the linear schedule
         self._apply()
+
+
+class LinearDecaySchedule(InverseSqrtSchedule):
+    """The same warm-up, then a straight line to 0 at the end of the run's budget:
+    ``min(warm-up ramp, lr · (1 - progress))`` (fairseq's ``polynomial_decay`` with power 1
+    and end lr 0, over a budget of updates and/or minutes: ``Trainer`` passes the progress)."""
+
+    def value(self, step: int) -> float:
+        return min(self._ramp(step), self.lr * (1.0 - self.progress))
+
+
+LR_SCHEDULERS = {"inverse_sqrt": InverseSqrtSchedule, "linear": LinearDecaySchedule}
 
 
 def label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, eps: float, pad: int):
@@ -355,7 +385,8 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.adam_eps,
                                           weight_decay=cfg.weight_decay,
                                           fused=True if self.device.type in ("cpu", "cuda") else None)
-        self.scheduler = InverseSqrtSchedule(self.optimizer, cfg.lr, cfg.warmup, cfg.warmup_init_lr)
+        self.scheduler = LR_SCHEDULERS[cfg.lr_scheduler](self.optimizer, cfg.lr, cfg.warmup, cfg.warmup_init_lr)
+        self._time_progress = 0.0  # share of the time budget used (set by ``train``)
         self._tags = {"source_tag": cfg.source_tag, "target_tag": cfg.target_tag}
         self.sampler = TrainSampler(self.data, cfg.max_tokens, temperature=cfg.temperature, seed=cfg.seed,
                                     mixed=cfg.mixed_batches, rank=self.rank, world_size=self.world_size,
@@ -457,11 +488,17 @@ class Trainer:
         torch._foreach_mul_([p.grad for p in self.model.parameters() if p.grad is not None], scale)
         gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_norm if self.cfg.clip_norm > 0 else math.inf)
         self.optimizer.step()
-        self.scheduler.step()
+        self.scheduler.step(self._progress(self.step + 1))
         if self.ema is not None:
             self.ema.update(self.model)
         self.step += 1
         return {"loss": stats[0].item(), "nll": stats[1].item(), "ntokens": stats[2].item(), "gnorm": float(gnorm)}
+
+    def _progress(self, step: int) -> float:
+        """Share of the run's budget used after ``step`` updates: the larger of step/max_steps
+        and the time share ``train`` keeps (0 when neither applies)."""
+        by_steps = step / self.cfg.max_steps if self.cfg.max_steps else 0.0
+        return max(by_steps, self._time_progress)
 
     @torch.no_grad()
     def validate(self) -> dict:
@@ -548,6 +585,8 @@ class Trainer:
         max_minutes = cfg.max_minutes if max_minutes is None else max_minutes
         deadline = None if max_minutes is None else time.monotonic() + 60 * max_minutes
         t_start = time.monotonic()
+        # a resumed run's schedule goes on from where it stopped and ends with this call's minutes
+        time_base = self.scheduler.progress
         bar = tqdm(total=steps, initial=self.step, unit="step", disable=not (cfg.progress and self.is_main),
                    mininterval=1.0, dynamic_ncols=True)
         acc = {"loss": 0.0, "nll": 0.0, "ntokens": 0.0, "n": 0}
@@ -555,11 +594,13 @@ class Trainer:
         ln2 = math.log(2)
         while steps is None or self.step < steps:
             if deadline is not None:
-                stop = torch.tensor([float(time.monotonic() >= deadline)])
-                if self.distributed:
-                    dist.all_reduce(stop)  # every rank stops at the same step
-                if stop.item() > 0:
+                now = time.monotonic()
+                clock = torch.tensor([float(now >= deadline), (now - t_start) / (deadline - t_start)])
+                if self.distributed:  # every rank stops at the same step and uses the same lr
+                    dist.all_reduce(clock, op=dist.ReduceOp.MAX)
+                if clock[0].item() > 0:
                     break
+                self._time_progress = time_base + (1.0 - time_base) * min(clock[1].item(), 1.0)
             try:
                 s = self.train_step()
             except KeyboardInterrupt:
@@ -628,6 +669,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     o = p.add_argument_group("optimisation")
     o.add_argument("--lr", type=float, help="peak learning rate (preset default)")
     o.add_argument("--warmup", type=int, help="warm-up updates (preset default)")
+    o.add_argument("--lr-scheduler", choices=sorted(LR_SCHEDULERS),
+                   help="after the warm-up: inverse_sqrt (fairseq's) or linear (to 0 at the end of --max-steps / "
+                        "--max-minutes); preset default: tiny linear, others inverse_sqrt")
     o.add_argument("--label-smoothing", type=float, default=0.1)
     o.add_argument("--clip-norm", type=float, default=1.0)
     o.add_argument("--weight-decay", type=float, default=0.0)
