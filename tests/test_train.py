@@ -81,7 +81,7 @@ def test_linear_schedule():
     assert lr() == 0.0 and s.progress == 1.0
     s.step(progress=0.5)  # a longer budget (resumed with more steps) raises it again
     assert lr() == pytest.approx(5e-4)
-    # inverse_sqrt keeps the progress only for a resume that switches schedules; its lr ignores it
+    # inverse_sqrt tracks the progress too (a resumed run's time share starts from it); its lr ignores it
     old = InverseSqrtSchedule(opt, lr=1e-3, warmup=100)
     old.load_state_dict({"step_count": 400})  # a state written before the progress existed
     assert old.progress == 0.0 and lr() == pytest.approx(5e-4)

@@ -194,12 +194,13 @@ class InverseSqrtSchedule:
         self._apply()
 
     def _ramp(self, step: int) -> float:
-        if self.warmup > 0 and step < self.warmup:
-            return self.init_lr + (self.lr - self.init_lr) * step / self.warmup
-        return self.lr
+        """The warm-up line, ``lr`` from ``warmup`` updates on."""
+        if step >= self.warmup:
+            return self.lr
+        return self.init_lr + (self.lr - self.init_lr) * step / self.warmup
 
     def value(self, step: int) -> float:
-        if self.warmup > 0 and step < self.warmup:
+        if step < self.warmup:
             return self._ramp(step)
         return self.lr * math.sqrt(max(self.warmup, 1) / max(step, 1))
 
