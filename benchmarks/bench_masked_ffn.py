@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--p", help="kept fractions of neurons, comma-separated")
     p.add_argument("--modes", help=f"comma-separated subset of {MODES}")
     p.add_argument("--tasks", help="1 = homogeneous batch; K > 1 = K-task mixed batch; comma-separated")
-    p.add_argument("--providers", help="dense,reference,torch,triton,cuda (default: all available)")
+    p.add_argument("--providers", help="dense,reference,auto,maskmul,torch,triton,cuda (default: all available)")
     p.add_argument("--dtype", help="fp32, bf16, fp16, fp64")
     p.add_argument("--activation", default="relu", choices=("relu", "gelu"))
     tm.add_run_args(p, repeats_help="timed rounds", warmup_help="untimed calls per provider first")
@@ -103,10 +103,10 @@ def resolve_args(args: argparse.Namespace) -> dict:
     backends = [b for b in available_backends(device) if b != "reference"]
     if device.type == "cpu":  # Triton on CPU is its interpreter (TRITON_INTERPRET=1): not worth timing
         backends = [b for b in backends if b != "triton"] if args.providers is None else backends
-    avail = ["dense", "reference", *backends]
+    avail = ["dense", "reference", "auto", *backends]
     providers = avail if args.providers is None else tm.parse_list(args.providers, str, "--providers")
     for prov in providers:
-        if prov not in ("dense", "reference", "torch", "triton", "cuda"):
+        if prov not in ("dense", "reference", "auto", "maskmul", "torch", "triton", "cuda"):
             raise ValueError(f"--providers: unknown provider {prov!r}")
         if prov not in avail:
             raise ValueError(f"--providers: {prov!r} is not available on {device} (available: {avail})")

@@ -67,9 +67,10 @@ def test_masked_ffn_tiny(tmp_path, capsys):
     assert rc == 0
     rows = read_csv(tmp_path / "masked_ffn.csv")
     provs = {r["provider"] for r in rows}
-    assert provs == {"dense", "reference", "torch"}  # triton is interpreted on CPU: not timed by default
-    # 2 batches x 4 modes x (1 dense + 2 providers x 2 p)
-    assert len(rows) == 2 * 4 * 5
+    # triton is interpreted on CPU: not timed by default
+    assert provs == {"dense", "reference", "auto", "maskmul", "torch"}
+    # 2 batches x 4 modes x (1 dense + 4 providers x 2 p)
+    assert len(rows) == 2 * 4 * 9
     assert all(r["status"] == "ok" for r in rows), [r["status"] for r in rows if r["status"] != "ok"]
     for r in rows:
         assert float(r["median_ms"]) > 0 and int(r["repeats"]) == 2
@@ -99,7 +100,7 @@ def test_masked_ffn_flags_wrong_output(tmp_path, monkeypatch):
                                 "--modes", "fwd", "--tasks", "1", "--repeats", "1", "--no-plot", "--out", str(tmp_path)])
     assert rc == 1
     status = {r["provider"]: r["status"] for r in read_csv(tmp_path / "masked_ffn.csv")}
-    assert status == {"dense": "ok", "reference": "ok", "torch": "WRONG OUTPUT"}
+    assert status == {"dense": "ok", "reference": "ok", "auto": "ok", "maskmul": "ok", "torch": "WRONG OUTPUT"}
 
 
 @pytest.mark.parametrize("flags, message", [

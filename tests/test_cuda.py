@@ -17,6 +17,7 @@ from neuronspec.ops import (
     available_backends, fc1_act_count, fc1_act_count_reference, masked_ffn, masked_ffn_reference,
 )
 from neuronspec.ops import cuda_backend as cb
+from neuronspec.ops.plan import make_plan, mask_tables
 from neuronspec.ops.activations import act, act_grad
 
 from _ffn_cases import NAMES, outputs_vs_reference, random_problem
@@ -96,15 +97,15 @@ def test_public_ops_refuse_cuda_backend_on_cpu():
 
 def test_backend_functions_reject_cpu_tensors():
     (x, w1, b1, w2, b2), masks, ids = small_problem()
+    plan = make_plan(mask_tables(masks.indices, masks.offsets, w1.shape[0]), ids, -1, x.shape[0])
     with pytest.raises(ValueError, match=r"^x: the cuda backend needs CUDA tensors, got float32 tensor .* on cpu"):
-        cb.masked_ffn_fwd(x, w1, b1, w2, b2, masks.indices, masks.offsets, ids, -1, "relu", False)
+        cb.masked_ffn_fwd(x, w1, b1, w2, b2, plan, "relu", False)
     z = torch.zeros(x.shape[0], w1.shape[0])
     with pytest.raises(ValueError, match=r"^x: the cuda backend needs CUDA tensors"):
-        cb.masked_ffn_bwd(torch.ones_like(x), x, w1, b1, w2, b2, masks.indices, masks.offsets, ids, -1, z,
-                          "relu", False)
+        cb.masked_ffn_bwd(torch.ones_like(x), x, w1, b1, w2, b2, plan, (z,), "relu", False)
     counts = torch.zeros(3, w1.shape[0], dtype=torch.long)
     with pytest.raises(ValueError, match=r"^x: the cuda backend needs CUDA tensors"):
-        cb.fc1_act_count(x, w1, b1, counts, ids, -1, None, "relu", True)
+        cb.fc1_act_count(x, w1, b1, counts, plan, None, "relu", True)
 
 
 def test_check_inputs_names_the_argument():

@@ -197,9 +197,9 @@ def test_available_reports_interpreter_state():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_triton_is_default_on_cuda(monkeypatch):
+def test_auto_is_default_on_cuda(monkeypatch):
     monkeypatch.delenv(registry.ENV_VAR, raising=False)
-    assert registry.resolve_backend(None, torch.device("cuda")) == "triton"
+    assert registry.resolve_backend(None, torch.device("cuda")) == "auto"
 
 
 # ---- compiled for the GPU (no GPU needed) -------------------------------------------------------

@@ -22,3 +22,14 @@ def act_grad(z: torch.Tensor, activation: str) -> torch.Tensor:
     cdf = 0.5 * (1.0 + torch.erf(zf * (1.0 / math.sqrt(2.0))))
     pdf = torch.exp(-0.5 * zf * zf) * (1.0 / math.sqrt(2.0 * math.pi))
     return (cdf + zf * pdf).to(z.dtype)
+
+
+def act_backward(dh: torch.Tensor, saved: torch.Tensor, activation: str) -> torch.Tensor:
+    """dZ = dH ⊙ act'(Z), one kernel; `saved` is H for ReLU (H > 0 ⇔ Z > 0) and Z for GELU."""
+    if activation == "relu":
+        return torch.ops.aten.threshold_backward(dh, saved, 0)
+    return torch.ops.aten.gelu_backward(dh, saved)
+
+
+def act_inplace(z: torch.Tensor, activation: str) -> torch.Tensor:
+    return z.relu_() if activation == "relu" else act(z, activation)

@@ -24,7 +24,6 @@ import torch
 
 from .activations import act, act_grad
 from .reference import dense_task_masks
-from .torch_backend import group_tokens
 from .validation import describe
 
 TILE_ROWS = 64  # rows per work item of the row-tiled kernels (csrc/common.cuh BM)
@@ -181,6 +180,19 @@ def work_list(starts: list[int], tile: int, device) -> torch.Tensor:
     return torch.tensor(items, dtype=torch.int32).reshape(-1, 3).to(device)
 
 
+def group_tokens(task_ids: torch.Tensor, task: int, num_tasks: int, n: int):
+    """→ (order [N] long or None, starts: list of T+1 ints). Task t's tokens are
+    order[starts[t]:starts[t+1]] (stable), or all N tokens when `task` >= 0. The host list is
+    one device-to-host copy per call: the work lists of these kernels are built on the host."""
+    if task >= 0:
+        return None, [0] * (task + 1) + [n] * (num_tasks - task)
+    order = torch.argsort(task_ids, stable=True)
+    counts = torch.zeros(num_tasks, dtype=torch.long, device=task_ids.device).index_add_(
+        0, task_ids, torch.ones_like(task_ids))
+    starts = [0] + torch.cumsum(counts, 0).tolist()
+    return order, starts
+
+
 def _grouping(task_ids, task, num_tasks, n, device):
     """→ (rows int64 [N] grouped position → token, or None; row tiles; token chunks)."""
     order, starts = group_tokens(task_ids, task, num_tasks, n)
@@ -216,19 +228,25 @@ def task_dy_sums(dy, task_ids, task, num_tasks) -> torch.Tensor:
 
 
 # ---- backend protocol -----------------------------------------------------------------------
-def masked_ffn_fwd(x, w1, b1, w2, b2, indices, offsets, task_ids, task, activation, mask_bias):
-    check_inputs(x=x, w1=w1, b1=b1, w2=w2, b2=b2, indices=indices, offsets=offsets, task_ids=task_ids)
-    return forward(x, w1, b1, w2, b2, indices, offsets, task_ids, task, activation, mask_bias, KERNELS)
+def masked_ffn_fwd(x, w1, b1, w2, b2, plan, activation, mask_bias):
+    """→ (y, (packed z,)) for a plan (ops/plan.py)."""
+    check_inputs(x=x, w1=w1, b1=b1, w2=w2, b2=b2, indices=plan.indices, offsets=plan.offsets, task_ids=plan.task_ids)
+    y, z = forward(x, w1, b1, w2, b2, plan.indices, plan.offsets, plan.task_ids, plan.task, activation, mask_bias,
+                   KERNELS)
+    return y, (z,)
 
 
-def masked_ffn_bwd(dy, x, w1, b1, w2, b2, indices, offsets, task_ids, task, z, activation, mask_bias):
-    check_inputs(x=x, dy=dy, w1=w1, b1=b1, w2=w2, b2=b2, indices=indices, offsets=offsets, task_ids=task_ids, z=z)
-    return backward(dy, x, w1, b1, w2, b2, indices, offsets, task_ids, task, z, activation, mask_bias, KERNELS)
+def masked_ffn_bwd(dy, x, w1, b1, w2, b2, plan, saved, activation, mask_bias):
+    (z,) = saved
+    check_inputs(x=x, dy=dy, w1=w1, b1=b1, w2=w2, b2=b2, indices=plan.indices, offsets=plan.offsets,
+                 task_ids=plan.task_ids, z=z)
+    return backward(dy, x, w1, b1, w2, b2, plan.indices, plan.offsets, plan.task_ids, plan.task, z, activation,
+                    mask_bias, KERNELS)
 
 
-def fc1_act_count(x, w1, b1, counts, task_ids, task, valid, activation, write_output):
-    check_inputs(x=x, w1=w1, b1=b1, counts=counts, task_ids=task_ids, valid=valid)
-    return count(x, w1, b1, counts, task_ids, task, valid, activation, write_output, KERNELS)
+def fc1_act_count(x, w1, b1, counts, routing, valid, activation, write_output):
+    check_inputs(x=x, w1=w1, b1=b1, counts=counts, task_ids=routing.task_ids, valid=valid)
+    return count(x, w1, b1, counts, routing.task_ids, routing.task, valid, activation, write_output, KERNELS)
 
 
 def forward(x, w1, b1, w2, b2, indices, offsets, task_ids, task, activation, mask_bias, k: Kernels):

@@ -52,18 +52,17 @@ def available(device: torch.device) -> str | None:
     return None
 
 
-def masked_ffn_fwd(x, w1, b1, w2, b2, indices, offsets, task_ids, task, activation, mask_bias):
-    ids = _ids(task_ids, task, x)
-    y = masked_ffn_reference(x, w1, b1, w2, b2, indices, offsets, ids, activation, mask_bias)
-    return y, x.new_zeros(x.shape[0], w1.shape[0])
+def masked_ffn_fwd(x, w1, b1, w2, b2, plan, activation, mask_bias):
+    y = masked_ffn_reference(x, w1, b1, w2, b2, plan.indices, plan.offsets, plan.ids(), activation, mask_bias)
+    return y, ()
 
 
-def masked_ffn_bwd(dy, x, w1, b1, w2, b2, indices, offsets, task_ids, task, z, activation, mask_bias):
+def masked_ffn_bwd(dy, x, w1, b1, w2, b2, plan, saved, activation, mask_bias):
     """Dense mask-multiply backward (the original method's cost): per task t with mask m,
     dZ = (dY W2) ⊙ act'(Z), dX = dZ (m ⊙ W1), dW1 += m ⊙ (dZᵀ X), db1 += Σ dZ (⊙ m if mask_bias),
     dW2 += dYᵀ act(Z), db2 += Σ dY."""
-    ids = _ids(task_ids, task, x)
-    masks = dense_task_masks(indices, offsets, w1.shape[0]).to(w1.dtype)
+    ids = plan.ids()
+    masks = dense_task_masks(plan.indices, plan.offsets, w1.shape[0]).to(w1.dtype)
     dx = torch.zeros_like(x)
     dw1, db1, dw2 = torch.zeros_like(w1), torch.zeros_like(b1), torch.zeros_like(w2)
     for t in torch.unique(ids).tolist():
@@ -78,10 +77,6 @@ def masked_ffn_bwd(dy, x, w1, b1, w2, b2, indices, offsets, task_ids, task, z, a
     return dx, dw1, db1, dw2, dy.sum(0)
 
 
-def fc1_act_count(x, w1, b1, counts, task_ids, task, valid, activation, write_output):
-    h = fc1_act_count_reference(x, w1, b1, counts, _ids(task_ids, task, x), valid, activation)
+def fc1_act_count(x, w1, b1, counts, routing, valid, activation, write_output):
+    h = fc1_act_count_reference(x, w1, b1, counts, routing.ids(), valid, activation)
     return h if write_output else h.new_empty(0, w1.shape[0])
-
-
-def _ids(task_ids, task, x):
-    return task_ids if task < 0 else torch.full((x.shape[0],), task, dtype=torch.long, device=x.device)

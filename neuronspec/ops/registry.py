@@ -2,13 +2,13 @@
 
 A backend is a module with
     available(device) -> None | str (why not)
-    masked_ffn_fwd(x, w1, b1, w2, b2, indices, offsets, task_ids, task, activation, mask_bias)
-        -> (y [N, d_out], z [N, f] saved for backward, layout private to the backend)
-    masked_ffn_bwd(dy, x, w1, b1, w2, b2, indices, offsets, task_ids, task, z, activation,
-        mask_bias) -> (dx, dw1, db1, dw2, db2)
-    fc1_act_count(x, w1, b1, counts, task_ids, task, valid, activation, write_output) -> h
-Inputs reach a backend validated, 2-D and contiguous; `task >= 0` means every token belongs
-to that task (task_ids is then empty), `task == -1` means per-token `task_ids` [N] int64.
+    masked_ffn_fwd(x, w1, b1, w2, b2, plan, activation, mask_bias) -> (y [N, d_out], saved tuple)
+    masked_ffn_bwd(dy, x, w1, b1, w2, b2, plan, saved, activation, mask_bias) -> (dx, dw1, db1, dw2, db2)
+    fc1_act_count(x, w1, b1, counts, routing, valid, activation, write_output) -> h   (not `maskmul`)
+Inputs reach a backend validated, 2-D and contiguous, with one `Plan` per call (ops/plan.py:
+token routing + the masks' static tables, built here once, without host syncs). The default,
+`auto`, picks per call between gathering the active neurons and the dense mask-multiply by the
+call's regime (ops/routing.py).
 """
 from __future__ import annotations
 
@@ -19,15 +19,19 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .validation import check_task_range
+from .plan import make_plan, mask_tables, route
+from .routing import auto_backend
 
 BACKENDS = {
     "reference": "neuronspec.ops.reference",
+    "maskmul": "neuronspec.ops.maskmul_backend",
     "torch": "neuronspec.ops.torch_backend",
     "triton": "neuronspec.ops.triton_backend",
     "cuda": "neuronspec.ops.cuda_backend",
 }
 ENV_VAR = "NEURONSPEC_BACKEND"
+AUTO = "auto"
+GROUPING = ("torch", "triton")  # backends that take mixed batches sorted by task from the plan
 
 
 def _module(name: str):
@@ -36,6 +40,8 @@ def _module(name: str):
 
 def unavailable_reason(name: str, device: torch.device) -> str | None:
     """None if backend `name` can run on `device`, else a sentence saying why not."""
+    if name == AUTO:
+        return None
     try:
         module = _module(name)
     except ImportError as e:
@@ -44,11 +50,13 @@ def unavailable_reason(name: str, device: torch.device) -> str | None:
 
 
 def available_backends(device: torch.device | str = "cpu") -> list[str]:
+    """Concrete backends that run on `device` (`auto` chooses among them per call)."""
     return [b for b in BACKENDS if unavailable_reason(b, torch.device(device)) is None]
 
 
 def resolve_backend(backend: str | None, device: torch.device) -> str:
-    """Argument, else $NEURONSPEC_BACKEND, else the fastest correct backend for `device`."""
+    """Argument, else $NEURONSPEC_BACKEND, else `auto` (per call: gathering where measured
+    faster, else the dense mask-multiply; ops/routing.py)."""
     return _resolve(backend, os.environ.get(ENV_VAR) or None, str(device))
 
 
@@ -67,107 +75,122 @@ def _choose(backend: str | None, env_backend: str | None, device: torch.device) 
     source = "backend"
     if backend is None and env_backend:
         backend, source = env_backend, ENV_VAR
-    if backend is None:
-        preferred = ("triton", "cuda", "torch") if device.type == "cuda" else ("torch",)
-        return next(b for b in preferred if unavailable_reason(b, device) is None)
+    if backend is None or backend == AUTO:
+        return AUTO
     if backend not in BACKENDS:
-        raise ValueError(f"{source}: unknown backend {backend!r}; choose one of {sorted(BACKENDS)}")
+        raise ValueError(f"{source}: unknown backend {backend!r}; choose one of {sorted([AUTO, *BACKENDS])}")
     why = unavailable_reason(backend, device)
     if why is not None:
         raise ValueError(f"{source}: backend {backend!r} is unavailable on {device}: {why}")
     return backend
 
 
+def counting_backend(name: str, device: torch.device) -> str:
+    """The backend that counts for `name`: auto and maskmul (whose count would be the plain
+    fc1 + act anyway) use the device's fused counting kernels: triton on CUDA, else torch."""
+    if name not in (AUTO, "maskmul"):
+        return name
+    preferred = ("triton", "torch") if device.type == "cuda" else ("torch",)
+    return next(b for b in preferred if unavailable_reason(b, device) is None)
+
+
 # ---- masked FFN -------------------------------------------------------------------------
 # The op bodies live in plain functions: the custom ops (traced by torch.compile) and the eager
-# autograd.Function below both call them.
-def _fwd(x, w1, b1, w2, b2, indices, offsets, task_ids, task, activation, mask_bias, backend):
-    check_task_range(task_ids, offsets.numel() - 1)
-    return _module(backend).masked_ffn_fwd(x, w1, b1, w2, b2, indices, offsets, task_ids, task, activation, mask_bias)
+# autograd.Function below both call them. `state` = (plan, backend that ran, what it saved).
+def _forward(x, w1, b1, w2, b2, indices, offsets, task_ids, task, activation, mask_bias, backend):
+    tables = mask_tables(indices, offsets, w1.shape[0])
+    name = auto_backend(tables, task, x) if backend == AUTO else backend
+    plan = make_plan(tables, task_ids, task, x.shape[0], sort=name in GROUPING)
+    y, saved = _module(name).masked_ffn_fwd(x, w1, b1, w2, b2, plan, activation, mask_bias)
+    return y, (plan, name, saved)
 
 
-def _bwd(dy, x, w1, b1, w2, b2, indices, offsets, task_ids, task, z, activation, mask_bias, backend):
-    return _module(backend).masked_ffn_bwd(
-        dy.contiguous(), x, w1, b1, w2, b2, indices, offsets, task_ids, task, z, activation, mask_bias
-    )
+def _backward(dy, x, w1, b1, w2, b2, state, activation, mask_bias):
+    plan, name, saved = state
+    return _module(name).masked_ffn_bwd(dy.contiguous(), x, w1, b1, w2, b2, plan, saved, activation, mask_bias)
 
 
 @torch.library.custom_op("neuronspec::masked_ffn_fwd", mutates_args=())
 def masked_ffn_fwd(
     x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, indices: Tensor, offsets: Tensor,
     task_ids: Tensor, task: int, activation: str, mask_bias: bool, backend: str,
-) -> tuple[Tensor, Tensor]:
-    return _fwd(x, w1, b1, w2, b2, indices, offsets, task_ids, task, activation, mask_bias, backend)
+) -> Tensor:
+    return _forward(x, w1, b1, w2, b2, indices, offsets, task_ids, task, activation, mask_bias, backend)[0]
 
 
 @masked_ffn_fwd.register_fake
 def _(x, w1, b1, w2, b2, indices, offsets, task_ids, task, activation, mask_bias, backend):
-    return x.new_empty(x.shape[0], w2.shape[0]), x.new_empty(x.shape[0], w1.shape[0])
+    return x.new_empty(x.shape[0], w2.shape[0])
 
 
 @torch.library.custom_op("neuronspec::masked_ffn_bwd", mutates_args=())
 def masked_ffn_bwd(
     dy: Tensor, x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, indices: Tensor,
-    offsets: Tensor, task_ids: Tensor, task: int, z: Tensor, activation: str, mask_bias: bool, backend: str,
+    offsets: Tensor, task_ids: Tensor, task: int, activation: str, mask_bias: bool, backend: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    grads = _bwd(dy, x, w1, b1, w2, b2, indices, offsets, task_ids, task, z, activation, mask_bias, backend)
+    """Under torch.compile the backward runs the forward's GEMMs again for what it saves (the
+    saved layout is each backend's own; a custom op's outputs need static shapes)."""
+    state = _forward(x, w1, b1, w2, b2, indices, offsets, task_ids, task, activation, mask_bias, backend)[1]
+    grads = _backward(dy, x, w1, b1, w2, b2, state, activation, mask_bias)
     return tuple(g.contiguous() for g in grads)
 
 
 @masked_ffn_bwd.register_fake
-def _(dy, x, w1, b1, w2, b2, indices, offsets, task_ids, task, z, activation, mask_bias, backend):
+def _(dy, x, w1, b1, w2, b2, indices, offsets, task_ids, task, activation, mask_bias, backend):
     return tuple(torch.empty_like(t) for t in (x, w1, b1, w2, b2))
 
 
 def _setup_context(ctx, inputs, output):
-    x, w1, b1, w2, b2, indices, offsets, task_ids, task, activation, mask_bias, backend = inputs
-    ctx.save_for_backward(x, w1, b1, w2, b2, indices, offsets, task_ids, output[1])
-    ctx.task, ctx.activation, ctx.mask_bias, ctx.backend = task, activation, mask_bias, backend
-    ctx.set_materialize_grads(False)  # z is never differentiated: no [N, f] zero gradient for it
+    ctx.save_for_backward(*inputs[:8])
+    ctx.task, ctx.activation, ctx.mask_bias, ctx.backend = inputs[8:]
 
 
-def _input_grads(ctx, dy, bwd):
-    """The 12 input gradients of masked_ffn_fwd from what _setup_context saved, through `bwd`."""
-    if dy is None:  # y did not reach the loss
-        return (None,) * 12
-    x, w1, b1, w2, b2, indices, offsets, task_ids, z = ctx.saved_tensors
-    grads = bwd(dy, x, w1, b1, w2, b2, indices, offsets, task_ids, ctx.task, z, ctx.activation, ctx.mask_bias,
-                ctx.backend)
+def _compiled_backward(ctx, dy):
+    x, w1, b1, w2, b2, indices, offsets, task_ids = ctx.saved_tensors
+    grads = masked_ffn_bwd(dy, x, w1, b1, w2, b2, indices, offsets, task_ids, ctx.task, ctx.activation,
+                           ctx.mask_bias, ctx.backend)
     return (*grads, None, None, None, None, None, None, None)
 
 
-masked_ffn_fwd.register_autograd(lambda ctx, dy, _dz: _input_grads(ctx, dy, masked_ffn_bwd),
-                                 setup_context=_setup_context)
+masked_ffn_fwd.register_autograd(_compiled_backward, setup_context=_setup_context)
 
 
 class _EagerMaskedFFN(torch.autograd.Function):
-    """Eager twin of the custom op above: the same op bodies without the custom-op dispatch,
-    which costs ~100 µs of Python per forward+backward (measured on CPU with no-op kernels);
-    `masked_ffn` uses it unless torch.compile is tracing."""
+    """Eager twin of the custom ops above: the same op bodies without the custom-op dispatch
+    (~100 µs of Python per forward+backward), and the forward's plan and saved tensors reach
+    the backward as they are; `masked_ffn` uses it unless torch.compile is tracing."""
 
     @staticmethod
-    def forward(ctx, *inputs):
-        y, z = _fwd(*inputs)
-        _setup_context(ctx, inputs, (y, z))
+    def forward(ctx, x, w1, b1, w2, b2, indices, offsets, task_ids, task, activation, mask_bias, backend):
+        y, (plan, name, saved) = _forward(x, w1, b1, w2, b2, indices, offsets, task_ids, task, activation,
+                                          mask_bias, backend)
+        ctx.save_for_backward(x, w1, b1, w2, b2, *saved)
+        ctx.plan, ctx.name, ctx.activation, ctx.mask_bias = plan, name, activation, mask_bias
+        ctx.set_materialize_grads(False)
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        return _input_grads(ctx, dy, _bwd)
+        if dy is None:  # y did not reach the loss
+            return (None,) * 12
+        x, w1, b1, w2, b2, *saved = ctx.saved_tensors
+        grads = _backward(dy, x, w1, b1, w2, b2, (ctx.plan, ctx.name, tuple(saved)), ctx.activation, ctx.mask_bias)
+        return (*grads, None, None, None, None, None, None, None)
 
 
 def masked_ffn(x, w1, b1, w2, b2, indices, offsets, task_ids, task, activation, mask_bias, backend) -> Tensor:
     """y [N, d_out] through the custom op when torch.compile traces, else through _EagerMaskedFFN."""
     args = (x, w1, b1, w2, b2, indices, offsets, task_ids, task, activation, mask_bias, backend)
     if torch.compiler.is_compiling():
-        return masked_ffn_fwd(*args)[0]
+        return masked_ffn_fwd(*args)
     return _EagerMaskedFFN.apply(*args)
 
 
 # ---- fused fc1 + activation + counting ----------------------------------------------------
 def _count(x, w1, b1, counts, task_ids, task, valid, activation, write_output, backend):
-    check_task_range(task_ids, counts.shape[0])
-    return _module(backend).fc1_act_count(x, w1, b1, counts, task_ids, task, valid, activation, write_output)
+    name = counting_backend(backend, x.device)
+    routing = route(task_ids, task, counts.shape[0], x.shape[0], sort=name == "triton")
+    return _module(name).fc1_act_count(x, w1, b1, counts, routing, valid, activation, write_output)
 
 
 @torch.library.custom_op("neuronspec::fc1_act_count", mutates_args=("counts",))

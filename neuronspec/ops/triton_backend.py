@@ -1,7 +1,7 @@
 """`triton` backend: masked FFN forward/backward and fused counting as grouped Triton kernels.
 
-Per call the launcher sorts tokens by task (stable; skipped when the batch has one task) and
-passes `tok_start` [T+1] (task t owns sorted rows tok_start[t]:tok_start[t+1]) to kernels
+The call's plan (ops/plan.py) sorts tokens by task (stable; skipped when the batch has one task)
+and gives `tok_start` [T+1] (task t owns sorted rows tok_start[t]:tok_start[t+1]) to kernels
 that tile over (task token tile, block of the task's active neurons) and gather weight rows
 by index inside the kernel (kernels: triton_masked_ffn.py, triton_count.py). No host sync:
 grids use upper bounds (cdiv(N, BM) + T token tiles, cdiv(f, BN) neuron blocks) and idle
@@ -38,7 +38,6 @@ except ImportError as e:  # triton missing or broken: available() says why
 
 from . import torch_backend
 from .activations import act, act_grad
-from .memo import memo
 
 ACTIVATION_CODES = {"relu": 0, "gelu": 1}
 
@@ -101,38 +100,23 @@ if _IMPORT_ERROR is None:
 
 
 # ---- launch helpers ----------------------------------------------------------------------------
-def _grouping(task_ids: torch.Tensor, task: int, offsets: torch.Tensor, n: int):
-    """→ (perm int32 [N] or None, tok_start int32 [T'+1], task offsets int32 [T'+1], T',
-    task rows [T'] long: which rows of the caller's [T, ...] tables the T' groups are)."""
-    num_tasks = offsets.numel() - 1
-    dev = offsets.device
-    if task >= 0:
-        def homogeneous():
-            tok_start = torch.tensor([0, n], dtype=torch.int32, device=dev)
-            return None, tok_start, offsets[task : task + 2], 1, torch.tensor([task], device=dev)
-        return memo(offsets, ("homogeneous", n, task), homogeneous)
-
-    def by_task():
-        perm = torch.argsort(task_ids, stable=True).to(torch.int32)
-        sizes = torch.zeros(num_tasks, dtype=torch.int64, device=dev).index_add_(0, task_ids, torch.ones_like(task_ids))
-        tok_start = torch.zeros(num_tasks + 1, dtype=torch.int32, device=dev)
-        tok_start[1:] = torch.cumsum(sizes, 0)
-        return perm, tok_start, offsets, num_tasks, torch.arange(num_tasks, device=dev)
-    return memo(task_ids, ("by_task", id(offsets), offsets.data_ptr(), offsets._version, num_tasks), by_task)
+_HOMOGENEOUS: dict[tuple, tuple] = {}
 
 
-def _inactive(indices: torch.Tensor, offsets: torch.Tensor, f: int, rows: torch.Tensor, dtype) -> torch.Tensor:
-    """Dense 0/1 inactive masks [len(rows), f] of the tasks `rows` (no host sync)."""
-    def dense():
-        num_tasks = offsets.numel() - 1
-        sizes = (offsets[1:] - offsets[:-1]).long()
-        owner = torch.repeat_interleave(torch.arange(num_tasks, device=indices.device), sizes,
-                                        output_size=indices.numel())
-        m = torch.ones(num_tasks, f, dtype=dtype, device=indices.device)
-        m[owner, indices.long()] = 0
-        return m
-    m = memo(indices, ("inactive", id(offsets), offsets.data_ptr(), offsets._version, f, dtype), dense)
-    return m if rows.numel() == m.shape[0] and rows.numel() > 1 else m.index_select(0, rows)
+def _groups(r):
+    """(perm int64 [N] or None, tok_start int32 [G+1], G, rows: which tasks the G groups are)
+    of a Routing/Plan: one group per task when mixed, a single group when homogeneous."""
+    if r.mixed:
+        return r.order, r.starts, r.starts.numel() - 1, None
+    key = (r.n, r.task, r.task_ids.device)
+    if key not in _HOMOGENEOUS:  # tiny constant tables, made once per (N, task)
+        if len(_HOMOGENEOUS) >= 256:
+            _HOMOGENEOUS.clear()
+        dev = r.task_ids.device
+        _HOMOGENEOUS[key] = (torch.tensor([0, r.n], dtype=torch.int32, device=dev),
+                             torch.tensor([r.task], device=dev))
+    tok_start, rows = _HOMOGENEOUS[key]
+    return None, tok_start, 1, rows
 
 
 def _acc_dtype(dtype):
@@ -161,49 +145,51 @@ def _tiles(n, num_groups, meta, block_cols, cols):
 
 
 # ---- backend protocol ----------------------------------------------------------------------------
-def masked_ffn_fwd(x, w1, b1, w2, b2, indices, offsets, task_ids, task, activation, mask_bias):
-    """→ (y [N, d_out], z packed [N, f] in task-sorted order)."""
-    if _use_torch(x, task):
-        return torch_backend.masked_ffn_fwd(x, w1, b1, w2, b2, indices, offsets, task_ids, task, activation,
-                                            mask_bias)
+def masked_ffn_fwd(x, w1, b1, w2, b2, plan, activation, mask_bias):
+    """→ (y [N, d_out], (z packed [N, f] in task-sorted order,))."""
+    if _use_torch(x, plan.task):
+        return torch_backend.masked_ffn_fwd(x, w1, b1, w2, b2, plan, activation, mask_bias)
     n, d = x.shape
     f, d_out = w1.shape[0], w2.shape[0]
-    perm, tok_start, offs, groups, rows = _grouping(task_ids, task, offsets, n)
+    perm, tok_start, groups, _ = _groups(plan)
+    offs = plan.offsets if plan.mixed else plan.offsets[plan.task : plan.task + 2]
     acc_dtype = _acc_dtype(x.dtype)
     # per-group output bias b2 + c_t, c_t = act(b1[I]) W2[:, I]ᵀ
     if mask_bias:
         bias, bias_stride = b2.to(acc_dtype), 0
     else:
-        hb = act(b1.to(acc_dtype), activation) * _inactive(indices, offsets, f, rows, acc_dtype)
-        bias, bias_stride = (hb @ w2.to(acc_dtype).t() + b2.to(acc_dtype)).contiguous(), d_out
+        inactive = plan.tables.inactive(None if plan.mixed else plan.task, acc_dtype)
+        hb = act(b1.to(acc_dtype), activation) * inactive
+        bias, bias_stride = (hb.reshape(-1, f) @ w2.to(acc_dtype).t() + b2.to(acc_dtype)).contiguous(), d_out
     z = x.new_zeros(n, f)  # columns past k_t stay 0: the op's second output is deterministic
     y = x.new_empty(n, d_out)
     if n == 0:
-        return y, z
+        return y, (z,)
     h = x.new_empty(n, f)
     meta = _meta(x)
     perm_arg = tok_start if perm is None else perm
     act_code = ACTIVATION_CODES[activation]
     unused = torch.zeros(1, dtype=acc_dtype, device=x.device)  # db_ptr: backward only
     _gather_n[lambda m: _tiles(n, groups, m, "BLOCK_N", f)](
-        x, perm_arg, w1, indices, offs, tok_start, groups, b1, z, h, h, unused, d, f,
+        x, perm_arg, w1, plan.indices, offs, tok_start, groups, b1, z, h, h, unused, d, f,
         MODE=0, ACT=act_code, HAS_PERM=perm is not None, **meta)
     if d_out:
         w2t = w2.t().contiguous()
         _gather_k[lambda m: _tiles(n, groups, m, "BLOCK_N", d_out)](
-            h, perm_arg, w2t, indices, offs, tok_start, groups, bias, bias_stride, y, d_out, f,
+            h, perm_arg, w2t, plan.indices, offs, tok_start, groups, bias, bias_stride, y, d_out, f,
             HAS_BIAS=True, HAS_PERM=perm is not None, **meta)
-    return y, z
+    return y, (z,)
 
 
-def masked_ffn_bwd(dy, x, w1, b1, w2, b2, indices, offsets, task_ids, task, z, activation, mask_bias):
+def masked_ffn_bwd(dy, x, w1, b1, w2, b2, plan, saved, activation, mask_bias):
     """→ (dx, dw1, db1, dw2, db2) for the packed z saved by masked_ffn_fwd."""
-    if _use_torch(x, task):
-        return torch_backend.masked_ffn_bwd(dy, x, w1, b1, w2, b2, indices, offsets, task_ids, task, z,
-                                            activation, mask_bias)
+    if _use_torch(x, plan.task):
+        return torch_backend.masked_ffn_bwd(dy, x, w1, b1, w2, b2, plan, saved, activation, mask_bias)
+    (z,) = saved
     n, d = x.shape
     f, d_out = w1.shape[0], w2.shape[0]
-    perm, tok_start, offs, groups, rows = _grouping(task_ids, task, offsets, n)
+    perm, tok_start, groups, _ = _groups(plan)
+    offs = plan.offsets if plan.mixed else plan.offsets[plan.task : plan.task + 2]
     acc_dtype = _acc_dtype(x.dtype)
     atomic = groups > 1  # neurons shared by tasks: rows of dW1 / dW2ᵀ get several contributions
     buf_dtype = acc_dtype if atomic else x.dtype
@@ -218,43 +204,41 @@ def masked_ffn_bwd(dy, x, w1, b1, w2, b2, indices, offsets, task_ids, task, z, a
         dz, h = x.new_empty(n, f), x.new_empty(n, f)
         w2t = w2.t().contiguous()
         _gather_n[lambda m: _tiles(n, groups, m, "BLOCK_N", f)](
-            dy, perm_arg, w2t, indices, offs, tok_start, groups, b1, z, dz, h, db1, d_out, f,
+            dy, perm_arg, w2t, plan.indices, offs, tok_start, groups, b1, z, dz, h, db1, d_out, f,
             MODE=1, ACT=ACTIVATION_CODES[activation], HAS_PERM=has_perm, **meta)
         if d:
             _gather_k[lambda m: _tiles(n, groups, m, "BLOCK_N", d)](
-                dz, perm_arg, w1, indices, offs, tok_start, groups, b1, 0, dx, d, f,
+                dz, perm_arg, w1, plan.indices, offs, tok_start, groups, b1, 0, dx, d, f,
                 HAS_BIAS=False, HAS_PERM=has_perm, **meta)
         for p, a, out, cols in ((dz, x, dw1, d), (h, dy, dw2t, d_out)):
             if cols:
                 _scatter_rows[lambda m: (groups, triton.cdiv(f, m["BLOCK_M"]), triton.cdiv(cols, m["BLOCK_N"]))](
-                    p, perm_arg, a, indices, offs, tok_start, out, cols, f,
+                    p, perm_arg, a, plan.indices, offs, tok_start, out, cols, f,
                     ATOMIC=atomic, HAS_PERM=has_perm, **meta)
     dw2 = dw2t.t().to(acc_dtype)
     dyf = dy.to(acc_dtype)
-    if not mask_bias:  # inactive neurons output the constant act(b1_i) (DESIGN §2)
-        if task >= 0:
-            sdy = dyf.sum(0, keepdim=True)
+    if not mask_bias:  # inactive neurons output the constant act(b1_i) (docs/design.md §2)
+        if plan.mixed:
+            sdy = torch.zeros(groups, d_out, dtype=acc_dtype, device=x.device).index_add_(0, plan.task_ids, dyf)
         else:
-            sdy = torch.zeros(groups, d_out, dtype=acc_dtype, device=x.device).index_add_(0, task_ids, dyf)
-        inactive = _inactive(indices, offsets, f, rows, acc_dtype)
+            sdy = dyf.sum(0, keepdim=True)
+        inactive = plan.tables.inactive(None if plan.mixed else plan.task, acc_dtype).reshape(-1, f)
         b1f = b1.to(acc_dtype)
         db1 += act_grad(b1f, activation) * (inactive * (sdy @ w2.to(acc_dtype))).sum(0)
         dw2 = dw2 + sdy.t() @ (inactive * act(b1f, activation))
     return dx, dw1.to(x.dtype), db1.to(x.dtype), dw2.to(x.dtype), dyf.sum(0).to(x.dtype)
 
 
-def fc1_act_count(x, w1, b1, counts, task_ids, task, valid, activation, write_output):
+def fc1_act_count(x, w1, b1, counts, routing, valid, activation, write_output):
     """H = act(x W1ᵀ + b1) ([0, f] when not write_output); counts[t] += valid Z > 0 (in place)."""
     n, d = x.shape
     f = w1.shape[0]
     if _use_torch(x):
-        return torch_backend.fc1_act_count(x, w1, b1, counts, task_ids, task, valid, activation, write_output)
+        return torch_backend.fc1_act_count(x, w1, b1, counts, routing, valid, activation, write_output)
     h = x.new_empty(n if write_output else 0, f)
     if n == 0:
         return h
-    # only the grouping matters here: a dummy offsets tensor of the right length
-    dummy_offsets = torch.zeros(counts.shape[0] + 1, dtype=torch.int32, device=x.device)
-    perm, tok_start, _, groups, rows = _grouping(task_ids, task, dummy_offsets, n)
+    perm, tok_start, groups, rows = _groups(routing)
     scratch = torch.zeros(groups, f, dtype=torch.int32, device=x.device)
     perm_arg = tok_start if perm is None else perm
     _count[lambda m: _tiles(n, groups, m, "BLOCK_N", f)](
@@ -262,5 +246,8 @@ def fc1_act_count(x, w1, b1, counts, task_ids, task, valid, activation, write_ou
         h if write_output else x, scratch, d, f,
         ACT=ACTIVATION_CODES[activation], HAS_PERM=perm is not None, HAS_VALID=valid is not None,
         WRITE_OUTPUT=bool(write_output), **_meta(x))
-    counts.index_add_(0, rows, scratch.to(torch.int64))
+    if rows is None:  # one group per task
+        counts += scratch
+    else:
+        counts.index_add_(0, rows, scratch.to(torch.int64))
     return h

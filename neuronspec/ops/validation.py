@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 
 from .activations import ACTIVATIONS
-from .memo import memo
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
@@ -75,13 +74,3 @@ def normalize_task_ids(task_ids, lead_shape: torch.Size, num_tasks: int, device:
             f"task_ids: expected one id per token, shape {list(lead_shape)} or [{n}], got {describe(task_ids)}"
         )
     return task_ids.reshape(n).long().contiguous(), -1
-
-
-def check_task_range(task_ids: torch.Tensor, num_tasks: int) -> None:
-    """Value check of per-token ids; called inside the custom ops so it also runs under
-    torch.compile (where data-dependent checks cannot be traced)."""
-    if task_ids.numel():
-        # one host copy per batch of ids (memo: layers sharing the ids tensor reuse it)
-        lo, hi = memo(task_ids, ("range",), lambda: torch.stack(torch.aminmax(task_ids)).tolist())
-        if lo < 0 or hi >= num_tasks:
-            raise ValueError(f"task_ids: ids must lie in [0, {num_tasks}), got range [{lo}, {hi}]")

@@ -1,0 +1,186 @@
+"""One plan per masked-FFN call: which tokens use which neurons (docs/design.md §3).
+
+The op body builds a `Plan` once and hands it to the backend, which only launches work:
+
+* `MaskTables` — everything derived from a `TaskMasks` alone (host copy of the offsets, dense
+  active table, per-task index lists, padded per-task tables for grouped GEMMs). Masks change
+  rarely, so these are built once per masks tensor (memo) with one host copy, then reused.
+* the token routing of the batch — for a mixed batch a stable sort of the ids and the group
+  boundaries (`torch.sort` + `torch.searchsorted`: two launches, no host sync). The task-id
+  range check is device-side (`torch._assert_async`), so a fresh ids tensor per call (as in
+  training) costs no sync either.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+
+from .memo import memo
+
+ALIGN = 8  # padded task width: a multiple of 8 columns keeps grouped_mm's 16-byte stride rule for fp16/bf16/fp32
+
+
+class MaskTables:
+    """Static tables of one layer's masks (indices int32 [Σ|A_t|], offsets int32 [T+1])."""
+
+    def __init__(self, indices: torch.Tensor, offsets: torch.Tensor, num_neurons: int):
+        self.indices, self.offsets, self.num_neurons = indices, offsets, num_neurons
+        self.host_offsets: list[int] = offsets.tolist()  # the one host copy, once per masks
+        self.sizes = [b - a for a, b in zip(self.host_offsets[:-1], self.host_offsets[1:])]
+        self.num_tasks = len(self.sizes)
+        self._inactive: dict[tuple, torch.Tensor] = {}
+
+    @cached_property
+    def indices_long(self) -> torch.Tensor:
+        return self.indices.long()
+
+    def active_idx(self, task: int) -> torch.Tensor:
+        """Sorted int64 active neuron ids of `task` [k] (a view: no launch)."""
+        return self.indices_long[self.host_offsets[task] : self.host_offsets[task + 1]]
+
+    def is_full(self, task: int) -> bool:
+        return self.sizes[task] == self.num_neurons
+
+    def kept(self, task: int | None = None) -> float:
+        """Kept fraction of `task`, or the largest over tasks (None)."""
+        k = max(self.sizes) if task is None else self.sizes[task]
+        return k / self.num_neurons
+
+    @cached_property
+    def active(self) -> torch.Tensor:
+        """bool [T, f]: active[t, n] iff neuron n belongs to task t."""
+        owner = torch.repeat_interleave(torch.arange(self.num_tasks, device=self.indices.device),
+                                        torch.tensor(self.sizes, device=self.indices.device),
+                                        output_size=self.indices.numel())
+        table = torch.zeros(self.num_tasks, self.num_neurons, dtype=torch.bool, device=self.indices.device)
+        table[owner, self.indices_long] = True
+        return table
+
+    def inactive(self, task: int | None, dtype: torch.dtype) -> torch.Tensor:
+        """0/1 `dtype` [f] (1 = inactive) of `task`, or [T, f] of every task (None); cached."""
+        key = (task, dtype)
+        if key not in self._inactive:
+            table = self.active if task is None else self.active[task]
+            self._inactive[key] = (~table).to(dtype)
+        return self._inactive[key]
+
+    @cached_property
+    def padded(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(idx long [T, K], valid bool [T, K], pad = ~valid): task t's active ids in its first
+        |A_t| columns, padded with neuron 0 to K = the largest task rounded up to ALIGN."""
+        col = torch.arange(self.width, device=self.indices.device)
+        sizes = torch.tensor(self.sizes, device=self.indices.device)
+        valid = col[None, :] < sizes[:, None]
+        starts = torch.tensor(self.host_offsets[:-1], device=self.indices.device)
+        pos = (starts[:, None] + col[None, :]).clamp_max(max(self.indices.numel() - 1, 0))
+        idx = self.indices_long[pos] if self.indices.numel() else torch.zeros_like(pos)
+        return torch.where(valid, idx, 0), valid, ~valid
+
+    @cached_property
+    def width(self) -> int:
+        """K: the largest task's neuron count rounded up to ALIGN (at least ALIGN)."""
+        return max(-(-max(self.sizes) // ALIGN) * ALIGN, ALIGN)
+
+    @cached_property
+    def has_pads(self) -> bool:
+        return any(k != self.width for k in self.sizes)
+
+
+def mask_tables(indices: torch.Tensor, offsets: torch.Tensor, num_neurons: int) -> MaskTables:
+    """The MaskTables of (indices, offsets), built once per masks (memo on the tensors)."""
+    return memo(indices, ("tables", id(offsets), offsets.data_ptr(), offsets._version, num_neurons),
+                lambda: MaskTables(indices, offsets, num_neurons))
+
+
+@dataclass
+class Routing:
+    """Which task each token of a call belongs to. Homogeneous (`task >= 0`): all of them are
+    `task`'s. Mixed (`task == -1`): per-token `task_ids` int64 [N]; when sorted, `order` [N]
+    sorts tokens by task (stable), `sorted_ids` = task_ids[order], and task t owns sorted rows
+    starts[t]:starts[t+1] (`starts` int32 [T+1])."""
+
+    n: int
+    task: int
+    task_ids: torch.Tensor
+    order: torch.Tensor | None = None
+    sorted_ids: torch.Tensor | None = None
+    starts: torch.Tensor | None = None
+
+    @property
+    def mixed(self) -> bool:
+        return self.task < 0
+
+    def ids(self) -> torch.Tensor:
+        """int64 [N]: every token's task (a new tensor for a homogeneous batch)."""
+        if self.mixed:
+            return self.task_ids
+        return torch.full((self.n,), self.task, dtype=torch.long, device=self.task_ids.device)
+
+
+@dataclass
+class Plan(Routing):
+    """A Routing plus the static tables of the layer's masks."""
+
+    tables: MaskTables | None = None
+
+    @property
+    def indices(self) -> torch.Tensor:
+        return self.tables.indices
+
+    @property
+    def offsets(self) -> torch.Tensor:
+        return self.tables.offsets
+
+    @property
+    def num_tasks(self) -> int:
+        return self.tables.num_tasks
+
+
+def route(task_ids: torch.Tensor, task: int, num_tasks: int, n: int, sort: bool = True) -> Routing:
+    """The routing of one call (`task_ids` int64 [N] when task == -1, any values: they are
+    range-checked here on the device). A batch without tokens counts as homogeneous."""
+    if task >= 0 or n == 0:
+        return Routing(n, max(task, 0), task_ids)
+    if not sort:
+        lo, hi = torch.aminmax(task_ids)
+        check_ids_range(lo, hi, num_tasks)
+        return Routing(n, -1, task_ids)
+    sorted_ids, order = torch.sort(task_ids, stable=True)
+    check_ids_range(sorted_ids[0], sorted_ids[-1], num_tasks)
+    starts = torch.searchsorted(sorted_ids, _task_range(num_tasks, task_ids.device), out_int32=True)
+    return Routing(n, -1, task_ids, order, sorted_ids, starts)
+
+
+def make_plan(tables: MaskTables, task_ids: torch.Tensor, task: int, n: int, sort: bool = True) -> Plan:
+    """The plan of one masked-FFN call: the masks' tables + the routing (sorted when mixed and
+    `sort`: backends that group tokens by task need it, the mask-multiply does not)."""
+    r = route(task_ids, task, tables.num_tasks, n, sort)
+    return Plan(r.n, r.task, r.task_ids, r.order, r.sorted_ids, r.starts, tables)
+
+
+_RANGES: dict[tuple, torch.Tensor] = {}
+
+
+def _task_range(num_tasks: int, device: torch.device) -> torch.Tensor:
+    """int64 0..T on `device` (cached), the group boundaries searched for in the sorted ids."""
+    key = (num_tasks, device)
+    if key not in _RANGES:
+        _RANGES[key] = torch.arange(num_tasks + 1, device=device)
+    return _RANGES[key]
+
+
+def check_ids_range(lo: torch.Tensor, hi: torch.Tensor, num_tasks: int) -> None:
+    """Device-side check that ids lie in [lo, hi] ⊆ [0, num_tasks) (0-dim tensors): no host
+    sync. On CPU a bad id raises ValueError at once; on CUDA it is a device-side assert with
+    the same message."""
+    ok = (lo >= 0) & (hi < num_tasks)
+    message = f"task_ids: ids must lie in [0, {num_tasks})"
+    if lo.device.type != "cpu":
+        torch._assert_async(ok, message)
+        return
+    try:
+        torch._assert_async(ok, message)
+    except RuntimeError:  # the error path may read values: say which range was given
+        raise ValueError(f"{message}, got range [{int(lo)}, {int(hi)}]") from None
