@@ -255,3 +255,17 @@ def test_kernel_providers_when_asked(tmp_path):
                               "--repeats", "1", "--warmup", "0", "--backends", "triton", "--out", str(tmp_path)])
     assert rc == 0
     assert all(r["status"] == "ok" for r in read_csv(tmp_path / "counting.csv"))
+
+
+# ---- plain call ----------------------------------------------------------------------------------
+def test_plain_call_tiny(tmp_path, capsys):
+    import bench_plain_call
+    rc = bench_plain_call.main(["--tokens", "64", "--d", "16", "--f", "32", "--p", "0.5", "--tasks", "3",
+                                "--backends", "auto,torch,maskmul", "--rounds", "2", "--inner", "1",
+                                "--out", str(tmp_path)])
+    assert rc == 0
+    rows = json.loads((tmp_path / "plain_call.json").read_text())["rows"]
+    assert [r["provider"] for r in rows] == ["dense", "auto", "torch", "maskmul"]
+    assert all(r["median_ms"] > 0 and r["ratio"] > 0 for r in rows)
+    assert "dense / it" in capsys.readouterr().out
+    assert bench_plain_call.main(["--p", "0"]) == 2

@@ -9,7 +9,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import neuronspec
 from neuronspec.ops import TaskMasks, fc1_act_count, masked_ffn
-from neuronspec.ops import routing
+from neuronspec.ops import routing, torch_backend
 from neuronspec.ops.plan import make_plan, mask_tables
 
 from _ffn_cases import outputs_vs_reference, random_masks, random_problem
@@ -97,22 +97,29 @@ def audit_calls(tensors, masks, make_ids, backend, activation="relu", mask_bias=
     return syncs, mode.launches
 
 
+@pytest.fixture
+def grouped(monkeypatch):
+    """Mixed batches on the torch backend take the GPU's path (grouped_mm, no host sync)."""
+    monkeypatch.setattr(torch_backend, "GROUPED_ON_CPU", True)
+
+
 @pytest.mark.parametrize("backend", ["torch", "maskmul", "auto"])
 @pytest.mark.parametrize("mixed", [False, True])
 @pytest.mark.parametrize("mask_bias", [False, True])
-def test_masked_ffn_runs_without_host_syncs(backend, mixed, mask_bias):
+def test_masked_ffn_runs_without_host_syncs(grouped, backend, mixed, mask_bias):
     tensors, masks, _ = random_problem(0, 96, 32, 64, 4, dtype=torch.float32, density=0.5)
     n = tensors[0].shape[0]
     make_ids = (lambda: torch.randint(0, 4, (n,))) if mixed else (lambda: 2)
     syncs, launches = audit_calls(tensors, masks, make_ids, backend, mask_bias=mask_bias)
     assert syncs == []
     # launched ops per forward + backward, stated in docs/design.md §3
-    bound = {("torch", False): 23, ("torch", True): 44, ("maskmul", False): 14, ("maskmul", True): 19}
-    key = ("torch" if backend == "auto" else backend, mixed)  # auto: 96 tokens at p = 0.5 on CPU → torch
+    bound = {("torch", False): 26, ("torch", True): 44, ("maskmul", False): 14, ("maskmul", True): 19}
+    # auto on CPU: homogeneous → torch; mixed, 96 tokens, 4 tasks at p ≈ 0.5 → 12 rows saved per task → maskmul
+    key = ("torch" if backend == "auto" and not mixed else "maskmul" if backend == "auto" else backend, mixed)
     assert len(launches) <= bound[key], launches
 
 
-def test_launch_counts_are_reported(capsys):
+def test_launch_counts_are_reported(grouped, capsys):
     """Print the per-call op counts (homogeneous and mixed, relu, mask_bias False) for the docs."""
     tensors, masks, _ = random_problem(0, 96, 32, 64, 4, dtype=torch.float32, density=0.5)
     for backend in ("torch", "maskmul"):
@@ -142,7 +149,7 @@ def test_audit_catches_syncs():
 
 # ---- the grouped path (mixed batches through grouped_mm) ------------------------------------------
 @pytest.mark.parametrize("seed", range(24))
-def test_grouped_path_matches_reference_fp32(seed):
+def test_grouped_path_matches_reference_fp32(grouped, seed):
     """Aligned sizes in fp32 take torch.nn.functional.grouped_mm (the float64 cases of test_ops
     take its loop fallback): values and all five gradients against the float64 reference."""
     gen = torch.Generator().manual_seed(500 + seed)
@@ -155,7 +162,7 @@ def test_grouped_path_matches_reference_fp32(seed):
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4, msg=lambda m: f"{name}: {m}")
 
 
-def test_grouped_path_uses_grouped_mm(monkeypatch):
+def test_grouped_path_uses_grouped_mm(grouped, monkeypatch):
     import torch.nn.functional as F
     calls = []
     real = F.grouped_mm
@@ -206,19 +213,24 @@ def test_maskmul_working_dtypes(dtype, tol):
 # ---- auto routing ------------------------------------------------------------------------------
 def test_prefer_gather_follows_the_measured_regimes():
     big, llm = (1024, 4096), (4096, 14336)
-    assert routing.prefer_gather("cuda", False, 0.25, *llm, 8192)
-    assert not routing.prefer_gather("cuda", True, 0.25, *llm, 8192)  # mixed: grouped kernels lost
-    assert not routing.prefer_gather("cuda", False, 0.25, *big, 8192)  # host-bound at this size
-    assert not routing.prefer_gather("cuda", False, 0.75, *llm, 8192)  # not measured faster
-    assert routing.prefer_gather("cpu", False, 0.5, 512, 2048, 4096)
-    assert not routing.prefer_gather("cpu", False, 0.95, 512, 2048, 4096)
+    assert routing.prefer_gather("cuda", False, 0.25, *llm, 8192, 1)
+    assert not routing.prefer_gather("cuda", True, 0.25, *llm, 8192, 8)  # mixed: grouped kernels lost
+    assert not routing.prefer_gather("cuda", False, 0.25, *big, 8192, 1)  # host-bound at this size
+    assert not routing.prefer_gather("cuda", False, 0.75, *llm, 8192, 1)  # not measured faster
+    assert routing.prefer_gather("cpu", False, 0.95, 256, 1024, 40, 16)  # homogeneous: always
+    assert routing.prefer_gather("cpu", True, 0.5, 256, 1024, 2048, 16)  # 64 rows saved per task
+    assert not routing.prefer_gather("cpu", True, 0.9, 256, 1024, 2048, 16)  # 12.8
 
 
-def test_auto_equals_both_paths():
-    """auto picks a backend per call; both give the reference's values and gradients."""
+def test_auto_takes_both_paths_and_matches_the_reference():
+    """auto picks per call (homogeneous → gather, mixed with few rows saved per task → maskmul
+    on CPU); either way the values and gradients are the reference's."""
     gen = torch.Generator().manual_seed(0)
     tensors, _, ids = random_problem(2, 80, 16, 40, 3, dtype=torch.float64)
-    for density in (0.3, 0.95):
-        masks = random_masks(gen, 3, 40, density)
-        for name, got, want in outputs_vs_reference("auto", tensors, masks, ids, "relu", False):
+    masks = random_masks(gen, 3, 40, 0.9)
+    tables = mask_tables(masks.indices, masks.offsets, 40)
+    for task_ids, want_backend in ((1, "torch"), (ids, "maskmul")):
+        task = task_ids if isinstance(task_ids, int) else -1
+        assert routing.auto_backend(tables, task, tensors[0]) == want_backend
+        for name, got, want in outputs_vs_reference("auto", tensors, masks, task_ids, "relu", False):
             torch.testing.assert_close(got, want, msg=lambda m: f"{name}: {m}")

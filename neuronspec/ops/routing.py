@@ -10,7 +10,7 @@ never slower than the original method:
   gather + cuBLAS beat dense for homogeneous batches on the llm FFN (d·f = 4096·14336) at
   p = 0.25 / 0.5 (2.21× / 1.33× wall clock); it lost on base and big FFNs (host-bound, 0.36–0.42×)
   and for every mixed batch (grouped kernels 0.24–0.72×). Everything else goes to `maskmul`.
-* CPU — see CPU_MAX_KEPT below (benchmarks/bench_masked_ffn.py and bench_train_step.py).
+* CPU — see prefer_gather (measured with benchmarks/bench_plain_call.py).
 """
 from __future__ import annotations
 
@@ -19,8 +19,7 @@ import torch
 CUDA_MIN_DF = 4096 * 14336  # smallest d·f measured faster with gathering on the GPU
 CUDA_MIN_TOKENS = 8192  # the batch size it was measured at
 CUDA_MAX_KEPT = 0.5
-CPU_MAX_KEPT = 0.8  # see _cpu_sparse
-CPU_MIN_TOKENS = 64
+CPU_MIN_SAVED_ROWS = 32  # mixed batches on CPU: see prefer_gather
 
 
 def auto_backend(tables, task: int, x: torch.Tensor) -> str:
@@ -28,13 +27,21 @@ def auto_backend(tables, task: int, x: torch.Tensor) -> str:
     call on x [N, d] with the masks' `tables` and `task` (-1: mixed batch)."""
     mixed = task < 0
     kept = tables.kept(None if mixed else task)
-    gather = prefer_gather(x.device.type, mixed, kept, x.shape[1], tables.num_neurons, x.shape[0])
+    gather = prefer_gather(x.device.type, mixed, kept, x.shape[1], tables.num_neurons, x.shape[0], tables.num_tasks)
     return "torch" if gather else "maskmul"
 
 
-def prefer_gather(device_type: str, mixed: bool, kept: float, d: int, f: int, n: int) -> bool:
+def prefer_gather(device_type: str, mixed: bool, kept: float, d: int, f: int, n: int, num_tasks: int) -> bool:
     """Whether gathering the active neurons was measured faster than the dense mask-multiply
-    in this regime (kept: the task's kept fraction, the largest one for a mixed batch)."""
+    in this regime (kept: the task's kept fraction, the largest one for a mixed batch).
+
+    CPU, fp32, 2 cores, fwd+bwd unless said (ratios to the dense FFN; gather / maskmul):
+    homogeneous 800 tokens 256/1024 at p = 0.9: 1.04 / 0.92; 40 tokens decoding at p = 0.9:
+    0.96 / 0.76 (gathered weights reused across steps), so homogeneous batches always gather.
+    Mixed batches pay a gather and full-width bias terms per task: 16 tasks, 50 tokens each:
+    0.54 / 0.93 at p = 0.9, 0.89 / 0.91 at p = 0.5; 128 tokens each: 0.80 / 0.97 at p = 0.9,
+    1.38 / 0.93 at p = 0.5; 8 tasks, 512 tokens each (512/2048): 3.40 / 0.95 at p = 0.25. They
+    gather when the rows saved per task, (1 − p) · N / T, reach CPU_MIN_SAVED_ROWS."""
     if device_type == "cuda":
         return not mixed and kept <= CUDA_MAX_KEPT and d * f >= CUDA_MIN_DF and n >= CUDA_MIN_TOKENS
-    return kept <= CPU_MAX_KEPT and n >= CPU_MIN_TOKENS
+    return not mixed or (1.0 - kept) * n / num_tasks >= CPU_MIN_SAVED_ROWS

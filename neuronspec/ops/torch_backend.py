@@ -1,15 +1,18 @@
 """`torch` backend: gather + GEMM over each task's active neurons only (docs/design.md §2-3).
 
-Homogeneous batch (task t, active rows A): six GEMMs over |A| columns,
+Per task t with active rows A, six GEMMs over |A| columns:
     W1a = W1[A], W2a = W2[:, A]         gathered once per call, kept for backward
     Z = X W1aᵀ + b1[A]   H = act(Z)   Y = H W2aᵀ + b2 + c,   c = W2 (act(b1) ⊙ inactive)
     dH = dY W2a   dZ = dH ⊙ act'(Z)   dX = dZ W1a   dW1[A] = dZᵀ X   dW2[:, A] = dYᵀ H
-(a full mask skips the gathers). Mixed batch: tokens sorted by task (plan.order), and the same
-six GEMMs run as `torch.nn.functional.grouped_mm` calls over per-task weight tables [T, K, ·]
-padded to the largest task with zero rows: a zero row of W1 and b1 gives Z = 0, H = act(0) = 0,
-and W2's zero column takes nothing from it, so pads add nothing to any output or gradient.
-No host syncs. Float64, and sizes that break grouped_mm's 16-byte stride rule, run the grouped
-GEMMs as a loop over the tasks instead (one host copy of the group boundaries per call).
+(a full mask skips the gathers). A homogeneous batch is one task: no host sync. A mixed batch
+has its tokens sorted by task (plan.order), then
+* on a GPU: the six GEMMs are `torch.nn.functional.grouped_mm` calls over per-task weight tables
+  [T, K, ·] padded to the largest task with zero rows (a zero row of W1 and b1 gives Z = 0,
+  H = act(0) = 0, and W2's zero column takes nothing from it: pads add nothing anywhere). No
+  host sync. Float64 and sizes that break grouped_mm's 16-byte stride rule loop over the groups
+  instead (one host copy of the group bounds);
+* on CPU: a loop over the tasks present (reading the group bounds costs nothing there, and only
+  those tasks' rows are gathered: padded tables for every task cost 2× more at 16 tasks).
 Saved for backward: the gathered weights and H for ReLU (relu'(Z) = [H > 0]) or Z for GELU.
 """
 from __future__ import annotations
@@ -24,47 +27,106 @@ def available(device: torch.device) -> str | None:
     return None
 
 
-# ---- homogeneous batches ------------------------------------------------------------------
-def _homogeneous_fwd(x, w1, b1, w2, b2, plan, activation, mask_bias):
-    tables, t = plan.tables, plan.task
+# ---- one task's tokens, and a loop over the tasks ------------------------------------------------
+def _gather(w1, b1, w2, b2, tables, t, activation, mask_bias):
+    """(W1[A], b1[A], W2[:, A], hb = act(b1) ⊙ inactive or None, c = b2 + W2 hb) of task t."""
     if tables.is_full(t):
-        w1a, b1a, w2a, hb, c = w1, b1, w2, None, b2
-    else:
-        idx = tables.active_idx(t)
-        w1a, b1a, w2a = w1.index_select(0, idx), b1.index_select(0, idx), w2.index_select(1, idx)
-        hb = None if mask_bias else act(b1, activation).mul_(tables.inactive(t, b1.dtype))
-        c = b2 if hb is None else torch.addmv(b2, w2, hb)
+        return w1, b1, w2, None, b2
+    idx = tables.active_idx(t)
+    hb = None if mask_bias else act(b1, activation).mul_(tables.inactive(t, b1.dtype))
+    c = b2 if hb is None else torch.addmv(b2, w2, hb)
+    return w1.index_select(0, idx), b1.index_select(0, idx), w2.index_select(1, idx), hb, c
+
+
+_GATHERED: dict[int, tuple] = {}  # id(w1) → (key, gathered): the last task's weights per layer
+
+
+def _gather_cached(w1, b1, w2, b2, tables, t, activation, mask_bias):
+    """_gather, reused while the weights are unchanged and no gradient is taken (decoding calls
+    a layer for one direction step after step); one task per layer is kept."""
+    if torch.is_grad_enabled() and any(p.requires_grad for p in (w1, b1, w2, b2)):
+        return _gather(w1, b1, w2, b2, tables, t, activation, mask_bias)
+    key = tuple((p.data_ptr(), p._version) for p in (w1, b1, w2, b2)) + (id(tables), t, activation, mask_bias)
+    hit = _GATHERED.get(id(w1))
+    if hit is None or hit[0] != key:
+        if len(_GATHERED) >= 256:
+            _GATHERED.clear()
+        hit = _GATHERED[id(w1)] = (key, _gather(w1, b1, w2, b2, tables, t, activation, mask_bias))
+    return hit[1]
+
+
+def _task_fwd(x, w1, b1, w2, b2, tables, t, activation, mask_bias, out=None):
+    """(Y [n, d_out] of task t's tokens x (into `out` if given), saved tuple)."""
+    w1a, b1a, w2a, hb, c = _gather_cached(w1, b1, w2, b2, tables, t, activation, mask_bias)
     z = torch.addmm(b1a, x, w1a.t())
     h = act_inplace(z, activation)
-    y = torch.addmm(c, h, w2a.t())
+    y = torch.addmm(c, h, w2a.t(), out=out)
     return y, (w1a, w2a, h if activation == "relu" else z, hb)
 
 
-def _homogeneous_bwd(dy, x, w1, b1, w2, plan, saved, activation):
+def _task_bwd(dy, x, w1, b1, w2, tables, t, saved, activation, dw1, db1, dw2, sdy=None):
+    """dX of task t's tokens; adds their dW1, db1 and dW2 into the given accumulators
+    (sdy: Σ dY over the tokens, if the caller has it)."""
     w1a, w2a, a, hb = saved
     h = a if activation == "relu" else act(a, activation)
     dz = act_backward(dy.mm(w2a), a, activation)
-    dx = dz.mm(w1a)
-    db2 = dy.sum(0)
-    if plan.tables.is_full(plan.task):
-        return dx, dz.t().mm(x), dz.sum(0), dy.t().mm(h), db2
-    idx = plan.tables.active_idx(plan.task)
-    dw1 = w1.new_zeros(w1.shape).index_copy_(0, idx, dz.t().mm(x))
-    if hb is None:  # mask_bias: inactive neurons output 0 and get no gradient
-        dw2, db1 = w2.new_zeros(w2.shape), b1.new_zeros(b1.shape)
-    else:  # inactive neurons output the constant act(b1_i): dW2[:, I] = ΣdY ⊗ act(b1_I),
-        dw2 = torch.outer(db2, hb)  # db1[I] = act'(b1_I) ⊙ W2[:, I]ᵀ ΣdY
-        g = w2.t().mv(db2)
+    if tables.is_full(t):
+        dw1.addmm_(dz.t(), x)
+        db1.add_(dz.sum(0))
+        dw2.addmm_(dy.t(), h)
+        return dz.mm(w1a)
+    idx = tables.active_idx(t)
+    dw1.index_add_(0, idx, dz.t().mm(x))
+    db1.index_add_(0, idx, dz.sum(0))
+    dw2.index_add_(1, idx, dy.t().mm(h))
+    if hb is not None:  # inactive neurons output the constant act(b1_i): dW2[:, I] += ΣdY ⊗ act(b1_I),
+        sdy = dy.sum(0) if sdy is None else sdy  # db1[I] += act'(b1_I) ⊙ W2[:, I]ᵀ ΣdY
+        dw2.addr_(sdy, hb)
+        g = w2.t().mv(sdy)
         if activation == "relu":  # hb_i > 0 ⇔ i inactive and b1_i > 0
-            db1 = act_backward(g, hb, activation)
+            db1.add_(act_backward(g, hb, activation))
         else:
-            db1 = act_backward(g.mul_(plan.tables.inactive(plan.task, b1.dtype)), b1, activation)
-    dw2.index_copy_(1, idx, dy.t().mm(h))
-    db1.index_copy_(0, idx, dz.sum(0))
-    return dx, dw1, db1, dw2, db2
+            db1.add_(act_backward(g.mul_(tables.inactive(t, b1.dtype)), b1, activation))
+    return dz.mm(w1a)
 
 
-# ---- mixed batches --------------------------------------------------------------------------
+def _task_groups(plan) -> list[tuple[int, int, int]]:
+    """(task, first, end) sorted-token ranges of the tasks that have tokens. Homogeneous: one;
+    mixed: read from the plan's group bounds on the host (CPU only: free there)."""
+    if not plan.mixed:
+        return [(plan.task, 0, plan.n)]
+    starts = plan.starts.tolist()
+    return [(t, s, e) for t, (s, e) in enumerate(zip(starts[:-1], starts[1:])) if e > s]
+
+
+def _loop_fwd(x, w1, b1, w2, b2, plan, activation, mask_bias):
+    if not plan.mixed:
+        return _task_fwd(x, w1, b1, w2, b2, plan.tables, plan.task, activation, mask_bias)
+    groups = _task_groups(plan)
+    xs = x.index_select(0, plan.order)
+    ys = x.new_empty(x.shape[0], w2.shape[0])
+    saved = [xs]
+    for t, s, e in groups:
+        saved += _task_fwd(xs[s:e], w1, b1, w2, b2, plan.tables, t, activation, mask_bias, out=ys[s:e])[1]
+    return torch.empty_like(ys).index_copy_(0, plan.order, ys), tuple(saved)
+
+
+def _loop_bwd(dy, x, w1, b1, w2, plan, saved, activation):
+    dw1, db1, dw2 = torch.zeros_like(w1), torch.zeros_like(b1), torch.zeros_like(w2)
+    if not plan.mixed:
+        db2 = dy.sum(0)
+        dx = _task_bwd(dy, x, w1, b1, w2, plan.tables, plan.task, saved, activation, dw1, db1, dw2, db2)
+        return dx, dw1, db1, dw2, db2
+    xs, per_task = saved[0], saved[1:]
+    dys = dy.index_select(0, plan.order)
+    dxs = torch.empty_like(xs)
+    for i, (t, s, e) in enumerate(_task_groups(plan)):
+        dxs[s:e] = _task_bwd(dys[s:e], xs[s:e], w1, b1, w2, plan.tables, t, per_task[4 * i : 4 * i + 4], activation,
+                             dw1, db1, dw2)
+    return torch.empty_like(dxs).index_copy_(0, plan.order, dxs), dw1, db1, dw2, dy.sum(0)
+
+
+# ---- mixed batches through grouped GEMMs -------------------------------------------------------
 def _native_grouped(x: torch.Tensor, *cols: int) -> bool:
     """grouped_mm takes these operands: fp32/bf16/fp16 on CPU, bf16 on a Hopper-class GPU, and
     every row length a multiple of 16 bytes (the padded task width always is)."""
@@ -96,7 +158,7 @@ def grouped_mm(a: torch.Tensor, b: torch.Tensor, ends: torch.Tensor, native: boo
     return out
 
 
-def _mixed_fwd(x, w1, b1, w2, b2, plan, activation, mask_bias):
+def _grouped_fwd(x, w1, b1, w2, b2, plan, activation, mask_bias):
     (idx, valid, pad), tables = plan.tables.padded, plan.tables
     num_tasks, width = idx.shape
     flat = idx.view(-1)
@@ -127,7 +189,7 @@ def _mixed_fwd(x, w1, b1, w2, b2, plan, activation, mask_bias):
     return y, (xs, w1g, w2g, h if activation == "relu" else z, hb)
 
 
-def _mixed_bwd(dy, x, w1, b1, w2, plan, saved, activation):
+def _grouped_bwd(dy, x, w1, b1, w2, plan, saved, activation):
     xs, w1g, w2g, a, hb = saved
     idx, _, _ = plan.tables.padded
     num_tasks, width = idx.shape
@@ -154,15 +216,24 @@ def _mixed_bwd(dy, x, w1, b1, w2, plan, saved, activation):
 
 
 # ---- backend protocol (registry.py) ----------------------------------------------------------
+GROUPED_ON_CPU = False  # tests set it to run the GPU's (grouped, sync-free) mixed path on CPU
+
+
+def _grouped(plan, x) -> bool:
+    """Mixed batches: grouped_mm on GPUs (no host sync); a loop over the tasks present on CPU,
+    where reading the group bounds costs nothing and only the present tasks' rows are gathered."""
+    return plan.mixed and (x.device.type != "cpu" or GROUPED_ON_CPU)
+
+
 def masked_ffn_fwd(x, w1, b1, w2, b2, plan, activation, mask_bias):
     """→ (y [N, d_out], saved tuple for masked_ffn_bwd)."""
-    fwd = _mixed_fwd if plan.mixed else _homogeneous_fwd
+    fwd = _grouped_fwd if _grouped(plan, x) else _loop_fwd
     return fwd(x, w1, b1, w2, b2, plan, activation, mask_bias)
 
 
 def masked_ffn_bwd(dy, x, w1, b1, w2, b2, plan, saved, activation, mask_bias):
     """→ (dx, dw1, db1, dw2, db2)."""
-    bwd = _mixed_bwd if plan.mixed else _homogeneous_bwd
+    bwd = _grouped_bwd if _grouped(plan, x) else _loop_bwd
     return bwd(dy, x, w1, b1, w2, plan, saved, activation)
 
 
