@@ -174,7 +174,7 @@ def worst_error(got: list, ref: list) -> tuple[float, str]:
 
 
 def reference_outputs(inputs, dy, masks: TaskMasks, task_vec, activation: str, grads: bool) -> list:
-    """[y] (+ dx, dW1, db1, dW2, db2 when grads) from the float64 oracle (DESIGN §2)."""
+    """[y] (+ dx, dW1, db1, dW2, db2 when grads) from the float64 oracle (docs/design.md §2)."""
     leaves = [t.detach().double().requires_grad_(grads) for t in inputs]
     with torch.set_grad_enabled(grads):
         y = masked_ffn_reference(*leaves, masks.indices, masks.offsets, task_vec, activation)

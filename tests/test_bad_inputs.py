@@ -1,4 +1,4 @@
-"""Every wrong input raises ValueError/TypeError naming the argument (DESIGN §2)."""
+"""Every wrong input raises ValueError/TypeError naming the argument (docs/design.md §2)."""
 import pytest
 import torch
 

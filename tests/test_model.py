@@ -48,7 +48,7 @@ def test_shapes_and_ffn_names():
 def test_preset_sizes():
     cfg = ModelConfig.from_preset("tiny", vocab_size=8000)
     n = Transformer(cfg).num_parameters()
-    assert 6e6 < n < 9e6  # the ~7M model of DESIGN §8
+    assert 6e6 < n < 9e6  # the ~7M model of docs/design.md §8
     assert set(PRESETS) == {"tiny", "base", "big", "wide", "deep"}
     assert ModelConfig.from_preset("big", 100).d_ff == 4096
 

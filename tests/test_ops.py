@@ -1,4 +1,4 @@
-"""masked_ffn and fc1_act_count on the torch backend vs the plain-torch reference (DESIGN §2)."""
+"""masked_ffn and fc1_act_count on the torch backend vs the plain-torch reference (docs/design.md §2)."""
 import pytest
 import torch
 import torch.nn.functional as F

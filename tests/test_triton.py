@@ -1,4 +1,4 @@
-"""`triton` backend vs the plain-torch reference (DESIGN §2-3).
+"""`triton` backend vs the plain-torch reference (docs/design.md §2-3).
 
 On CPU the kernels run under TRITON_INTERPRET=1 (set by conftest.py) at small shapes; the same
 tests run at larger shapes on CUDA when a GPU is present (CUDA cases skip cleanly otherwise).

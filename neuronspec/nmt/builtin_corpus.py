@@ -20,7 +20,7 @@ Danish stand-alone months come back in Hebrew). Each locale is therefore read ri
 after clearing ``babel.localedata._cache``, which makes the result independent of the
 order languages are processed in (tested).
 
-Output layout (EC30, DESIGN §5), written into ``out_dir`` atomically::
+Output layout (EC30, docs/design.md §5), written into ``out_dir`` atomically::
 
     {split}.en-{xx}.en   {split}.en-{xx}.{xx}    split in train, valid, test
     sources.{split}.en-{xx}     one word a line: phrase | sentence

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from neuronspec.ops import SpecializedFFN
 
-# Presets. tiny: trains in minutes on 2 CPU cores (DESIGN §8). base/big: Vaswani et al.
+# Presets. tiny: trains in minutes on 2 CPU cores (docs/design.md §8). base/big: Vaswani et al.
 # (big is the paper's EC30 model). wide/deep are our choice for the paper's "wider" and
 # "deeper" variants: wide = big with 2x FFN width (more neurons to specialise),
 # deep = base width with 12+12 layers. tiny has no dropout: in its minutes-long budget

@@ -1,4 +1,4 @@
-"""Masked-FFN and counting ops with reference, torch, triton and cuda backends (DESIGN §2-3)."""
+"""Masked-FFN and counting ops with reference, torch, triton and cuda backends (docs/design.md §2-3)."""
 from .functional import fc1_act_count, masked_ffn
 from .masks import TaskMasks, load_layer_masks, save_atomic, save_layer_masks
 from .module import SpecializedFFN

@@ -3,7 +3,7 @@
 The module knows nothing about torch: this file validates the tensors, allocates every output
 and scratch buffer with torch, groups tokens by task (stable sort, as the torch backend) and
 passes data pointers, leading dimensions and torch's current stream. Per task t with active
-rows A (DESIGN §2), all GEMMs run in csrc/ kernels over the active neurons only:
+rows A (docs/design.md §2), all GEMMs run in csrc/ kernels over the active neurons only:
     forward   Z_A, H_A = fc1 over A (W1 rows gathered in the tile loads)      gathered_fc1
               Y = H_A W2[:, A]ᵀ + (b2 + c_t)                                   gathered_fc2
     backward  dZ_A = (dY W2[:, A]) ⊙ act'(Z_A), H_A = act(Z_A)                gathered_dz

@@ -1,4 +1,4 @@
-"""Public ops: `masked_ffn` and `fc1_act_count` (DESIGN §2), on any backend."""
+"""Public ops: `masked_ffn` and `fc1_act_count` (docs/design.md §2), on any backend."""
 from __future__ import annotations
 
 import torch

@@ -11,7 +11,7 @@ from .validation import check_activation
 
 
 class SpecializedFFN(nn.Module):
-    """y = fc2(act(fc1(x))) with optional per-task masks on the rows of fc1 (DESIGN §2).
+    """y = fc2(act(fc1(x))) with optional per-task masks on the rows of fc1 (docs/design.md §2).
 
     Parameters are two nn.Linear layers named `fc1` and `fc2` (fairseq/nanoGPT naming), so a
     dense checkpoint loads unchanged. No dropout inside (apply it to the output). Masks are not

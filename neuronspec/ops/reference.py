@@ -1,4 +1,4 @@
-"""Plain-torch oracle of DESIGN §2: dense weights times dense masks (the original method).
+"""Plain-torch oracle of docs/design.md §2: dense weights times dense masks (the original method).
 
 Differentiable by autograd; every other backend is tested against these two functions.
 """

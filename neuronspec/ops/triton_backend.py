@@ -5,7 +5,7 @@ and gives `tok_start` [T+1] (task t owns sorted rows tok_start[t]:tok_start[t+1]
 that tile over (task token tile, block of the task's active neurons) and gather weight rows
 by index inside the kernel (kernels: triton_masked_ffn.py, triton_count.py). No host sync:
 grids use upper bounds (cdiv(N, BM) + T token tiles, cdiv(f, BN) neuron blocks) and idle
-programs exit at once. The O((T + N)·f·d / N) bias terms of DESIGN §2 (c_t, db1[I], dW2[:, I],
+programs exit at once. The O((T + N)·f·d / N) bias terms of docs/design.md §2 (c_t, db1[I], dW2[:, I],
 db2) are torch ops here.
 
 Saved for backward: Z_A packed in an [N, f] buffer in task-sorted row order (row r holds its

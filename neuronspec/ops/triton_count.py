@@ -1,4 +1,4 @@
-"""Triton kernel: fused fc1 + bias + activation + per-(task, neuron) activity count (DESIGN §2).
+"""Triton kernel: fused fc1 + bias + activation + per-(task, neuron) activity count (docs/design.md §2).
 
     Z = X W1ᵀ + b1;  H = act(Z) (stored only when WRITE_OUTPUT);
     counts[t, n] += #{valid tokens r of task t : Z[r, n] > 0}

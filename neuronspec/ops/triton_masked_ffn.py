@@ -1,4 +1,4 @@
-"""Triton kernels of the masked FFN (DESIGN §2), grouped over tasks, no gathered weight copies.
+"""Triton kernels of the masked FFN (docs/design.md §2), grouped over tasks, no gathered weight copies.
 
 Tokens are processed in task-sorted order: sorted row r is original token perm[r] (or r when
 HAS_PERM is False); task t owns sorted rows tok_start[t]:tok_start[t+1] and active neurons

@@ -1,4 +1,4 @@
-"""Count FFN neuron activations per direction (DESIGN §1 "Recording"), and `neuronspec record`.
+"""Count FFN neuron activations per direction (docs/design.md §1 "Recording"), and `neuronspec record`.
 
 A teacher-forced pass of the dense model (eval mode, no grad) over a sample of each
 direction. Every `SpecializedFFN` (encoder and decoder) counts through the fused
