@@ -4,7 +4,9 @@ build corpus → prepare → dense baseline (tiny preset) → evaluate it → re
 (k, plus k = 0.7 for the published IoU trend, plus size-matched random masks) → analyze →
 three continuations of the baseline with the *same* number of extra steps, fresh optimizer,
 same batch stream: dense fine-tuning, random masks, specialized masks → evaluate them →
-final table (BLEU / chrF++ per resource tier and average, Δ vs the baseline) and IoU plots.
+paired bootstrap tests (each continuation vs the baseline, specialized vs fine-tune and vs
+random) → final table (BLEU / chrF++ per resource tier and average, Δ vs the baseline with
+significance) and IoU plots.
 
 Time budget (`--minutes`, default 14): after corpus + preparation, the dense baseline gets
 `--dense-share` of what is left; the baseline's evaluation is timed and three more are
@@ -14,6 +16,7 @@ the baseline's measured steps/s. Everything lands in `--out` (default runs/demo)
     results.md / results.json    final table, trends, timings
     analysis/, analysis-k0.7/    IoU heatmaps, mean IoU by layer vs the paper, report.md
     dense/ finetune/ random/ specialized/   checkpoints;  eval/<arm>/  hypotheses + scores
+    compare/<b>-vs-<a>/          paired bootstrap per direction and pooled (compare.md/.json)
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from neuronspec.atomic import write_atomic
+from neuronspec.nmt.compare import mark, write_compare
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +39,11 @@ log = logging.getLogger(__name__)
 DEFAULT_LANGS = "de,fr,ru,he,it,bg,af,uk"
 ARMS = ("finetune", "random", "specialized")
 MARKER = ".neuronspec-demo"
+# (B, A): B tested against A
+COMPARISONS = (("finetune", "baseline"), ("random", "baseline"), ("specialized", "baseline"),
+               ("specialized", "finetune"), ("specialized", "random"))
 PHASES = ("corpus", "prepare", "dense", "eval baseline", "record", "select", "analyze", *ARMS,
-          "eval continued", "report")
+          "eval continued", "significance", "report")
 
 
 class Clock:
@@ -87,8 +94,9 @@ def _pick(res: dict, key: str, metric: str):
     return None if a is None else a[metric]
 
 
-def results_table(evals: dict[str, dict], steps: dict[str, int]) -> tuple[str, list[dict]]:
-    """Markdown table: one row per arm, BLEU / chrF++ for high / medium / low / all, Δ vs baseline."""
+def results_table(evals: dict[str, dict], steps: dict[str, int], tests: dict | None = None) -> tuple[str, list[dict]]:
+    """Markdown table: one row per arm, BLEU / chrF++ for high / medium / low / all, Δ vs baseline
+    (starred where the paired bootstrap over all supervised test lines gives p < 0.05)."""
     cols = [k for k in ("high", "medium", "low", "all") if any(k in r["averages"] for r in evals.values())]
     base = evals["baseline"]
     rows = []
@@ -105,10 +113,28 @@ def results_table(evals: dict[str, dict], steps: dict[str, int]) -> tuple[str, l
                 cells.append("–" if v is None else f"{v:.2f}")
         row["d_bleu"] = row["bleu_all"] - _pick(base, "all", "bleu")
         row["d_chrf"] = row["chrf_all"] - _pick(base, "all", "chrf")
+        pooled = ((tests or {}).get((name, "baseline")) or {}).get("pooled", {}).get("supervised")
+        if pooled:
+            row.update(p_bleu=pooled["p_bleu"], p_chrf=pooled["p_chrf"])
+        star = {m: "*" if pooled and pooled["significant"][m] else "" for m in ("bleu", "chrf")}
         rows.append(row)
-        d = "" if name == "baseline" else f"{row['d_bleu']:+.2f} | {row['d_chrf']:+.2f}"
+        d = "" if name == "baseline" else f"{row['d_bleu']:+.2f}{star['bleu']} | {row['d_chrf']:+.2f}{star['chrf']}"
         lines.append(f"| {name} | {row['extra_steps']} | " + " | ".join(cells) + f" | {d or '– | –'} |")
     return "\n".join(lines), rows
+
+
+def significance_lines(tests: dict) -> list[str]:
+    """One line per comparison: pooled Δ with p, and directions significantly better either way."""
+    out = []
+    for (b, a), c in tests.items():
+        parts = []
+        for group, r in c["pooled"].items():
+            parts.append(f"{group} ({r['n']} lines): ΔBLEU {mark(r['d_bleu'], r['p_bleu'])} (p {r['p_bleu']:.3f}), "
+                         f"ΔchrF++ {mark(r['d_chrf'], r['p_chrf'])} (p {r['p_chrf']:.3f})")
+        w = c["wins"]["chrf"]
+        out.append(f"- {b} vs {a}: " + "; ".join(parts) + f"; chrF++ significantly better in {w['b_better']} "
+                   f"directions, worse in {w['a_better']}, of {w['directions']}")
+    return out
 
 
 def verdicts(evals: dict[str, dict], analyses: dict[str, dict]) -> list[str]:
@@ -253,7 +279,7 @@ def _study(out, codes, minutes, vocab_size, k, beam, eval_sentences, record_sent
 
     # ---- three continuations with the same number of steps
     if extra_steps is None:
-        reserve = 3 * eval_seconds + 20.0  # three evaluations + the report
+        reserve = 3 * eval_seconds + 60.0  # three evaluations, the significance tests and the report
         per_arm = max(1.0, (clock.left() - reserve) / 3)
         extra_steps = max(1, int(0.85 * per_arm * steps_per_s))  # margin: start-up, validation, load
         log.info("%.0f s left: %d extra steps per continuation (%.0f s each at the baseline's speed)",
@@ -274,13 +300,19 @@ def _study(out, codes, minutes, vocab_size, k, beam, eval_sentences, record_sent
         evals[arm] = evaluate(arm, ckpts[arm])
     done("eval continued", t)
 
+    t = phase("significance")
+    tests = {(b, a): write_compare(out / "eval" / a, out / "eval" / b, out / "compare" / f"{b}-vs-{a}")
+             for b, a in COMPARISONS}
+    done("significance", t)
+
     # ---- report
     t = phase("report")
-    table, rows = results_table(evals, steps)
+    table, rows = results_table(evals, steps, tests)
     notes = verdicts(evals, analyses)
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     res = {"langs": codes, "directions": directions, "k": k, "beam": beam, "eval_sentences": eval_sentences,
            "dense_steps": summary["step"], "extra_steps": extra_steps, "rows": rows, "verdicts": notes,
+           "significance": {f"{b} vs {a}": {"pooled": c["pooled"], "wins": c["wins"]} for (b, a), c in tests.items()},
            "iou_mean_by_layer": {lab: {"encoder": a["encoder"], "decoder": a["decoder"]} for lab, a in analyses.items()},
            "timings_s": clock.phases, "total_s": clock.elapsed(), "budget_s": clock.budget,
            "loadavg": list(load) if load else None, "device": dev, "threads": threads, "out": str(out)}
@@ -289,6 +321,8 @@ def _study(out, codes, minutes, vocab_size, k, beam, eval_sentences, record_sent
           f"dense baseline {summary['step']} steps, then {extra_steps} extra steps per continuation "
           f"(fresh optimizer, same batches). Test split, beam {beam}, "
           f"{eval_sentences or 'all'} sentences per direction; masks from k = {k}.", "", table, "",
+          "Δ: vs the baseline on all supervised test lines pooled; * = p < 0.05 (paired bootstrap, 1000 "
+          "resamples).", "", "## Significance (paired bootstrap)", "", *significance_lines(tests), "",
           "## Observed trends", "", *[f"- {n}" for n in notes], "",
           "## Mean IoU by layer (%)", ""]
     for lab, a in analyses.items():

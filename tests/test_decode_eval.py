@@ -259,3 +259,49 @@ def test_evaluate_reports_zero_shot_apart(tmp_path):
     assert "| zero-shot (2 directions" in to_markdown(res)
     plain = evaluate_model(m, data, "test", beam=1, progress=False)
     assert set(plain["directions"]) == {"en-de", "en-fr", "de-en", "fr-en"} and "zero-shot" not in plain["averages"]
+
+
+# ---- significance: evaluate --compare ------------------------------------------------------------
+def _eval_folder(path, split, rows):
+    """A minimal evaluation folder: {direction: (hyps, refs)}."""
+    import json
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "results.json").write_text(json.dumps({"split": split, "pivot": "en", "directions": {d: {} for d in rows}}))
+    for d, (hyps, refs) in rows.items():
+        tgt = d.split("-")[1]
+        (path / f"hyp.{split}.{d}.{tgt}").write_text("".join(h + "\n" for h in hyps))
+        (path / f"ref.{split}.{d}.{tgt}").write_text("".join(r + "\n" for r in refs))
+
+
+def test_compare_finds_a_real_difference_and_not_a_fake_one(tmp_path):
+    from neuronspec.nmt.compare import compare, write_compare
+    import random
+    rng = random.Random(0)
+    words = "the cat dog sat ran on a mat big small house tree red blue".split()
+    refs = [" ".join(rng.choice(words) for _ in range(8)) for _ in range(120)]
+    noisy = [" ".join(w if rng.random() > 0.5 else rng.choice(words) for w in r.split()) for r in refs]
+    better = [" ".join(w if rng.random() > 0.1 else rng.choice(words) for w in r.split()) for r in refs]
+    _eval_folder(tmp_path / "a", "test", {"en-de": (noisy, refs), "de-en": (noisy, refs), "de-fr": (noisy, refs)})
+    _eval_folder(tmp_path / "b", "test", {"en-de": (better, refs), "de-en": (noisy, refs), "de-fr": (better, refs)})
+    cmp = write_compare(tmp_path / "a", tmp_path / "b", tmp_path / "out", n_samples=200)
+    assert cmp["directions"]["en-de"]["significant"] == {"bleu": True, "chrf": True}
+    assert cmp["directions"]["en-de"]["d_bleu"] > 0
+    assert cmp["directions"]["de-en"]["d_bleu"] == 0 and not cmp["directions"]["de-en"]["significant"]["bleu"]
+    assert cmp["pooled"]["supervised"]["n"] == 240 and cmp["pooled"]["zero-shot"]["n"] == 120
+    assert cmp["wins"]["chrf"] == {"b_better": 2, "a_better": 0, "directions": 3}
+    md = (tmp_path / "out" / "compare.md").read_text()
+    assert "**all supervised**" in md and "*" in md
+    _eval_folder(tmp_path / "c", "test", {"en-de": (noisy[:100], refs[:100])})
+    with pytest.raises(ValueError, match="different lines"):
+        compare(tmp_path / "a", tmp_path / "c")
+    with pytest.raises(ValueError, match="no results.json"):
+        compare(tmp_path / "a", tmp_path / "nowhere")
+
+
+def test_evaluate_cli_compare(tmp_path, capsys):
+    from neuronspec.cli import main
+    refs = ["a b c d", "e f g h"] * 20
+    _eval_folder(tmp_path / "a", "test", {"en-de": (refs, refs)})
+    _eval_folder(tmp_path / "b", "test", {"en-de": (refs, refs)})
+    assert main(["evaluate", "--compare", str(tmp_path / "a"), str(tmp_path / "b"), "--bootstrap", "50"]) == 0
+    assert (tmp_path / "b" / "compare.json").is_file() and "paired bootstrap" in capsys.readouterr().out

@@ -69,5 +69,22 @@ def test_write_analysis(tmp_path):
     data = json.loads((tmp_path / "iou.json").read_text())
     assert len(data["encoder"]) == 2 and len(data["decoder"]) == 2
     assert data["names"] == names
-    assert result["encoder"][0] == pytest.approx(layer_stats(iou_matrix(masks["encoder.layers.0.ffn"]), names)["mean"])
+    enc0 = layer_stats(iou_matrix(masks["encoder.layers.0.ffn"]), names, side="encoder")
+    assert result["encoder"][0] == pytest.approx(enc0["paper"]) and enc0["paper"] == pytest.approx(enc0["mean_x2en"])
+    assert result["encoder_all"][0] == pytest.approx(enc0["mean"])
+    dec1 = layer_stats(iou_matrix(masks["decoder.layers.1.ffn"]), names, side="decoder")
+    assert result["decoder"][1] == pytest.approx(dec1["mean_en2x"])
+    assert "paper's rule" in (tmp_path / "report.md").read_text()
     assert "Tan et al." in (tmp_path / "report.md").read_text()
+
+
+def test_paper_rule_pairs_and_truncation():
+    """Encoder: x→en pairs only; decoder: en→x pairs only; truncation to whole percents per pair."""
+    names = ["en-de", "en-fr", "en-ru", "de-en", "fr-en"]
+    m = TaskMasks.from_indices([[0, 1, 2], [0, 1, 2, 3], [0, 5, 6], [7, 8], [7, 9]], 10, names)
+    iou = iou_matrix(m)
+    dec = layer_stats(iou, names, side="decoder")
+    assert dec["paper"] == pytest.approx((0.75 + 1 / 5 + 1 / 6) / 3)
+    assert layer_stats(iou, names, side="decoder", truncate=True)["paper"] == pytest.approx((0.75 + 0.2 + 0.16) / 3)
+    assert layer_stats(iou, names, side="encoder")["paper"] == pytest.approx(1 / 3)  # de-en vs fr-en only
+    assert dec["mean"] < dec["paper"]  # all pairs add the disjoint en→x / x→en pairs

@@ -1,8 +1,8 @@
-"""Cumulative-threshold selection (DESIGN §1) and the masks file round trip."""
+"""Cumulative-threshold selection (docs/design.md §1) and the masks file round trip."""
 import pytest
 import torch
 
-from neuronspec.ops import TaskMasks, load_layer_masks, save_layer_masks
+from neuronspec.ops import TaskMasks, load_layer_masks, save_atomic, save_layer_masks
 from neuronspec.specialization.select import direction_k, random_masks, select_masks, select_neurons
 
 
@@ -78,6 +78,31 @@ def test_k_precedence():
     assert direction_k("encoder.layers.0.ffn", "de-en", "en", **kw) == 0.8
     assert direction_k("decoder.layers.1.ffn", "de-en", "en", **kw) == 0.7
     assert direction_k("decoder.layers.1.ffn", "de-en", "en", k=0.9) == 0.9
+
+
+def test_four_ks_of_the_original_beat_the_shorthands():
+    kw = dict(k=0.9, k_en2x_enc=0.5, k_en2x_dec=0.55, k_x2en_enc=0.6, k_x2en_dec=0.65, k_en2x=0.1, k_enc=0.2)
+    assert direction_k("encoder.layers.0.ffn", "en-de", "en", **kw) == 0.5
+    assert direction_k("decoder.layers.0.ffn", "en-de", "en", **kw) == 0.55
+    assert direction_k("encoder.layers.2.ffn", "de-en", "en", **kw) == 0.6
+    assert direction_k("decoder.layers.2.ffn", "de-en", "en", **kw) == 0.65
+    assert direction_k("encoder.layers.0.ffn", "en-de", "en", k=0.9, k_en2x=0.1, k_enc=0.2) == 0.1
+    with pytest.raises(TypeError, match="unknown options"):
+        direction_k("encoder.layers.0.ffn", "en-de", "en", k=0.9, k_enx=0.5)
+
+
+def test_select_cli_takes_four_ks(tmp_path):
+    from neuronspec.cli import main
+    gen = torch.Generator().manual_seed(0)
+    counts = {f"{side}.layers.0.ffn": torch.randint(0, 50, (2, 64), generator=gen) for side in ("encoder", "decoder")}
+    save_atomic({"format": "neuronspec-counts", "version": 1, "directions": ["en-de", "de-en"], "counts": counts,
+                 "meta": {"pivot": "en"}}, tmp_path / "counts.pt")
+    assert main(["select", "--counts", str(tmp_path / "counts.pt"), "--k-en2x-enc", "0.3", "--k-en2x-dec", "0.99",
+                 "--k-x2en-enc", "0.99", "--k-x2en-dec", "0.3", "--out", str(tmp_path / "m.pt")]) == 0
+    masks, meta = load_layer_masks(tmp_path / "m.pt")
+    enc, dec = masks["encoder.layers.0.ffn"].sizes().tolist(), masks["decoder.layers.0.ffn"].sizes().tolist()
+    assert enc[0] < enc[1] and dec[0] > dec[1]  # en-de small in the encoder, de-en small in the decoder
+    assert meta["k_en2x_enc"] == 0.3 and meta["k_x2en_dec"] == 0.3
 
 
 def test_select_masks_uses_side_k():

@@ -346,3 +346,38 @@ def test_builtin_corpus_languages(tmp_path, monkeypatch, langs, want):
     monkeypatch.setattr(binarize, "prepare_corpus", lambda corpus, prep, langs, **kw: seen.update(prepared=langs))
     resolve_data(TrainConfig(out=str(tmp_path), langs=langs))
     assert seen == {"built": want, "prepared": want}
+
+
+# ---- early stopping and the original specialization recipe ---------------------------------------
+def test_early_stopping_after_patience_validations(prep, tmp_path, monkeypatch):
+    losses = iter([3.0, 2.0, 2.5, 2.4, 2.2, 2.3, 9.9])  # best at the 2nd, then 3 without a better one; final 2.3
+
+    def fake_validate(self):
+        v = next(losses)
+        return {"loss": v, "nll": v, "ppl": 2 ** v}
+    monkeypatch.setattr(Trainer, "validate", fake_validate)
+    summary = train(config(prep, tmp_path / "run", max_steps=100, valid_every=2, patience=3))
+    assert summary["step"] == 10  # validations at 2, 4 (best), 6, 8, 10: three stale → stop
+    ck = load_checkpoint(tmp_path / "run" / LAST)
+    assert ck["best_valid"] == 2.0 and ck["stale_validations"] == 4  # the final validation counts too
+    with pytest.raises(ValueError, match="patience needs validations"):
+        config(prep, tmp_path / "x", max_steps=5, patience=2, valid_every=0)
+
+
+def test_original_recipe_overrides(prep, tmp_path):
+    from neuronspec.specialization.specialize import continue_training, original_recipe
+
+    assert original_recipe("big") == dict(lr_scheduler="inverse_sqrt", warmup=4000, clip_norm=0.0, weight_decay=0.0,
+                                          label_smoothing=0.1, dropout=0.1, ema_decay=0.0, valid_every=500,
+                                          patience=20)
+    assert original_recipe("tiny")["valid_every"] == 19 and original_recipe("tiny")["warmup"] == 150
+    dense = train(config(prep, tmp_path / "dense", max_steps=4))
+    dirs = load_checkpoint(dense["checkpoint"])["data"]["directions"]
+    masks = {"encoder.layers.0.ffn": TaskMasks.full(len(dirs), 128, dirs)}
+    s = continue_training(dense["checkpoint"], tmp_path / "spec", masks, steps=3, recipe="original", warmup=2,
+                          valid_max_sentences=4)
+    cfg = load_checkpoint(s["checkpoint"])["config"]
+    assert cfg["clip_norm"] == 0.0 and cfg["dropout"] == 0.1 and cfg["patience"] == 20 and cfg["warmup"] == 2
+    assert cfg["lr_scheduler"] == "inverse_sqrt" and cfg["label_smoothing"] == 0.1
+    with pytest.raises(ValueError, match="recipe: expected one of"):
+        continue_training(dense["checkpoint"], tmp_path / "s2", None, steps=1, recipe="fairseq")

@@ -6,7 +6,8 @@ identically in several languages). Averages as in the paper: per resource tier (
 medium / low) and over en→x (O2M) and x→en (M2O) directions; phrases and sentences are
 scored separately when the data records kinds. Writes, into the output folder (atomically):
 ``hyp.{split}.{src}-{tgt}.{tgt}`` (one hypothesis per line, in file order, only the scored
-lines), ``results.json`` and ``results.md``.
+lines), ``ref.{split}.{src}-{tgt}.{tgt}`` (their references), ``results.json`` and ``results.md``.
+``--compare A B`` instead tests two such folders against each other (compare.py).
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ from sacrebleu.metrics import BLEU, CHRF
 from tqdm import tqdm
 
 from neuronspec.atomic import write_atomic
+
+from .compare import to_markdown as compare_markdown, write_compare
 
 log = logging.getLogger(__name__)
 
@@ -164,8 +167,9 @@ def evaluate_model(model, data, split: str = "test", *, beam: int = 5, lenpen: f
         pick = range(len(ids)) if pick is None else pick
         samples[name] = [{"src": sources[j], "ref": refs[j], "hyp": hyps[j],
                           **({"kind": kinds[ids[j]]} if kinds is not None else {})} for j in pick]
-        if hyp_dir is not None:
+        if hyp_dir is not None:  # the references too: `evaluate --compare` pairs folders by line
             write_atomic(Path(hyp_dir) / f"hyp.{split}.{name}.{d[1]}", "".join(h + "\n" for h in hyps))
+            write_atomic(Path(hyp_dir) / f"ref.{split}.{name}.{d[1]}", "".join(r + "\n" for r in refs))
     return {"split": split, "pivot": data.pivot, "beam": beam, "lenpen": lenpen, "max_sentences": max_sentences,
             "signatures": signatures(), "directions": per_dir, **summarize(per_dir, data.pivot), "samples": samples}
 
@@ -273,7 +277,12 @@ def to_markdown(res: dict, max_sample_dirs: int = 6) -> str:
 
 # --------------------------------------------------------------------------- CLI
 def configure_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="checkpoint file (e.g. runs/tiny/checkpoint_best.pt)")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--checkpoint", help="checkpoint file (e.g. runs/tiny/checkpoint_best.pt)")
+    what.add_argument("--compare", nargs=2, metavar=("A", "B"),
+                      help="two evaluation folders: paired bootstrap test of B against A per direction and pooled "
+                           "(BLEU, chrF++), written to --out (default B)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="resamples of --compare (default 1000)")
     p.add_argument("--data", help="prepared folder (default: the checkpoint's)")
     p.add_argument("--split", default="test", choices=["valid", "test"])
     p.add_argument("--beam", type=int, default=5)
@@ -289,6 +298,12 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.compare:
+        if args.bootstrap < 1:
+            raise ValueError(f"--bootstrap: expected a positive int, got {args.bootstrap}")
+        cmp = write_compare(*args.compare, args.out or args.compare[1], args.bootstrap)
+        print(compare_markdown(cmp))
+        return 0
     dirs = [tuple(d.split("-", 1)) for d in args.directions] if args.directions else None
     res = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.beam, args.max_sentences,
                               out_dir=args.out, lenpen=args.lenpen, max_tokens=args.max_tokens,

@@ -108,6 +108,7 @@ class TrainConfig:
     # stopping (whichever first; max_steps counts all updates of the run, resumed ones included)
     max_steps: int | None = None
     max_minutes: float | None = None  # wall-clock training time of this invocation
+    patience: int = 0  # early stopping: stop after this many validations without a better loss (0: off)
     # bookkeeping
     log_every: int = 50
     valid_every: int = 500  # validation loss + checkpoint every N steps (0: only at the end)
@@ -136,7 +137,7 @@ class TrainConfig:
             raise ValueError("give max_steps or max_minutes (no default stop for this preset)")
         checks = [("max_tokens", self.max_tokens, 1), ("update_freq", self.update_freq, 1),
                   ("warmup", self.warmup, 0), ("log_every", self.log_every, 1), ("valid_every", self.valid_every, 0),
-                  ("valid_beam", self.valid_beam, 1)]
+                  ("valid_beam", self.valid_beam, 1), ("patience", self.patience, 0)]
         for name in ("max_steps", "valid_chrf_sentences"):
             if getattr(self, name) is not None:
                 checks.append((name, getattr(self, name), 0))
@@ -151,6 +152,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.max_minutes must be > 0, got {self.max_minutes!r}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"TrainConfig.ema_decay must be in [0, 1), got {self.ema_decay!r}")
+        if self.patience and not self.valid_every:
+            raise ValueError("TrainConfig.patience needs validations: set valid_every > 0")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"TrainConfig.label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
         check_target_tag(self.target_tag)
@@ -396,6 +399,7 @@ class Trainer:
         self.amp = cfg.amp == "on" or (cfg.amp == "auto" and native_bf16(self.device))
         self.step = 0
         self.best_valid = math.inf
+        self.stale_validations = 0  # validations since the best loss (early stopping)
         self.history: list[dict] = []
         torch.manual_seed(cfg.seed + 1000 * self.rank)  # dropout streams differ across ranks
         if resume_ckpt is not None:
@@ -422,6 +426,7 @@ class Trainer:
         set_rng_state(per_rank[self.rank]["rng"])
         self.step = int(ck["step"])
         self.best_valid = float(ck.get("best_valid", math.inf))
+        self.stale_validations = int(ck.get("stale_validations", 0))
         self.history = list(ck.get("history", []))
         log.info("resumed from step %d", self.step)
 
@@ -446,7 +451,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(), "per_rank": per_rank,
             "masks": _masks_state(self.model.masks()) or None,
             "data": {"prep": os.path.abspath(self.data.root), "directions": ["-".join(d) for d in self.data.directions]},
-            "best_valid": self.best_valid, "history": self.history,
+            "best_valid": self.best_valid, "stale_validations": self.stale_validations, "history": self.history,
         }
 
     def save(self, best: bool = False) -> Path:
@@ -575,6 +580,7 @@ class Trainer:
         self.history.append(rec)
         best = v["loss"] < self.best_valid
         self.best_valid = min(self.best_valid, v["loss"])
+        self.stale_validations = 0 if best else self.stale_validations + 1
         self.save(best=best)
         return rec
 
@@ -629,6 +635,11 @@ class Trainer:
                 t_log = now
             if cfg.valid_every and self.step % cfg.valid_every == 0 and self.step != steps:
                 self._log_valid()
+                if cfg.patience and self.stale_validations >= cfg.patience:
+                    if self.is_main:
+                        log.info("early stop at step %d: no better validation loss in %d validations (best %.3f)",
+                                 self.step, self.stale_validations, self.best_valid)
+                    break
         bar.close()
         final = self._log_valid(final=True)
         minutes = (time.monotonic() - t_start) / 60
@@ -694,6 +705,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     s.add_argument("--max-minutes", type=float, help="wall-clock training budget (tiny default: 9; the whole command then takes about 10)")
     s.add_argument("--log-every", type=int, default=50)
     s.add_argument("--valid-every", type=int, default=500)
+    s.add_argument("--patience", type=int, default=0,
+                   help="early stopping: stop after this many validations without a better loss (default 0: off)")
     s.add_argument("--valid-max-sentences", type=int, default=100, help="per direction, for the valid loss")
     s.add_argument("--valid-chrf-sentences", type=int, default=200,
                    help="valid sentences per direction (evenly spaced) for the chrF++ at the end (default 200: "

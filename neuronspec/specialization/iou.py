@@ -1,8 +1,13 @@
-"""Overlap of neuron sets between directions (DESIGN §1 "Analysis"), and `neuronspec analyze`.
+"""Overlap of neuron sets between directions (docs/design.md §1 "Analysis"), and `neuronspec analyze`.
 
 Per layer, IoU(S_a, S_b) = |S_a ∩ S_b| / |S_a ∪ S_b| for every pair of directions
 (two empty sets count as identical: IoU 1). Statistics per layer:
-- mean IoU over all pairs of distinct directions, and within pivot→x and within x→pivot;
+- the paper's mean IoU (the headline, trended and plotted): encoder layers compare x→pivot
+  directions with each other, decoder layers pivot→x directions (in the encoder every pivot→x
+  direction reads the same source language, which would inflate an all-pairs mean);
+  `truncate=True` truncates each pair to a whole percent first, as the original notebook does;
+- mean IoU over all pairs of distinct directions (kept as a secondary column), and within
+  pivot→x and within x→pivot;
 - within one kind (both pivot→x or both x→pivot), comparing the non-pivot languages:
   same-family vs different-family (top-level family, e.g. Indo-European), same-branch vs
   different-branch (e.g. Slavic) and same-script vs different-script mean IoU, and the
@@ -26,10 +31,11 @@ import torch
 
 from neuronspec.atomic import save_figure_atomic, write_atomic
 from neuronspec.ops import TaskMasks, load_layer_masks
+from neuronspec.specialization.select import K_OPTIONS
 
 log = logging.getLogger(__name__)
 
-# Tan et al., k = 0.7, mean IoU (%) by layer, 6+6 layers (DESIGN §1).
+# Tan et al., k = 0.7, mean IoU (%) by layer, 6+6 layers (docs/design.md §1).
 PUBLISHED = {"encoder": [37.7, 47.9, 52.6, 59.1, 63.0, 65.5], "decoder": [52.2, 49.7, 41.4, 29.9, 24.1, 25.9]}
 
 
@@ -83,8 +89,10 @@ def _lang_facts(code: str):
         return None
 
 
-def layer_stats(iou: np.ndarray, names: list[str], pivot: str = "en") -> dict:
-    """Statistics of one layer's IoU matrix (see module docstring); None where no pair applies."""
+def layer_stats(iou: np.ndarray, names: list[str], pivot: str = "en", side: str | None = None,
+                truncate: bool = False) -> dict:
+    """Statistics of one layer's IoU matrix (see module docstring); None where no pair applies.
+    side: "encoder"/"decoder" selects the pairs of the paper's mean ("paper")."""
     from neuronspec.nmt import languages
 
     T = len(names)
@@ -109,7 +117,11 @@ def layer_stats(iou: np.ndarray, names: list[str], pivot: str = "en") -> dict:
             rel[0].append(languages.relatedness(a.code, b.code))
             rel[1].append(v)
     rho = spearman(rel[0], rel[1]) if len(rel[0]) >= 2 else float("nan")
+    paper_pairs = by_kind.get({"encoder": "x2en", "decoder": "en2x"}.get(side), [])
+    if truncate:
+        paper_pairs = [math.floor(v * 100 + 1e-9) / 100 for v in paper_pairs]
     return {
+        "paper": _mean(paper_pairs),
         "mean": _mean(all_pairs), "mean_en2x": _mean(by_kind["en2x"]), "mean_x2en": _mean(by_kind["x2en"]),
         "same_family": _mean(fam[True]), "diff_family": _mean(fam[False]),
         "same_branch": _mean(br[True]), "diff_branch": _mean(br[False]),
@@ -119,25 +131,27 @@ def layer_stats(iou: np.ndarray, names: list[str], pivot: str = "en") -> dict:
     }
 
 
-def analyze(masks: dict[str, TaskMasks], pivot: str = "en") -> dict:
+def analyze(masks: dict[str, TaskMasks], pivot: str = "en", truncate: bool = False) -> dict:
     """{"layers": {layer: {"iou": [[...]], "stats": {...}}}, "names": [...],
-    "encoder"/"decoder": [mean IoU per layer]}."""
+    "encoder"/"decoder": [the paper's mean IoU per layer], "encoder_all"/"decoder_all": [the
+    all-pairs mean per layer], "truncate": bool}."""
     if not masks:
         raise ValueError("masks: no layers to analyze")
     names = None
-    out = {"layers": {}, "encoder": [], "decoder": []}
+    out = {"layers": {}, "encoder": [], "decoder": [], "encoder_all": [], "decoder_all": [], "truncate": truncate}
     for layer, m in masks.items():
         if names is None:
             names = list(m.names)
         elif list(m.names) != names:
             raise ValueError(f"masks[{layer!r}]: directions {m.names[:3]}... differ from the first layer's")
         iou = iou_matrix(m)
-        stats = layer_stats(iou, names, pivot)
+        side = "encoder" if layer.startswith("encoder") else "decoder" if layer.startswith("decoder") else None
+        stats = layer_stats(iou, names, pivot, side, truncate)
         stats["kept_fraction"] = float(m.fractions().mean())
         out["layers"][layer] = {"iou": iou.tolist(), "stats": stats}
-        side = "encoder" if layer.startswith("encoder") else "decoder" if layer.startswith("decoder") else None
         if side:
-            out[side].append(stats["mean"])
+            out[side].append(stats["paper"])
+            out[f"{side}_all"].append(stats["mean"])
     out["names"] = names
     return out
 
@@ -189,12 +203,12 @@ def plot_mean_iou(result: dict, path: Path, k_label: str = "") -> None:
         layers = [l for l in result["layers"] if l.startswith(side)]
         if layers:
             x = [(i + 1) / len(layers) for i in range(len(layers))]
-            for key, label, style in (("mean", f"ours, all pairs {k_label}", "o-"),
-                                      ("mean_en2x", "ours, en→x pairs", "s--"),
-                                      ("mean_x2en", "ours, x→en pairs", "^--")):
+            paper = "x→en pairs" if side == "encoder" else "en→x pairs"
+            for key, label, style in (("paper", f"ours, {paper} (the paper's rule) {k_label}", "o-"),
+                                      ("mean", "ours, all pairs", "s--")):
                 ys = [result["layers"][l]["stats"][key] for l in layers]
                 if all(y is not None for y in ys):
-                    ax.plot(x, [y * 100 for y in ys], style, label=label, alpha=1.0 if key == "mean" else 0.6)
+                    ax.plot(x, [y * 100 for y in ys], style, label=label, alpha=1.0 if key == "paper" else 0.5)
         pub = PUBLISHED[side]
         ax.plot([(i + 1) / len(pub) for i in range(len(pub))], pub, "k:", marker="x",
                 label="Tan et al. (EC30, k=0.7)")
@@ -220,34 +234,39 @@ def report_markdown(result: dict, meta: dict | None = None) -> str:
     lines = ["# Neuron overlap between directions (IoU)", ""]
     if meta:
         lines += [f"Masks: {meta.get('kind', 'selected')}, " + ", ".join(
-            f"{k}={meta[k]}" for k in ("k", "k_enc", "k_dec", "k_en2x", "k_x2en", "seed") if k in meta), ""]
+            f"{k}={meta[k]}" for k in ("k", *K_OPTIONS, "seed") if k in meta), ""]
     lines += [f"{len(result['names'])} directions: {', '.join(result['names'])}", "",
-              "| layer | kept | mean IoU | en→x | x→en | same fam. | diff. fam. | same branch | diff. branch "
-              "| same script | diff. script | ρ(IoU, relatedness) |", "|" + "---|" * 12]
+              "| layer | kept | mean IoU (paper's rule) | all pairs | en→x | x→en | same fam. | diff. fam. "
+              "| same branch | diff. branch | same script | diff. script | ρ(IoU, relatedness) |", "|" + "---|" * 13]
     for layer, entry in result["layers"].items():
         s = entry["stats"]
-        lines.append(f"| {layer} | {_fmt(s['kept_fraction'])} | {_fmt(s['mean'])} | {_fmt(s['mean_en2x'])} | "
+        lines.append(f"| {layer} | {_fmt(s['kept_fraction'])} | {_fmt(s['paper'])} | {_fmt(s['mean'])} | "
+                     f"{_fmt(s['mean_en2x'])} | "
                      f"{_fmt(s['mean_x2en'])} | {_fmt(s['same_family'])} | {_fmt(s['diff_family'])} | "
                      f"{_fmt(s['same_branch'])} | {_fmt(s['diff_branch'])} | "
                      f"{_fmt(s['same_script'])} | {_fmt(s['diff_script'])} | "
                      f"{_fmt(s['spearman_relatedness'], pct=False)} |")
-    lines += ["", "Values in %. ρ: Spearman correlation over pairs of the same kind (both en→x or both x→en).", "",
-              "## Trend by depth", "",
+    rule = ("The paper's rule: encoder layers average the IoU of x→en pairs, decoder layers of en→x pairs"
+            + (", each truncated to a whole percent first" if result.get("truncate") else "") + ".")
+    lines += ["", f"Values in %. {rule} ρ: Spearman correlation over pairs of the same kind (both en→x or both "
+              "x→en).", "", "## Trend by depth", "",
               "| | ours (mean IoU by layer) | trend | Tan et al., k = 0.7 | trend |", "|---|---|---|---|---|"]
     for side in ("encoder", "decoder"):
-        ours = " → ".join(_fmt(v) for v in result[side])
         pub = " → ".join(f"{v:.1f}" for v in PUBLISHED[side])
-        lines.append(f"| {side} | {ours} | {trend(result[side])} | {pub} | {trend(PUBLISHED[side])} |")
+        for key, label in ((side, f"{side}, paper's rule"), (f"{side}_all", f"{side}, all pairs")):
+            ours = " → ".join(_fmt(v) for v in result[key])
+            lines.append(f"| {label} | {ours} | {trend(result[key])} | {pub if key == side else ''} | "
+                         f"{trend(PUBLISHED[side]) if key == side else ''} |")
     lines += ["", "![mean IoU by layer](mean_iou.png)", ""]
     return "\n".join(lines)
 
 
 def write_analysis(masks: dict[str, TaskMasks], out: str | os.PathLike, meta: dict | None = None,
-                   pivot: str = "en", heatmaps: bool = True) -> dict:
+                   pivot: str = "en", heatmaps: bool = True, truncate: bool = False) -> dict:
     """Analyze, then write iou.json, report.md, mean_iou.png and heatmaps into `out`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    result = analyze(masks, pivot)
+    result = analyze(masks, pivot, truncate)
     k_label = f"(k={meta['k']})" if meta and "k" in meta else ""
     if heatmaps:
         for layer, entry in result["layers"].items():
@@ -264,18 +283,22 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--masks", required=True, help="masks file from `neuronspec select`")
     p.add_argument("--out", default=None, help="output folder (default: analysis/ next to --masks)")
     p.add_argument("--no-heatmaps", action="store_true", help="skip the per-layer heatmap PNGs")
+    p.add_argument("--truncate", action="store_true",
+                   help="truncate each pair's IoU to a whole percent before averaging (the original notebook)")
 
 
 def run(args) -> int:
     masks, meta = load_layer_masks(args.masks)
     out = Path(args.out) if args.out else Path(args.masks).with_name("analysis")
-    result = write_analysis(masks, out, meta, meta.get("pivot", "en"), heatmaps=not args.no_heatmaps)
-    print(f"{'layer':<22} {'kept':>6} {'meanIoU':>8} {'en→x':>6} {'x→en':>6}")
+    result = write_analysis(masks, out, meta, meta.get("pivot", "en"), heatmaps=not args.no_heatmaps,
+                            truncate=args.truncate)
+    print(f"{'layer':<22} {'kept':>6} {'paper':>6} {'all':>6} {'en→x':>6} {'x→en':>6}")
     for layer, e in result["layers"].items():
         s = e["stats"]
-        print(f"{layer:<22} {_fmt(s['kept_fraction']):>6} {_fmt(s['mean']):>8} {_fmt(s['mean_en2x']):>6} "
-              f"{_fmt(s['mean_x2en']):>6}")
+        print(f"{layer:<22} {_fmt(s['kept_fraction']):>6} {_fmt(s['paper']):>6} {_fmt(s['mean']):>6} "
+              f"{_fmt(s['mean_en2x']):>6} {_fmt(s['mean_x2en']):>6}")
     for side in ("encoder", "decoder"):
-        print(f"{side}: mean IoU {' → '.join(_fmt(v) for v in result[side])} ({trend(result[side])})")
+        print(f"{side}: mean IoU (paper's rule) {' → '.join(_fmt(v) for v in result[side])} ({trend(result[side])}); "
+              f"all pairs {' → '.join(_fmt(v) for v in result[f'{side}_all'])}")
     print(f"wrote {out}/report.md, iou.json, mean_iou.png")
     return 0

@@ -1,4 +1,4 @@
-"""Activation counts → per-direction neuron sets (DESIGN §1), and `neuronspec select`.
+"""Activation counts → per-direction neuron sets (docs/design.md §1), and `neuronspec select`.
 
 Cumulative threshold k ∈ (0, 1]: sort a^t descending (ties by neuron index, so the result is
 deterministic) and keep the smallest prefix S with Σ_{n∈S} a_n ≥ k · Σ_n a_n.
@@ -7,6 +7,7 @@ active neuron. A direction whose counts are all zero (no tokens recorded, or no 
 fired) has no defined set: that is a ValueError naming the layer and the direction.
 
     neuronspec select --counts runs/counts.pt --k 0.95 --out runs/masks.pt
+    neuronspec select --counts runs/counts.pt --k-en2x-enc 0.9 --k-en2x-dec 0.95 --k-x2en-enc 0.95 --k-x2en-dec 0.9
     neuronspec select --counts runs/counts.pt --masks-like runs/masks.pt --random --out runs/random.pt
 """
 from __future__ import annotations
@@ -58,30 +59,35 @@ def select_neurons(counts: torch.Tensor, k: float) -> torch.Tensor:
     return torch.sort(order[:m]).values
 
 
-def direction_k(layer: str, direction: str, pivot: str, k: float, k_enc: float | None = None,
-                k_dec: float | None = None, k_en2x: float | None = None, k_x2en: float | None = None) -> float:
-    """The k that applies to one (layer, direction). Precedence: the direction-kind option
-    (k_en2x for pivot→x, k_x2en for x→pivot) > the side option (k_enc / k_dec) > k."""
+K_OPTIONS = ("k_en2x_enc", "k_en2x_dec", "k_x2en_enc", "k_x2en_dec", "k_en2x", "k_x2en", "k_enc", "k_dec")
+
+
+def direction_k(layer: str, direction: str, pivot: str, k: float, **kopts: float | None) -> float:
+    """The k that applies to one (layer, direction). The original selects with four k's,
+    direction kind (pivot→x: en2x, x→pivot: x2en) × side (encoder / decoder layers); the coarser
+    options are shorthands. Precedence: k_<kind>_<side> > k_<kind> > k_<side> > k."""
+    unknown = set(kopts) - set(K_OPTIONS)
+    if unknown:
+        raise TypeError(f"direction_k: unknown options {sorted(unknown)}; expected some of {K_OPTIONS}")
     src, _, tgt = direction.partition("-")
-    if src == pivot and k_en2x is not None:
-        return k_en2x
-    if tgt == pivot and k_x2en is not None:
-        return k_x2en
-    if layer.startswith("encoder") and k_enc is not None:
-        return k_enc
-    if layer.startswith("decoder") and k_dec is not None:
-        return k_dec
+    kind = "en2x" if src == pivot else "x2en" if tgt == pivot else None
+    side = "enc" if layer.startswith("encoder") else "dec" if layer.startswith("decoder") else None
+    for name in (f"k_{kind}_{side}", f"k_{kind}", f"k_{side}"):
+        if kopts.get(name) is not None:
+            return kopts[name]
     return k
 
 
 def select_masks(counts: dict[str, torch.Tensor], directions: list[str], k: float = 0.95, *,
-                 pivot: str = "en", k_enc: float | None = None, k_dec: float | None = None,
-                 k_en2x: float | None = None, k_x2en: float | None = None) -> dict[str, TaskMasks]:
-    """{layer: int counts [T, f]} → {layer: TaskMasks over the T directions}."""
-    ks = {"k": check_k(k)}
-    for name, v in (("k_enc", k_enc), ("k_dec", k_dec), ("k_en2x", k_en2x), ("k_x2en", k_x2en)):
+                 pivot: str = "en", **kopts: float | None) -> dict[str, TaskMasks]:
+    """{layer: int counts [T, f]} → {layer: TaskMasks over the T directions}; `kopts`: the
+    per-kind/side thresholds of direction_k (K_OPTIONS), None = not set."""
+    check_k(k)
+    for name, v in kopts.items():
+        if name not in K_OPTIONS:
+            raise TypeError(f"select_masks: unknown option {name!r}; expected one of {K_OPTIONS}")
         if v is not None:
-            ks[name] = check_k(v, name)
+            check_k(v, name)
     if not counts:
         raise ValueError("counts: no layers")
     out = {}
@@ -90,7 +96,7 @@ def select_masks(counts: dict[str, torch.Tensor], directions: list[str], k: floa
             raise ValueError(f"counts[{layer!r}]: expected shape [{len(directions)}, f], got {tuple(c.shape)}")
         sets = []
         for t, d in enumerate(directions):
-            kt = direction_k(layer, d, pivot, k, k_enc, k_dec, k_en2x, k_x2en)
+            kt = direction_k(layer, d, pivot, k, **kopts)
             try:
                 sets.append(select_neurons(c[t], kt))
             except ValueError as e:
@@ -142,10 +148,14 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--counts", required=True, help="counts file from `neuronspec record`")
     p.add_argument("--out", default=None, help="masks file (default: masks.pt / masks-random.pt next to --counts)")
     p.add_argument("--k", type=float, default=0.95, help="cumulative threshold in (0, 1] (default 0.95)")
-    p.add_argument("--k-enc", type=float, default=None, help="k for encoder layers")
-    p.add_argument("--k-dec", type=float, default=None, help="k for decoder layers")
-    p.add_argument("--k-en2x", type=float, default=None, help="k for pivot→x directions (beats --k-enc/--k-dec)")
-    p.add_argument("--k-x2en", type=float, default=None, help="k for x→pivot directions (beats --k-enc/--k-dec)")
+    p.add_argument("--k-en2x-enc", type=float, default=None, help="k for pivot→x directions in encoder layers")
+    p.add_argument("--k-en2x-dec", type=float, default=None, help="k for pivot→x directions in decoder layers")
+    p.add_argument("--k-x2en-enc", type=float, default=None, help="k for x→pivot directions in encoder layers")
+    p.add_argument("--k-x2en-dec", type=float, default=None, help="k for x→pivot directions in decoder layers")
+    p.add_argument("--k-en2x", type=float, default=None, help="shorthand: k for pivot→x directions, both sides")
+    p.add_argument("--k-x2en", type=float, default=None, help="shorthand: k for x→pivot directions, both sides")
+    p.add_argument("--k-enc", type=float, default=None, help="shorthand: k for encoder layers, both kinds")
+    p.add_argument("--k-dec", type=float, default=None, help="shorthand: k for decoder layers, both kinds")
     p.add_argument("--random", action="store_true",
                    help="size-matched random masks (control): sizes from --masks-like, else from the k selection")
     p.add_argument("--masks-like", default=None, help="with --random: copy the per-direction sizes of this masks file")
@@ -155,7 +165,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     rec = load_counts(args.counts)
     directions, pivot = rec["directions"], rec["meta"].get("pivot", "en")
-    kopts = dict(k_enc=args.k_enc, k_dec=args.k_dec, k_en2x=args.k_en2x, k_x2en=args.k_x2en)
+    kopts = {name: getattr(args, name) for name in K_OPTIONS}
     if args.masks_like and not args.random:
         raise ValueError("--masks-like: only used with --random")
     if args.random and args.masks_like:

@@ -1,4 +1,4 @@
-"""Specialized training (DESIGN §1): continue a dense checkpoint with per-direction masks.
+"""Specialized training (docs/design.md §1): continue a dense checkpoint with per-direction masks.
 
 Fresh optimizer and schedule (the trainer's `init_from`), each direction restricted to its
 own neurons in every masked FFN (`fc1.weight ⊙ m_t` through the masked ops). The masks are
@@ -8,6 +8,16 @@ saved in every checkpoint, so `neuronspec evaluate` decodes with them.
         --out runs/spec --max-steps 1000 [--where enc|dec|both]
 
 `continue_training(...)` with masks=None is the dense fine-tuning control (same steps).
+
+`--recipe original` follows the original specialization stage (docs/design.md §6): fresh
+optimizer, lr schedule and warm-up (inverse-sqrt), no gradient clipping, label smoothing 0.1,
+dropout 0.1, no EMA, and early stopping on the validation loss with patience 20 validations.
+The original's step counts (4000 warm-up updates, a validation every 500) are scaled by the
+preset's own warm-up over 4000 (tiny: 150/4000, so 150 warm-up updates and a validation every 19);
+--max-steps stays the cap. The original's ≈ 645k tokens per update (update_freq 21 × 4 GPUs ×
+7680) is out of reach on a CPU: tokens per update stay the checkpoint's unless --update-freq or
+--max-tokens say otherwise (logged). The default recipe keeps the dense run's settings
+(clipping 1.0, its dropout, a fixed number of steps).
 """
 from __future__ import annotations
 
@@ -22,6 +32,17 @@ from neuronspec.ops import TaskMasks, load_layer_masks
 log = logging.getLogger(__name__)
 
 WHERE = ("enc", "dec", "both")
+RECIPES = ("default", "original")
+
+
+def original_recipe(preset: str) -> dict[str, Any]:
+    """TrainConfig overrides of the original specialization stage, step counts scaled to `preset`."""
+    from neuronspec.nmt.train import TRAIN_DEFAULTS
+
+    warmup = TRAIN_DEFAULTS[preset]["warmup"]
+    scale = warmup / 4000
+    return dict(lr_scheduler="inverse_sqrt", warmup=warmup, clip_norm=0.0, weight_decay=0.0, label_smoothing=0.1,
+                dropout=0.1, ema_decay=0.0, valid_every=max(1, round(500 * scale)), patience=20)
 
 
 def restrict(masks: Mapping[str, TaskMasks], where: str) -> dict[str, TaskMasks]:
@@ -38,16 +59,20 @@ def restrict(masks: Mapping[str, TaskMasks], where: str) -> dict[str, TaskMasks]
 
 def continue_training(checkpoint: str | os.PathLike, out: str | os.PathLike,
                       masks: Mapping[str, TaskMasks] | str | os.PathLike | None, *, steps: int,
-                      where: str = "both", max_minutes: float | None = None, **overrides: Any) -> dict:
+                      where: str = "both", max_minutes: float | None = None, recipe: str = "default",
+                      **overrides: Any) -> dict:
     """Train `steps` more updates from `checkpoint`'s weights (fresh optimizer, step counter
     from 0), with `masks` (dict or masks file; None = dense fine-tuning). The run keeps the
-    checkpoint's training config (data, batch size, lr, ...) unless `overrides` (TrainConfig
-    fields, e.g. lr=5e-4, warmup=100) say otherwise. Returns the trainer's summary."""
+    checkpoint's training config (data, batch size, lr, ...) unless the recipe ("original":
+    see the module docstring) or `overrides` (TrainConfig fields, e.g. lr=5e-4, warmup=100;
+    they win over the recipe) say otherwise. Returns the trainer's summary."""
     from neuronspec.nmt.checkpoint import load_checkpoint
     from neuronspec.nmt.train import TrainConfig, train
 
     if not isinstance(steps, int) or isinstance(steps, bool) or steps <= 0:
         raise ValueError(f"steps: expected a positive int, got {steps!r}")
+    if recipe not in RECIPES:
+        raise ValueError(f"recipe: expected one of {RECIPES}, got {recipe!r}")
     ck = load_checkpoint(checkpoint)
     if ck.get("masks"):
         raise ValueError(f"checkpoint: {os.fspath(checkpoint)!r} is already specialized; start from the dense model")
@@ -64,9 +89,16 @@ def continue_training(checkpoint: str | os.PathLike, out: str | os.PathLike,
     base = dict(ck["config"])
     base.update(data=overrides.pop("data", None) or prep or base.get("data"), out=os.fspath(out),
                 max_steps=steps, max_minutes=max_minutes)
+    if recipe == "original":
+        base.update(original_recipe(base.get("preset", "tiny")))
     cfg = TrainConfig.from_dict(base, **overrides)
-    log.info("continued training from %s: %d steps, %s", checkpoint, steps,
-             "dense" if masks is None else f"{len(masks)} masked FFN layers ({where})")
+    log.info("continued training from %s: %d steps, %s, recipe %s", checkpoint, steps,
+             "dense" if masks is None else f"{len(masks)} masked FFN layers ({where})", recipe)
+    if recipe == "original":
+        log.info("original recipe: warm-up %d, inverse_sqrt lr %.2e, clip %s, label smoothing %s, dropout %s, "
+                 "validation every %d, patience %d, %d tokens per update (the original: ~645k)", cfg.warmup,
+                 cfg.lr, cfg.clip_norm, cfg.label_smoothing, cfg.dropout, cfg.valid_every, cfg.patience,
+                 cfg.max_tokens * cfg.update_freq)
     return train(cfg, init_from=checkpoint, masks=masks)
 
 
@@ -83,17 +115,22 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", type=int, default=None, help="tokens per batch (default: the checkpoint's)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--valid-every", type=int, default=None)
+    p.add_argument("--recipe", default="default", choices=RECIPES,
+                   help="default: the dense run's settings; original: the original specialization stage "
+                        "(fresh warm-up, no clipping, label smoothing and dropout 0.1, early stopping)")
+    p.add_argument("--patience", type=int, default=None, help="early stopping patience in validations")
+    p.add_argument("--update-freq", type=int, default=None, help="batches per update (default: the checkpoint's)")
     p.add_argument("--device", default=None)
     p.add_argument("--no-progress", action="store_true")
 
 
 def run(args) -> int:
     out = args.out or str(Path(args.checkpoint).parent / f"spec-{args.where}")
-    over = {k: getattr(args, k) for k in ("lr", "warmup", "max_tokens", "seed", "valid_every", "device")
-            if getattr(args, k) is not None}
+    over = {k: getattr(args, k) for k in ("lr", "warmup", "max_tokens", "seed", "valid_every", "device", "patience",
+                                          "update_freq") if getattr(args, k) is not None}
     if args.no_progress:
         over["progress"] = False
     summary = continue_training(args.checkpoint, out, args.masks, steps=args.max_steps, where=args.where,
-                                max_minutes=args.max_minutes, **over)
+                                max_minutes=args.max_minutes, recipe=args.recipe, **over)
     print(f"specialized checkpoint: {summary['checkpoint']} ({summary['step']} steps, {summary['minutes']:.1f} min)")
     return 0
