@@ -5,7 +5,7 @@ random token ids (fixed lengths, no padding). Two copies of the same model (same
 weights, one Adam each) run interleaved: `dense` (no masks) and `specialized` (every FFN layer
 restricted per direction, masked_ffn on the default backend of the device).
 Masks: `random` (default) keeps a fraction `--keep` (0.75: what k = 0.95 keeps on trained
-models, DESIGN §1) of each layer's neurons per direction at random; `counts` records
+models, docs/design.md §1) of each layer's neurons per direction at random; `counts` records
 activation counts of the model on random data and selects with threshold `--k`.
 Batches: homogeneous (one direction, an int task id) or mixed (one direction per sentence).
 Precision: the whole model in --dtype (fp32 on CPU, bf16 on GPU: pure bf16, no autocast, so
@@ -160,6 +160,24 @@ def make_step(model, opt, batch):
     return step
 
 
+def ffn_flop_share(step) -> float:
+    """Share of one dense step's matmul FLOPs (forward + backward) spent in the FFN blocks,
+    counted by torch.utils.flop_counter on an untimed step."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    counts = counter.get_flop_counts()
+    total = sum(counts["Global"].values())
+    ffn = sum(sum(ops.values()) for name, ops in counts.items() if name.endswith(".ffn"))
+    return ffn / total if total else 0.0
+
+
+def ideal_speedup(ffn_share: float, kept: float) -> float:
+    """Speedup of a step whose FFN FLOPs shrink to the kept fraction, everything else unchanged."""
+    return 1.0 / (1.0 - (1.0 - kept) * ffn_share)
+
+
 def memory_probe(step, model, device) -> tuple[float, float | None]:
     """One more (untimed) step → (MiB of tensors autograd saved for backward, parameters excluded;
     CUDA: peak MiB allocated during the step above what was allocated before it, else None)."""
@@ -206,6 +224,7 @@ def run_case(cfg: dict, model_name: str, kind: str) -> list[dict]:
         opt = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-6)
         fns[name] = make_step(model, opt, batch)
     stats = tm.measure(fns, device, cfg["repeats"], cfg["warmup"])
+    share = ffn_flop_share(fns["dense"])
     kernel = {k: tm.kernel_time(fns[k], device, calls=2) for k, st in stats.items() if isinstance(st, tm.Stats)}
     memory = {}
     for name, fn in fns.items():
@@ -236,6 +255,7 @@ def run_case(cfg: dict, model_name: str, kind: str) -> list[dict]:
             r_med, r_q1, r_q3 = tm.ratio_stats(stats["dense"], st)
             row.update(speedup=tm.sig(stats["dense"].median / st.median), speedup_q1=tm.sig(r_q1),
                        speedup_q3=tm.sig(r_q3))
+        row.update(ffn_flop_share=round(share, 4), ideal_speedup=tm.sig(ideal_speedup(share, row["kept_fraction"])))
         if kernel.get(name) is not None:  # CUDA: GPU busy time of one step, host overhead excluded
             row["kernel_ms"] = tm.sig(kernel[name] * 1e3)
             if kernel.get("dense"):
@@ -248,19 +268,22 @@ def markdown_report(rows: list[dict], meta: dict) -> str:
     head = (f"# Training step benchmark\n\nDevice: {tm.device_label(meta)}. Date (UTC): {meta['date_utc']}. "
             f"Commit: {meta.get('git_commit')}. Load average at start: {meta['load_avg_start']}, at end: "
             f"{meta.get('load_avg_end')}.\nOne step = forward + loss + backward + Adam, median over "
-            f"{meta['repeats']} interleaved rounds; speedup = dense / specialized step time. Saved for bwd = tensors autograd keeps for the "
+            f"{meta['repeats']} interleaved rounds; speedup = dense / specialized step time; ideal = the "
+            f"speedup if only the FFN's FLOPs shrank to the kept fraction (FFN share of a dense step's matmul "
+            f"FLOPs in brackets). Saved for bwd = tensors autograd keeps for the "
             f"backward (parameters excluded); step peak (CUDA only) = peak allocated during a step minus what "
             f"was allocated before it. "
             f"Command: `{meta['cmdline']}`\n\n")
     body = [[r["model"], f"{r['d_model']}/{r['d_ff']} {r['layers']}", r["batch"], r["tgt_tokens"], r["variant"],
              f"{r['kept_fraction']:.3f}", f"{r['median_ms']:.1f} ±{r['iqr_ms'] / 2:.1f}", f"{r['tgt_tokens_per_s']:.0f}",
              f"{r['speedup']:.2f}× [{r['speedup_q1']:.2f}, {r['speedup_q3']:.2f}]",
+             f"{r['ideal_speedup']:.2f}× ({100 * r['ffn_flop_share']:.0f} %)",
              "" if r.get("saved_mib") is None else f"{r['saved_mib']:.0f}",
              "n/a (CPU)" if r.get("peak_step_mib") is None else f"{r['peak_step_mib']:.0f}"]
-            if "median_ms" in r else [r["model"], "", r["batch"], "", r["variant"], "", r["status"], "", "", "", ""]
+            if "median_ms" in r else [r["model"], "", r["batch"], "", r["variant"], "", r["status"], "", "", "", "", ""]
             for r in rows]
     header = ["model", "d/ff layers", "batch", "tgt tokens", "variant", "kept", "step ms ±IQR/2", "tgt tok/s",
-              "speedup [IQR]", "saved for bwd MiB", "step peak MiB"]
+              "speedup [IQR]", "ideal (FFN share of FLOPs)", "saved for bwd MiB", "step peak MiB"]
     if any("kernel_ms" in r for r in rows):  # CUDA: GPU time alone (torch.profiler)
         header += ["GPU kernel ms", "kernel speedup"]
         body = [b + ([f"{r['kernel_ms']:.1f}", f"{r.get('kernel_speedup', float('nan')):.2f}×"]

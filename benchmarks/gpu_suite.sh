@@ -102,7 +102,7 @@ build() {
 
 tests() {
   local files=() f
-  for f in tests/test_triton.py tests/test_cuda.py tests/test_ops.py; do
+  for f in tests/test_triton.py tests/test_cuda.py tests/test_ops.py tests/test_plan.py; do
     if [ -f "$f" ]; then files+=("$f"); else echo "missing test file: $f"; fi
   done
   [ ${#files[@]} -gt 0 ] || return 1
@@ -122,12 +122,13 @@ if [ "$DRY" = "1" ]; then  # CPU: tiny sizes, a few rounds
   LIMITS=(60 300 300 120 60 90 60)   # info build tests masked counting train large
 else                       # GPU sizes (bf16, N 8192): the bars of the issues first, big before base
   MASKED=(--device cuda --shapes big,base --tokens 8192 --p 0.25,0.5,0.75,1.0 --modes fwd+bwd,fwd --tasks 1,8
-          --repeats 10 --warmup 3)
+          --providers dense,auto,torch,maskmul,triton,cuda --repeats 10 --warmup 3)
   COUNT=(--device cuda --shapes big,base --tokens 8192 --tasks 1,8 --repeats 15)
   TRAIN=(--device cuda --models base,big --batches homogeneous,mixed --repeats 8)
-  # the LLM-size FFN, where GPU work dwarfs launch overhead: dense vs the default backend
+  # the LLM-size FFN, where GPU work dwarfs launch overhead: dense vs the default (auto) and
+  # the paths it chooses between (torch: gather + cuBLAS / grouped_mm; maskmul), and triton
   LARGE=(--device cuda --shapes llm --tokens 8192 --p 0.25,0.5,1.0 --modes fwd+bwd --tasks 1,8
-         --providers dense,triton --repeats 8 --warmup 2)
+         --providers dense,auto,torch,maskmul,triton --repeats 6 --warmup 2)
   LIMITS=(15 40 100 170 50 60 60)
 fi
 

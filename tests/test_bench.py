@@ -158,6 +158,10 @@ def test_train_step_tiny(tmp_path):
         assert r["status"] == "ok" and float(r["tgt_tokens_per_s"]) > 0 and int(r["tgt_tokens"]) == 32
         assert float(r["saved_mib"]) > 0
         assert float(r["kept_fraction"]) == (1.0 if r["variant"] == "dense" else pytest.approx(0.75, abs=0.01))
+        share = float(r["ffn_flop_share"])
+        assert 0.05 < share < 0.95  # tiny model, 8-token sentences: attention and the output layer matter
+        want = 1.0 if r["variant"] == "dense" else 1 / (1 - 0.25 * share)
+        assert float(r["ideal_speedup"]) == pytest.approx(want, rel=0.02)
 
 
 def test_train_step_count_masks():

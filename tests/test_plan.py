@@ -234,3 +234,41 @@ def test_auto_takes_both_paths_and_matches_the_reference():
         assert routing.auto_backend(tables, task, tensors[0]) == want_backend
         for name, got, want in outputs_vs_reference("auto", tensors, masks, task_ids, "relu", False):
             torch.testing.assert_close(got, want, msg=lambda m: f"{name}: {m}")
+
+
+# ---- on a GPU ----------------------------------------------------------------------------------
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@needs_gpu
+@pytest.mark.parametrize("backend", ["torch", "maskmul", "auto"])
+@pytest.mark.parametrize("mixed", [False, True])
+def test_no_syncs_on_gpu(backend, mixed):
+    """forward + backward under torch.cuda.set_sync_debug_mode("error"), fresh ids per call."""
+    tensors, masks, _ = random_problem(0, 512, 64, 256, 4, dtype=torch.bfloat16, density=0.5)
+    tensors = [t.cuda() for t in tensors]
+    masks = masks.to("cuda")
+    dy = torch.randn(512, 64, device="cuda", dtype=torch.bfloat16)
+
+    def once():
+        leaves = _leaves(tensors)
+        ids = torch.randint(0, 4, (512,), device="cuda") if mixed else 1
+        y = masked_ffn(*leaves, masks, ids, backend=backend)
+        torch.autograd.grad(y, leaves, dy)
+    once()  # builds the masks' tables (one host read per masks)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        once()
+        once()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@needs_gpu
+@pytest.mark.parametrize("mask_bias", [False, True])
+def test_grouped_path_on_gpu_matches_reference(mask_bias):
+    tensors, masks, ids = random_problem(4, 300, 64, 128, 5, dtype=torch.bfloat16)
+    tensors, ids = [t.cuda() for t in tensors], ids.cuda()
+    for name, got, want in outputs_vs_reference("torch", tensors, masks, ids, "gelu", mask_bias):
+        assert (got - want).abs().max() <= 0.2 * want.abs().max().clamp_min(1.0), name
