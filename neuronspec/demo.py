@@ -321,8 +321,9 @@ def _study(out, codes, minutes, vocab_size, k, beam, eval_sentences, record_sent
           f"dense baseline {summary['step']} steps, then {extra_steps} extra steps per continuation "
           f"(fresh optimizer, same batches). Test split, beam {beam}, "
           f"{eval_sentences or 'all'} sentences per direction; masks from k = {k}.", "", table, "",
-          "Δ: vs the baseline on all supervised test lines pooled; * = p < 0.05 (paired bootstrap, 1000 "
-          "resamples).", "", "## Significance (paired bootstrap)", "", *significance_lines(tests), "",
+          "Δ: the average over directions minus the baseline's; * = the paired bootstrap (1000 resamples) over "
+          "all supervised test lines pooled gives p < 0.05 against the baseline (its pooled Δ is in the next "
+          "section).", "", "## Significance (paired bootstrap)", "", *significance_lines(tests), "",
           "## Observed trends", "", *[f"- {n}" for n in notes], "",
           "## Mean IoU by layer (%)", ""]
     for lab, a in analyses.items():
