@@ -220,6 +220,7 @@ def test_prefer_gather_follows_the_measured_regimes():
     assert routing.prefer_gather("cpu", False, 0.95, 256, 1024, 40, 16)  # homogeneous: always
     assert routing.prefer_gather("cpu", True, 0.5, 256, 1024, 2048, 16)  # 64 rows saved per task
     assert not routing.prefer_gather("cpu", True, 0.9, 256, 1024, 2048, 16)  # 12.8
+    assert not routing.prefer_gather("cpu", True, 0.9, 512, 2048, 4096, 8)  # 51: measured 0.91x vs 1.00x
 
 
 def test_auto_takes_both_paths_and_matches_the_reference():

@@ -19,7 +19,7 @@ import torch
 CUDA_MIN_DF = 4096 * 14336  # smallest d·f measured faster with gathering on the GPU
 CUDA_MIN_TOKENS = 8192  # the batch size it was measured at
 CUDA_MAX_KEPT = 0.5
-CPU_MIN_SAVED_ROWS = 32  # mixed batches on CPU: see prefer_gather
+CPU_MIN_SAVED_ROWS = 64  # mixed batches on CPU: see prefer_gather
 
 
 def auto_backend(tables, task: int, x: torch.Tensor) -> str:
@@ -40,8 +40,10 @@ def prefer_gather(device_type: str, mixed: bool, kept: float, d: int, f: int, n:
     0.96 / 0.76 (gathered weights reused across steps), so homogeneous batches always gather.
     Mixed batches pay a gather and full-width bias terms per task: 16 tasks, 50 tokens each:
     0.54 / 0.93 at p = 0.9, 0.89 / 0.91 at p = 0.5; 128 tokens each: 0.80 / 0.97 at p = 0.9,
-    1.38 / 0.93 at p = 0.5; 8 tasks, 512 tokens each (512/2048): 3.40 / 0.95 at p = 0.25. They
-    gather when the rows saved per task, (1 − p) · N / T, reach CPU_MIN_SAVED_ROWS."""
+    1.38 / 0.93 at p = 0.5; 8 tasks, 512 tokens each (512/2048): 3.40 / 1.00 at p = 0.25,
+    1.80 / 1.00 at p = 0.5, 1.22 / 1.01 at p = 0.75, 0.91 / 1.00 at p = 0.9 (51 rows saved per
+    task; benchmarks/results/cpu/issue20). They gather when the rows saved per task,
+    (1 − p) · N / T, reach CPU_MIN_SAVED_ROWS."""
     if device_type == "cuda":
         return not mixed and kept <= CUDA_MAX_KEPT and d * f >= CUDA_MIN_DF and n >= CUDA_MIN_TOKENS
     return not mixed or (1.0 - kept) * n / num_tasks >= CPU_MIN_SAVED_ROWS
