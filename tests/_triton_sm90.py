@@ -26,7 +26,7 @@ from triton.compiler import ASTSource  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from neuronspec.ops import triton_count, triton_masked_ffn  # noqa: E402
-from neuronspec.ops.triton_backend import _gemm_configs, _scatter_configs  # noqa: E402
+from neuronspec.ops.triton_backend import _gemm_configs, _pass_configs, _scatter_configs  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
 DTYPES = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32"}
@@ -36,7 +36,8 @@ def _cases(dt: str):
     """(kernel, signature types by argument, constexprs, config list) for one operand dtype."""
     p, i32, acc = f"*{dt}", "*i32", "*fp32"
     common = dict(UPCAST=False, PRECISION="tf32" if dt != "fp32" else "ieee", ACC=tl.float32)
-    grouping = dict(perm_ptr=i32, idx_ptr=i32, offsets_ptr=i32, tok_start_ptr=i32)
+    # perm: the plan's int64 token order; tok_start: int32 group bounds (ops/plan.py)
+    grouping = dict(perm_ptr="*i64", idx_ptr=i32, offsets_ptr=i32, tok_start_ptr=i32)
     for mode, act, has_perm in itertools.product((0, 1), (0, 1), (False, True)):
         sig = dict(a_ptr=p, b_ptr=p, T="i32", bias_ptr=p, z_ptr=p, out_ptr=p, h_ptr=p, db_ptr=acc, K="i32",
                    F="i32", **grouping)
@@ -52,20 +53,33 @@ def _cases(dt: str):
         yield triton_masked_ffn.scatter_rows_kernel, sig, dict(ATOMIC=atomic, HAS_PERM=has_perm, **common), \
             _scatter_configs()
     for act, has_perm, has_valid, write in itertools.product((0, 1), (False, True), (False, True), (False, True)):
-        sig = dict(x_ptr=p, perm_ptr=i32, w_ptr=p, b_ptr=p, valid_ptr="*u8", tok_start_ptr=i32, T="i32", h_ptr=p,
-                   counts_ptr="*i32", K="i32", F="i32")
-        yield triton_count.fc1_act_count_kernel, sig, dict(ACT=act, HAS_PERM=has_perm, HAS_VALID=has_valid,
-                                                           WRITE_OUTPUT=write, **common), _gemm_configs()
+        sig = dict(z_ptr=p, perm_ptr="*i64", valid_ptr="*u8", tok_start_ptr=i32, T="i32", counts_ptr="*i32", F="i32")
+        yield triton_count.act_count_kernel, sig, dict(ACT=act, HAS_PERM=has_perm, HAS_VALID=has_valid,
+                                                       WRITE_OUTPUT=write), _pass_configs()
 
 
-def compile_one(kernel, sig: dict, constexprs: dict, config) -> None:
+def compile_one(kernel, sig: dict, constexprs: dict, config) -> str:
+    """Compile for sm_90 and check the PTX; returns it. Atomics must be relaxed with no fence
+    beside them (the default acq_rel costs a MEMBAR.ALL.GPU per atomic)."""
     consts = {**constexprs, **config.kwargs}
     signature = {name: ("constexpr" if name in consts else sig[name]) for name in kernel.arg_names}
     missing = [n for n in kernel.arg_names if n not in consts and n not in sig]
     if missing:
         raise ValueError(f"{kernel.__name__}: no type for arguments {missing}")
     src = ASTSource(fn=kernel, signature=signature, constexprs=consts)
-    triton.compile(src, target=TARGET, options=dict(num_warps=config.num_warps, num_stages=config.num_stages))
+    compiled = triton.compile(src, target=TARGET, options=dict(num_warps=config.num_warps,
+                                                               num_stages=config.num_stages))
+    ptx = compiled.asm["ptx"]
+    lines = ptx.splitlines()
+    atomics = [ln for ln in lines if ln.strip().split(" ")[-1] and (" red." in ln or " atom." in ln
+                                                                       or ln.strip().startswith(("red.", "atom.")))]
+    if any(".relaxed" not in ln for ln in atomics):
+        raise AssertionError(f"non-relaxed atomics: {[ln.strip() for ln in atomics if '.relaxed' not in ln][:2]}")
+    # memory fences (membar, fence.sc / fence.acq_rel); fence.proxy.async and wgmma.fence order
+    # the tensor-core pipeline, not global memory
+    if atomics and any(ln.strip().startswith(("membar", "fence.sc", "fence.acq_rel")) for ln in lines):
+        raise AssertionError("a memory fence next to the atomics")
+    return ptx
 
 
 def main(argv=None) -> int:

@@ -76,6 +76,14 @@ def _gemm_configs():
     ])
 
 
+def _pass_configs():
+    """Tiles of the elementwise act + count pass (BM tokens, BN neurons)."""
+    if _IMPORT_ERROR is None and INTERPRETED:
+        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 32}, num_warps=1)]
+    return _tuned([triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w)
+                   for bm, bn, w in [(64, 128, 4), (128, 128, 8), (32, 256, 4), (64, 64, 4)]])
+
+
 def _scatter_configs():
     """Tiles for scatter_rows (BM active neurons, BN output columns, BK tokens)."""
     if _IMPORT_ERROR is None and INTERPRETED:
@@ -95,8 +103,8 @@ if _IMPORT_ERROR is None:
     _gather_k = triton.autotune(_gemm_configs(), key=["NOUT", "F"])(triton_masked_ffn.gather_k_kernel)
     _scatter_rows = triton.autotune(_scatter_configs(), key=["NOUT", "F", "ATOMIC"], reset_to_zero=["out_ptr"])(
         triton_masked_ffn.scatter_rows_kernel)
-    _count = triton.autotune(_gemm_configs(), key=["K", "F", "WRITE_OUTPUT"], reset_to_zero=["counts_ptr"])(
-        triton_count.fc1_act_count_kernel)
+    _act_count = triton.autotune(_pass_configs(), key=["F", "WRITE_OUTPUT"], reset_to_zero=["counts_ptr"])(
+        triton_count.act_count_kernel)
 
 
 # ---- launch helpers ----------------------------------------------------------------------------
@@ -230,24 +238,22 @@ def masked_ffn_bwd(dy, x, w1, b1, w2, b2, plan, saved, activation, mask_bias):
 
 
 def fc1_act_count(x, w1, b1, counts, routing, valid, activation, write_output):
-    """H = act(x W1ᵀ + b1) ([0, f] when not write_output); counts[t] += valid Z > 0 (in place)."""
-    n, d = x.shape
-    f = w1.shape[0]
+    """H = act(x W1ᵀ + b1) ([0, f] when not write_output); counts[t] += valid Z > 0 (in place).
+    Z from one cuBLAS addmm (bias in its epilogue), then one Triton pass: act in place + counts."""
+    n, f = x.shape[0], w1.shape[0]
     if _use_torch(x):
         return torch_backend.fc1_act_count(x, w1, b1, counts, routing, valid, activation, write_output)
-    h = x.new_empty(n if write_output else 0, f)
-    if n == 0:
-        return h
-    perm, tok_start, groups, rows = _groups(routing)
-    scratch = torch.zeros(groups, f, dtype=torch.int32, device=x.device)
-    perm_arg = tok_start if perm is None else perm
-    _count[lambda m: _tiles(n, groups, m, "BLOCK_N", f)](
-        x, perm_arg, w1, b1, tok_start if valid is None else valid.view(torch.uint8), tok_start, groups,
-        h if write_output else x, scratch, d, f,
-        ACT=ACTIVATION_CODES[activation], HAS_PERM=perm is not None, HAS_VALID=valid is not None,
-        WRITE_OUTPUT=bool(write_output), **_meta(x))
-    if rows is None:  # one group per task
-        counts += scratch
-    else:
-        counts.index_add_(0, rows, scratch.to(torch.int64))
-    return h
+    z = torch.addmm(b1, x, w1.t())
+    if n:
+        perm, tok_start, groups, rows = _groups(routing)
+        scratch = torch.zeros(groups, f, dtype=torch.int32, device=x.device)
+        _act_count[lambda m: _tiles(n, groups, m, "BLOCK_N", f)](
+            z, tok_start if perm is None else perm, tok_start if valid is None else valid.view(torch.uint8),
+            tok_start, groups, scratch, f,
+            ACT=ACTIVATION_CODES[activation], HAS_PERM=perm is not None, HAS_VALID=valid is not None,
+            WRITE_OUTPUT=bool(write_output))
+        if rows is None:  # one group per task
+            counts += scratch
+        else:
+            counts.index_add_(0, rows, scratch.to(torch.int64))
+    return z if write_output else x.new_empty(0, f)

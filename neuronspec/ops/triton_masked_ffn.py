@@ -61,7 +61,7 @@ def gather_n_kernel(
         dz = tl.where(ok, acc * act_grad(z, ACT), 0.0)
         tl.store(out_ptr + packed, dz.to(out_ptr.dtype.element_ty), mask=ok)
         tl.store(h_ptr + packed, act(z, ACT).to(h_ptr.dtype.element_ty), mask=ok)
-        tl.atomic_add(db_ptr + nid, tl.sum(dz, axis=0), mask=col_ok)
+        tl.atomic_add(db_ptr + nid, tl.sum(dz, axis=0), mask=col_ok, sem="relaxed")
 
 
 @triton.jit
@@ -132,6 +132,6 @@ def scatter_rows_kernel(
     dst = out_ptr + nid[:, None] * NOUT + cols[None, :]
     ok = j_ok[:, None] & col_ok[None, :]
     if ATOMIC:
-        tl.atomic_add(dst, acc, mask=ok)
+        tl.atomic_add(dst, acc, mask=ok, sem="relaxed")
     else:
         tl.store(dst, acc.to(out_ptr.dtype.element_ty), mask=ok)
