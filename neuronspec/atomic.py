@@ -3,6 +3,8 @@ crash or a full disk never leaves a half-written checkpoint, mask file, table or
 from __future__ import annotations
 
 import io
+import json
+import math
 import os
 import tempfile
 from contextlib import contextmanager
@@ -43,3 +45,17 @@ def save_figure_atomic(fig, path: str | os.PathLike, dpi: int = 110) -> None:
     """fig.savefig as PNG to `path` atomically."""
     with atomic_file(path) as f:
         fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight")
+
+
+def strict_json(obj) -> str:
+    """JSON text of `obj` with NaN and ±inf written as null (json.dumps would write the bare
+    NaN / Infinity tokens, which strict JSON readers reject)."""
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+    return json.dumps(clean(obj), indent=2, ensure_ascii=False, allow_nan=False)

@@ -11,6 +11,8 @@ import importlib
 import logging
 import sys
 
+from neuronspec.errors import TrainingDiverged
+
 # command -> (module, one-line help)
 COMMANDS = {
     "data": ("neuronspec.nmt.data_cli", "build the built-in corpus or binarize a corpus"),
@@ -57,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"neuronspec {args.command}: error: {e} (run with -v for the traceback)", file=sys.stderr)
         return 2
+    except TrainingDiverged as e:
+        print(f"neuronspec {args.command}: training diverged: {e}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

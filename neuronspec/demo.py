@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -167,8 +168,8 @@ def run_demo(out: str | os.PathLike = "runs/demo", *, langs: str = DEFAULT_LANGS
 
     from neuronspec.nmt.languages import parse_langs
 
-    if not minutes or minutes <= 0:
-        raise ValueError(f"minutes: must be > 0, got {minutes!r}")
+    if not isinstance(minutes, (int, float)) or not math.isfinite(minutes) or minutes <= 0:
+        raise ValueError(f"minutes: must be a finite number > 0, got {minutes!r}")
     if not 0 < dense_share < 1:
         raise ValueError(f"dense_share: must lie in (0, 1), got {dense_share!r}")
     for name, v in (("dense_steps", dense_steps), ("extra_steps", extra_steps)):

@@ -381,3 +381,63 @@ def test_original_recipe_overrides(prep, tmp_path):
     assert cfg["lr_scheduler"] == "inverse_sqrt" and cfg["label_smoothing"] == 0.1
     with pytest.raises(ValueError, match="recipe: expected one of"):
         continue_training(dense["checkpoint"], tmp_path / "s2", None, steps=1, recipe="fairseq")
+
+
+# ---- non-finite losses -------------------------------------------------------------------------
+def test_nonfinite_updates_are_skipped_then_the_run_stops(prep, tmp_path, monkeypatch):
+    """A NaN loss skips the update (weights untouched, step not counted); max_nonfinite in a row
+    stop with TrainingDiverged and exit status 3 from the CLI, keeping the last good checkpoint."""
+    from neuronspec.errors import TrainingDiverged
+    import neuronspec.nmt.train as train_mod
+
+    real = train_mod.label_smoothed_loss
+    calls = {"n": 0}
+
+    def poisoned(logits, target, eps, pad):
+        loss, nll = real(logits, target, eps, pad)
+        if not torch.is_grad_enabled():  # validation
+            return loss, nll
+        calls["n"] += 1  # training micro-batches: the 3rd and from the 7th on are NaN
+        return (loss * float("nan"), nll) if calls["n"] == 3 or calls["n"] > 6 else (loss, nll)
+    monkeypatch.setattr(train_mod, "label_smoothed_loss", poisoned)
+    trainer = Trainer(config(prep, tmp_path / "run", max_steps=50, valid_every=2, max_nonfinite=3))
+    with pytest.raises(TrainingDiverged, match="3 updates in a row"):
+        trainer.train()
+    assert trainer.step == 5 and trainer.skipped_updates == 4  # one skipped alone, then three in a row
+    ck = load_checkpoint(tmp_path / "run" / LAST)
+    assert ck["step"] == 4 and all(torch.isfinite(t).all() for t in ck["model"].values())
+
+
+def test_float_options_must_be_finite(prep, tmp_path):
+    for name in ("lr", "max_minutes", "clip_norm", "temperature"):
+        with pytest.raises(ValueError, match=f"TrainConfig.{name} must be a finite number"):
+            config(prep, tmp_path, max_steps=1, **{name: float("nan")})
+    with pytest.raises(ValueError, match="betas must be finite"):
+        config(prep, tmp_path, max_steps=1, betas=(0.9, float("inf")))
+
+
+def test_strict_json_writes_null_for_non_finite():
+    import json
+    from neuronspec.atomic import strict_json
+    assert json.loads(strict_json({"a": float("nan"), "b": [1.0, float("inf")], "c": "x"})) == {
+        "a": None, "b": [1.0, None], "c": "x"}
+
+
+def test_cli_exits_3_when_training_diverges(prep, tmp_path, capsys):
+    """`--lr 1e6` (issue #15): before, NaN from step 5, exit 0 and an all-NaN checkpoint."""
+    from neuronspec.cli import main
+    rc = main(["train", "--data", prep, "--out", str(tmp_path / "run"), "--lr", "1e6", "--warmup", "1",
+               "--max-steps", "60", "--valid-every", "0", "--valid-chrf-sentences", "0", "--no-progress",
+               "--max-tokens", "400", "--max-nonfinite", "3"])
+    assert rc == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "training diverged" in err[0] and "updates in a row" in err[0]
+
+
+def test_demo_and_decoding_reject_nan_options():
+    from neuronspec.demo import run_demo
+    from neuronspec.nmt.decode import _check
+    with pytest.raises(ValueError, match="minutes: must be a finite number"):
+        run_demo("/nonexistent/demo", minutes=float("nan"))
+    with pytest.raises(ValueError, match="lenpen must be a finite number"):
+        _check(5, 1.2, 10, float("nan"))

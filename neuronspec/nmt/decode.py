@@ -15,6 +15,7 @@ Token ids returned exclude that first token and EOS.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -29,10 +30,10 @@ log = logging.getLogger(__name__)
 def _check(beam: int, max_len_a: float, max_len_b: int, lenpen: float) -> None:
     if not isinstance(beam, int) or beam < 1:
         raise ValueError(f"beam must be a positive int, got {beam!r}")
-    if max_len_a < 0 or max_len_b < 1:
-        raise ValueError(f"max_len_a must be >= 0 and max_len_b >= 1, got {max_len_a}, {max_len_b}")
-    if lenpen < 0:
-        raise ValueError(f"lenpen must be >= 0, got {lenpen}")
+    if not math.isfinite(max_len_a) or max_len_a < 0 or max_len_b < 1:
+        raise ValueError(f"max_len_a must be a finite number >= 0 and max_len_b >= 1, got {max_len_a}, {max_len_b}")
+    if not math.isfinite(lenpen) or lenpen < 0:
+        raise ValueError(f"lenpen must be a finite number >= 0, got {lenpen}")
 
 
 def _start_tokens(start: int | torch.Tensor | None, bos: int, B: int, device) -> torch.Tensor:

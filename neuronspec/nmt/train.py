@@ -39,7 +39,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..atomic import write_atomic
+from ..atomic import strict_json, write_atomic
+from ..errors import TrainingDiverged
 from .batching import check_target_tag, tag_options
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .ema import EMA
@@ -48,6 +49,7 @@ from .model import PRESETS, ModelConfig, Transformer
 log = logging.getLogger(__name__)
 
 LAST, BEST = "checkpoint_last.pt", "checkpoint_best.pt"
+
 
 # Optimisation defaults per preset (lr, warm-up, schedule, batch tokens, weight averaging, stop):
 # the tiny preset trains for minutes, where small batches (more updates) win on 2 CPU cores, an
@@ -109,6 +111,8 @@ class TrainConfig:
     max_steps: int | None = None
     max_minutes: float | None = None  # wall-clock training time of this invocation
     patience: int = 0  # early stopping: stop after this many validations without a better loss (0: off)
+    # an update whose loss or gradient norm is not finite is skipped; this many in a row stop the run
+    max_nonfinite: int = 5
     # bookkeeping
     log_every: int = 50
     valid_every: int = 500  # validation loss + checkpoint every N steps (0: only at the end)
@@ -137,13 +141,21 @@ class TrainConfig:
             raise ValueError("give max_steps or max_minutes (no default stop for this preset)")
         checks = [("max_tokens", self.max_tokens, 1), ("update_freq", self.update_freq, 1),
                   ("warmup", self.warmup, 0), ("log_every", self.log_every, 1), ("valid_every", self.valid_every, 0),
-                  ("valid_beam", self.valid_beam, 1), ("patience", self.patience, 0)]
+                  ("valid_beam", self.valid_beam, 1), ("patience", self.patience, 0),
+                  ("max_nonfinite", self.max_nonfinite, 1)]
         for name in ("max_steps", "valid_chrf_sentences"):
             if getattr(self, name) is not None:
                 checks.append((name, getattr(self, name), 0))
         for name, v, lo in checks:
             if not isinstance(v, int) or v < lo:
                 raise ValueError(f"TrainConfig.{name} must be an int >= {lo}, got {v!r}")
+        for name in ("lr", "warmup_init_lr", "adam_eps", "weight_decay", "label_smoothing", "clip_norm", "max_minutes",
+                     "dropout", "attention_dropout", "ema_decay", "temperature"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, (int, float)) or not math.isfinite(v)):
+                raise ValueError(f"TrainConfig.{name} must be a finite number, got {v!r}")
+        if not all(isinstance(b, (int, float)) and math.isfinite(b) for b in self.betas):
+            raise ValueError(f"TrainConfig.betas must be finite numbers, got {self.betas!r}")
         if not self.lr or self.lr <= 0:
             raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr!r}")
         if self.lr_scheduler not in LR_SCHEDULERS:
@@ -400,6 +412,7 @@ class Trainer:
         self.step = 0
         self.best_valid = math.inf
         self.stale_validations = 0  # validations since the best loss (early stopping)
+        self.skipped_updates = self.nonfinite_in_row = 0  # non-finite loss or gradient norm
         self.history: list[dict] = []
         torch.manual_seed(cfg.seed + 1000 * self.rank)  # dropout streams differ across ranks
         if resume_ckpt is not None:
@@ -493,12 +506,31 @@ class Trainer:
         scale = self.world_size / ntok
         torch._foreach_mul_([p.grad for p in self.model.parameters() if p.grad is not None], scale)
         gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_norm if self.cfg.clip_norm > 0 else math.inf)
+        loss_sum = stats[0].item()
+        if not (math.isfinite(loss_sum) and math.isfinite(float(gnorm))):  # the same on every rank (all-reduced)
+            return self._skip_update(loss_sum, float(gnorm))
+        self.nonfinite_in_row = 0
         self.optimizer.step()
         self.scheduler.step(self._progress(self.step + 1))
         if self.ema is not None:
             self.ema.update(self.model)
         self.step += 1
         return {"loss": stats[0].item(), "nll": stats[1].item(), "ntokens": stats[2].item(), "gnorm": float(gnorm)}
+
+    def _skip_update(self, loss_sum: float, gnorm: float) -> dict:
+        """Drop an update whose loss or gradient norm is not finite (the weights stay as they
+        were); after cfg.max_nonfinite in a row, stop with TrainingDiverged."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.skipped_updates += 1
+        self.nonfinite_in_row += 1
+        log.warning("step %d: loss %s, gradient norm %s: update skipped (%d in a row, %d in all)", self.step + 1,
+                    loss_sum, gnorm, self.nonfinite_in_row, self.skipped_updates)
+        if self.nonfinite_in_row >= self.cfg.max_nonfinite:
+            raise TrainingDiverged(
+                f"{self.nonfinite_in_row} updates in a row had a non-finite loss or gradient norm (at step "
+                f"{self.step + 1}); the last checkpoint in {self.out} is from before them. Lower --lr or raise "
+                f"--warmup, or check the data")
+        return {"loss": 0.0, "nll": 0.0, "ntokens": 0.0, "gnorm": gnorm, "skipped": True}
 
     def _progress(self, step: int) -> float:
         """Share of the run's budget used after ``step`` updates: the larger of step/max_steps
@@ -615,6 +647,8 @@ class Trainer:
                     log.warning("interrupted at step %d: saving %s", self.step, self.out / LAST)
                     self.save()
                 raise
+            if s.get("skipped"):
+                continue
             bar.update(1)
             for k in ("loss", "nll", "ntokens"):
                 acc[k] += s[k]
@@ -646,7 +680,7 @@ class Trainer:
         summary = {"checkpoint": str(self.out / LAST), "best_checkpoint": str(self.out / BEST), "step": self.step,
                    "minutes": minutes, "final": final, "data": os.path.abspath(self.data.root)}
         if self.is_main:
-            write_atomic(self.out / "train_summary.json", json.dumps(summary, indent=2, ensure_ascii=False))
+            write_atomic(self.out / "train_summary.json", strict_json(summary))
             log.info("done: %d steps in %.1f min, checkpoint %s", self.step, minutes, summary["checkpoint"])
         return summary
 
@@ -705,6 +739,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     s.add_argument("--max-minutes", type=float, help="wall-clock training budget (tiny default: 9; the whole command then takes about 10)")
     s.add_argument("--log-every", type=int, default=50)
     s.add_argument("--valid-every", type=int, default=500)
+    s.add_argument("--max-nonfinite", type=int, default=5,
+                   help="updates with a non-finite loss or gradient norm are skipped; this many in a row stop "
+                        "the run with exit status 3 (default 5)")
     s.add_argument("--patience", type=int, default=0,
                    help="early stopping: stop after this many validations without a better loss (default 0: off)")
     s.add_argument("--valid-max-sentences", type=int, default=100, help="per direction, for the valid loss")
