@@ -4,7 +4,7 @@ import json
 import torch
 
 from neuronspec.cli import main
-from neuronspec.nmt.train import load_model
+from neuronspec.nmt.checkpoint import load_model
 from neuronspec.ops import load_layer_masks
 
 

@@ -15,12 +15,15 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 
 from neuronspec.atomic import atomic_file
+from neuronspec.ops import TaskMasks
+
+from .model import ModelConfig, Transformer
 
 FORMAT = 1
 
@@ -44,6 +47,28 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"checkpoint: {str(path)!r} is not a neuronspec checkpoint (format {FORMAT})")
     return state
+
+
+# ---------------------------------------------------------------------------- models and masks
+def masks_state(masks: Mapping[str, Any]) -> dict[str, dict]:
+    """{layer: TaskMasks} → {layer: plain state dict} (what checkpoints store)."""
+    return {name: m.state_dict() for name, m in masks.items()}
+
+
+def masks_from_state(state: Mapping[str, dict] | None) -> dict[str, TaskMasks]:
+    """Inverse of masks_state (None → {})."""
+    return {name: TaskMasks.from_state_dict(s) for name, s in (state or {}).items()}
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Transformer, dict]:
+    """Model (with its masks, if any) from a checkpoint, in eval mode; returns (model, checkpoint)."""
+    ckpt = load_checkpoint(path)
+    model = Transformer(ModelConfig.from_dict(ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    model.to(device).eval()
+    if ckpt.get("masks"):
+        model.set_masks(masks_from_state(ckpt["masks"]))
+    return model, ckpt
 
 
 # ---------------------------------------------------------------------------- RNG states

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from neuronspec.atomic import write_atomic
 
+from .checkpoint import load_model
 from .compare import to_markdown as compare_markdown, write_compare
 
 log = logging.getLogger(__name__)
@@ -178,7 +179,6 @@ def load_for_decoding(ckpt: str | os.PathLike, data: str | os.PathLike | None, d
     """(model with its masks, in eval mode; checkpoint dict; PreparedData) for decoding.
     data: prepared folder (default: the one the checkpoint was trained on)."""
     from .data import PreparedData
-    from .train import load_model
 
     model, ck = load_model(ckpt, device)
     prep = data or ck.get("data", {}).get("prep")

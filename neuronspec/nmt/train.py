@@ -42,7 +42,7 @@ from tqdm import tqdm
 from ..atomic import strict_json, write_atomic
 from ..errors import TrainingDiverged
 from .batching import check_target_tag, tag_options
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import load_checkpoint, masks_from_state, masks_state, rng_state, save_checkpoint, set_rng_state
 from .ema import EMA
 from .model import PRESETS, ModelConfig, Transformer
 
@@ -307,27 +307,6 @@ def resolve_data(cfg: TrainConfig, rank: int = 0, world_size: int = 1) -> str:
     return str(prep)
 
 
-def _masks_state(masks: Mapping[str, Any]) -> dict[str, dict]:
-    return {name: m.state_dict() for name, m in masks.items()}
-
-
-def _masks_from_state(state: Mapping[str, dict] | None) -> dict[str, Any]:
-    from neuronspec.ops import TaskMasks
-
-    return {name: TaskMasks.from_state_dict(s) for name, s in (state or {}).items()}
-
-
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Transformer, dict]:
-    """Model (with its masks, if any) from a checkpoint, in eval mode; returns (model, checkpoint)."""
-    ckpt = load_checkpoint(path)
-    model = Transformer(ModelConfig.from_dict(ckpt["model_config"]))
-    model.load_state_dict(ckpt["model"])
-    model.to(device).eval()
-    if ckpt.get("masks"):
-        model.set_masks(_masks_from_state(ckpt["masks"]))
-    return model, ckpt
-
-
 # ----------------------------------------------------------------------- trainer
 class Trainer:
     """One training run (see module docstring). ``Trainer(cfg, ...).train()`` -> summary dict."""
@@ -380,7 +359,7 @@ class Trainer:
         if src is not None:
             self.model.load_state_dict(src["model"])
         if masks is None and src is not None and src.get("masks"):
-            masks = _masks_from_state(src["masks"])  # a specialized model stays specialized
+            masks = masks_from_state(src["masks"])  # a specialized model stays specialized
         elif isinstance(masks, (str, os.PathLike)):
             from neuronspec.ops import load_layer_masks
 
@@ -462,7 +441,7 @@ class Trainer:
             "model": self.ema.averaged_state(self.model) if self.ema is not None else self.model.state_dict(),
             "ema": ema, "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "per_rank": per_rank,
-            "masks": _masks_state(self.model.masks()) or None,
+            "masks": masks_state(self.model.masks()) or None,
             "data": {"prep": os.path.abspath(self.data.root), "directions": ["-".join(d) for d in self.data.directions]},
             "best_valid": self.best_valid, "stale_validations": self.stale_validations, "history": self.history,
         }

@@ -27,6 +27,7 @@ from typing import Iterable
 import torch
 from tqdm.auto import tqdm
 
+from neuronspec.nmt.checkpoint import load_model as load_trained
 from neuronspec.ops import save_atomic
 
 log = logging.getLogger(__name__)
@@ -37,8 +38,6 @@ FORMAT, VERSION = "neuronspec-counts", 1
 def load_model(checkpoint: str | os.PathLike, device: str | torch.device = "cpu"):
     """(dense Transformer in eval mode on `device`, checkpoint dict): the trainer's loader,
     with any masks stored in the checkpoint removed (recording measures the dense model)."""
-    from neuronspec.nmt.train import load_model as load_trained
-
     model, state = load_trained(checkpoint, device)
     model.set_masks(None)
     return model, state
