@@ -292,7 +292,7 @@ def _study(out, codes, minutes, vocab_size, k, beam, eval_sentences, record_sent
     ckpts, steps = {}, {"baseline": 0}
     for arm in ARMS:
         t = phase(arm)
-        s = continue_training(dense_ckpt, out / arm, arm_masks[arm], steps=extra_steps, **cont)
+        s = continue_training(dense_ckpt, out / arm, arm_masks[arm], steps=extra_steps, overwrite=True, **cont)
         ckpts[arm], steps[arm] = s["checkpoint"], s["step"]
         done(arm, t)
 

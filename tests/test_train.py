@@ -441,3 +441,32 @@ def test_demo_and_decoding_reject_nan_options():
         run_demo("/nonexistent/demo", minutes=float("nan"))
     with pytest.raises(ValueError, match="lenpen must be a finite number"):
         _check(5, 1.2, 10, float("nan"))
+
+
+# ---- run folders ------------------------------------------------------------------------------------
+def test_run_folder_is_not_overwritten_by_accident(prep, tmp_path):
+    first = train(config(prep, tmp_path / "run", max_steps=2))
+    before = (tmp_path / "run" / LAST).read_bytes()
+    with pytest.raises(ValueError, match=r"already holds a run \(checkpoint_last.pt\); continue it with --resume"):
+        train(config(prep, tmp_path / "run", max_steps=2))
+    assert (tmp_path / "run" / LAST).read_bytes() == before
+    train(config(prep, tmp_path / "run", max_steps=2), overwrite=True)
+    with pytest.raises(ValueError, match="is the folder of the checkpoint this run starts from"):
+        train(config(prep, tmp_path / "run", max_steps=2), init_from=first["checkpoint"], overwrite=True)
+    assert not (tmp_path / "run" / ".lock").exists()  # released
+
+
+def test_run_lock_refuses_a_second_writer_and_takes_over_stale_locks(tmp_path):
+    import json
+    import socket
+    from neuronspec.nmt.run_folder import run_lock
+    with run_lock(tmp_path):
+        with pytest.raises(ValueError, match="is in use by another run"):
+            with run_lock(tmp_path):
+                pass
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(proc.stdout)  # a pid that has exited
+    (tmp_path / ".lock").write_text(json.dumps({"pid": dead, "host": socket.gethostname()}))
+    with run_lock(tmp_path):
+        assert json.loads((tmp_path / ".lock").read_text())["pid"] == os.getpid()
+    assert not (tmp_path / ".lock").exists()

@@ -45,6 +45,7 @@ from .batching import check_target_tag, tag_options
 from .checkpoint import load_checkpoint, masks_from_state, masks_state, rng_state, save_checkpoint, set_rng_state
 from .ema import EMA
 from .model import PRESETS, ModelConfig, Transformer
+from .run_folder import check_run_folder, run_lock
 
 log = logging.getLogger(__name__)
 
@@ -664,13 +665,16 @@ class Trainer:
         return summary
 
 
-def train(cfg: TrainConfig, *, init_from: str | os.PathLike | None = None,
+def train(cfg: TrainConfig, *, init_from: str | os.PathLike | None = None, overwrite: bool = False,
           masks: Mapping[str, Any] | str | os.PathLike | None = None, steps: int | None = None,
           max_minutes: float | None = None, resume: bool = False) -> dict:
     """Build a :class:`Trainer` and train; returns the summary (checkpoint paths, final metrics).
 
-    ``steps``/``max_minutes`` override the config's stop criteria for this call."""
-    return Trainer(cfg, init_from=init_from, masks=masks, resume=resume).train(steps=steps, max_minutes=max_minutes)
+    ``steps``/``max_minutes`` override the config's stop criteria for this call. A folder that
+    already holds a run is refused unless ``resume`` or ``overwrite`` (run_folder.py)."""
+    check_run_folder(cfg.out, resume=resume, overwrite=overwrite, init_from=init_from)
+    with run_lock(cfg.out) if _dist_env()[0] == 0 else nullcontext():  # one lock per run, held by rank 0
+        return Trainer(cfg, init_from=init_from, masks=masks, resume=resume).train(steps=steps, max_minutes=max_minutes)
 
 
 # ----------------------------------------------------------------------- CLI
@@ -683,6 +687,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     src.add_argument("--vocab-size", type=int, default=8000)
     p.add_argument("--out", help="output folder (default: runs/PRESET)")
     p.add_argument("--resume", action="store_true", help="continue OUT/checkpoint_last.pt exactly")
+    p.add_argument("--overwrite", action="store_true", help="replace the run OUT already holds")
     p.add_argument("--init-from", help="start from this checkpoint's weights with a fresh optimizer")
     p.add_argument("--masks", help="masks file (`neuronspec select`) to train with")
     m = p.add_argument_group("model")
@@ -768,7 +773,7 @@ def run(args: argparse.Namespace) -> int:
             stop = {k: kw[k] for k in ("max_steps", "max_minutes") if k in kw}
             summary = train(TrainConfig.from_dict(saved, out=kw["out"], progress=kw["progress"], **stop), resume=True)
         else:
-            summary = train(TrainConfig(**kw), init_from=args.init_from, masks=args.masks)
+            summary = train(TrainConfig(**kw), init_from=args.init_from, masks=args.masks, overwrite=args.overwrite)
         if rank == 0:
             print(json.dumps({k: summary[k] for k in ("checkpoint", "step", "minutes")}, indent=2))
     finally:

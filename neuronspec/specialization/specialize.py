@@ -60,7 +60,7 @@ def restrict(masks: Mapping[str, TaskMasks], where: str) -> dict[str, TaskMasks]
 def continue_training(checkpoint: str | os.PathLike, out: str | os.PathLike,
                       masks: Mapping[str, TaskMasks] | str | os.PathLike | None, *, steps: int,
                       where: str = "both", max_minutes: float | None = None, recipe: str = "default",
-                      **overrides: Any) -> dict:
+                      overwrite: bool = False, **overrides: Any) -> dict:
     """Train `steps` more updates from `checkpoint`'s weights (fresh optimizer, step counter
     from 0), with `masks` (dict or masks file; None = dense fine-tuning). The run keeps the
     checkpoint's training config (data, batch size, lr, ...) unless the recipe ("original":
@@ -99,7 +99,7 @@ def continue_training(checkpoint: str | os.PathLike, out: str | os.PathLike,
                  "validation every %d, patience %d, %d tokens per update (the original: ~645k)", cfg.warmup,
                  cfg.lr, cfg.clip_norm, cfg.label_smoothing, cfg.dropout, cfg.valid_every, cfg.patience,
                  cfg.max_tokens * cfg.update_freq)
-    return train(cfg, init_from=checkpoint, masks=masks)
+    return train(cfg, init_from=checkpoint, masks=masks, overwrite=overwrite)
 
 
 # ---------------------------------------------------------------------------- CLI
@@ -121,6 +121,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patience", type=int, default=None, help="early stopping patience in validations")
     p.add_argument("--update-freq", type=int, default=None, help="batches per update (default: the checkpoint's)")
     p.add_argument("--device", default=None)
+    p.add_argument("--overwrite", action="store_true", help="replace the run --out already holds")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -131,6 +132,6 @@ def run(args) -> int:
     if args.no_progress:
         over["progress"] = False
     summary = continue_training(args.checkpoint, out, args.masks, steps=args.max_steps, where=args.where,
-                                max_minutes=args.max_minutes, recipe=args.recipe, **over)
+                                max_minutes=args.max_minutes, recipe=args.recipe, overwrite=args.overwrite, **over)
     print(f"specialized checkpoint: {summary['checkpoint']} ({summary['step']} steps, {summary['minutes']:.1f} min)")
     return 0
