@@ -133,10 +133,6 @@ class Plan(Routing):
     def offsets(self) -> torch.Tensor:
         return self.tables.offsets
 
-    @property
-    def num_tasks(self) -> int:
-        return self.tables.num_tasks
-
 
 def route(task_ids: torch.Tensor, task: int, num_tasks: int, n: int, sort: bool = True) -> Routing:
     """The routing of one call (`task_ids` int64 [N] when task == -1, any values: they are
@@ -175,12 +171,8 @@ def check_ids_range(lo: torch.Tensor, hi: torch.Tensor, num_tasks: int) -> None:
     """Device-side check that ids lie in [lo, hi] ⊆ [0, num_tasks) (0-dim tensors): no host
     sync. On CPU a bad id raises ValueError at once; on CUDA it is a device-side assert with
     the same message."""
-    ok = (lo >= 0) & (hi < num_tasks)
     message = f"task_ids: ids must lie in [0, {num_tasks})"
-    if lo.device.type != "cpu":
-        torch._assert_async(ok, message)
-        return
-    try:
-        torch._assert_async(ok, message)
+    try:  # raises here only on CPU; on CUDA the assert runs in the stream
+        torch._assert_async((lo >= 0) & (hi < num_tasks), message)
     except RuntimeError:  # the error path may read values: say which range was given
         raise ValueError(f"{message}, got range [{int(lo)}, {int(hi)}]") from None

@@ -158,12 +158,17 @@ def grouped_mm(a: torch.Tensor, b: torch.Tensor, ends: torch.Tensor, native: boo
     return out
 
 
+def _grouped_layout(plan, x, w2):
+    """(padded index table [T, K], its flat view, group ends int32 [T], native grouped_mm?)."""
+    idx = plan.tables.padded[0]
+    return idx, idx.view(-1), plan.starts[1:], _native_grouped(x, x.shape[1], w2.shape[0])
+
+
 def _grouped_fwd(x, w1, b1, w2, b2, plan, activation, mask_bias):
-    (idx, valid, pad), tables = plan.tables.padded, plan.tables
+    tables = plan.tables
+    idx, flat, ends, native = _grouped_layout(plan, x, w2)
     num_tasks, width = idx.shape
-    flat = idx.view(-1)
-    ends = plan.starts[1:]
-    native = _native_grouped(x, x.shape[1], w2.shape[0])
+    pad = tables.padded[2]
     w1g = w1.index_select(0, flat).view(num_tasks, width, -1)
     b1g = b1.index_select(0, flat).view(num_tasks, width)
     w2g = w2.index_select(1, flat).view(-1, num_tasks, width)
@@ -191,11 +196,8 @@ def _grouped_fwd(x, w1, b1, w2, b2, plan, activation, mask_bias):
 
 def _grouped_bwd(dy, x, w1, b1, w2, plan, saved, activation):
     xs, w1g, w2g, a, hb = saved
-    idx, _, _ = plan.tables.padded
+    idx, flat, ends, native = _grouped_layout(plan, x, w2)
     num_tasks, width = idx.shape
-    flat = idx.view(-1)
-    ends = plan.starts[1:]
-    native = _native_grouped(x, x.shape[1], w2.shape[0])
     h = a if activation == "relu" else act(a, activation)
     dys = dy.index_select(0, plan.order)
     dz = act_backward(grouped_mm(dys, w2g.permute(1, 0, 2), ends, native), a, activation)

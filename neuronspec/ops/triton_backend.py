@@ -127,6 +127,11 @@ def _groups(r):
     return None, tok_start, 1, rows
 
 
+def _task_offsets(plan):
+    """The CSR offsets of the plan's groups: every task's, or the one task's [2]."""
+    return plan.offsets if plan.mixed else plan.offsets[plan.task : plan.task + 2]
+
+
 def _acc_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -160,7 +165,7 @@ def masked_ffn_fwd(x, w1, b1, w2, b2, plan, activation, mask_bias):
     n, d = x.shape
     f, d_out = w1.shape[0], w2.shape[0]
     perm, tok_start, groups, _ = _groups(plan)
-    offs = plan.offsets if plan.mixed else plan.offsets[plan.task : plan.task + 2]
+    offs = _task_offsets(plan)
     acc_dtype = _acc_dtype(x.dtype)
     # per-group output bias b2 + c_t, c_t = act(b1[I]) W2[:, I]ᵀ
     if mask_bias:
@@ -197,7 +202,7 @@ def masked_ffn_bwd(dy, x, w1, b1, w2, b2, plan, saved, activation, mask_bias):
     n, d = x.shape
     f, d_out = w1.shape[0], w2.shape[0]
     perm, tok_start, groups, _ = _groups(plan)
-    offs = plan.offsets if plan.mixed else plan.offsets[plan.task : plan.task + 2]
+    offs = _task_offsets(plan)
     acc_dtype = _acc_dtype(x.dtype)
     atomic = groups > 1  # neurons shared by tasks: rows of dW1 / dW2ᵀ get several contributions
     buf_dtype = acc_dtype if atomic else x.dtype

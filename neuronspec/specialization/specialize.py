@@ -27,6 +27,8 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
+from neuronspec.nmt.checkpoint import load_checkpoint
+from neuronspec.nmt.train import TRAIN_DEFAULTS, TrainConfig, train
 from neuronspec.ops import TaskMasks, load_layer_masks
 
 log = logging.getLogger(__name__)
@@ -37,8 +39,6 @@ RECIPES = ("default", "original")
 
 def original_recipe(preset: str) -> dict[str, Any]:
     """TrainConfig overrides of the original specialization stage, step counts scaled to `preset`."""
-    from neuronspec.nmt.train import TRAIN_DEFAULTS
-
     warmup = TRAIN_DEFAULTS[preset]["warmup"]
     scale = warmup / 4000
     return dict(lr_scheduler="inverse_sqrt", warmup=warmup, clip_norm=0.0, weight_decay=0.0, label_smoothing=0.1,
@@ -66,9 +66,6 @@ def continue_training(checkpoint: str | os.PathLike, out: str | os.PathLike,
     checkpoint's training config (data, batch size, lr, ...) unless the recipe ("original":
     see the module docstring) or `overrides` (TrainConfig fields, e.g. lr=5e-4, warmup=100;
     they win over the recipe) say otherwise. Returns the trainer's summary."""
-    from neuronspec.nmt.checkpoint import load_checkpoint
-    from neuronspec.nmt.train import TrainConfig, train
-
     if not isinstance(steps, int) or isinstance(steps, bool) or steps <= 0:
         raise ValueError(f"steps: expected a positive int, got {steps!r}")
     if recipe not in RECIPES:
