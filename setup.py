@@ -83,7 +83,7 @@ setup(
         "django>=4.2",
         "sphinx>=7",
     ],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={"test": ["pytest>=7", "transformers>=4.40"], "hf": ["transformers>=4.40"]},
     ext_modules=[CMakeExtension("neuronspec._cuda")],
     cmdclass={"build_ext": CMakeBuild},
     entry_points={"console_scripts": ["neuronspec=neuronspec.cli:main"]},

@@ -1,0 +1,270 @@
+"""neuronspec.hf on tiny random transformers models built from configs (docs/design.md §9).
+
+Nothing is downloaded: models come from configs with random weights, tokenizers are trained
+here with sentencepiece.
+"""
+import copy
+
+import pytest
+import torch
+from torch.func import functional_call
+
+transformers = pytest.importorskip("transformers")
+
+from neuronspec.hf import Passthrough, wrap  # noqa: E402
+from neuronspec.ops import TaskMasks  # noqa: E402
+
+DIRS = ["en-de", "de-en", "en-fr"]
+VOCAB, PAD = 96, 1
+
+
+def tiny(kind: str):
+    """A tiny random model of family `kind` in eval mode (seeded), dropout off."""
+    torch.manual_seed({"m2m100": 0, "mbart": 1, "marian": 2, "llama": 3, "llama_bias": 4}[kind])
+    common = dict(vocab_size=VOCAB, d_model=16, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
+                  decoder_attention_heads=2, encoder_ffn_dim=24, decoder_ffn_dim=40, max_position_embeddings=64,
+                  pad_token_id=PAD, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2, dropout=0.0,
+                  attention_dropout=0.0, activation_dropout=0.0)
+    if kind == "m2m100":
+        model = transformers.M2M100ForConditionalGeneration(transformers.M2M100Config(**common))
+    elif kind == "mbart":
+        model = transformers.MBartForConditionalGeneration(transformers.MBartConfig(**common))
+    elif kind == "marian":
+        model = transformers.MarianMTModel(transformers.MarianConfig(activation_function="swish", **common))
+    else:
+        config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=16, intermediate_size=36, num_hidden_layers=2,
+                                          num_attention_heads=2, num_key_value_heads=2, pad_token_id=PAD,
+                                          mlp_bias=kind == "llama_bias")
+        model = transformers.LlamaForCausalLM(config)
+    return model.eval()
+
+
+KINDS = ["m2m100", "mbart", "marian", "llama", "llama_bias"]
+ACT = {"m2m100": "relu", "mbart": "gelu", "marian": "silu", "llama": "silu", "llama_bias": "silu"}
+
+
+def batch(kind: str, seed: int = 0):
+    """Model inputs with padding: 4 sequences."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, VOCAB, (4, 9), generator=g)
+    ids[1, 6:] = PAD
+    ids[3, 4:] = PAD
+    mask = (ids != PAD).long()
+    if kind.startswith("llama"):
+        return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(ids == PAD, -100)}
+    labels = torch.randint(3, VOCAB, (4, 6), generator=g)
+    labels[2, 3:] = -100
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def ffn_weights(model, kind):
+    """{layer: (name of the masked weight matrix or matrices)} in neuronspec's layer naming."""
+    if kind.startswith("llama"):
+        return {f"decoder.layers.{i}.ffn": [f"model.layers.{i}.mlp.gate_proj.weight",
+                                            f"model.layers.{i}.mlp.up_proj.weight"]
+                for i in range(len(model.model.layers))}
+    out = {}
+    for side in ("encoder", "decoder"):
+        for i in range(2):
+            out[f"{side}.layers.{i}.ffn"] = [f"model.{side}.layers.{i}.fc1.weight"]
+    return out
+
+
+def random_layer_masks(spec, seed=0, density=0.5):
+    g = torch.Generator().manual_seed(seed)
+    return {name: TaskMasks.from_dense(torch.rand(len(DIRS), f.num_neurons, generator=g) < density, DIRS)
+            for name, f in spec.layers.items()}
+
+
+def loss_and_grads(model, inputs, params=None):
+    out = functional_call(model, params, kwargs=inputs) if params is not None else model(**inputs)
+    out.loss.backward()
+    return out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {k: tiny(k) for k in KINDS}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_wrapping_keeps_parameters_and_keys(models, kind):
+    model = copy.deepcopy(models[kind])
+    before = {n: p for n, p in model.named_parameters()}
+    keys = list(model.state_dict())
+    spec = wrap(model, DIRS)
+    assert list(model.state_dict()) == keys
+    after = dict(model.named_parameters())
+    assert after.keys() == before.keys() and all(after[n] is before[n] for n in before)  # shared, not copied
+    assert spec.family == ("glu" if kind.startswith("llama") else "fc")
+    assert len(spec.layers) == (2 if kind.startswith("llama") else 4)
+    assert all(f.activation == ACT[kind] for f in spec.layers.values())
+    spec.unwrap()
+    assert not any(isinstance(m, Passthrough) for m in model.modules())
+    assert list(model.state_dict()) == keys
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_full_masks_equal_the_unwrapped_model(models, kind):
+    inputs = batch(kind)
+    plain = copy.deepcopy(models[kind])
+    want_logits, want_grads = loss_and_grads(plain, inputs)
+    model = copy.deepcopy(models[kind])
+    spec = wrap(model, DIRS)
+    dense_logits, _ = loss_and_grads(model, inputs)  # wrapped, no masks
+    model.zero_grad()
+    spec.set_masks({n: TaskMasks.full(len(DIRS), f.num_neurons, DIRS) for n, f in spec.layers.items()})
+    with spec.direction(["en-de", "en-fr", "de-en", "en-de"]):
+        logits, grads = loss_and_grads(model, inputs)
+    torch.testing.assert_close(dense_logits, want_logits)
+    torch.testing.assert_close(logits, want_logits, atol=1e-5, rtol=1e-5)
+    assert grads.keys() == want_grads.keys()
+    for n in grads:
+        torch.testing.assert_close(grads[n], want_grads[n], atol=1e-5, rtol=1e-4, msg=lambda m: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("direction", [0, 2])
+def test_masks_equal_an_explicit_mask_multiply(models, kind, direction):
+    inputs = batch(kind, seed=1)
+    model = copy.deepcopy(models[kind])
+    spec = wrap(model, DIRS)
+    masks = random_layer_masks(spec, seed=direction)
+    spec.set_masks(masks)
+    with spec.direction(DIRS[direction]):
+        logits, grads = loss_and_grads(model, inputs)
+    plain = copy.deepcopy(models[kind])
+    params = dict(plain.named_parameters())
+    for layer, names in ffn_weights(plain, kind).items():
+        m = masks[layer].to_dense()[direction].to(torch.float32)[:, None]
+        for n in names:
+            params[n] = params[n] * m  # the original method: dense weights times dense masks
+    want_logits, want_grads = loss_and_grads(plain, inputs, params)
+    torch.testing.assert_close(logits, want_logits, atol=1e-5, rtol=1e-5)
+    for n in want_grads:
+        torch.testing.assert_close(grads[n], want_grads[n], atol=1e-5, rtol=1e-4, msg=lambda m: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("kind", ["m2m100", "llama"])
+def test_mixed_directions_equal_each_direction_alone(models, kind):
+    inputs = batch(kind, seed=2)
+    model = copy.deepcopy(models[kind])
+    spec = wrap(model, DIRS)
+    spec.set_masks(random_layer_masks(spec, seed=5))
+    per_seq = ["en-fr", "de-en", "en-fr", "en-de"]
+    with torch.no_grad(), spec.direction(per_seq):
+        mixed = model(**inputs).logits
+        for i, d in enumerate(per_seq):
+            spec.task_ids = d
+            torch.testing.assert_close(mixed[i], model(**inputs).logits[i], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_counts_equal_a_naive_hook_count(models, kind):
+    inputs = batch(kind, seed=3)
+    per_seq = torch.tensor([2, 0, 2, 1])
+    plain = copy.deepcopy(models[kind])
+    naive, hooks = {}, []
+    is_llama = kind.startswith("llama")
+    enc_valid = inputs["attention_mask"].bool()
+    dec_valid = enc_valid if is_llama else inputs["labels"] != -100
+
+    def hook_for(layer, valid):
+        def hook(module, args, out):
+            pos = (out > 0) & valid[..., None]
+            naive[layer] = torch.zeros(len(DIRS), out.shape[-1], dtype=torch.long).index_add_(
+                0, per_seq, pos.sum(1).long())
+        return hook
+
+    for layer, names in ffn_weights(plain, kind).items():
+        module = plain.get_submodule(names[0].rsplit(".", 1)[0])  # fc1 or gate_proj
+        hooks.append(module.register_forward_hook(hook_for(layer, enc_valid if layer.startswith("encoder") else dec_valid)))
+    with torch.no_grad():
+        want_logits = plain(**inputs).logits
+    model = copy.deepcopy(models[kind])
+    spec = wrap(model, DIRS)
+    with torch.no_grad(), spec.direction(per_seq), spec.counting() as rec:
+        logits = model(**inputs).logits
+    torch.testing.assert_close(logits, want_logits)
+    assert rec["counts"].keys() == naive.keys()
+    for layer in naive:
+        assert torch.equal(rec["counts"][layer], naive[layer]), layer
+    dec_tokens = torch.zeros(len(DIRS), dtype=torch.long).index_add_(0, per_seq, dec_valid.sum(1))
+    assert torch.equal(rec["tokens"]["decoder"], dec_tokens)
+    if not is_llama:
+        enc_tokens = torch.zeros(len(DIRS), dtype=torch.long).index_add_(0, per_seq, enc_valid.sum(1))
+        assert torch.equal(rec["tokens"]["encoder"], enc_tokens)
+
+
+@pytest.mark.parametrize("kind", ["m2m100", "marian", "llama"])
+def test_save_load_round_trip(models, kind, tmp_path):
+    inputs = batch(kind, seed=4)
+    model = copy.deepcopy(models[kind])
+    spec = wrap(model, DIRS)
+    masks = random_layer_masks(spec, seed=6)
+    spec.set_masks(masks)
+    with torch.no_grad(), spec.direction("de-en"):
+        want = model(**inputs).logits
+    model.save_pretrained(tmp_path)
+    spec.save_masks(tmp_path)
+    cls = type(model)
+    loaded = cls.from_pretrained(tmp_path).eval()
+    for n, p in models[kind].state_dict().items():  # saved weights load into an unwrapped model
+        torch.testing.assert_close(loaded.state_dict()[n], p, msg=lambda m: f"{n}: {m}")
+    spec2 = wrap(loaded, DIRS)
+    meta = spec2.load_masks(tmp_path)
+    assert meta["directions"] == DIRS and meta["model_type"] == model.config.model_type
+    assert spec2.masks() == masks
+    with torch.no_grad(), spec2.direction("de-en"):
+        torch.testing.assert_close(loaded(**inputs).logits, want)
+
+
+def test_generate_with_beams_uses_each_sequences_direction(models):
+    model = copy.deepcopy(models["m2m100"])
+    spec = wrap(model, DIRS)
+    spec.set_masks(random_layer_masks(spec, seed=7, density=0.3))
+    inputs = batch("m2m100", seed=5)
+    del inputs["labels"]
+    per_seq = ["en-de", "en-fr", "de-en", "en-fr"]
+    with torch.no_grad(), spec.direction(per_seq):
+        mixed = model.generate(**inputs, num_beams=3, max_new_tokens=5, do_sample=False)
+    for i, d in enumerate(per_seq):
+        with torch.no_grad(), spec.direction(d):
+            alone = model.generate(**inputs, num_beams=3, max_new_tokens=5, do_sample=False)
+        n = min(mixed.shape[1], alone.shape[1])
+        assert torch.equal(mixed[i, :n], alone[i, :n]), d
+
+
+def test_bad_inputs_give_clear_errors(models):
+    bert = transformers.BertModel(transformers.BertConfig(vocab_size=32, hidden_size=8, num_hidden_layers=1,
+                                                          num_attention_heads=2, intermediate_size=16))
+    with pytest.raises(ValueError, match="model: BertModel .*not supported"):
+        wrap(bert, DIRS)
+    m2m = copy.deepcopy(models["m2m100"])
+    spec = wrap(m2m, DIRS)
+    with pytest.raises(ValueError, match="already wrapped"):
+        wrap(m2m, DIRS)
+    llama_spec = wrap(copy.deepcopy(models["llama"]), DIRS)
+    with pytest.raises(ValueError, match="masks: layers do not match this model"):
+        spec.set_masks(random_layer_masks(llama_spec))
+    other = {n: TaskMasks.full(len(DIRS), f.num_neurons + 1, DIRS) for n, f in spec.layers.items()}
+    with pytest.raises(ValueError, match=r"masks\[.*another model"):
+        spec.set_masks(other)
+    with pytest.raises(ValueError, match="differ from the model's"):
+        spec.set_masks({n: TaskMasks.full(2, f.num_neurons, ["a-b", "b-a"]) for n, f in spec.layers.items()})
+    with pytest.raises(ValueError, match="direction: 'xx-yy'"):
+        with spec.direction("xx-yy"):
+            pass
+    with pytest.raises(ValueError, match="task_ids"):
+        spec.task_ids = torch.tensor([0, 5])
+    spec.set_masks(random_layer_masks(spec))
+    inputs = batch("m2m100")
+    with pytest.raises(ValueError, match="task_ids: no direction set"):
+        m2m(**inputs)
+    with pytest.raises(ValueError, match="task_ids: 3 directions"):
+        with spec.direction([0, 1, 2]):
+            m2m(**inputs)
+    with pytest.raises(ValueError, match="counting records the dense model"):
+        spec.start_counting()
+    with pytest.raises(ValueError, match="directions: expected"):
+        wrap(copy.deepcopy(models["mbart"]), "en-de")
