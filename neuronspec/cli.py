@@ -25,6 +25,7 @@ COMMANDS = {
     "specialize": ("neuronspec.specialization.specialize", "continue training with per-direction masks"),
     "demo": ("neuronspec.demo", "the whole study on the built-in corpus, end to end"),
     "bench": ("neuronspec.bench", "run the benchmarks with defaults for this device"),
+    "hf": ("neuronspec.hf.cli", "record, specialize and translate with a Hugging Face transformers model"),
 }
 
 

@@ -268,3 +268,125 @@ def test_bad_inputs_give_clear_errors(models):
         spec.start_counting()
     with pytest.raises(ValueError, match="directions: expected"):
         wrap(copy.deepcopy(models["mbart"]), "en-de")
+
+
+# ---- the pipeline on a tiny M2M100 with a real M2M100Tokenizer ----------------------------------
+from neuronspec.hf import pipeline  # noqa: E402
+from neuronspec.hf.tiny import tiny_m2m100, tiny_tokenizer, write_parallel  # noqa: E402
+from neuronspec.specialization.record import load_counts  # noqa: E402
+from neuronspec.specialization.select import select_masks  # noqa: E402
+
+PAIRS = {"en-de": (["the cat sits", "a dog runs fast", "I drink water", "the house"],
+                   ["die Katze sitzt", "ein Hund läuft schnell", "ich trinke Wasser", "das Haus"]),
+         "en-fr": (["the cat sits", "a dog runs fast", "I drink water", "the house"],
+                   ["le chat est assis", "un chien court vite", "je bois de l'eau", "la maison"])}
+PIPE_DIRS = ["en-de", "de-en", "en-fr"]
+
+
+@pytest.fixture(scope="module")
+def m2m(tmp_path_factory):
+    """(model folder, corpus folder, (model, tokenizer) loaded from the folder): a tiny M2M100."""
+    root = tmp_path_factory.mktemp("m2m")
+    lines = [s for a, b in PAIRS.values() for s in a + b]
+    tok = tiny_tokenizer(root / "tok", lines * 4, vocab_size=80)
+    model = tiny_m2m100(tok, d_model=16, ffn=48, init_std=0.5)
+    model.save_pretrained(root / "model")
+    tok.save_pretrained(root / "model")
+    write_parallel(root / "corpus", "valid", PAIRS)
+    return root / "model", root / "corpus", pipeline.load_pretrained(str(root / "model"))
+
+
+def loaded(m2m):
+    """A fresh copy of the saved model (loaded once per module) and its tokenizer."""
+    model, tok = m2m[2]
+    return copy.deepcopy(model), tok
+
+
+def test_record_uses_language_codes_and_writes_the_counts_format(m2m, tmp_path):
+    model, tok = loaded(m2m)
+    rec = pipeline.record(model, tok, m2m[1], PIPE_DIRS, tmp_path / "counts.pt", batch_size=3, source="tiny")
+    saved = load_counts(tmp_path / "counts.pt")
+    assert saved["directions"] == PIPE_DIRS and saved["meta"]["model"] == "tiny"
+    assert torch.equal(saved["sentences"], torch.tensor([4, 4, 4]))
+    assert list(rec["counts"]) == [f"{s}.layers.{i}.ffn" for s in ("encoder", "decoder") for i in range(2)]
+    codes = pipeline.LanguageCodes(tok)
+    plain = copy.deepcopy(model)
+    for t, d in enumerate(PIPE_DIRS):
+        src, tgt = pipeline.read_pairs(m2m[1], "valid", d)
+        inputs = codes.encode(d, src, tgt)
+        s, g = d.split("-")
+        assert bool((inputs["input_ids"][:, 0] == tok.get_lang_id(s)).all())  # M2M100: __src__ first
+        assert bool((inputs["labels"][:, 0] == tok.get_lang_id(g)).all())
+        assert int(saved["tokens"]["encoder"][t]) == int(inputs["attention_mask"].sum())
+        assert int(saved["tokens"]["decoder"][t]) == int((inputs["labels"] != -100).sum())
+        z = {}
+        hook = plain.model.encoder.layers[1].fc1.register_forward_hook(lambda m, a, o: z.setdefault("z", o))
+        with torch.no_grad():
+            plain(**inputs)
+        hook.remove()
+        naive = ((z["z"] > 0) & inputs["attention_mask"].bool()[..., None]).sum((0, 1))
+        assert torch.equal(saved["counts"]["encoder.layers.1.ffn"][t], naive), d
+    assert list(model.state_dict()) == list(plain.state_dict())  # record unwrapped the model again
+    assert select_masks(saved["counts"], PIPE_DIRS, 0.9)["decoder.layers.1.ffn"].names == PIPE_DIRS
+
+
+def test_unknown_language_code_is_a_clear_error(m2m, tmp_path):
+    model, tok = loaded(m2m)
+    with pytest.raises(ValueError, match="lang-codes: 'xx' of direction en-xx is not a language code of M2M100"):
+        pipeline.record(model, tok, m2m[1], ["en-de", "en-xx"], tmp_path / "c.pt")
+    with pytest.raises(ValueError, match="lang-codes: 'eng_Latn'"):
+        pipeline.translate(model, tok, ["a"], "en-de", lang_codes={"en": "eng_Latn"})
+    with pytest.raises(ValueError, match="data: no files valid.de-fr"):
+        pipeline.record(model, tok, m2m[1], ["de-fr"], tmp_path / "c.pt")
+    with pytest.raises(ValueError, match="lang-codes: expected NAME=CODE"):
+        pipeline.parse_lang_codes("en:eng_Latn")
+
+
+def test_translate_applies_the_directions_masks(m2m, tmp_path):
+    model, tok = loaded(m2m)
+    spec = wrap(model, PIPE_DIRS)
+    masks = random_layer_masks(spec, seed=3, density=0.4)
+    spec.set_masks(masks)
+    spec.save_masks(tmp_path)
+    spec.unwrap()
+    src = PAIRS["en-fr"][0]
+    got = pipeline.translate(model, tok, src, "en-fr", masks=tmp_path, beam=2, max_new_tokens=6)
+    explicit = copy.deepcopy(model)  # the same masks as a dense mask-multiply of fc1's rows
+    with torch.no_grad():
+        for name, m in masks.items():
+            side, _, i, _ = name.split(".")
+            layer = getattr(explicit.model, side).layers[int(i)]
+            layer.fc1.weight.mul_(m.to_dense()[2].float()[:, None])
+    want = pipeline.translate(explicit, tok, src, "en-fr", beam=2, max_new_tokens=6)
+    assert got == want and len(got) == len(src)
+    assert got != pipeline.translate(model, tok, src, "en-fr", beam=2, max_new_tokens=6)  # dense differs
+    with pytest.raises(ValueError, match="direction: 'fr-en' has no masks"):
+        pipeline.translate(model, tok, src, "fr-en", masks=tmp_path)
+
+
+def test_example_script_runs_end_to_end(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "hf_tiny.py"
+    spec = importlib.util.spec_from_file_location("hf_tiny", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    example.run(tmp_path, steps=4)
+    hyps = (tmp_path / "hyp.en-de.de").read_text().splitlines()
+    assert len(hyps) == len(example.PAIRS["en-de"][0])
+    assert (tmp_path / "analysis" / "report.md").is_file()
+    saved, _ = pipeline.load_layer_masks(tmp_path / "specialized" / "neuronspec_masks.pt")
+    selected, _ = pipeline.load_layer_masks(tmp_path / "masks.pt")
+    assert saved == selected
+    before = transformers.AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "model").state_dict()
+    after = transformers.AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "specialized").state_dict()
+    unused_rows = 0
+    for name, m in selected.items():  # rows no direction uses are never trained (Adam, no decay)
+        side, _, i, _ = name.split(".")
+        key = f"model.{side}.layers.{i}.fc1.weight"
+        unused = ~m.to_dense().any(0)
+        unused_rows += int(unused.sum())
+        assert torch.equal(after[key][unused], before[key][unused]), name
+        assert not torch.equal(after[key][~unused], before[key][~unused]), name
+    assert unused_rows > 0
