@@ -205,7 +205,9 @@ def test_auto_is_default_on_cuda(monkeypatch):
 # ---- compiled for the GPU (no GPU needed) -------------------------------------------------------
 def test_kernels_compile_for_sm90():
     """Every kernel specialization goes through Triton's real pipeline to an sm_90 cubin (the
-    interpreter accepts code the compiler rejects); bf16, first tile config (tests/_triton_sm90.py)."""
+    interpreter accepts code the compiler rejects) and its K loop is pipelined, its atomics
+    relaxed, nothing spills; bf16, first tile config (tests/_triton_sm90.py, which first shows
+    that its pipelining check rejects an unpipelined kernel)."""
     import os
     import subprocess
     import sys
@@ -215,4 +217,5 @@ def test_kernels_compile_for_sm90():
     proc = subprocess.run([sys.executable, script, "--dtypes", "bf16"], env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "self-check: an index load in the K loop is rejected" in proc.stdout
     assert "0 failed" in proc.stdout and proc.stdout.count(": ok (") >= 30

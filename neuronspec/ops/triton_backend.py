@@ -2,11 +2,13 @@
 
 The call's plan (ops/plan.py) sorts tokens by task (stable; skipped when the batch has one task)
 and gives `tok_start` [T+1] (task t owns sorted rows tok_start[t]:tok_start[t+1]) to kernels
-that tile over (task token tile, block of the task's active neurons) and gather weight rows
-by index inside the kernel (kernels: triton_masked_ffn.py, triton_count.py). No host sync:
-grids use upper bounds (cdiv(N, BM) + T token tiles, cdiv(f, BN) neuron blocks) and idle
-programs exit at once. The O((T + N)·f·d / N) bias terms of docs/design.md §2 (c_t, db1[I], dW2[:, I],
-db2) are torch ops here.
+that tile over (task token tile, block of the task's active neurons) (kernels:
+triton_masked_ffn.py, triton_count.py). fc1 gathers W1 rows by index inside the kernel; fc2 and
+dX read packed weights (W2ᵀ / W1 rows of the active lists, gathered once per call) and the
+weight gradients read task-sorted X / dY, so every K loop pipelines (docs/design.md §3). No host
+sync: grids use upper bounds (cdiv(N, BM) + T token tiles, cdiv(f, BN) neuron blocks) and idle
+programs exit at once. The O((T + N)·f·d / N) bias terms of docs/design.md §2 (c_t, db1[I],
+dW2[:, I], db2) are torch ops here.
 
 Saved for backward: Z_A packed in an [N, f] buffer in task-sorted row order (row r holds its
 task's k_t pre-activations in columns 0..k_t-1), like the torch backend.
@@ -108,7 +110,9 @@ if _IMPORT_ERROR is None:
 
 
 # ---- launch helpers ----------------------------------------------------------------------------
+GROUP_M = 8  # tile-row band of the swizzled grids (triton_common.swizzle)
 _HOMOGENEOUS: dict[tuple, tuple] = {}
+_LOCAL_OFFSETS: dict[tuple, torch.Tensor] = {}
 
 
 def _groups(r):
@@ -127,9 +131,17 @@ def _groups(r):
     return None, tok_start, 1, rows
 
 
-def _task_offsets(plan):
-    """The CSR offsets of the plan's groups: every task's, or the one task's [2]."""
-    return plan.offsets if plan.mixed else plan.offsets[plan.task : plan.task + 2]
+def _task_lists(plan):
+    """(indices int32, offsets int32 [G+1], indices int64) of the plan's groups: every task's
+    CSR lists when mixed; the one task's list and [0, k] when homogeneous."""
+    tables = plan.tables
+    if plan.mixed:
+        return tables.indices, tables.offsets, tables.indices_long
+    lo, hi = tables.host_offsets[plan.task], tables.host_offsets[plan.task + 1]
+    key = (hi - lo, tables.indices.device)
+    if key not in _LOCAL_OFFSETS:
+        _LOCAL_OFFSETS[key] = torch.tensor([0, hi - lo], dtype=torch.int32, device=tables.indices.device)
+    return tables.indices[lo:hi], _LOCAL_OFFSETS[key], tables.active_idx(plan.task)
 
 
 def _acc_dtype(dtype):
@@ -142,7 +154,7 @@ def _meta(x: torch.Tensor) -> dict:
     # input_precision only matters for fp32 operands: exact unless torch allows TF32 matmuls
     exact_fp32 = x.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
     return dict(UPCAST=INTERPRETED or fp64, PRECISION="ieee" if exact_fp32 else "tf32",
-                ACC=tl.float64 if fp64 else tl.float32)
+                ACC=tl.float64 if fp64 else tl.float32, GROUP_M=GROUP_M)
 
 
 def _use_torch(x: torch.Tensor, task: int = -1) -> bool:
@@ -153,8 +165,9 @@ def _use_torch(x: torch.Tensor, task: int = -1) -> bool:
     return not INTERPRETED and (x.dtype == torch.float64 or task >= 0)
 
 
-def _tiles(n, num_groups, meta, block_cols, cols):
-    return (triton.cdiv(n, meta["BLOCK_M"]) + num_groups, triton.cdiv(cols, meta[block_cols]))
+def _token_grid(n, num_groups, block_cols, cols):
+    """1-D swizzled grid over (token tiles + one spare per group) × column blocks."""
+    return lambda m: ((triton.cdiv(n, m["BLOCK_M"]) + num_groups) * triton.cdiv(cols, m[block_cols]),)
 
 
 # ---- backend protocol ----------------------------------------------------------------------------
@@ -165,7 +178,7 @@ def masked_ffn_fwd(x, w1, b1, w2, b2, plan, activation, mask_bias):
     n, d = x.shape
     f, d_out = w1.shape[0], w2.shape[0]
     perm, tok_start, groups, _ = _groups(plan)
-    offs = _task_offsets(plan)
+    indices, offs, indices_long = _task_lists(plan)
     acc_dtype = _acc_dtype(x.dtype)
     # per-group output bias b2 + c_t, c_t = act(b1[I]) W2[:, I]ᵀ
     if mask_bias:
@@ -181,15 +194,14 @@ def masked_ffn_fwd(x, w1, b1, w2, b2, plan, activation, mask_bias):
     h = x.new_empty(n, f)
     meta = _meta(x)
     perm_arg = tok_start if perm is None else perm
-    act_code = ACTIVATION_CODES[activation]
     unused = torch.zeros(1, dtype=acc_dtype, device=x.device)  # db_ptr: backward only
-    _gather_n[lambda m: _tiles(n, groups, m, "BLOCK_N", f)](
-        x, perm_arg, w1, plan.indices, offs, tok_start, groups, b1, z, h, h, unused, d, f,
-        MODE=0, ACT=act_code, HAS_PERM=perm is not None, **meta)
+    _gather_n[_token_grid(n, groups, "BLOCK_N", f)](
+        x, perm_arg, w1, indices, offs, tok_start, groups, n, b1, z, h, h, unused, d, f,
+        MODE=0, ACT=ACTIVATION_CODES[activation], HAS_PERM=perm is not None, B_PACKED=False, **meta)
     if d_out:
-        w2t = w2.t().contiguous()
-        _gather_k[lambda m: _tiles(n, groups, m, "BLOCK_N", d_out)](
-            h, perm_arg, w2t, plan.indices, offs, tok_start, groups, bias, bias_stride, y, d_out, f,
+        w2p = w2.t().index_select(0, indices_long)  # packed W2ᵀ rows [Σ k_t, d_out]
+        _gather_k[_token_grid(n, groups, "BLOCK_N", d_out)](
+            h, perm_arg, w2p, offs, tok_start, groups, n, bias, bias_stride, y, d_out, f,
             HAS_BIAS=True, HAS_PERM=perm is not None, **meta)
     return y, (z,)
 
@@ -202,7 +214,7 @@ def masked_ffn_bwd(dy, x, w1, b1, w2, b2, plan, saved, activation, mask_bias):
     n, d = x.shape
     f, d_out = w1.shape[0], w2.shape[0]
     perm, tok_start, groups, _ = _groups(plan)
-    offs = _task_offsets(plan)
+    indices, offs, indices_long = _task_lists(plan)
     acc_dtype = _acc_dtype(x.dtype)
     atomic = groups > 1  # neurons shared by tasks: rows of dW1 / dW2ᵀ get several contributions
     buf_dtype = acc_dtype if atomic else x.dtype
@@ -212,22 +224,21 @@ def masked_ffn_bwd(dy, x, w1, b1, w2, b2, plan, saved, activation, mask_bias):
     dw2t = torch.zeros(f, d_out, dtype=buf_dtype, device=x.device)
     if n:
         meta = _meta(x)
-        perm_arg = tok_start if perm is None else perm
-        has_perm = perm is not None
+        # task-sorted copies: the K loops below then read contiguous rows (no index in the loop)
+        xs, dys = (x, dy) if perm is None else (x.index_select(0, perm), dy.index_select(0, perm))
         dz, h = x.new_empty(n, f), x.new_empty(n, f)
-        w2t = w2.t().contiguous()
-        _gather_n[lambda m: _tiles(n, groups, m, "BLOCK_N", f)](
-            dy, perm_arg, w2t, plan.indices, offs, tok_start, groups, b1, z, dz, h, db1, d_out, f,
-            MODE=1, ACT=ACTIVATION_CODES[activation], HAS_PERM=has_perm, **meta)
+        w2p = w2.t().index_select(0, indices_long)  # packed W2ᵀ rows [Σ k_t, d_out]
+        _gather_n[_token_grid(n, groups, "BLOCK_N", f)](
+            dys, tok_start, w2p, indices, offs, tok_start, groups, n, b1, z, dz, h, db1, d_out, f,
+            MODE=1, ACT=ACTIVATION_CODES[activation], HAS_PERM=False, B_PACKED=True, **meta)
         if d:
-            _gather_k[lambda m: _tiles(n, groups, m, "BLOCK_N", d)](
-                dz, perm_arg, w1, plan.indices, offs, tok_start, groups, b1, 0, dx, d, f,
-                HAS_BIAS=False, HAS_PERM=has_perm, **meta)
-        for p, a, out, cols in ((dz, x, dw1, d), (h, dy, dw2t, d_out)):
+            _gather_k[_token_grid(n, groups, "BLOCK_N", d)](
+                dz, tok_start if perm is None else perm, w1.index_select(0, indices_long), offs, tok_start,
+                groups, n, b1, 0, dx, d, f, HAS_BIAS=False, HAS_PERM=perm is not None, **meta)
+        for p, a, out, cols in ((dz, xs, dw1, d), (h, dys, dw2t, d_out)):
             if cols:
-                _scatter_rows[lambda m: (groups, triton.cdiv(f, m["BLOCK_M"]), triton.cdiv(cols, m["BLOCK_N"]))](
-                    p, perm_arg, a, plan.indices, offs, tok_start, out, cols, f,
-                    ATOMIC=atomic, HAS_PERM=has_perm, **meta)
+                _scatter_rows[lambda m: (triton.cdiv(f, m["BLOCK_M"]) * triton.cdiv(cols, m["BLOCK_N"]), groups)](
+                    p, a, indices, offs, tok_start, out, cols, f, ATOMIC=atomic, **meta)
     dw2 = dw2t.t().to(acc_dtype)
     dyf = dy.to(acc_dtype)
     if not mask_bias:  # inactive neurons output the constant act(b1_i) (docs/design.md §2)
@@ -252,7 +263,7 @@ def fc1_act_count(x, w1, b1, counts, routing, valid, activation, write_output):
     if n:
         perm, tok_start, groups, rows = _groups(routing)
         scratch = torch.zeros(groups, f, dtype=torch.int32, device=x.device)
-        _act_count[lambda m: _tiles(n, groups, m, "BLOCK_N", f)](
+        _act_count[lambda m: (triton.cdiv(n, m["BLOCK_M"]) + groups, triton.cdiv(f, m["BLOCK_N"]))](
             z, tok_start if perm is None else perm, tok_start if valid is None else valid.view(torch.uint8),
             tok_start, groups, scratch, f,
             ACT=ACTIVATION_CODES[activation], HAS_PERM=perm is not None, HAS_VALID=valid is not None,

@@ -5,6 +5,8 @@
 - `find_tile`: maps a program id to (task, first row, end row) of one BLOCK_M tile of the
   task-sorted tokens; tasks own the rows tok_start[t]:tok_start[t+1]. Launch grids use the
   upper bound cdiv(N, BLOCK_M) + T tiles; programs past the last tile get task = -1.
+- `swizzle`: program id → (tile row, tile column) in GROUP_M-row bands, so programs running
+  together share operand tiles in L2 (Triton's matmul tutorial ordering).
 - `mma`: tl.dot with fp32/fp64 accumulation. Under the interpreter the operands are upcast
   first (its dot multiplies bf16 as raw uint16), which is what the GPU tensor core computes.
 """
@@ -58,6 +60,15 @@ def find_tile(pid, tok_start_ptr, T, BLOCK_M: tl.constexpr):
         row1 = tl.where(hit, e, row1)
         seen += n_tiles
     return task, row0, row1
+
+
+@triton.jit
+def swizzle(pid, num_m, num_n, GROUP_M: tl.constexpr):
+    """(pid_m, pid_n) of a 1-D program id over num_m × num_n tiles, GROUP_M tile rows at a time."""
+    per_group = GROUP_M * num_n
+    first_m = (pid // per_group) * GROUP_M
+    group_m = tl.minimum(num_m - first_m, GROUP_M)
+    return first_m + (pid % per_group) % group_m, (pid % per_group) // group_m
 
 
 @triton.jit
