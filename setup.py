@@ -1,9 +1,10 @@
 """Install neuronspec; build the CUDA module `neuronspec._cuda` from csrc/ when nvcc exists.
 
-The CUDA module is a pybind11 extension built by CMake + ninja (no torch headers, no
-cuBLAS). Without nvcc the package installs without it and the `cuda` backend reports
-itself unavailable. Set NEURONSPEC_NO_CUDA=1 to skip the build, NEURONSPEC_CUDA_ARCH
-(e.g. "80;90") to choose the architectures.
+The CUDA module is a pybind11 extension built by CMake + ninja on CUTLASS's headers (from the
+nvidia-cutlass wheel, a build requirement; no torch headers, no cuBLAS). Without nvcc the
+package installs without it and the `cuda` backend reports itself unavailable. Set
+NEURONSPEC_NO_CUDA=1 to skip the build, NEURONSPEC_CUDA_ARCH (e.g. "80;90") to choose the
+architectures.
 """
 import os
 import shutil
@@ -15,6 +16,22 @@ from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).parent.resolve()
+
+
+def cutlass_include_dir() -> Path:
+    """include/ of the CUTLASS headers shipped by the nvidia-cutlass wheel (a build requirement,
+    pyproject.toml): <site-packages>/cutlass_library/source/include. Found without importing the
+    package (its __init__ imports heavy optional modules)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("cutlass_library")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("neuronspec: the CUDA build needs the CUTLASS headers: pip install nvidia-cutlass "
+                           "(a build requirement in pyproject.toml; or set NEURONSPEC_NO_CUDA=1)")
+    include = Path(spec.origin).parent / "source" / "include"
+    if not (include / "cutlass" / "version.h").is_file():
+        raise RuntimeError(f"neuronspec: no CUTLASS headers under {include} (nvidia-cutlass wheel layout changed?)")
+    return include
 
 
 class CMakeExtension(Extension):
@@ -46,6 +63,7 @@ class CMakeBuild(build_ext):
         build_dir = Path(self.build_temp).resolve() / "cmake"
         build_dir.mkdir(parents=True, exist_ok=True)
         cfg = [
+            f"-DCUTLASS_INCLUDE_DIR={cutlass_include_dir()}",
             f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={out_dir}",
             f"-DPython_EXECUTABLE={sys.executable}",
             f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",

@@ -12,7 +12,10 @@
 #   NEURONSPEC_SUITE_BUDGET    total seconds (default 470: an 8-minute slot with margin; dry run 1200)
 #   NEURONSPEC_SUITE_SKIP      comma-separated steps to skip: info,build,tests,masked_ffn,counting,train_step,
 #                              masked_ffn_large
-#   NEURONSPEC_CUDA_ARCH       passed to the build (default there: 80;90)
+#   NEURONSPEC_CUDA_ARCH       passed to the build (default there: 80;90; "90" halves the build time)
+#   NEURONSPEC_WHEELS          folder holding the nvidia-cutlass wheel (CUTLASS headers, a build
+#                              requirement) for a GPU machine without a package index; only used
+#                              when the Python running the suite cannot find cutlass_library
 # Output: suite.log (one line per step: name, status, seconds), <step>.log for each step,
 # nvidia-smi.txt, versions.txt, pytest junit XML, masked_ffn/counting/train_step .csv/.json/.md/.png
 set -u
@@ -75,6 +78,10 @@ for m in ("triton", "numpy", "pybind11"):
         print(f"{m}:", importlib.import_module(m).__version__)
     except Exception as e:
         print(f"{m}: not importable ({e})")
+try:
+    print("neuronspec._cuda: CUTLASS", importlib.import_module("neuronspec._cuda").cutlass_version())
+except Exception as e:
+    print(f"neuronspec._cuda: not importable yet ({e})")
 from neuronspec.ops import available_backends, unavailable_reason
 dev = "cuda" if torch.cuda.is_available() else "cpu"
 print("backends on", dev, ":", available_backends(dev))
@@ -90,13 +97,18 @@ build() {
   # setup.py CMake hook. GPU run: in place (neuronspec/_cuda*.so, what the cuda backend imports);
   # dry run: into a scratch folder, so the shared source tree is not touched.
   local tmp="${TMPDIR:-/tmp}/neuronspec-suite-build"
+  # the CUTLASS headers come from the nvidia-cutlass wheel (pyproject.toml build requirement)
+  if ! "$PY" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('cutlass_library') is None)"; then
+    "$PY" -m pip install -q --no-deps --no-index --find-links "${NEURONSPEC_WHEELS:-$ROOT/shared/wheels}" nvidia-cutlass \
+      || "$PY" -m pip install -q --no-deps nvidia-cutlass || { echo "no CUTLASS headers (nvidia-cutlass)"; return 1; }
+  fi
   if [ "$DRY" = "1" ]; then
     "$PY" setup.py -q build_ext --build-temp "$tmp/temp" --build-lib "$tmp/lib"
     ls -l "$tmp"/lib/neuronspec/_cuda* 2>/dev/null || { echo "no _cuda module was built"; return 1; }
   else
     "$PY" setup.py -q build_ext --inplace --build-temp "$tmp/temp"
     ls -l neuronspec/_cuda* 2>/dev/null || { echo "no _cuda module was built"; return 1; }
-    "$PY" -c "import neuronspec._cuda as m; print('imported', m.__file__)"
+    "$PY" -c "import neuronspec._cuda as m; print('imported', m.__file__, 'CUTLASS', m.cutlass_version())"
   fi
 }
 
@@ -128,8 +140,10 @@ else                       # GPU sizes (bf16, N 8192): the bars of the issues fi
   # the LLM-size FFN, where GPU work dwarfs launch overhead: dense vs the default (auto) and
   # the paths it chooses between (torch: gather + cuBLAS / grouped_mm; maskmul), and triton
   LARGE=(--device cuda --shapes llm --tokens 8192 --p 0.25,0.5,1.0 --modes fwd+bwd --tasks 1,8
-         --providers dense,auto,torch,maskmul,triton --repeats 6 --warmup 2)
-  LIMITS=(15 40 100 170 50 60 60)
+         --providers dense,auto,torch,maskmul,triton,cuda --repeats 6 --warmup 2)
+  LIMITS=(15 90 100 150 40 50 75)
+  # the CUTLASS kernels for this GPU's architecture only (H200: sm_90), half the compile time
+  export NEURONSPEC_CUDA_ARCH="${NEURONSPEC_CUDA_ARCH:-$("$PY" -c "import torch; p = torch.cuda.get_device_capability(); print(f'{p[0]}{p[1]}')" 2>/dev/null || echo 90)}"
 fi
 
 export -f info build tests

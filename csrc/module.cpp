@@ -1,6 +1,7 @@
 // pybind11 module neuronspec._cuda: raw-pointer launchers of the masked-FFN kernels (see ops.h).
 // Python (neuronspec/ops/cuda_backend.py) validates tensors, allocates every buffer with torch
-// and passes data_ptr()s, strides and torch's current stream; nothing here knows about torch.
+// and passes data_ptr()s, leading dimensions and torch's current stream; nothing here knows
+// about torch.
 #include <pybind11/pybind11.h>
 
 #include "ops.h"
@@ -8,36 +9,27 @@
 namespace py = pybind11;
 
 PYBIND11_MODULE(_cuda, m) {
-  m.doc() = "neuronspec CUDA kernels (gathered fc1/fc2 on tensor cores, fused counting, backward)";
-  m.attr("TILE_ROWS") = 64;  // rows per work item of the row-tiled launchers
+  m.doc() = "neuronspec CUDA kernels: CUTLASS grouped GEMMs over the active neurons + elementwise passes";
 
   m.def("device_count", &ns::device_count,
         "Number of CUDA devices; RuntimeError 'neuronspec._cuda: no CUDA device: ...' if none.");
-  m.def("gathered_fc1", &ns::gathered_fc1, py::arg("dtype"), py::arg("act"), py::arg("device"), py::arg("stream"),
-        py::arg("work"), py::arg("num_work"), py::arg("max_cols"), py::arg("x"), py::arg("ldx"), py::arg("x_rows"),
-        py::arg("w1"), py::arg("ldw"), py::arg("idx"), py::arg("off"), py::arg("K"), py::arg("bias"),
-        py::arg("z_out"), py::arg("h_out"), py::arg("ldo"),
-        "Packed Z = X[rows] W1[A]^T + b1[A] and H = act(Z) per task work item.");
-  m.def("fc1_count", &ns::fc1_count, py::arg("dtype"), py::arg("act"), py::arg("device"), py::arg("stream"),
-        py::arg("work"), py::arg("num_work"), py::arg("n_cols"), py::arg("x"), py::arg("ldx"), py::arg("x_rows"),
-        py::arg("w1"), py::arg("ldw"), py::arg("K"), py::arg("bias"), py::arg("h_out"), py::arg("ldo"),
-        py::arg("counts"), py::arg("ldc"), py::arg("valid"),
-        "Dense fc1 + bias + act with counts[task, n] += #(Z > 0 and valid) in the epilogue.");
-  m.def("gathered_dz", &ns::gathered_dz, py::arg("dtype"), py::arg("act"), py::arg("device"), py::arg("stream"),
-        py::arg("work"), py::arg("num_work"), py::arg("max_cols"), py::arg("dy"), py::arg("lddy"),
-        py::arg("dy_rows"), py::arg("w2t"), py::arg("ldw"), py::arg("idx"), py::arg("off"), py::arg("K"),
-        py::arg("z_in"), py::arg("dz_out"), py::arg("h_out"), py::arg("ldo"),
-        "Packed dZ = (dY[rows] W2[:, A]) * act'(Z) and H = act(Z).");
-  m.def("gathered_fc2", &ns::gathered_fc2, py::arg("dtype"), py::arg("device"), py::arg("stream"),
-        py::arg("work"), py::arg("num_work"), py::arg("p"), py::arg("ldp"), py::arg("w"), py::arg("ldw"),
-        py::arg("idx"), py::arg("off"), py::arg("n_cols"), py::arg("bias"), py::arg("bias_stride"),
-        py::arg("out"), py::arg("ldo"), py::arg("out_rows"),
-        "out[rows] = P W[A] + bias[task]: fc2 over the active neurons (also dX = dZ W1[A]).");
-  m.def("gathered_wgrad", &ns::gathered_wgrad, py::arg("dtype"), py::arg("device"), py::arg("stream"),
-        py::arg("work"), py::arg("num_work"), py::arg("max_cols"), py::arg("p"), py::arg("ldp"), py::arg("q"),
-        py::arg("ldq"), py::arg("q_rows"), py::arg("idx"), py::arg("off"), py::arg("n_cols"), py::arg("out"),
-        py::arg("ldo"), "out_f32[A] += P^T Q[rows] (dW1 and dW2^T of the active neurons).");
-  m.def("gathered_colsum", &ns::gathered_colsum, py::arg("dtype"), py::arg("device"), py::arg("stream"),
-        py::arg("work"), py::arg("num_work"), py::arg("max_cols"), py::arg("p"), py::arg("ldp"), py::arg("idx"),
-        py::arg("off"), py::arg("out"), "out_f32[A] += column sums of P (db1 of the active neurons).");
+  m.def("cutlass_version", &ns::cutlass_version, "CUTLASS version the module was compiled with ('4.2.0').");
+  m.def("workspace_bytes", &ns::workspace_bytes, py::arg("num_problems"),
+        "Bytes of device workspace grouped_gemm needs for num_problems problems.");
+  m.def("grouped_gemm", &ns::grouped_gemm, py::arg("op"), py::arg("dtype"), py::arg("device"), py::arg("stream"),
+        py::arg("workspace"), py::arg("num_problems"), py::arg("starts"), py::arg("n"), py::arg("koff"),
+        py::arg("kw"), py::arg("kdim"), py::arg("ncols"), py::arg("a"), py::arg("lda"), py::arg("b"),
+        py::arg("ldb"), py::arg("c"), py::arg("c_koff_scale"), py::arg("c_stride"), py::arg("d"), py::arg("ldd"),
+        "One CUTLASS grouped GEMM over per-task problems (op 0 nt: fc1/dH, 1 nn: fc2/dX, 2 tn: dW1/dW2^T).");
+  m.def("gather_rows", &ns::gather_rows, py::arg("dtype"), py::arg("device"), py::arg("stream"), py::arg("src"),
+        py::arg("ld_src"), py::arg("src_cols"), py::arg("idx"), py::arg("n_rows"), py::arg("dst"), py::arg("ld_dst"),
+        py::arg("ones_col"), "dst[i] = src[idx[i]] zero-padded to ld_dst columns (idx < 0: zero row).");
+  m.def("act_forward", &ns::act_forward, py::arg("dtype"), py::arg("act"), py::arg("device"), py::arg("stream"),
+        py::arg("z"), py::arg("h"), py::arg("numel"), "h = act(z).");
+  m.def("act_backward", &ns::act_backward, py::arg("dtype"), py::arg("act"), py::arg("device"), py::arg("stream"),
+        py::arg("z"), py::arg("g"), py::arg("h"), py::arg("numel"), "g *= act'(z) (in place), h = act(z).");
+  m.def("count_act", &ns::count_act, py::arg("dtype"), py::arg("act"), py::arg("device"), py::arg("stream"),
+        py::arg("z"), py::arg("ldz"), py::arg("n_rows"), py::arg("n_cols"), py::arg("rows"), py::arg("row_task"),
+        py::arg("task"), py::arg("valid"), py::arg("h"), py::arg("ldh"), py::arg("counts"), py::arg("ldc"),
+        "h[token] = act(z) and counts[task] += (z > 0) & valid over grouped rows.");
 }

@@ -1,56 +1,59 @@
 // Host API of neuronspec._cuda (no CUDA or torch types: pointers travel as integers).
 //
 // Conventions shared by every launcher:
-//   dtype 0 fp32, 1 fp16, 2 bf16; act 0 relu, 1 gelu; device = CUDA ordinal; stream = cudaStream_t.
-//   work: int32 [num_work, 3] rows (task, r0, r1): a task's tokens r0..r1 (positions in the
-//     task-grouped token order), at most 64 rows per item for the row-tiled launchers
-//     (fc1 family, fc2) and any number for the reduction launchers (wgrad, colsum).
-//   idx/off: a task's active neurons are idx[off[t] .. off[t+1]) (int32 CSR); the "packed"
-//     [N, ldo] buffers hold, in row i (grouped position), that token's task's |A_t| values
-//     in columns 0..|A_t|).
-//   *_rows: int64 [N] map grouped position -> original token row (0 = identity).
+//   dtype 1 fp16, 2 bf16 (fp32 is not supported: the GEMMs are CUTLASS tensor-core kernels);
+//   act 0 relu, 1 gelu; device = CUDA ordinal (made current if it is not); stream = cudaStream_t.
+//   Matrices are row-major with a leading dimension (elements); every pointer of a GEMM operand
+//   is 16-byte aligned and every leading dimension and GEMM extent along a contiguous dimension
+//   is a multiple of 8 (the callers pad: neuronspec/ops/cuda_backend.py).
 //   A pointer argument 0 means "absent" where documented.
-// Every launcher throws std::runtime_error (Python RuntimeError) naming the kernel on failure
-// and "neuronspec._cuda: no CUDA device: ..." when there is no device.
+// Every launcher throws std::runtime_error (Python RuntimeError) naming the kernel on failure,
+// "neuronspec._cuda: no CUDA device: ..." when there is no device, and std::invalid_argument
+// (Python ValueError) naming the argument for a bad code or size.
 #pragma once
 #include <cstdint>
+#include <string>
 
 namespace ns {
 using ptr = std::uintptr_t;
 using i64 = long long;
 
-int device_count();  // throws when the runtime reports no usable device
+int device_count();            // throws when the runtime reports no usable device
+std::string cutlass_version();  // "major.minor.patch" of the CUTLASS headers compiled in
 
-// Z = X[rows] W1[A]ᵀ + b1[A] (packed z_out), H = act(Z) (packed h_out). K = d; max_cols = f.
-void gathered_fc1(int dtype, int act, int device, ptr stream, ptr work, int num_work, int max_cols,
-                  ptr x, i64 ldx, ptr x_rows, ptr w1, i64 ldw, ptr idx, ptr off, int K, ptr bias_f32,
-                  ptr z_out, ptr h_out, i64 ldo);
+// ---- grouped GEMMs (grouped_gemm.cu) ---------------------------------------------------
+// One launch computes P problems, p = 0..P-1. Problem p owns the rows r ∈ [s_p, e_p) of the
+// row-grouped token buffers (starts int32 [P+1]: s_p = starts[p], e_p = starts[p+1]; starts 0:
+// s = 0, e = n) and the rows koff[p] .. koff[p] + kw[p] of the per-task weight tables (int32
+// [P] each, kw[p] a multiple of 8). m_p = e_p - s_p. Per op (T = dtype, f32 = float):
+//   op 0 "nt":  D[s+i, j] = Σ_k A[s+i, k] B[koff+j, k] + C_p[j]     (m_p x kw[p], K = kdim)
+//               fc1 (A = X, B = W1 table, C = b1 table) and dH (A = dY, B = W2ᵀ table, no C)
+//   op 1 "nn":  D[s+i, c] = Σ_k A[s+i, k] B[koff+k, c] + C_p[c]     (m_p x ncols, K = kw[p])
+//               fc2 (A = H packed, B = W2ᵀ table, C = bias row p) and dX (A = dZ, B = W1 table)
+//   op 2 "tn":  D[koff+j, c] = Σ_i A[s+i, j] B[s+i, c]              (kw[p] x ncols, K = m_p), D f32
+//               dW1 (A = dZ, B = X) and dW2ᵀ (A = H, B = dY) of the task's table rows
+// C_p = c + koff[p] * c_koff_scale + p * c_stride (elements of T, read as a broadcast row); c = 0:
+// no C term. workspace: device memory of workspace_bytes(P) bytes (problem sizes, pointers and
+// leading dimensions are written there by a setup kernel on the stream: no host copy).
+i64 workspace_bytes(int num_problems);
+void grouped_gemm(int op, int dtype, int device, ptr stream, ptr workspace, int num_problems, ptr starts, int n,
+                  ptr koff, ptr kw, int kdim, int ncols, ptr a, i64 lda, ptr b, i64 ldb, ptr c, i64 c_koff_scale,
+                  i64 c_stride, ptr d, i64 ldd);
 
-// Dense Z = X[rows] W1ᵀ + b1 over all n_cols neurons; h_out[rows[i]] = act(Z) (h_out 0: not
-// written); counts[task, n] += #{i : Z[i, n] > 0 and valid[rows[i]]} (valid 0: all valid).
-void fc1_count(int dtype, int act, int device, ptr stream, ptr work, int num_work, int n_cols,
-               ptr x, i64 ldx, ptr x_rows, ptr w1, i64 ldw, int K, ptr bias_f32, ptr h_out, i64 ldo,
-               ptr counts_i64, i64 ldc, ptr valid_u8);
-
-// dZ = (dY[rows] W2ᵀ[A]ᵀ) ⊙ act'(Z) (packed dz_out) and H = act(Z) (packed h_out) from the
-// packed Z saved by the forward. w2t = W2ᵀ [f, d_out] contiguous; K = d_out.
-void gathered_dz(int dtype, int act, int device, ptr stream, ptr work, int num_work, int max_cols,
-                 ptr dy, i64 lddy, ptr dy_rows, ptr w2t, i64 ldw, ptr idx, ptr off, int K, ptr z_in,
-                 ptr dz_out, ptr h_out, i64 ldo);
-
-// out[out_rows[i], c] = Σ_j P[i, j] W[A[j], c] + bias[task * bias_stride + c] for c < n_cols:
-// fc2 (P = H, W = W2ᵀ, bias = b2 + c_t) and dX (P = dZ, W = W1, bias 0).
-void gathered_fc2(int dtype, int device, ptr stream, ptr work, int num_work, ptr p, i64 ldp, ptr w,
-                  i64 ldw, ptr idx, ptr off, int n_cols, ptr bias_f32, i64 bias_stride, ptr out,
-                  i64 ldo, ptr out_rows);
-
-// out_f32[A[j], c] += Σ_i P[i, j] Q[q_rows[i], c] over each work item's rows (atomic adds):
-// dW1 (P = dZ, Q = X) and dW2ᵀ (P = H, Q = dY). max_cols = f.
-void gathered_wgrad(int dtype, int device, ptr stream, ptr work, int num_work, int max_cols, ptr p,
-                    i64 ldp, ptr q, i64 ldq, ptr q_rows, ptr idx, ptr off, int n_cols, ptr out_f32,
-                    i64 ldo);
-
-// out_f32[A[j]] += Σ_i P[i, j] over each work item's rows (atomic adds): db1 of active neurons.
-void gathered_colsum(int dtype, int device, ptr stream, ptr work, int num_work, int max_cols, ptr p,
-                     i64 ldp, ptr idx, ptr off, ptr out_f32);
+// ---- elementwise kernels (elementwise.cu) ----------------------------------------------
+// dst[i, j] = src[idx[i], j] (j < src_cols; idx 0: row i; idx[i] < 0: a zero row), 1 where
+// j == ones_col, else 0, for i < n_rows, j < ld_dst (int64 idx). Builds the padded token buffers
+// and the per-task weight tables.
+void gather_rows(int dtype, int device, ptr stream, ptr src, i64 ld_src, int src_cols, ptr idx, i64 n_rows,
+                 ptr dst, i64 ld_dst, int ones_col);
+// h[e] = act(z[e]) for e < numel.
+void act_forward(int dtype, int act, int device, ptr stream, ptr z, ptr h, i64 numel);
+// g[e] <- g[e] * act'(z[e]) (dZ from dH, in place) and h[e] = act(z[e]) for e < numel.
+void act_backward(int dtype, int act, int device, ptr stream, ptr z, ptr g, ptr h, i64 numel);
+// For grouped rows r < n_rows and columns c < n_cols of z [n_rows, ldz]: token = rows[r] (rows
+// 0: r), task = row_task[r] (row_task 0: `task`); h[token, c] = act(z[r, c]) (h 0: not written)
+// and counts[task, c] += #{r : z[r, c] > 0 and valid[token]} (int64 counts, row stride ldc;
+// valid 0: all valid; u8).
+void count_act(int dtype, int act, int device, ptr stream, ptr z, i64 ldz, i64 n_rows, int n_cols, ptr rows,
+               ptr row_task, int task, ptr valid, ptr h, i64 ldh, ptr counts, i64 ldc);
 }  // namespace ns

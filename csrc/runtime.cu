@@ -1,34 +1,62 @@
-// Device checks shared by every launcher: a missing device or a failed launch becomes a C++
-// exception (a Python RuntimeError through pybind11), never a crash.
+// Device checks shared by every launcher (a missing device or a failed launch becomes a C++
+// exception, a Python RuntimeError through pybind11, never a crash) and the CUTLASS version.
+#include <cutlass/version.h>
+
+#include <mutex>
+
 #include "common.cuh"
 #include "ops.h"
 
 namespace ns {
+namespace {
+constexpr int kMaxDevices = 64;
+std::once_flag count_once;
+int cached_count = -1;
+cudaError_t count_error = cudaSuccess;
+int cached_sms[kMaxDevices] = {};  // 0: not read yet
+}  // namespace
 
 int device_count() {
-  int n = 0;
-  const cudaError_t e = cudaGetDeviceCount(&n);
-  if (e != cudaSuccess) {
-    cudaGetLastError();  // clear it so later calls report their own errors
+  std::call_once(count_once, [] {
+    int n = 0;
+    count_error = cudaGetDeviceCount(&n);
+    if (count_error != cudaSuccess) cudaGetLastError();  // clear it so later calls report their own
+    cached_count = count_error == cudaSuccess ? n : 0;
+  });
+  if (count_error != cudaSuccess)
     throw std::runtime_error(std::string("neuronspec._cuda: no CUDA device: cudaGetDeviceCount failed: ") +
-                             cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")");
-  }
-  if (n <= 0) throw std::runtime_error("neuronspec._cuda: no CUDA device: cudaGetDeviceCount found 0 devices");
-  return n;
+                             cudaGetErrorName(count_error) + " (" + cudaGetErrorString(count_error) + ")");
+  if (cached_count <= 0) throw std::runtime_error("neuronspec._cuda: no CUDA device: cudaGetDeviceCount found 0 devices");
+  return cached_count;
 }
 
 void prepare_device(int device) {
   const int n = device_count();
-  if (device < 0 || device >= n)
+  if (device < 0 || device >= n || device >= kMaxDevices)
     throw std::invalid_argument("neuronspec._cuda: device " + std::to_string(device) + " out of range [0, " +
                                 std::to_string(n) + ")");
-  const cudaError_t e = cudaSetDevice(device);
+  int current = -1;
+  cudaError_t e = cudaGetDevice(&current);  // runtime state of this thread: no driver round trip
+  if (e == cudaSuccess && current != device) e = cudaSetDevice(device);
   if (e != cudaSuccess) {
     cudaGetLastError();
-    throw std::runtime_error("neuronspec._cuda: cudaSetDevice(" + std::to_string(device) + ") failed: " +
-                             cudaGetErrorString(e));
+    throw std::runtime_error("neuronspec._cuda: cannot make device " + std::to_string(device) +
+                             " current: " + cudaGetErrorString(e));
   }
-  cudaGetLastError();  // a stale error from an earlier call must not be blamed on this launch
+}
+
+int sm_count(int device) {
+  if (cached_sms[device] == 0) {
+    int sms = 0;
+    const cudaError_t e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    if (e != cudaSuccess || sms <= 0) {
+      cudaGetLastError();
+      throw std::runtime_error("neuronspec._cuda: cannot read the multiprocessor count of device " +
+                               std::to_string(device));
+    }
+    cached_sms[device] = sms;
+  }
+  return cached_sms[device];
 }
 
 void check_launch(const char* kernel) {
@@ -36,6 +64,22 @@ void check_launch(const char* kernel) {
   if (e != cudaSuccess)
     throw std::runtime_error(std::string("neuronspec._cuda: kernel ") + kernel + " failed to launch: " +
                              cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")");
+}
+
+void check_dtype(const char* fn, int dtype) {
+  if (dtype != F16 && dtype != BF16)
+    throw std::invalid_argument(std::string(fn) + ": dtype code must be 1 (float16) or 2 (bfloat16), got " +
+                                std::to_string(dtype));
+}
+
+void check_act(const char* fn, int act) {
+  if (act != RELU && act != GELU)
+    throw std::invalid_argument(std::string(fn) + ": act code must be 0 (relu) or 1 (gelu), got " +
+                                std::to_string(act));
+}
+
+std::string cutlass_version() {
+  return std::to_string(CUTLASS_MAJOR) + "." + std::to_string(CUTLASS_MINOR) + "." + std::to_string(CUTLASS_PATCH);
 }
 
 }  // namespace ns

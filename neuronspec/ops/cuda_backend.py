@@ -1,20 +1,27 @@
-"""`cuda` backend: the CUDA C++ kernels of csrc/ (pybind11 module `neuronspec._cuda`).
+"""`cuda` backend: CUTLASS grouped GEMMs over the active neurons (csrc/, module `neuronspec._cuda`).
 
-The module knows nothing about torch: this file validates the tensors, allocates every output
-and scratch buffer with torch, groups tokens by task (stable sort, as the torch backend) and
-passes data pointers, leading dimensions and torch's current stream. Per task t with active
-rows A (docs/design.md §2), all GEMMs run in csrc/ kernels over the active neurons only:
-    forward   Z_A, H_A = fc1 over A (W1 rows gathered in the tile loads)      gathered_fc1
-              Y = H_A W2[:, A]ᵀ + (b2 + c_t)                                   gathered_fc2
-    backward  dZ_A = (dY W2[:, A]) ⊙ act'(Z_A), H_A = act(Z_A)                gathered_dz
-              dX = dZ_A W1[A]                                                  gathered_fc2
-              dW1[A] += dZ_Aᵀ X, dW2ᵀ[A] += H_Aᵀ dY (fp32 atomics)             gathered_wgrad
-              db1[A] += Σ_rows dZ_A                                            gathered_colsum
-    counting  H = act(X W1ᵀ + b1), counts[t] += (Z > 0) ⊙ valid               fc1_count
-The O((T + N)·f·d / tile) extras (c_t, the inactive-neuron bias gradients, db2) are small torch
-ops here. Z is saved packed like the torch backend: row i (i-th token in task order) holds its
-task's |A_t| pre-activations in its first |A_t| columns. float32, float16 and bfloat16 (tensor
-cores, fp32 accumulation); float64 is rejected (use the torch backend).
+The module knows nothing about torch: this file validates the tensors, allocates every buffer
+with torch and passes data pointers, leading dimensions and torch's current stream. Tokens are
+grouped by task with the plan's stable sort (ops/plan.py: device-side, no host sync); problem p
+of a grouped GEMM is task p of a mixed batch (P = T) or the batch's one task (P = 1). Per task t
+with active rows A (docs/design.md §2), padded to kw_t = |A_t| rounded up to 8 (CUTLASS's
+16-byte accesses) with zero weight rows:
+    tables    W1[A], W2ᵀ[A], b1[A] gathered into per-task tables         gather_rows
+    forward   Z_A = X W1[A]ᵀ + b1[A]           (grouped GEMM nt, C = b1 row)  grouped_gemm 0
+              H_A = act(Z_A)                                                   act_forward
+              Y = H_A W2[:, A]ᵀ + (b2 + c_t)   (grouped GEMM nn, C = bias row) grouped_gemm 1
+    backward  dH_A = dY W2[:, A]               (nt)                            grouped_gemm 0
+              dZ_A = dH_A ⊙ act'(Z_A), H_A = act(Z_A)                          act_backward
+              dX = dZ_A W1[A]                  (nn)                            grouped_gemm 1
+              dW1[A] | db1[A] = dZ_Aᵀ [X | 1], dW2ᵀ[A] = H_Aᵀ dY (tn, fp32)    grouped_gemm 2
+              tasks' table rows summed into dW1, db1, dW2 (index_add_: shared neurons add up)
+    counting  Z = X W1ᵀ + b1 (nt over all neurons), H = act(Z) and counts      count_act
+A zero pad row of W1 and b1 gives Z = 0, H = act(0) = 0 and dZ = 0, and its W2ᵀ row is zero, so
+pads add nothing; their gradient rows land in a dummy row that is dropped. The column of ones
+appended to X makes db1[A] the last column of the dW1 GEMM. c_t, the inactive-neuron bias
+gradients and db2 are O((T + N)·f·d_out) torch ops. Z is saved packed: row i (i-th token in task
+order) holds its task's kw_t pre-activations first. float16 and bfloat16 only (tensor cores,
+fp32 accumulation); float32/float64 are rejected (use the torch backend).
 """
 from __future__ import annotations
 
@@ -23,13 +30,13 @@ import importlib
 import torch
 
 from .activations import act, act_grad
-from .reference import dense_task_masks
+from .plan import MaskTables, Plan, Routing, route
 from .validation import describe
 
-TILE_ROWS = 64  # rows per work item of the row-tiled kernels (csrc/common.cuh BM)
-CHUNK_ROWS = 256  # tokens per work item of the token reductions (weight gradients, db1)
-DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+ALIGN = 8  # CUTLASS 16-byte accesses: GEMM extents along contiguous dims and leading dims
+DTYPE_CODES = {torch.float16: 1, torch.bfloat16: 2}
 ACT_CODES = {"relu": 0, "gelu": 1}
+OP_NT, OP_NN, OP_TN = 0, 1, 2  # csrc/ops.h grouped_gemm ops
 
 _module = None
 _import_error: str | None = None
@@ -60,6 +67,9 @@ def available(device: torch.device) -> str | None:
         mod.device_count()  # the module's own runtime (e.g. a driver too old for it)
     except RuntimeError as e:
         return str(e).removeprefix("neuronspec._cuda: ")
+    major, _ = torch.cuda.get_device_capability(device)
+    if major < 8:
+        return f"the CUTLASS kernels need sm_80 or newer, {torch.cuda.get_device_name(device)} is sm_{major}x"
     return None
 
 
@@ -78,8 +88,8 @@ _ARG_DTYPES = {"indices": torch.int32, "offsets": torch.int32, "task_ids": torch
 
 def check_inputs(require_cuda: bool = True, **tensors) -> None:
     """Raise ValueError/TypeError naming the argument unless every tensor is contiguous, on x's
-    device (a CUDA device when require_cuda), float ones of x's dtype (fp32/fp16/bf16) and the
-    index ones of their fixed dtype. None entries are skipped."""
+    device (a CUDA device when require_cuda), float ones of x's dtype (fp16/bf16) and the index
+    ones of their fixed dtype. None entries are skipped."""
     x = tensors["x"]
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x: expected a torch.Tensor, got {describe(x)}")
@@ -87,7 +97,8 @@ def check_inputs(require_cuda: bool = True, **tensors) -> None:
         raise ValueError(f"x: the cuda backend needs CUDA tensors, got {describe(x)}")
     if x.dtype not in DTYPE_CODES:
         raise TypeError(
-            f"x: the cuda backend supports float32, float16 and bfloat16, got {describe(x)}; use backend='torch'"
+            f"x: the cuda backend supports float16 and bfloat16 (tensor-core GEMMs), got {describe(x)}; "
+            "use backend='torch'"
         )
     for name, t in tensors.items():
         if t is None:
@@ -103,136 +114,187 @@ def check_inputs(require_cuda: bool = True, **tensors) -> None:
             raise ValueError(f"{name}: must be contiguous, got strides {t.stride()} ({describe(t)})")
 
 
-# ---- tensor-level launchers ---------------------------------------------------------------
-def _p(t) -> int:
-    return 0 if t is None else t.data_ptr()
+# ---- per-(masks, task) tables -------------------------------------------------------------
+def _round(n: int, to: int = ALIGN) -> int:
+    return -(-n // to) * to
 
 
-class Kernels:
-    """The csrc/ kernels called with tensors (see csrc/ops.h for the exact semantics).
+def _to_device(values: list[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A host list on `device`; to a GPU through pinned memory (an asynchronous copy)."""
+    t = torch.tensor(values, dtype=dtype)
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
 
-    work: int32 [W, 3] (task, r0, r1) rows in task-grouped order; *_rows: int64 [N] grouped
-    position → original row, or None (identity); packed buffers are [N, f] (row i holds its
-    task's |A_t| values first)."""
+
+class Layout:
+    """The problems of one grouped GEMM launch and the per-task weight tables they read.
+
+    Problem p (task `tasks[p]`) owns table rows koff[p] .. koff[p] + kw[p]; `table_idx` int64
+    [rows] is the neuron of each table row (-1: a zero pad row), `scatter_idx` the same with pads
+    sent to the dummy row f. `width` = max kw (≥ 8) is the packed buffers' row length. Built
+    once per (masks, task) or per (T, f, task) for the all-neurons count (cached)."""
+
+    def __init__(self, tasks: list[int], kw: list[int], koff: list[int], table_idx: torch.Tensor, f: int):
+        device = table_idx.device
+        self.tasks, self.kw_host, self.koff_host = tasks, kw, koff
+        self.num_problems = len(tasks)
+        self.kw = _to_device(kw, torch.int32, device)
+        self.koff = _to_device(koff, torch.int32, device)
+        self.rows = table_idx.numel()
+        self.width = max(max(kw, default=0), ALIGN)
+        self.table_idx = table_idx
+        self.scatter_idx = torch.where(table_idx < 0, f, table_idx)
 
     @staticmethod
-    def _common(x: torch.Tensor, work: torch.Tensor) -> dict:
-        return dict(
-            dtype=DTYPE_CODES[x.dtype], device=x.device.index, work=work.data_ptr(), num_work=work.shape[0],
-            stream=torch.cuda.current_stream(x.device).cuda_stream,
+    def for_masks(tables: MaskTables, task: int) -> "Layout":
+        """Tables of the active neurons: every task (task < 0) or the one `task`."""
+        tasks = list(range(tables.num_tasks)) if task < 0 else [task]
+        off, sizes = tables.host_offsets, tables.sizes
+        kw = [_round(sizes[t]) for t in tasks]
+        koff = [sum(kw[:p]) for p in range(len(tasks))]
+        pos = [i for t, w in zip(tasks, kw) for i in [*range(off[t], off[t] + sizes[t]), *[-1] * (w - sizes[t])]]
+        pos_t = _to_device(pos, torch.int64, tables.indices.device)
+        idx = tables.indices_long[pos_t.clamp(min=0)] if tables.indices.numel() else torch.zeros_like(pos_t)
+        return Layout(tasks, kw, koff, torch.where(pos_t >= 0, idx, -1), tables.num_neurons)
+
+    @staticmethod
+    def all_neurons(num_tasks: int, f: int, task: int, device: torch.device) -> "Layout":
+        """One shared table of all f neurons (padded to f rounded up to 8) for every problem."""
+        tasks = list(range(num_tasks)) if task < 0 else [task]
+        fw = _round(f)
+        idx = torch.cat([torch.arange(f, device=device), torch.full((fw - f,), -1, device=device)])
+        return Layout(tasks, [fw] * len(tasks), [0] * len(tasks), idx, f)
+
+
+_LAYOUTS: dict[tuple, Layout] = {}
+
+
+def masks_layout(tables: MaskTables, task: int) -> Layout:
+    """Layout.for_masks, built once per masks tables and task (kept on the tables object)."""
+    cache = tables.__dict__.setdefault("_cuda_layouts", {})
+    if task not in cache:
+        cache[task] = Layout.for_masks(tables, task)
+    return cache[task]
+
+
+def count_layout(num_tasks: int, f: int, task: int, device: torch.device) -> Layout:
+    key = (num_tasks, f, task, device)
+    if key not in _LAYOUTS:
+        if len(_LAYOUTS) >= 64:
+            _LAYOUTS.clear()
+        _LAYOUTS[key] = Layout.all_neurons(num_tasks, f, task, device)
+    return _LAYOUTS[key]
+
+
+def _sorted(routing: Routing, num_tasks: int) -> Routing:
+    """The routing with a mixed batch's tokens sorted by task (a registry that did not sort for
+    this backend gives it unsorted: sort here, on the device)."""
+    if routing.mixed and routing.order is None:
+        return route(routing.task_ids, routing.task, num_tasks, routing.n, sort=True)
+    return routing
+
+
+def _bounds(routing: Routing) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(starts int32 [T+1], order int64 [N]) of a sorted mixed batch; (None, None) for one task."""
+    return (routing.starts, routing.order) if routing.mixed else (None, None)
+
+
+def _empty(rows: int, cols: int, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Uninitialised [rows, cols] whose data pointer is valid (16-byte aligned, non-null) even for
+    0 rows: CUTLASS problems of extent 0 still receive a pointer."""
+    return torch.empty(max(rows, 1), cols, dtype=dtype or like.dtype, device=like.device)[:rows]
+
+
+# ---- tensor-level launchers ---------------------------------------------------------------
+class Kernels:
+    """The csrc/ launchers called with tensors (csrc/ops.h gives the exact semantics). 2-D
+    tensors pass their row stride as leading dimension; `starts` is the routing's int32 [P+1]
+    group bounds or None (one problem of rows 0..n)."""
+
+    @staticmethod
+    def _common(t: torch.Tensor) -> dict:
+        return dict(dtype=DTYPE_CODES[t.dtype], device=t.device.index,
+                    stream=torch.cuda.current_stream(t.device).cuda_stream)
+
+    def gather(self, src, idx, dst, ones_col=-1):
+        """dst[i] = src[idx[i]] (idx None: row i; -1: zero row), zero-padded, 1 in ones_col."""
+        _require_module().gather_rows(
+            **self._common(dst), src=src.data_ptr(), ld_src=src.stride(0), src_cols=src.shape[1],
+            idx=0 if idx is None else idx.data_ptr(), n_rows=dst.shape[0], dst=dst.data_ptr(), ld_dst=dst.stride(0),
+            ones_col=ones_col,
         )
 
-    def fc1(self, work, x, x_rows, w1, idx, off, bias_f32, z, h, activation):
-        _require_module().gathered_fc1(
-            **self._common(x, work), act=ACT_CODES[activation], max_cols=w1.shape[0], x=x.data_ptr(),
-            ldx=x.stride(0), x_rows=_p(x_rows), w1=w1.data_ptr(), ldw=w1.stride(0), idx=idx.data_ptr(),
-            off=off.data_ptr(), K=x.shape[1], bias=bias_f32.data_ptr(), z_out=z.data_ptr(), h_out=h.data_ptr(),
-            ldo=z.stride(0),
+    def gemm(self, op, layout, starts, n, a, b, d, c=None, c_koff_scale=0, c_stride=0):
+        mod = _require_module()
+        ws = torch.empty(mod.workspace_bytes(layout.num_problems), dtype=torch.uint8, device=a.device)
+        kdim = a.shape[1] if op == OP_NT else 0
+        mod.grouped_gemm(
+            op=op, **self._common(a), workspace=ws.data_ptr(), num_problems=layout.num_problems,
+            starts=0 if starts is None else starts.data_ptr(), n=n, koff=layout.koff.data_ptr(),
+            kw=layout.kw.data_ptr(), kdim=kdim, ncols=0 if op == OP_NT else d.shape[1], a=a.data_ptr(),
+            lda=a.stride(0), b=b.data_ptr(), ldb=b.stride(0), c=0 if c is None else c.data_ptr(),
+            c_koff_scale=c_koff_scale, c_stride=c_stride, d=d.data_ptr(), ldd=d.stride(0),
         )
 
-    def fc1_count(self, work, x, x_rows, w1, bias_f32, h, counts, valid, activation):
-        _require_module().fc1_count(
-            **self._common(x, work), act=ACT_CODES[activation], n_cols=w1.shape[0], x=x.data_ptr(),
-            ldx=x.stride(0), x_rows=_p(x_rows), w1=w1.data_ptr(), ldw=w1.stride(0), K=x.shape[1],
-            bias=bias_f32.data_ptr(), h_out=_p(h), ldo=w1.shape[0], counts=counts.data_ptr(),
-            ldc=counts.stride(0), valid=_p(valid),
-        )
+    def act_forward(self, z, h, activation):
+        _require_module().act_forward(**self._common(z), act=ACT_CODES[activation], z=z.data_ptr(),
+                                      h=h.data_ptr(), numel=z.numel())
 
-    def dz(self, work, dy, dy_rows, w2t, idx, off, z, dz, h, activation):
-        _require_module().gathered_dz(
-            **self._common(dy, work), act=ACT_CODES[activation], max_cols=w2t.shape[0], dy=dy.data_ptr(),
-            lddy=dy.stride(0), dy_rows=_p(dy_rows), w2t=w2t.data_ptr(), ldw=w2t.stride(0), idx=idx.data_ptr(),
-            off=off.data_ptr(), K=dy.shape[1], z_in=z.data_ptr(), dz_out=dz.data_ptr(), h_out=h.data_ptr(),
-            ldo=z.stride(0),
-        )
+    def act_backward(self, z, g, h, activation):
+        _require_module().act_backward(**self._common(z), act=ACT_CODES[activation], z=z.data_ptr(),
+                                       g=g.data_ptr(), h=h.data_ptr(), numel=z.numel())
 
-    def fc2(self, work, p, w, idx, off, bias_f32, out, out_rows):
-        """bias_f32: None or fp32 [T, n_cols] (stride(0) may be 0: one row for every task)."""
-        _require_module().gathered_fc2(
-            **self._common(p, work), p=p.data_ptr(), ldp=p.stride(0), w=w.data_ptr(), ldw=w.stride(0),
-            idx=idx.data_ptr(), off=off.data_ptr(), n_cols=out.shape[1], bias=_p(bias_f32),
-            bias_stride=0 if bias_f32 is None else bias_f32.stride(0), out=out.data_ptr(), ldo=out.stride(0),
-            out_rows=_p(out_rows),
-        )
-
-    def wgrad(self, work, p, q, q_rows, idx, off, out_f32):
-        _require_module().gathered_wgrad(
-            **self._common(p, work), max_cols=out_f32.shape[0], p=p.data_ptr(), ldp=p.stride(0), q=q.data_ptr(),
-            ldq=q.stride(0), q_rows=_p(q_rows), idx=idx.data_ptr(), off=off.data_ptr(), n_cols=q.shape[1],
-            out=out_f32.data_ptr(), ldo=out_f32.stride(0),
-        )
-
-    def colsum(self, work, p, idx, off, out_f32):
-        _require_module().gathered_colsum(
-            **self._common(p, work), max_cols=p.shape[1], p=p.data_ptr(), ldp=p.stride(0), idx=idx.data_ptr(),
-            off=off.data_ptr(), out=out_f32.data_ptr(),
+    def count(self, z, n_cols, rows, row_task, task, valid, h, counts, activation):
+        _require_module().count_act(
+            **self._common(z), act=ACT_CODES[activation], z=z.data_ptr(), ldz=z.stride(0), n_rows=z.shape[0],
+            n_cols=n_cols, rows=0 if rows is None else rows.data_ptr(),
+            row_task=0 if row_task is None else row_task.data_ptr(), task=task,
+            valid=0 if valid is None else valid.data_ptr(), h=0 if h is None else h.data_ptr(),
+            ldh=0 if h is None else h.stride(0), counts=counts.data_ptr(), ldc=counts.stride(0),
         )
 
 
 KERNELS = Kernels()
 
 
-# ---- grouping and the small torch-side terms ------------------------------------------------
-def work_list(starts: list[int], tile: int, device) -> torch.Tensor:
-    """int32 [W, 3] rows (task, r0, r1) cutting each task's grouped range [starts[t],
-    starts[t+1]) into pieces of at most `tile` rows; tasks without tokens get none."""
-    items = [(t, r, min(r + tile, e)) for t, (s, e) in enumerate(zip(starts[:-1], starts[1:])) for r in range(s, e, tile)]
-    return torch.tensor(items, dtype=torch.int32).reshape(-1, 3).to(device)
-
-
-def group_tokens(task_ids: torch.Tensor, task: int, num_tasks: int, n: int):
-    """→ (order [N] long or None, starts: list of T+1 ints). Task t's tokens are
-    order[starts[t]:starts[t+1]] (stable), or all N tokens when `task` >= 0. The host list is
-    one device-to-host copy per call: the work lists of these kernels are built on the host."""
-    if task >= 0:
-        return None, [0] * (task + 1) + [n] * (num_tasks - task)
-    order = torch.argsort(task_ids, stable=True)
-    counts = torch.zeros(num_tasks, dtype=torch.long, device=task_ids.device).index_add_(
-        0, task_ids, torch.ones_like(task_ids))
-    starts = [0] + torch.cumsum(counts, 0).tolist()
-    return order, starts
-
-
-def _grouping(task_ids, task, num_tasks, n, device):
-    """→ (rows int64 [N] grouped position → token, or None; row tiles; token chunks)."""
-    order, starts = group_tokens(task_ids, task, num_tasks, n)
-    return order, work_list(starts, TILE_ROWS, device), work_list(starts, CHUNK_ROWS, device)
-
-
-def _inactive(indices, offsets, f, task) -> torch.Tensor:
-    """fp32 [T, f] (1 = inactive) or [1, f] for the single task `task` >= 0."""
-    inactive = 1.0 - dense_task_masks(indices, offsets, f)
-    return inactive[task : task + 1] if task >= 0 else inactive
-
-
-def task_output_bias(b1, w2, b2, indices, offsets, task, activation, mask_bias) -> torch.Tensor:
-    """fp32 [T, d_out]: b2 + c_t with c_t = act(b1[I_t]) W2[:, I_t]ᵀ (0 if mask_bias). For a
-    homogeneous batch (task >= 0) one row, expanded (stride 0) to T rows."""
-    num_tasks = offsets.numel() - 1
-    b2f = b2.float()
+# ---- the small torch-side terms --------------------------------------------------------------
+def task_output_bias(b1, w2, b2, tables: MaskTables, task, activation, mask_bias) -> torch.Tensor:
+    """fp32 [P, d_out]: b2 + c_t per problem, c_t = act(b1[I_t]) W2[:, I_t]ᵀ (0 if mask_bias)."""
+    b2f = b2.float()[None]
     if mask_bias:
-        return b2f.expand(num_tasks, -1)
-    hb = act(b1.float(), activation)
-    base = b2f + (_inactive(indices, offsets, b1.shape[0], task) * hb) @ w2.float().t()
-    return base.expand(num_tasks, -1) if task >= 0 else base
+        return b2f if task >= 0 else b2f.expand(tables.num_tasks, -1)
+    inactive = tables.inactive(task if task >= 0 else None, torch.float32).reshape(-1, b1.shape[0])
+    return b2f + (inactive * act(b1.float(), activation)) @ w2.float().t()
 
 
-def task_dy_sums(dy, task_ids, task, num_tasks) -> torch.Tensor:
+def task_dy_sums(dy, routing: Routing, num_tasks) -> torch.Tensor:
     """fp32 [T, d_out]: Σ of dY over each task's tokens."""
     s = dy.new_zeros(num_tasks, dy.shape[1], dtype=torch.float32)
-    if task >= 0:
-        s[task] = dy.float().sum(0)
+    if not routing.mixed:
+        s[routing.task] = dy.float().sum(0)
     elif dy.shape[0]:
-        s.index_add_(0, task_ids, dy.float())
+        s.index_add_(0, routing.task_ids, dy.float())
     return s
 
 
+def _ungroup(rows_out: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor:
+    """Token-order copy of a grouped-order [N, c] result (order: grouped position → token)."""
+    if order is None:
+        return rows_out.contiguous()
+    out = rows_out.new_empty(rows_out.shape)
+    return out.index_copy_(0, order, rows_out)
+
+
 # ---- backend protocol -----------------------------------------------------------------------
+def _sorted_plan(plan: Plan) -> Plan:
+    r = _sorted(plan, plan.tables.num_tasks)
+    return plan if r is plan else Plan(r.n, r.task, r.task_ids, r.order, r.sorted_ids, r.starts, plan.tables)
+
+
 def masked_ffn_fwd(x, w1, b1, w2, b2, plan, activation, mask_bias):
     """→ (y, (packed z,)) for a plan (ops/plan.py)."""
     check_inputs(x=x, w1=w1, b1=b1, w2=w2, b2=b2, indices=plan.indices, offsets=plan.offsets, task_ids=plan.task_ids)
-    y, z = forward(x, w1, b1, w2, b2, plan.indices, plan.offsets, plan.task_ids, plan.task, activation, mask_bias,
-                   KERNELS)
+    plan = _sorted_plan(plan)
+    y, z = forward(x, w1, b1, w2, b2, plan, activation, mask_bias, KERNELS)
     return y, (z,)
 
 
@@ -240,58 +302,93 @@ def masked_ffn_bwd(dy, x, w1, b1, w2, b2, plan, saved, activation, mask_bias):
     (z,) = saved
     check_inputs(x=x, dy=dy, w1=w1, b1=b1, w2=w2, b2=b2, indices=plan.indices, offsets=plan.offsets,
                  task_ids=plan.task_ids, z=z)
-    return backward(dy, x, w1, b1, w2, b2, plan.indices, plan.offsets, plan.task_ids, plan.task, z, activation,
-                    mask_bias, KERNELS)
+    plan = _sorted_plan(plan)
+    return backward(dy, x, w1, b1, w2, b2, plan, z, activation, mask_bias, KERNELS)
 
 
 def fc1_act_count(x, w1, b1, counts, routing, valid, activation, write_output):
     check_inputs(x=x, w1=w1, b1=b1, counts=counts, task_ids=routing.task_ids, valid=valid)
-    return count(x, w1, b1, counts, routing.task_ids, routing.task, valid, activation, write_output, KERNELS)
+    return count(x, w1, b1, counts, routing, valid, activation, write_output, KERNELS)
 
 
-def forward(x, w1, b1, w2, b2, indices, offsets, task_ids, task, activation, mask_bias, k: Kernels):
-    """(y [N, d_out], packed z [N, f]) with the kernels `k` (validated inputs)."""
-    n, f = x.shape[0], w1.shape[0]
-    rows, tiles, _ = _grouping(task_ids, task, offsets.numel() - 1, n, x.device)
-    z, h = x.new_empty(n, f), x.new_empty(n, f)
-    k.fc1(tiles, x, rows, w1, indices, offsets, b1.float().contiguous(), z, h, activation)
-    y = x.new_empty(n, w2.shape[0])
-    bias = task_output_bias(b1, w2, b2, indices, offsets, task, activation, mask_bias)
-    k.fc2(tiles, h, w2.t().contiguous(), indices, offsets, bias, y, rows)
-    return y, z
+def forward(x, w1, b1, w2, b2, plan, activation, mask_bias, k: Kernels):
+    """(y [N, d_out], packed z [N, width]) with the kernels `k` (validated inputs; a mixed
+    plan sorted by task)."""
+    n, d, d_out = x.shape[0], x.shape[1], w2.shape[0]
+    lay = masks_layout(plan.tables, plan.task)
+    starts, order = _bounds(plan)
+    xs = _empty(n, _round(d), x)  # X in task order, zero-padded columns
+    k.gather(x, order, xs)
+    w1t = _empty(lay.rows, _round(d), x)  # W1[A] per task
+    k.gather(w1, lay.table_idx, w1t)
+    b1t = _empty(lay.rows, 1, x)  # b1[A] per task (the C row of fc1)
+    k.gather(b1[:, None], lay.table_idx, b1t)
+    z, h = _empty(n, lay.width, x), _empty(n, lay.width, x)
+    k.gemm(OP_NT, lay, starts, n, xs, w1t, z, c=b1t, c_koff_scale=1)
+    k.act_forward(z, h, activation)
+    w2tt = _empty(lay.rows, _round(d_out), x)  # W2ᵀ[A] per task
+    k.gather(w2.t().contiguous(), lay.table_idx, w2tt)
+    bias = x.new_zeros(lay.num_problems, _round(d_out))
+    bias[:, :d_out] = task_output_bias(b1, w2, b2, plan.tables, plan.task, activation, mask_bias)
+    ys = _empty(n, _round(d_out), x)
+    k.gemm(OP_NN, lay, starts, n, h, w2tt, ys, c=bias, c_stride=bias.stride(0))
+    return _ungroup(ys[:, :d_out], order), z
 
 
-def backward(dy, x, w1, b1, w2, b2, indices, offsets, task_ids, task, z, activation, mask_bias, k: Kernels):
+def backward(dy, x, w1, b1, w2, b2, plan, z, activation, mask_bias, k: Kernels):
     """(dx, dw1, db1, dw2, db2) with the kernels `k`; weight gradients accumulate in fp32."""
-    n, f, num_tasks = x.shape[0], w1.shape[0], offsets.numel() - 1
-    rows, tiles, chunks = _grouping(task_ids, task, num_tasks, n, x.device)
-    w2t = w2.t().contiguous()
-    dz, h = x.new_empty(n, f), x.new_empty(n, f)
-    k.dz(tiles, dy, rows, w2t, indices, offsets, z, dz, h, activation)
-    dx = x.new_empty(x.shape)
-    k.fc2(tiles, dz, w1, indices, offsets, None, dx, rows)
-    dw1 = torch.zeros(w1.shape, dtype=torch.float32, device=x.device)
-    k.wgrad(chunks, dz, x, rows, indices, offsets, dw1)
-    dw2t = torch.zeros(f, w2.shape[0], dtype=torch.float32, device=x.device)
-    k.wgrad(chunks, h, dy, rows, indices, offsets, dw2t)
-    db1 = torch.zeros(f, dtype=torch.float32, device=x.device)
-    k.colsum(chunks, dz, indices, offsets, db1)
+    n, d, f, d_out = x.shape[0], x.shape[1], w1.shape[0], w2.shape[0]
+    lay = masks_layout(plan.tables, plan.task)
+    starts, order = _bounds(plan)
+    dys = _empty(n, _round(d_out), x)
+    k.gather(dy, order, dys)
+    w2tt = _empty(lay.rows, _round(d_out), x)
+    k.gather(w2.t().contiguous(), lay.table_idx, w2tt)
+    g, h = _empty(n, lay.width, x), _empty(n, lay.width, x)
+    k.gemm(OP_NT, lay, starts, n, dys, w2tt, g)  # dH_A = dY W2[:, A]
+    k.act_backward(z, g, h, activation)  # g <- dZ_A, h = H_A
+    w1t = _empty(lay.rows, _round(d), x)
+    k.gather(w1, lay.table_idx, w1t)
+    dxs = _empty(n, _round(d), x)
+    k.gemm(OP_NN, lay, starts, n, g, w1t, dxs)
+    dx = _ungroup(dxs[:, :d], order)
+    xs1 = _empty(n, _round(d + 1), x)  # [X | 1 | 0]: the ones column gives db1
+    k.gather(x, order, xs1, ones_col=d)
+    dw1t = _empty(lay.rows, _round(d + 1), x, torch.float32)
+    k.gemm(OP_TN, lay, starts, n, g, xs1, dw1t)
+    dw2tt = _empty(lay.rows, _round(d_out), x, torch.float32)
+    k.gemm(OP_TN, lay, starts, n, h, dys, dw2tt)
+    dw1e = torch.zeros(f + 1, dw1t.shape[1], dtype=torch.float32, device=x.device).index_add_(0, lay.scatter_idx, dw1t)
+    dw2e = torch.zeros(f + 1, dw2tt.shape[1], dtype=torch.float32, device=x.device).index_add_(0, lay.scatter_idx, dw2tt)
+    dw1, db1, dw2t = dw1e[:f, :d], dw1e[:f, d], dw2e[:f, :d_out]
     if not mask_bias:  # inactive neurons output the per-task constant act(b1_i)
-        sums = task_dy_sums(dy, task_ids, task, num_tasks)
-        inactive = 1.0 - dense_task_masks(indices, offsets, f)
+        num_tasks = plan.tables.num_tasks
+        sums = task_dy_sums(dy, plan, num_tasks)
+        inactive = plan.tables.inactive(None, torch.float32)
         b1f = b1.float()
-        db1 += act_grad(b1f, activation) * (inactive * (sums @ w2.float())).sum(0)
-        dw2t += (inactive * act(b1f, activation)).t() @ sums
+        db1 = db1 + act_grad(b1f, activation) * (inactive * (sums @ w2.float())).sum(0)
+        dw2t = dw2t + (inactive * act(b1f, activation)).t() @ sums
     db2 = dy.float().sum(0)
     dt = x.dtype
-    return dx, dw1.to(dt), db1.to(dt), dw2t.t().to(dt).contiguous(), db2.to(dt)
+    return dx, dw1.to(dt).contiguous(), db1.to(dt).contiguous(), dw2t.t().to(dt).contiguous(), db2.to(dt)
 
 
-def count(x, w1, b1, counts, task_ids, task, valid, activation, write_output, k: Kernels):
+def count(x, w1, b1, counts, routing, valid, activation, write_output, k: Kernels):
     """h [N, f] (or [0, f] when not write_output); counts [T, f] updated in place."""
-    n, f = x.shape[0], w1.shape[0]
-    order, starts = group_tokens(task_ids, task, counts.shape[0], n)
+    n, d, f, num_tasks = x.shape[0], x.shape[1], w1.shape[0], counts.shape[0]
+    if n == 0:
+        return x.new_empty(0, f)
+    routing = _sorted(routing, num_tasks)
+    lay = count_layout(num_tasks, f, routing.task, x.device)
+    starts, order = _bounds(routing)
+    xs = _empty(n, _round(d), x)
+    k.gather(x, order, xs)
+    w1t = _empty(lay.rows, _round(d), x)
+    k.gather(w1, lay.table_idx, w1t)
+    b1t = _empty(lay.rows, 1, x)
+    k.gather(b1[:, None], lay.table_idx, b1t)
+    z = _empty(n, lay.width, x)
+    k.gemm(OP_NT, lay, starts, n, xs, w1t, z, c=b1t, c_koff_scale=1)
     h = x.new_empty(n, f) if write_output else None
-    k.fc1_count(work_list(starts, TILE_ROWS, x.device), x, order, w1, b1.float().contiguous(), h, counts, valid,
-                activation)
+    k.count(z, f, order, routing.sorted_ids if routing.mixed else None, routing.task, valid, h, counts, activation)
     return h if write_output else x.new_empty(0, f)
