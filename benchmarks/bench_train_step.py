@@ -8,6 +8,9 @@ Masks: `random` (default) keeps a fraction `--keep` (0.75: what k = 0.95 keeps o
 models, docs/design.md §1) of each layer's neurons per direction at random; `counts` records
 activation counts of the model on random data and selects with threshold `--k`.
 Batches: homogeneous (one direction, an int task id) or mixed (one direction per sentence).
+--cuda-graphs adds `dense+graphs` and `specialized+graphs`: the same steps with forward + backward
+replayed from CUDA graphs (neuronspec/ops/graphs.py; Adam stays eager); their speedup is against
+eager dense, and the specialized one also against dense+graphs.
 Precision: the whole model in --dtype (fp32 on CPU, bf16 on GPU: pure bf16, no autocast, so
 that dense and masked FFNs run in the same precision).
 Memory, from one extra untimed step per variant: MiB of tensors autograd saves for backward
@@ -38,6 +41,7 @@ import _timing as tm  # noqa: E402
 
 from neuronspec.nmt.model import PRESETS as MODEL_PRESETS, ModelConfig, Transformer  # noqa: E402
 from neuronspec.ops import TaskMasks  # noqa: E402
+from neuronspec.ops.graphs import GraphedLoss  # noqa: E402
 
 log = logging.getLogger("neuronspec.bench.train_step")
 
@@ -72,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=float, default=0.95, help="cumulative threshold for --masks counts")
     p.add_argument("--vocab", type=int, help="vocabulary size (embedding tied to the output layer)")
     p.add_argument("--dtype", help="fp32 or bf16 (the whole model)")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="also time both variants with forward + backward replayed from CUDA graphs (CUDA only)")
     tm.add_run_args(p)
     return p
 
@@ -98,8 +104,10 @@ def resolve_args(args) -> dict:
     dtype = tm.parse_dtype(get("dtype"))
     if dtype not in (torch.float32, torch.bfloat16):
         raise ValueError(f"--dtype: expected fp32 or bf16, got {dtype}")
+    if args.cuda_graphs and device.type != "cuda":
+        raise ValueError(f"--cuda-graphs: CUDA graphs need a CUDA device, got --device {device}")
     out = Path(args.out) if args.out else tm.ROOT / "benchmarks" / "results" / device.type
-    return dict(device=device, models=models, batch_tokens=bt, seq_len=args.seq_len, batches=batches,
+    return dict(device=device, cuda_graphs=args.cuda_graphs, models=models, batch_tokens=bt, seq_len=args.seq_len, batches=batches,
                 tasks=args.tasks, masks=args.masks, keep=args.keep, k=args.k, vocab=vocab, dtype=dtype,
                 repeats=repeats, warmup=warmup, seed=args.seed, out=out, preset=args.preset)
 
@@ -145,15 +153,24 @@ def random_batch(cfg: dict, vocab: int, kind: str, task: int, gen: torch.Generat
         t if isinstance(t, int) else t.to(dev)
 
 
-def make_step(model, opt, batch):
-    """One training step on `batch` → the loss."""
+def step_loss(model, key, src, tgt_in, tgt_out, *task):
+    """Label-smoothed cross-entropy of one batch; the task is `key` (an int: homogeneous) or the
+    last tensor [B] (mixed). Calls encode/decode directly: no host read of the task ids."""
+    t = task[0] if task else key
+    logits = model.decode(tgt_in, model.encode(src, t), t)
+    return F.cross_entropy(logits.reshape(-1, model.cfg.vocab_size).float(), tgt_out.reshape(-1), label_smoothing=0.1)
+
+
+def make_step(model, opt, batch, cuda_graphs: bool = False):
+    """One training step on `batch` → the loss; with cuda_graphs, forward + backward replay a
+    CUDA graph (neuronspec/ops/graphs.py) and the Adam step stays eager."""
     src, tgt_in, tgt_out, task = batch
-    V = model.cfg.vocab_size
+    key, tensors = (task, (src, tgt_in, tgt_out)) if isinstance(task, int) else ("mixed", (src, tgt_in, tgt_out, task))
+    loss_of = GraphedLoss(model, step_loss) if cuda_graphs else (lambda k, *t: step_loss(model, k, *t))
 
     def step():
         opt.zero_grad(set_to_none=True)
-        logits = model(src, tgt_in, task)
-        loss = F.cross_entropy(logits.reshape(-1, V).float(), tgt_out.reshape(-1), label_smoothing=0.1)
+        loss = loss_of(key, *tensors)
         loss.backward()
         opt.step()
         return loss
@@ -219,15 +236,20 @@ def run_case(cfg: dict, model_name: str, kind: str) -> list[dict]:
     spec.set_masks(masks)
     kept = float(torch.cat([m.fractions() for m in masks.values()]).mean())
     fns, models = {}, {"dense": dense, "specialized": spec}
+    if cfg["cuda_graphs"]:  # the same starting weights, replayed from CUDA graphs
+        models.update({"dense+graphs": copy.deepcopy(dense), "specialized+graphs": copy.deepcopy(spec)})
     for name, model in models.items():
         model.train()
         opt = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-6)
-        fns[name] = make_step(model, opt, batch)
+        fns[name] = make_step(model, opt, batch, cuda_graphs=name.endswith("+graphs"))
     stats = tm.measure(fns, device, cfg["repeats"], cfg["warmup"])
     share = ffn_flop_share(fns["dense"])
     kernel = {k: tm.kernel_time(fns[k], device, calls=2) for k, st in stats.items() if isinstance(st, tm.Stats)}
     memory = {}
     for name, fn in fns.items():
+        if name.endswith("+graphs"):  # a replay saves nothing through autograd's hooks
+            memory[name] = (None, None)
+            continue
         try:
             memory[name] = memory_probe(fn, models[name], device)
         except Exception as e:  # noqa: BLE001 - the timing is still worth reporting
@@ -240,7 +262,7 @@ def run_case(cfg: dict, model_name: str, kind: str) -> list[dict]:
                    d_ff=mcfg.d_ff, layers=f"{mcfg.encoder_layers}+{mcfg.decoder_layers}", batch=kind,
                    tasks=cfg["tasks"], tgt_tokens=n_tgt, src_tokens=batch[0].numel(), variant=name,
                    masks="none" if name == "dense" else cfg["masks"], kept_fraction=1.0 if name == "dense"
-                   else round(kept, 4), dtype=str(dtype).split(".")[-1], device=device.type, vocab=mcfg.vocab_size)
+                   else round(kept, 4), cuda_graphs=name.endswith("+graphs"), dtype=str(dtype).split(".")[-1], device=device.type, vocab=mcfg.vocab_size)
         if isinstance(st, str):
             rows.append({**row, "status": st})
             continue
@@ -255,6 +277,8 @@ def run_case(cfg: dict, model_name: str, kind: str) -> list[dict]:
             r_med, r_q1, r_q3 = tm.ratio_stats(stats["dense"], st)
             row.update(speedup=tm.sig(stats["dense"].median / st.median), speedup_q1=tm.sig(r_q1),
                        speedup_q3=tm.sig(r_q3))
+        if name == "specialized+graphs" and isinstance(stats["dense+graphs"], tm.Stats):
+            row["speedup_vs_dense_graphs"] = tm.sig(stats["dense+graphs"].median / st.median)
         row.update(ffn_flop_share=round(share, 4), ideal_speedup=tm.sig(ideal_speedup(share, row["kept_fraction"])))
         if kernel.get(name) is not None:  # CUDA: GPU busy time of one step, host overhead excluded
             row["kernel_ms"] = tm.sig(kernel[name] * 1e3)
@@ -276,7 +300,8 @@ def markdown_report(rows: list[dict], meta: dict) -> str:
             f"Command: `{meta['cmdline']}`\n\n")
     body = [[r["model"], f"{r['d_model']}/{r['d_ff']} {r['layers']}", r["batch"], r["tgt_tokens"], r["variant"],
              f"{r['kept_fraction']:.3f}", f"{r['median_ms']:.1f} ±{r['iqr_ms'] / 2:.1f}", f"{r['tgt_tokens_per_s']:.0f}",
-             f"{r['speedup']:.2f}× [{r['speedup_q1']:.2f}, {r['speedup_q3']:.2f}]",
+             f"{r['speedup']:.2f}× [{r['speedup_q1']:.2f}, {r['speedup_q3']:.2f}]"
+             + (f" ({r['speedup_vs_dense_graphs']:.2f}× vs dense+graphs)" if "speedup_vs_dense_graphs" in r else ""),
              f"{r['ideal_speedup']:.2f}× ({100 * r['ffn_flop_share']:.0f} %)",
              "" if r.get("saved_mib") is None else f"{r['saved_mib']:.0f}",
              "n/a (CPU)" if r.get("peak_step_mib") is None else f"{r['peak_step_mib']:.0f}"]

@@ -164,6 +164,11 @@ def test_train_step_tiny(tmp_path):
         assert float(r["ideal_speedup"]) == pytest.approx(want, rel=0.02)
 
 
+def test_train_step_cuda_graphs_needs_cuda(tmp_path, capsys):
+    rc = bench_train_step.main(["--device", "cpu", "--models", "tiny", "--cuda-graphs", "--out", str(tmp_path)])
+    assert rc == 2 and "--cuda-graphs: CUDA graphs need a CUDA device" in capsys.readouterr().err
+
+
 def test_train_step_count_masks():
     from neuronspec.nmt.model import ModelConfig, Transformer
 

@@ -1,0 +1,152 @@
+"""CUDA-graph capture of training steps (neuronspec/ops/graphs.py).
+
+On CPU the capture is replaced by a recording stand-in (the bookkeeping: one graph per key,
+shapes, masks and mode; LRU eviction; static inputs refreshed per call; gradients equal eager).
+On a GPU the real capture runs: replays with new token and task ids equal eager results.
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from neuronspec.nmt.model import ModelConfig, Transformer
+from neuronspec.ops import TaskMasks
+from neuronspec.ops.graphs import GraphedLoss, bucket_length, masks_fingerprint
+
+CUDA = torch.cuda.is_available()
+
+
+def loss_fn(model, key, src, tgt_in, tgt_out, *task):
+    t = task[0] if task else key
+    logits = model.decode(tgt_in, model.encode(src, t), t)
+    return F.cross_entropy(logits.reshape(-1, model.cfg.vocab_size).float(), tgt_out.reshape(-1))
+
+
+def tiny_model(device="cpu", tasks=3, seed=0):
+    torch.manual_seed(seed)
+    cfg = ModelConfig.from_preset("tiny", vocab_size=64, dropout=0.0, attention_dropout=0.0)
+    model = Transformer(cfg).to(device)
+    gen = torch.Generator().manual_seed(seed)
+    masks = {}
+    for name, ffn in model.ffn_layers().items():
+        f = ffn.fc1.out_features
+        masks[name] = TaskMasks.from_dense(torch.rand(tasks, f, generator=gen) < 0.6)
+    model.set_masks(masks)
+    return model
+
+
+def batch(device="cpu", b=4, length=6, tasks=3, mixed=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    src, tgt = torch.randint(1, 64, (b, length), generator=g), torch.randint(1, 64, (b, length + 1), generator=g)
+    t = torch.randint(0, tasks, (b,), generator=g)
+    out = (src, tgt[:, :-1].contiguous(), tgt[:, 1:].contiguous()) + ((t,) if mixed else ())
+    return tuple(x.to(device) for x in out)
+
+
+class Recorder:
+    """Stand-in for make_graphed_callables: counts captures, keeps static inputs and, like a
+    graph, computes on them (copied from each call's tensors)."""
+
+    def __init__(self):
+        self.captures = []
+
+    def __call__(self, module, static):
+        self.captures.append([tuple(t.shape) for t in static])
+
+        def replay(*tensors):
+            for s, t in zip(static, tensors):
+                s.copy_(t)
+            return module(*static)
+        return replay
+
+
+def test_one_capture_per_key_shape_masks_and_mode():
+    model, rec = tiny_model(), Recorder()
+    g = GraphedLoss(model, loss_fn, capture=rec)
+    g("mixed", *batch(seed=1))
+    g("mixed", *batch(seed=2))  # new ids, same shapes: replay
+    assert len(rec.captures) == 1
+    g("mixed", *batch(length=8))  # new shape
+    g(1, *batch(mixed=False))  # homogeneous direction 1
+    g(2, *batch(mixed=False))  # direction 2
+    assert len(rec.captures) == 4
+    model.eval()
+    g(2, *batch(mixed=False))  # eval mode is another graph
+    model.train()
+    assert len(rec.captures) == 5
+    before = masks_fingerprint(model)
+    model.set_masks({n: TaskMasks.from_dense(torch.ones(3, f.fc1.out_features, dtype=torch.bool))
+                     for n, f in model.ffn_layers().items()})
+    assert masks_fingerprint(model) != before
+    g(2, *batch(mixed=False))  # new masks: captured anew
+    assert len(rec.captures) == 6 and g.captures == 6
+
+
+def test_least_recently_used_graph_is_evicted():
+    model, rec = tiny_model(), Recorder()
+    g = GraphedLoss(model, loss_fn, max_graphs=2, capture=rec)
+    for key in (0, 1, 0, 2, 0, 1):
+        g(key, *batch(mixed=False))
+    # 0, 1 captured; 0 reused; 2 evicts 1; 0 reused; 1 evicts 2 and is captured again
+    assert g.captures == 4 and len(g) == 2
+
+
+@pytest.mark.parametrize("mixed", [False, True])
+def test_replayed_loss_and_grads_equal_eager(mixed):
+    eager, rec = tiny_model(), Recorder()
+    graphed = copy.deepcopy(eager)
+    g = GraphedLoss(graphed, loss_fn, capture=rec)
+    for seed in range(3):  # new token and task ids on every call
+        data = batch(mixed=mixed, seed=seed)
+        key = "mixed" if mixed else seed % 3
+        for model in (eager, graphed):
+            model.zero_grad(set_to_none=True)
+        want = loss_fn(eager, key, *data)
+        want.backward()
+        got = g(key, *data)
+        got.backward()
+        torch.testing.assert_close(got, want)
+        for (name, p), q in zip(eager.named_parameters(), graphed.parameters()):
+            torch.testing.assert_close(q.grad, p.grad, msg=name)
+    assert g.captures == (1 if mixed else 3)
+
+
+def test_bad_arguments():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="max_graphs"):
+        GraphedLoss(model, loss_fn, max_graphs=0, capture=Recorder())
+    with pytest.raises(TypeError, match="tensors"):
+        GraphedLoss(model, loss_fn, capture=Recorder())("mixed", [1, 2])
+    if not CUDA:
+        with pytest.raises(ValueError, match="CUDA device"):
+            GraphedLoss(model, loss_fn)
+    assert bucket_length(0) == 0 and bucket_length(17) == 32 and bucket_length(5, 4) == 8
+    with pytest.raises(ValueError, match="bucket_length"):
+        bucket_length(3, 0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("mixed", [False, True])
+def test_cuda_graph_replays_equal_eager(mixed):
+    """The real capture: forward + backward replays with new token and task ids give the eager
+    loss and gradients (fp32, no dropout)."""
+    eager = tiny_model("cuda")
+    graphed = copy.deepcopy(eager)
+    g = GraphedLoss(graphed, loss_fn)
+    for seed in range(4):
+        data = batch("cuda", b=8, mixed=mixed, seed=seed)
+        key = "mixed" if mixed else 1
+        for model in (eager, graphed):
+            model.zero_grad(set_to_none=True)
+        want = loss_fn(eager, key, *data)
+        want.backward()
+        got = g(key, *data)
+        got.backward()
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+        for (name, p), q in zip(eager.named_parameters(), graphed.parameters()):
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-5, msg=name)
+    assert g.captures == 1
