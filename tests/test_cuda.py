@@ -335,6 +335,41 @@ def test_count_logic_matches_reference_on_cpu(homogeneous, nan_buffers):
     assert h_none.shape == (0, 50)
 
 
+class LaunchOnly:
+    """Kernels that only record their calls: the host side of the backend without the GPU."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: self.calls.append(name)
+
+
+@pytest.mark.parametrize("mixed", [False, True], ids=["one_task", "mixed"])
+def test_backend_host_side_never_syncs(mixed):
+    # docs/design.md §3: nothing on the host reads device values per call (sort, group bounds,
+    # tables, bias terms); tables are built once per (masks, task) by the warm-up call
+    from test_plan import HostReads, SyncAudit
+
+    tensors, masks, _ = random_problem(0, 96, 20, 64, 4, dtype=torch.bfloat16, density=0.5)
+    tables = mask_tables(masks.indices, masks.offsets, 64)
+    k = LaunchOnly()
+
+    def once(seed):
+        ids = torch.randint(0, 4, (96,), generator=torch.Generator().manual_seed(seed)) if mixed else torch.empty(0)
+        plan = cb._sorted_plan(make_plan(tables, ids.long(), -1 if mixed else 2, 96, sort=False))
+        y, z = cb.forward(*tensors, plan, "gelu", False, k)
+        cb.backward(torch.ones_like(y), *tensors, plan, z, "gelu", False, k)
+        counts = torch.zeros(4, 64, dtype=torch.long)
+        cb.count(*tensors[:3], counts, route(ids.long(), -1 if mixed else 2, 4, 96, sort=False), None, "relu", True, k)
+
+    once(0)
+    with HostReads() as reads, SyncAudit() as mode:
+        once(1)
+    assert reads.calls + mode.syncs == []
+    assert k.calls[-4:] == ["gather", "gather", "gemm", "count"]
+
+
 # ---- the real kernels on a GPU ----------------------------------------------------------------
 TOL = {torch.bfloat16: 3e-2, torch.float16: 1e-2}
 GPU_SHAPE = (1000, 256, 1000, 200)  # n, d, f, d_out: several tiles, none a multiple of 64

@@ -26,6 +26,7 @@ fp32 accumulation); float32/float64 are rejected (use the torch backend).
 from __future__ import annotations
 
 import importlib
+import itertools
 
 import torch
 
@@ -150,7 +151,7 @@ class Layout:
         tasks = list(range(tables.num_tasks)) if task < 0 else [task]
         off, sizes = tables.host_offsets, tables.sizes
         kw = [_round(sizes[t]) for t in tasks]
-        koff = [sum(kw[:p]) for p in range(len(tasks))]
+        koff = [0, *itertools.accumulate(kw)][:-1]
         pos = [i for t, w in zip(tasks, kw) for i in [*range(off[t], off[t] + sizes[t]), *[-1] * (w - sizes[t])]]
         pos_t = _to_device(pos, torch.int64, tables.indices.device)
         idx = tables.indices_long[pos_t.clamp(min=0)] if tables.indices.numel() else torch.zeros_like(pos_t)
