@@ -335,6 +335,27 @@ def test_count_logic_matches_reference_on_cpu(homogeneous, nan_buffers):
     assert h_none.shape == (0, 50)
 
 
+@pytest.mark.parametrize("seed", range(12))
+def test_backend_logic_fuzz_on_cpu(seed, nan_buffers):
+    # random shapes (d, f, d_out around multiples of 8), task counts, densities, activation,
+    # mask_bias, mixed or one task, through the emulated kernels in fp32 vs the reference
+    g = torch.Generator().manual_seed(100 + seed)
+    n, d, f, d_out, num_tasks = (int(torch.randint(lo, hi, (), generator=g)) for lo, hi in
+                                 ((0, 200), (1, 40), (1, 70), (1, 30), (1, 9)))
+    density = [None, 0.0, 1.0, 0.5][seed % 4]
+    tensors, masks, ids = random_problem(seed, n, d, f, num_tasks, dtype=torch.float32, density=density,
+                                         d_out=d_out)
+    activation, mask_bias = ("relu", "gelu")[seed % 2], bool(seed // 2 % 2)
+    task = -1 if seed % 3 else int(torch.randint(0, num_tasks, (), generator=g))
+    full_ids = ids if task < 0 else torch.full_like(ids, task)
+    y, dy, got, _ = emulated_fwd_bwd(tensors, masks, ids if task < 0 else torch.empty(0, dtype=torch.long), task,
+                                     activation, mask_bias, seed)
+    y_ref, g_ref = reference_grads(tensors, masks, full_ids, activation, mask_bias, dy)
+    assert_close("y", y, y_ref, 2e-5)
+    for name, gr_got, gr in zip(NAMES, got, g_ref):
+        assert_close(f"d{name}", gr_got, gr, 2e-5)
+
+
 class LaunchOnly:
     """Kernels that only record their calls: the host side of the backend without the GPU."""
 
@@ -441,6 +462,47 @@ def test_gpu_fc1_act_count(dtype):
     want = torch.zeros_like(counts)
     fc1_act_count_reference(x, w1, b1, want, torch.full_like(ids, 3), None, "relu")
     assert (counts_only - want).abs().sum().item() <= max(2, want.sum().item() // 10000)
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_gpu_grouped_gemm_ops_match_torch(dtype):
+    # the three CUTLASS ops on their own, 4 problems: rows 0..150, 150..150 (no rows), 150..420,
+    # 420..421; table widths 16, 8, 0 (no neurons: K = 0 for nn, an empty output for nt/tn), 264
+    g = torch.Generator().manual_seed(0)
+    dev = torch.device("cuda")
+    starts = torch.tensor([0, 150, 150, 420, 421], dtype=torch.int32, device=dev)
+    kw, koff = [16, 8, 0, 264], [0, 16, 24, 24]
+    lay = cb.Layout([0, 1, 2, 3], kw, koff, torch.zeros(288, dtype=torch.long, device=dev), 288)
+    n, kdim, ncols = 421, 40, 24
+    rnd = lambda *shape: torch.randn(*shape, generator=g).to(dev, dtype)  # noqa: E731
+    x, table, bias_rows = rnd(n, kdim), rnd(288, kdim), rnd(288, 1)
+    packed, table_nn, bias_nn = rnd(n, 264), rnd(288, ncols), rnd(4, ncols)
+    k = cb.KERNELS
+
+    def bounds(p):
+        return int(starts[p]), int(starts[p + 1])
+
+    z = torch.full((n, 264), float("nan"), dtype=dtype, device=dev)
+    k.gemm(cb.OP_NT, lay, starts, n, x, table, z, c=bias_rows, c_koff_scale=1)
+    y = torch.full((n, ncols), float("nan"), dtype=dtype, device=dev)
+    k.gemm(cb.OP_NN, lay, starts, n, packed, table_nn, y, c=bias_nn, c_stride=ncols)
+    w = torch.full((288, ncols), float("nan"), dtype=torch.float32, device=dev)
+    k.gemm(cb.OP_TN, lay, starts, n, packed, y.nan_to_num(), w)
+    w_none = torch.full((288, ncols), float("nan"), dtype=torch.float32, device=dev)
+    k.gemm(cb.OP_TN, lay, None, 0, packed, y.nan_to_num(), w_none)  # one problem set, no rows: zeros
+    tol = TOL[dtype]
+    for p in range(4):
+        s, e = bounds(p)
+        ko, kp = koff[p], kw[p]
+        want = x[s:e].float() @ table[ko : ko + kp].float().t() + bias_rows[ko : ko + kp, 0].float()
+        assert_close(f"nt problem {p}", z[s:e, :kp], want, tol)
+        want = packed[s:e, :kp].float() @ table_nn[ko : ko + kp].float() + bias_nn[p].float()
+        assert_close(f"nn problem {p}", y[s:e], want, tol)
+        want = packed[s:e, :kp].float().t() @ y[s:e].float()
+        assert_close(f"tn problem {p}", w[ko : ko + kp], want, tol)
+        assert torch.equal(w_none[ko : ko + kp], torch.zeros_like(w_none[ko : ko + kp]))
+    assert not z[:, 16:].isfinite()[:150].any()  # nothing written beyond a problem's columns
 
 
 @needs_gpu
