@@ -390,3 +390,39 @@ def test_example_script_runs_end_to_end(tmp_path):
         assert torch.equal(after[key][unused], before[key][unused]), name
         assert not torch.equal(after[key][~unused], before[key][~unused]), name
     assert unused_rows > 0
+
+
+def test_nllb_style_language_code_tokens():
+    vocab = {t: i for i, t in enumerate(["<s>", "<pad>", "</s>", "<unk>", "▁the", "▁cat", "▁die", "▁Katze", "▁"])}
+    tok = transformers.NllbTokenizer(vocab=vocab, merges=[], additional_special_tokens=["eng_Latn", "deu_Latn"])
+    codes = pipeline.LanguageCodes(tok, pipeline.parse_lang_codes("en=eng_Latn,de=deu_Latn"))
+    assert codes.kind == "token"
+    inputs = codes.encode("en-de", ["the cat", "the"], ["die Katze", "die"])
+    eng, deu = tok.convert_tokens_to_ids("eng_Latn"), tok.convert_tokens_to_ids("deu_Latn")
+    assert inputs["input_ids"][:, 0].tolist() == [eng, eng] and inputs["labels"][:, 0].tolist() == [deu, deu]
+    assert not bool((inputs["labels"] == tok.pad_token_id).any())  # label padding is -100 (ignored by the loss)
+    assert inputs["labels"][1, -1] == -100 and inputs["labels"][0, -1] == tok.eos_token_id
+    assert codes.forced_bos("en-de") == deu
+    with pytest.raises(ValueError, match="lang-codes: 'fr' .*--lang-codes en=eng_Latn"):
+        codes.check(["en-fr"])
+
+
+@pytest.mark.parametrize("kind", ["m2m100", "marian", "llama"])
+def test_autocast_bf16_full_masks_and_counting_follow_the_unwrapped_model(models, kind):
+    inputs = batch(kind, seed=6)
+    plain = copy.deepcopy(models[kind])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = plain(**inputs).logits.float()
+    model = copy.deepcopy(models[kind])
+    spec = wrap(model, DIRS)
+    spec.set_masks({n: TaskMasks.full(len(DIRS), f.num_neurons, DIRS) for n, f in spec.layers.items()})
+    with torch.autocast("cpu", dtype=torch.bfloat16), spec.direction(1):
+        out = model(**inputs)
+    out.loss.backward()
+    assert all(p.grad.dtype == torch.float32 for p in model.parameters() if p.grad is not None)
+    assert (out.logits.float() - want).abs().max() <= 0.05 * want.abs().max()
+    spec.set_masks(None)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), spec.direction(0), spec.counting() as rec:
+        counted = model(**inputs).logits.float()
+    assert (counted - want).abs().max() <= 0.05 * want.abs().max()
+    assert all(int(c[0].sum()) > 0 and int(c[1:].sum()) == 0 for c in rec["counts"].values())

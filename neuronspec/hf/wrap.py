@@ -49,6 +49,16 @@ GLU_FAMILIES = ("llama", "mistral", "qwen2")
 HF_ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "swish": "silu", "silu": "silu"}
 
 
+def _autocast(*tensors: torch.Tensor | None) -> tuple:
+    """Under torch.autocast, the ops' inputs in the autocast dtype (as nn.Linear would run);
+    gradients flow back through the casts to the parameters. None stays None."""
+    device = tensors[0].device.type
+    if not torch.is_autocast_enabled(device):
+        return tensors
+    dtype = torch.get_autocast_dtype(device)
+    return tuple(None if t is None else t.to(dtype) for t in tensors)
+
+
 class Passthrough(nn.Module):
     """Keeps a replaced fc2's parameters (same objects, same state_dict keys) and returns its
     input: the FFN output already came from the layer's FusedFFN."""
@@ -96,22 +106,21 @@ class FusedFFN(_SpecializedBase):
         return F.silu(z) if self.activation == "silu" else torch.relu(z) if self.activation == "relu" else F.gelu(z)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w2, b2 = self._fc2.weight, self._fc2.bias
-        if self.counts is not None:
-            task, valid = self._task(x), self._spec._valid(self.stack, x.shape[:-1])
-            count = glu_act_count if self.activation == "silu" else fc1_act_count
-            h = count(x, self.weight, self.bias, self.counts, task, valid, self.activation)
-        elif self.masks is not None:
-            task = self._task(x)
-            if self.activation == "silu":
-                return masked_glu_ffn(x, self.weight, self.bias, None, None, w2, b2, self.masks, task, "silu",
-                                      self._spec.mask_bias, self._spec.backend)
-            return masked_ffn(x, self.weight, self.bias, w2, b2, self.masks, task, self.activation,
-                              self._spec.mask_bias, self._spec.backend)
-        else:
+        if self.masks is None and self.counts is None:
             h = self._act(F.linear(x, self.weight, self.bias))
-        h = F.dropout(h, p=self.activation_dropout, training=self.training)
-        return F.linear(h, w2, b2)
+            return F.linear(F.dropout(h, p=self.activation_dropout, training=self.training),
+                            self._fc2.weight, self._fc2.bias)
+        x, w1, b1, w2, b2 = _autocast(x, self.weight, self.bias, self._fc2.weight, self._fc2.bias)
+        task = self._task(x)
+        if self.counts is not None:
+            count = glu_act_count if self.activation == "silu" else fc1_act_count
+            h = count(x, w1, b1, self.counts, task, self._spec._valid(self.stack, x.shape[:-1]), self.activation)
+            return F.linear(F.dropout(h, p=self.activation_dropout, training=self.training), w2, b2)
+        if self.activation == "silu":
+            return masked_glu_ffn(x, w1, b1, None, None, w2, b2, self.masks, task, "silu", self._spec.mask_bias,
+                                  self._spec.backend)
+        return masked_ffn(x, w1, b1, w2, b2, self.masks, task, self.activation, self._spec.mask_bias,
+                          self._spec.backend)
 
 
 class SpecializedGLU(_SpecializedBase):
@@ -125,15 +134,15 @@ class SpecializedGLU(_SpecializedBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         g, u, d = self.gate_proj, self.up_proj, self.down_proj
-        if self.masks is not None:
-            return masked_glu_ffn(x, g.weight, g.bias, u.weight, u.bias, d.weight, d.bias, self.masks,
-                                  self._task(x), self.activation, self._spec.mask_bias, self._spec.backend)
+        if self.masks is None and self.counts is None:
+            return d({"silu": F.silu, "relu": torch.relu, "gelu": F.gelu}[self.activation](g(x)) * u(x))
+        x, wg, bg, wu, bu, wd, bd = _autocast(x, g.weight, g.bias, u.weight, u.bias, d.weight, d.bias)
         if self.counts is not None:
-            a = glu_act_count(x, g.weight, g.bias, self.counts, self._task(x),
-                              self._spec._valid(self.stack, x.shape[:-1]), self.activation)
-        else:
-            a = {"silu": F.silu, "relu": torch.relu, "gelu": F.gelu}[self.activation](g(x))
-        return d(a * u(x))
+            a = glu_act_count(x, wg, bg, self.counts, self._task(x), self._spec._valid(self.stack, x.shape[:-1]),
+                              self.activation)
+            return F.linear(a * F.linear(x, wu, bu), wd, bd)
+        return masked_glu_ffn(x, wg, bg, wu, bu, wd, bd, self.masks, self._task(x), self.activation,
+                              self._spec.mask_bias, self._spec.backend)
 
 
 def _activation(config, attr: str, model_name: str) -> str:
