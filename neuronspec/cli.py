@@ -11,7 +11,7 @@ import importlib
 import logging
 import sys
 
-from neuronspec.errors import TrainingDiverged
+from neuronspec.errors import Interrupted, TrainingDiverged
 
 # command -> (module, one-line help)
 COMMANDS = {
@@ -55,14 +55,27 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
         return int(module.run(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError) as e:
+    except (ValueError, TypeError, OSError, UnicodeError) as e:
         if args.verbose:
             raise
-        print(f"neuronspec {args.command}: error: {e} (run with -v for the traceback)", file=sys.stderr)
+        print(f"neuronspec {args.command}: error: {_describe(e)} (run with -v for the traceback)", file=sys.stderr)
         return 2
     except TrainingDiverged as e:
         print(f"neuronspec {args.command}: training diverged: {e}", file=sys.stderr)
         return 3
+    except Interrupted as e:
+        print(f"neuronspec {args.command}: {e.signal_name}: {e}", file=sys.stderr)
+        return e.exit_status
+    except KeyboardInterrupt:
+        print(f"neuronspec {args.command}: interrupted (SIGINT)", file=sys.stderr)
+        return 130
+
+
+def _describe(e: BaseException) -> str:
+    """One line for an error (an OSError as 'path: reason')."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror if e.filename is None else f"{e.filename}: {e.strerror}"
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 if __name__ == "__main__":

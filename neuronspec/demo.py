@@ -21,7 +21,6 @@ the baseline's measured steps/s. Everything lands in `--out` (default runs/demo)
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
@@ -30,7 +29,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from neuronspec.atomic import write_atomic
+from neuronspec.atomic import strict_json, write_atomic
 from neuronspec.nmt.compare import mark, write_compare
 
 log = logging.getLogger(__name__)
@@ -337,7 +336,7 @@ def _study(out, codes, minutes, vocab_size, k, beam, eval_sentences, record_sent
            f"- total: {clock.elapsed() / 60:.1f} min (budget {minutes} min, {threads} CPU thread(s))"
            + (f", load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}" if load else ""), ""]
     write_atomic(out / "results.md", "\n".join(md))
-    write_atomic(out / "results.json", json.dumps(res, indent=2, ensure_ascii=False))
+    write_atomic(out / "results.json", strict_json(res))
     done("report", t)
     bar.close()
     res["table"] = table

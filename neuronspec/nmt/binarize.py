@@ -24,6 +24,9 @@ import itertools
 import json
 import logging
 import os
+import re
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -31,7 +34,7 @@ from typing import Iterable, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from neuronspec.atomic import atomic_file, write_atomic
+from neuronspec.atomic import atomic_file, check_writable_folder, write_atomic
 from neuronspec.nmt.data import (
     FORMAT_VERSION, META_FILE, PIVOT, Corpus, PreparedData, iter_lines, read_kinds,
     scan_corpus,
@@ -41,6 +44,8 @@ from neuronspec.nmt.tokenizer import Tokenizer
 log = logging.getLogger(__name__)
 
 TOKENIZER_FILE = "spm.model"
+# the names prepare_corpus writes (tokenizer, meta.json, split arrays, eval texts, kinds manifests)
+_OURS = re.compile(r"spm\.model|meta\.json|\w+\.(bin|idx)|\w+\.[\w.-]+\.(txt|kind)")
 CHUNK_LINES = 8192
 
 
@@ -170,15 +175,58 @@ def prepare_corpus(
     protected slot tokens (``placeholders.py``); code_identifiers: code identifiers that
     translations keep verbatim (``source_suffix``, ``--full``) too (only with placeholders).
     Returns the loaded ``PreparedData`` of ``out_dir``.
+
+    The folder is built beside ``out_dir`` and swapped in once complete: a failed or
+    interrupted run keeps the previous prepared folder. A folder holding files this function
+    does not write is refused (they would be lost in the swap).
     """
     if not isinstance(tokenizer_sentences, int) or tokenizer_sentences <= 0:
         raise ValueError(f"tokenizer_sentences: must be a positive int, got {tokenizer_sentences!r}")
-    t0 = time.perf_counter()
+    final = Path(out_dir)
+    _check_out(final)
     corpus = scan_corpus(corpus_dir, langs=langs, pivot=pivot)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if (out / META_FILE).exists():
-        (out / META_FILE).unlink()  # the folder is incomplete until the new meta.json lands
+    final.mkdir(parents=True, exist_ok=True)  # (empty until the first prepare succeeds)
+    out = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        _prepare_into(out, final, corpus, corpus_dir, vocab_size, langs, pivot, tokenizer_sentences, character_coverage,
+                      model_type, placeholders, code_identifiers, seed, num_threads, progress)
+        os.chmod(out, 0o777 & ~_umask())
+        old = None
+        if final.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+            os.rmdir(old)
+            os.replace(final, old)
+        os.replace(out, final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    return PreparedData.load(final)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _check_out(out: Path) -> None:
+    """ValueError unless ``out`` may be (re)built: absent, empty, or holding only our files."""
+    check_writable_folder(out, "out")
+    if out.is_dir():
+        foreign = sorted(p.name for p in out.iterdir() if not _OURS.fullmatch(p.name))
+        if foreign:
+            raise ValueError(f"out: {out} holds files `neuronspec data prepare` does not write ({', '.join(foreign[:3])}"
+                             f"{', ...' if len(foreign) > 3 else ''}); preparing would replace the folder: move them "
+                             "or choose another --out")
+
+
+def _prepare_into(out: Path, final: Path, corpus: Corpus, corpus_dir, vocab_size, langs, pivot, tokenizer_sentences,
+                  character_coverage, model_type, placeholders, code_identifiers, seed, num_threads,
+                  progress) -> None:
+    """prepare_corpus's work, written into the (new, empty) folder ``out`` (to become ``final``)."""
+    t0 = time.perf_counter()
     num_threads = num_threads or min(4, os.cpu_count() or 1)
     code_identifiers = code_identifiers and placeholders  # identifier slots go with placeholder slots
 
@@ -253,6 +301,5 @@ def prepare_corpus(
     write_atomic(out / META_FILE, json.dumps(meta, indent=1, ensure_ascii=False))
     dt = time.perf_counter() - t0
     log.info("prepared %s: %d languages, %d training directions, %d lines, %d tokens, vocab %d "
-             "(tokenizer %.1fs, total %.1fs)", out, len(corpus.languages), len(corpus.train_directions),
+             "(tokenizer %.1fs, total %.1fs)", final, len(corpus.languages), len(corpus.train_directions),
              total_lines, n_tokens, len(tok), t_tok, dt)
-    return PreparedData.load(out)

@@ -720,6 +720,11 @@ def _readme(summary: dict) -> str:
     return text
 
 
+# the names _write_atomically writes (a rebuild replaces the folder: anything else would be lost)
+_OURS = re.compile(r"(train|valid|test)\.[\w-]+\.[\w-]+|(sources|origins)\.(train|valid|test)\.[\w-]+|"
+                   r"summary\.(json|md)|README\.md")
+
+
 def _check_out_dir(out_dir: Path) -> None:
     if out_dir.exists():
         if not out_dir.is_dir():
@@ -727,6 +732,11 @@ def _check_out_dir(out_dir: Path) -> None:
         if any(out_dir.iterdir()) and not _is_ours(out_dir):
             raise ValueError(f"out_dir: {out_dir} is a non-empty folder not written by "
                              f"{GENERATOR}; refusing to replace it")
+        added = sorted(p.name for p in out_dir.iterdir() if not _OURS.fullmatch(p.name))
+        if added:
+            raise ValueError(f"out_dir: {out_dir} holds files the built-in corpus does not write "
+                             f"({', '.join(added[:3])}{', ...' if len(added) > 3 else ''}); a rebuild replaces the "
+                             "folder: move them or choose another --out")
 
 
 def _is_ours(folder: Path) -> bool:

@@ -19,7 +19,7 @@ from typing import Any
 from sacrebleu.metrics import BLEU, CHRF
 from sacrebleu.significance import PairedTest
 
-from neuronspec.atomic import write_atomic
+from neuronspec.atomic import strict_json, write_atomic
 
 ALPHA = 0.05
 
@@ -113,6 +113,6 @@ def to_markdown(cmp: dict[str, Any]) -> str:
 def write_compare(folder_a, folder_b, out: str | os.PathLike, n_samples: int = 1000) -> dict[str, Any]:
     cmp = compare(folder_a, folder_b, n_samples)
     out = Path(out)
-    write_atomic(out / "compare.json", json.dumps(cmp, indent=1))
+    write_atomic(out / "compare.json", strict_json(cmp, indent=1))
     write_atomic(out / "compare.md", to_markdown(cmp))
     return cmp

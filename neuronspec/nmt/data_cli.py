@@ -8,9 +8,6 @@ adds ``_add_prepare(sub)`` + ``_run_prepare(args)`` and one entry in each of
 from __future__ import annotations
 
 import argparse
-import logging
-
-logger = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------ builtin
@@ -142,8 +139,4 @@ def run(args) -> int:
     except KeyError:
         raise ValueError(f"data_command: unknown data sub-command {args.data_command!r}; "
                          f"expected one of {sorted(_RUNNERS)}") from None
-    try:
-        return runner(args)
-    except ValueError as exc:  # bad input: one clear line, non-zero exit
-        logger.error("%s", exc)
-        return 2
+    return runner(args)  # bad input: ValueError, one line and exit status 2 (neuronspec.cli)

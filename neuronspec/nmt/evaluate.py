@@ -12,7 +12,6 @@ lines), ``ref.{split}.{src}-{tgt}.{tgt}`` (their references), ``results.json`` a
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch
 from sacrebleu.metrics import BLEU, CHRF
 from tqdm import tqdm
 
-from neuronspec.atomic import write_atomic
+from neuronspec.atomic import check_writable_folder, strict_json, write_atomic
 
 from .checkpoint import load_model
 from .compare import to_markdown as compare_markdown, write_compare
@@ -204,9 +203,11 @@ def evaluate_checkpoint(ckpt: str | os.PathLike, data: str | os.PathLike | None 
     from .batching import tag_options
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    out = Path(out_dir) if out_dir is not None else Path(ckpt).parent / f"eval-{split}-beam{beam}"
+    if write:
+        check_writable_folder(out, "out")
     model, ck, pdata = load_for_decoding(ckpt, data, device)
     prep = pdata.root
-    out = Path(out_dir) if out_dir is not None else Path(ckpt).parent / f"eval-{split}-beam{beam}"
     res = evaluate_model(model, pdata, split, beam=beam, lenpen=lenpen, max_sentences=max_sentences,
                          max_tokens=max_tokens, device=device, directions=directions,
                          **tag_options(ck.get("config")), hyp_dir=out if write else None, progress=progress,
@@ -214,7 +215,7 @@ def evaluate_checkpoint(ckpt: str | os.PathLike, data: str | os.PathLike | None 
     res.update(checkpoint=os.path.abspath(ckpt), data=os.path.abspath(prep), step=ck.get("step"),
                masked=bool(ck.get("masks")), out_dir=str(out))
     if write:
-        write_atomic(out / "results.json", json.dumps(res, indent=2, ensure_ascii=False))
+        write_atomic(out / "results.json", strict_json(res))
         write_atomic(out / "results.md", to_markdown(res))
     return res
 

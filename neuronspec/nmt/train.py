@@ -19,6 +19,12 @@ Python API (used for continued/specialized training)::
 optimizer, scheduler, sampler and step counter; ``masks`` (``{layer: TaskMasks}`` or the
 path of a masks file) are set on the model and saved in every checkpoint; ``resume=True``
 continues ``out/checkpoint_last.pt`` exactly (same batches, same dropout, same optimizer).
+
+SIGINT and SIGTERM stop a run cleanly: the update in progress finishes (a validation in
+progress is abandoned and runs again on resume), ``checkpoint_last.pt`` is saved and
+:class:`~neuronspec.errors.Interrupted` is raised (the CLI: one line, exit status 130/143);
+resuming from it is exact. ``save_every`` / ``save_every_minutes`` save checkpoints between
+validations.
 """
 from __future__ import annotations
 
@@ -28,8 +34,11 @@ import json
 import logging
 import math
 import os
+import shutil
+import signal
+import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
@@ -39,10 +48,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..atomic import strict_json, write_atomic
-from ..errors import TrainingDiverged
+from ..atomic import check_free_space, check_writable_folder, remove_stale_temps, strict_json, write_atomic
+from ..errors import Interrupted, TrainingDiverged
 from .batching import check_target_tag, tag_options
-from .checkpoint import load_checkpoint, masks_from_state, masks_state, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (load_checkpoint, load_masks, masks_from_state, masks_state, resolve_device, rng_state,
+                         save_checkpoint, set_rng_state)
 from .ema import EMA
 from .model import PRESETS, ModelConfig, Transformer
 from .run_folder import check_run_folder, run_lock
@@ -50,6 +60,11 @@ from .run_folder import check_run_folder, run_lock
 log = logging.getLogger(__name__)
 
 LAST, BEST = "checkpoint_last.pt", "checkpoint_best.pt"
+# settings a resumed run takes from its caller; every other one is the saved run's
+RESUME_APPLIES = ("out", "max_steps", "max_minutes", "progress", "log_every", "device", "save_every",
+                  "save_every_minutes")
+# files a run writes into its folder (their stale temporary files are removed when a run starts)
+RUN_OUTPUTS = (LAST, BEST, "train_summary.json", "valid_chrf.json", "valid_chrf.md")
 
 
 # Optimisation defaults per preset (lr, warm-up, schedule, batch tokens, weight averaging, stop):
@@ -117,6 +132,8 @@ class TrainConfig:
     # bookkeeping
     log_every: int = 50
     valid_every: int = 500  # validation loss + checkpoint every N steps (0: only at the end)
+    save_every: int = 0  # also save checkpoint_last.pt every N steps (0: off)
+    save_every_minutes: float = 0.0  # ... and/or every N minutes of training (0: off)
     valid_max_sentences: int | None = 100  # per direction, for the validation loss
     # per direction (evenly spaced) for the chrF++ at the end (None: all; 0: off); 200 = every
     # valid line of the built-in corpus, a bounded sample of larger valid sets
@@ -143,7 +160,7 @@ class TrainConfig:
         checks = [("max_tokens", self.max_tokens, 1), ("update_freq", self.update_freq, 1),
                   ("warmup", self.warmup, 0), ("log_every", self.log_every, 1), ("valid_every", self.valid_every, 0),
                   ("valid_beam", self.valid_beam, 1), ("patience", self.patience, 0),
-                  ("max_nonfinite", self.max_nonfinite, 1)]
+                  ("max_nonfinite", self.max_nonfinite, 1), ("save_every", self.save_every, 0)]
         for name in ("max_steps", "valid_chrf_sentences"):
             if getattr(self, name) is not None:
                 checks.append((name, getattr(self, name), 0))
@@ -151,7 +168,7 @@ class TrainConfig:
             if not isinstance(v, int) or v < lo:
                 raise ValueError(f"TrainConfig.{name} must be an int >= {lo}, got {v!r}")
         for name in ("lr", "warmup_init_lr", "adam_eps", "weight_decay", "label_smoothing", "clip_norm", "max_minutes",
-                     "dropout", "attention_dropout", "ema_decay", "temperature"):
+                     "dropout", "attention_dropout", "ema_decay", "temperature", "save_every_minutes"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, (int, float)) or not math.isfinite(v)):
                 raise ValueError(f"TrainConfig.{name} must be a finite number, got {v!r}")
@@ -161,6 +178,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr!r}")
         if self.lr_scheduler not in LR_SCHEDULERS:
             raise ValueError(f"TrainConfig.lr_scheduler must be one of {sorted(LR_SCHEDULERS)}, got {self.lr_scheduler!r}")
+        if self.save_every_minutes < 0:
+            raise ValueError(f"TrainConfig.save_every_minutes must be >= 0, got {self.save_every_minutes!r}")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ValueError(f"TrainConfig.max_minutes must be > 0, got {self.max_minutes!r}")
         if not 0 <= self.ema_decay < 1:
@@ -276,10 +295,8 @@ def _pick_device(name: str, local_rank: int) -> torch.device:
         name = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
     elif name == "cuda":
         name = f"cuda:{local_rank}"
-    dev = torch.device(name)
+    dev = resolve_device(name)
     if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("device: CUDA requested but not available")
         torch.cuda.set_device(dev)
     return dev
 
@@ -309,6 +326,10 @@ def resolve_data(cfg: TrainConfig, rank: int = 0, world_size: int = 1) -> str:
 
 
 # ----------------------------------------------------------------------- trainer
+class _AbandonValidation(BaseException):
+    """Raised by the signal handler inside a validation (see Trainer._signals)."""
+
+
 class Trainer:
     """One training run (see module docstring). ``Trainer(cfg, ...).train()`` -> summary dict."""
 
@@ -336,8 +357,9 @@ class Trainer:
                 raise ValueError(f"resume: no checkpoint {path}")
             resume_ckpt = load_checkpoint(path)
             saved = TrainConfig.from_dict(resume_ckpt["config"])
-            # The saved run wins, except for when to stop and how to report.
-            keep = ("out", "max_steps", "max_minutes", "progress", "log_every", "device")
+            # The saved run wins, except for the data folder (it may have moved; checked below
+            # against the checkpoint's vocabulary and directions), when to stop and how to report.
+            keep = RESUME_APPLIES + (("data",) if cfg.data is not None else ())
             cfg = TrainConfig.from_dict(saved.to_dict(), **{k: getattr(cfg, k) for k in keep})
         self.cfg = cfg
         self.data = PreparedData.load(resolve_data(cfg, self.rank, self.world_size))
@@ -361,10 +383,12 @@ class Trainer:
             self.model.load_state_dict(src["model"])
         if masks is None and src is not None and src.get("masks"):
             masks = masks_from_state(src["masks"])  # a specialized model stays specialized
-        elif isinstance(masks, (str, os.PathLike)):
-            from neuronspec.ops import load_layer_masks
-
-            masks = load_layer_masks(masks)[0]
+        elif isinstance(masks, (str, os.PathLike)):  # a masks file covers the whole model
+            path, masks = masks, load_masks(masks)[0]
+            missing = [n for n in self.model.ffn_layers() if n not in masks]
+            if missing:
+                raise ValueError(f"masks: {path} has no masks for {len(missing)} of the model's FFN layers "
+                                 f"({', '.join(missing[:3])}...); select them from this model's counts")
         if masks:
             for name, m in masks.items():
                 if m is None:
@@ -394,11 +418,17 @@ class Trainer:
         self.stale_validations = 0  # validations since the best loss (early stopping)
         self.skipped_updates = self.nonfinite_in_row = 0  # non-finite loss or gradient norm
         self.history: list[dict] = []
+        self.pending_valid: str | None = None  # "periodic"/"final": a validation to run before going on
+        self._signal: int | None = None  # the first SIGINT/SIGTERM received (see _signals)
+        self._in_validation = False
+        self._last_save, self._saved_step = time.monotonic(), 0
         torch.manual_seed(cfg.seed + 1000 * self.rank)  # dropout streams differ across ranks
         if resume_ckpt is not None:
             self._restore(resume_ckpt)
         self._it = iter(self.sampler)
-        if self.is_main:
+        if self.is_main:  # one checkpoint: the weights, Adam's two moments, the online weights with EMA, 1 MiB
+            nbytes = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
+            check_free_space(self.out, nbytes * (3 + (self.ema is not None)) + 2**20, "out", "the first checkpoint")
             log.info("model %s: %.1fM parameters, %d directions, vocab %d, device %s%s, world %d%s",
                      cfg.preset, self.model.num_parameters() / 1e6, len(self.data.directions), len(self.tok),
                      self.device, " (bf16 autocast)" if self.amp else "", self.world_size,
@@ -421,6 +451,8 @@ class Trainer:
         self.best_valid = float(ck.get("best_valid", math.inf))
         self.stale_validations = int(ck.get("stale_validations", 0))
         self.history = list(ck.get("history", []))
+        self.pending_valid = ck.get("pending_valid")
+        self._saved_step = self.step
         log.info("resumed from step %d", self.step)
 
     def state_dict(self) -> dict:
@@ -445,6 +477,7 @@ class Trainer:
             "masks": masks_state(self.model.masks()) or None,
             "data": {"prep": os.path.abspath(self.data.root), "directions": ["-".join(d) for d in self.data.directions]},
             "best_valid": self.best_valid, "stale_validations": self.stale_validations, "history": self.history,
+            "pending_valid": self.pending_valid,
         }
 
     def save(self, best: bool = False) -> Path:
@@ -457,6 +490,7 @@ class Trainer:
                 save_checkpoint(self.out / BEST, state)
         if self.distributed:
             dist.barrier()  # no rank goes on (or returns) before the file exists
+        self._last_save, self._saved_step = time.monotonic(), self.step
         return path
 
     # ---------------------------------------------------------------- steps
@@ -558,7 +592,7 @@ class Trainer:
                              device=self.device, progress=False, **self._tags)
         if write:
             res.update(checkpoint=str(self.out / LAST), step=self.step)
-            write_atomic(self.out / "valid_chrf.json", json.dumps(res, indent=2, ensure_ascii=False))
+            write_atomic(self.out / "valid_chrf.json", strict_json(res))
             write_atomic(self.out / "valid_chrf.md", to_markdown(res))
         by_kind = {k: v["averages"]["all"] for k, v in res["by_kind"].items()}
         return {"chrf": res["averages"]["all"]["chrf"], "copy_chrf": res["averages"]["all"]["copy_chrf"],
@@ -571,15 +605,19 @@ class Trainer:
     def _log_valid(self, final: bool = False) -> dict:
         every = self.cfg.valid_chrf_every
         with self._averaged():
-            v = self.validate()
-            rec = {"step": self.step, "valid_loss": v["loss"], "valid_nll": v["nll"], "valid_ppl": v["ppl"]}
-            if self.cfg.valid_chrf_sentences != 0 and (final or (every and self.step % every == 0)):
-                if self.is_main:
-                    c = self.valid_chrf(self.cfg.valid_chrf_sentences, write=final)
-                    rec.update(valid_chrf=c["chrf"], copy_chrf=c["copy_chrf"], beats_copy=c["beats_copy"],
-                               valid_chrf_by_kind=c["by_kind"])
-                if self.distributed:
-                    dist.barrier()
+            self._in_validation = True  # a signal abandons the validation (_signals)
+            try:
+                v = self.validate()
+                rec = {"step": self.step, "valid_loss": v["loss"], "valid_nll": v["nll"], "valid_ppl": v["ppl"]}
+                if self.cfg.valid_chrf_sentences != 0 and (final or (every and self.step % every == 0)):
+                    if self.is_main:
+                        c = self.valid_chrf(self.cfg.valid_chrf_sentences, write=final)
+                        rec.update(valid_chrf=c["chrf"], copy_chrf=c["copy_chrf"], beats_copy=c["beats_copy"],
+                                   valid_chrf_by_kind=c["by_kind"])
+                    if self.distributed:
+                        dist.barrier()
+            finally:
+                self._in_validation = False
         if self.is_main:
             extra = ""
             if "valid_chrf" in rec:
@@ -593,12 +631,82 @@ class Trainer:
         best = v["loss"] < self.best_valid
         self.best_valid = min(self.best_valid, v["loss"])
         self.stale_validations = 0 if best else self.stale_validations + 1
+        self.pending_valid = None
         self.save(best=best)
         return rec
 
+    # ---------------------------------------------------------------- signals
+    @contextmanager
+    def _signals(self):
+        """While training, SIGINT/SIGTERM only record the signal: the loop stops after the
+        update in progress; a validation in progress (single process) is abandoned at once."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            if self._signal is None:
+                self._signal = signum
+                if self.is_main:
+                    log.warning("%s received: stopping after the current step", signal.Signals(signum).name)
+            if self._in_validation and not self.distributed:
+                raise _AbandonValidation
+
+        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    def _agree(self, save_due: bool) -> tuple[int, bool]:
+        """(signal to stop on or 0, save now?), the same on every rank."""
+        flags = torch.tensor([float(self._signal or 0), float(save_due)], device=self.device)
+        if self.distributed:
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        return int(flags[0].item()), bool(flags[1].item())
+
+    def _interrupt(self, signum: int) -> None:
+        """Save checkpoint_last.pt (the state after the last finished update) and raise Interrupted."""
+        self._in_validation = False
+        path = self.save()
+        raise Interrupted(signum, f"stopped after step {self.step}; saved {path} (continue with "
+                                  f"`neuronspec train --resume --out {self.out}`)")
+
+    def _run_pending(self) -> dict:
+        """Run the validation ``pending_valid`` names (it stays pending in the checkpoint if a
+        signal abandons it)."""
+        signum = self._agree(False)[0]
+        if signum:
+            self._interrupt(signum)
+        try:
+            return self._log_valid(final=self.pending_valid == "final")
+        except _AbandonValidation:
+            self._interrupt(self._signal)
+
+    def _save_due(self) -> bool:
+        cfg = self.cfg
+        if self.step == self._saved_step:
+            return False
+        return bool((cfg.save_every and self.step % cfg.save_every == 0) or
+                    (cfg.save_every_minutes and time.monotonic() - self._last_save >= 60 * cfg.save_every_minutes))
+
+    def _patience_exhausted(self) -> bool:
+        if self.cfg.patience and self.stale_validations >= self.cfg.patience:
+            if self.is_main:
+                log.info("early stop at step %d: no better validation loss in %d validations (best %.3f)",
+                         self.step, self.stale_validations, self.best_valid)
+            return True
+        return False
+
     def train(self, steps: int | None = None, max_minutes: float | None = None) -> dict:
         """Train until ``steps`` total updates (default cfg.max_steps) or ``max_minutes`` of
-        wall-clock time (default cfg.max_minutes); validate + checkpoint on the way and at the end."""
+        wall-clock time (default cfg.max_minutes); validate + checkpoint on the way and at the end.
+        SIGINT/SIGTERM: save and raise Interrupted (module docstring)."""
+        with self._signals():
+            return self._train(steps, max_minutes)
+
+    def _train(self, steps: int | None, max_minutes: float | None) -> dict:
         cfg = self.cfg
         steps = cfg.max_steps if steps is None else steps
         max_minutes = cfg.max_minutes if max_minutes is None else max_minutes
@@ -611,7 +719,16 @@ class Trainer:
         acc = {"loss": 0.0, "nll": 0.0, "ntokens": 0.0, "n": 0}
         t_log = time.monotonic()
         ln2 = math.log(2)
-        while steps is None or self.step < steps:
+        stop = self.pending_valid == "final"  # interrupted during the final validation
+        if self.pending_valid == "periodic":  # interrupted during this validation: run it again
+            self._run_pending()
+            stop = self._patience_exhausted()
+        while not stop and (steps is None or self.step < steps):
+            signum, save_now = self._agree(self._save_due())
+            if signum:
+                self._interrupt(signum)
+            if save_now:
+                self.save()
             if deadline is not None:
                 now = time.monotonic()
                 clock = torch.tensor([float(now >= deadline), (now - t_start) / (deadline - t_start)])
@@ -620,13 +737,7 @@ class Trainer:
                 if clock[0].item() > 0:
                     break
                 self._time_progress = time_base + (1.0 - time_base) * min(clock[1].item(), 1.0)
-            try:
-                s = self.train_step()
-            except KeyboardInterrupt:
-                if not self.distributed:  # keep what was done (resume continues from it)
-                    log.warning("interrupted at step %d: saving %s", self.step, self.out / LAST)
-                    self.save()
-                raise
+            s = self.train_step()
             if s.get("skipped"):
                 continue
             bar.update(1)
@@ -648,14 +759,13 @@ class Trainer:
                 acc = {"loss": 0.0, "nll": 0.0, "ntokens": 0.0, "n": 0}
                 t_log = now
             if cfg.valid_every and self.step % cfg.valid_every == 0 and self.step != steps:
-                self._log_valid()
-                if cfg.patience and self.stale_validations >= cfg.patience:
-                    if self.is_main:
-                        log.info("early stop at step %d: no better validation loss in %d validations (best %.3f)",
-                                 self.step, self.stale_validations, self.best_valid)
+                self.pending_valid = "periodic"
+                self._run_pending()
+                if self._patience_exhausted():
                     break
         bar.close()
-        final = self._log_valid(final=True)
+        self.pending_valid = "final"
+        final = self._run_pending()
         minutes = (time.monotonic() - t_start) / 60
         summary = {"checkpoint": str(self.out / LAST), "best_checkpoint": str(self.out / BEST), "step": self.step,
                    "minutes": minutes, "final": final, "data": os.path.abspath(self.data.root)}
@@ -673,7 +783,12 @@ def train(cfg: TrainConfig, *, init_from: str | os.PathLike | None = None, overw
     ``steps``/``max_minutes`` override the config's stop criteria for this call. A folder that
     already holds a run is refused unless ``resume`` or ``overwrite`` (run_folder.py)."""
     check_run_folder(cfg.out, resume=resume, overwrite=overwrite, init_from=init_from)
-    with run_lock(cfg.out) if _dist_env()[0] == 0 else nullcontext():  # one lock per run, held by rank 0
+    main = _dist_env()[0] == 0
+    if main:
+        check_writable_folder(cfg.out, "out")
+    with run_lock(cfg.out) if main else nullcontext():  # one lock per run, held by rank 0
+        if main:  # no other writer now: temporary files here are from a killed save
+            remove_stale_temps(cfg.out, RUN_OUTPUTS)
         return Trainer(cfg, init_from=init_from, masks=masks, resume=resume).train(steps=steps, max_minutes=max_minutes)
 
 
@@ -686,7 +801,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                      f"preset on the built-in corpus: {' '.join(TINY_BUILTIN_LANGS)})")
     src.add_argument("--vocab-size", type=int, default=8000)
     p.add_argument("--out", help="output folder (default: runs/PRESET)")
-    p.add_argument("--resume", action="store_true", help="continue OUT/checkpoint_last.pt exactly")
+    p.add_argument("--resume", action="store_true",
+                   help="continue OUT/checkpoint_last.pt exactly with the run's own settings; only --data (checked "
+                        "against the run's vocabulary and directions), --max-steps, --max-minutes, --save-every, "
+                        "--log-every, --device and --no-progress apply, any other changed option is an error")
     p.add_argument("--overwrite", action="store_true", help="replace the run OUT already holds")
     p.add_argument("--init-from", help="start from this checkpoint's weights with a fresh optimizer")
     p.add_argument("--masks", help="masks file (`neuronspec select`) to train with")
@@ -723,6 +841,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     s.add_argument("--max-minutes", type=float, help="wall-clock training budget (tiny default: 9; the whole command then takes about 10)")
     s.add_argument("--log-every", type=int, default=50)
     s.add_argument("--valid-every", type=int, default=500)
+    s.add_argument("--save-every", type=_save_every, metavar="N|Mm",
+                   help="also save OUT/checkpoint_last.pt every N steps or every M minutes (e.g. 200 or 10m)")
     s.add_argument("--max-nonfinite", type=int, default=5,
                    help="updates with a non-finite loss or gradient norm are skipped; this many in a row stop "
                         "the run with exit status 3 (default 5)")
@@ -740,6 +860,18 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     s.add_argument("--no-progress", action="store_true")
 
 
+def _save_every(text: str) -> tuple[str, float]:
+    """--save-every: N steps or Mm minutes."""
+    minutes = text.endswith("m")
+    try:
+        value = float(text[:-1]) if minutes else int(text)
+    except ValueError:
+        value = -1
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a number of steps N >= 1 or minutes Mm > 0 (e.g. 10m), got {text!r}")
+    return ("save_every_minutes", value) if minutes else ("save_every", value)
+
+
 def _kind_factor(text: str) -> tuple[str, int]:
     kind, _, n = text.partition("=")
     if not kind or not n.isdigit() or int(n) < 1:
@@ -747,19 +879,52 @@ def _kind_factor(text: str) -> tuple[str, int]:
     return kind, int(n)
 
 
+def _parser_defaults() -> dict[str, Any]:
+    ref = argparse.ArgumentParser()
+    configure_parser(ref)
+    return vars(ref.parse_args([]))
+
+
+def check_resume_options(args: argparse.Namespace, kw: dict[str, Any], saved: Mapping[str, Any]) -> None:
+    """ValueError listing the options of a --resume command line that change the saved run's
+    settings (those outside RESUME_APPLIES and --data): a resumed run keeps its own."""
+    exclusive = [f"--{n.replace('_', '-')}" for n in ("init_from", "masks", "overwrite") if getattr(args, n, None)]
+    if exclusive:
+        raise ValueError(f"resume: {', '.join(exclusive)} cannot be combined with --resume")
+    defaults = _parser_defaults()
+    saved = TrainConfig.from_dict(saved).to_dict()
+    changed = [f"--{k.replace('_', '-')} {kw[k]!r} (the run's: {saved.get(k)!r})" for k in kw
+               if k not in RESUME_APPLIES and k != "data" and k in saved and kw[k] != defaults.get(k)
+               and kw[k] != saved[k]]
+    if changed:
+        raise ValueError(f"resume: {', '.join(changed)} would change the run being resumed; a resumed run keeps "
+                         "its settings (only --data, --max-steps, --max-minutes, --save-every, --log-every, --device "
+                         "apply): drop them, or start a new run from its weights with --init-from")
+
+
 def run(args: argparse.Namespace) -> int:
     names = [f.name for f in fields(TrainConfig)]
     kw = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
     if "upsample" in kw:
         kw["upsample"] = dict(kw["upsample"])
+    if "save_every" in kw:
+        name, value = kw.pop("save_every")
+        kw[name] = value
     kw["out"] = args.out or f"runs/{args.preset}"
     kw["progress"] = not args.no_progress
     rank = _dist_env()[0]
     pkg = logging.getLogger("neuronspec")
     fh = None
+    out = Path(kw["out"])
+    created = None  # the first folder of --out this command creates
+    if rank == 0 and not out.exists():
+        created = out.absolute()
+        while not created.parent.exists():
+            created = created.parent
     if rank == 0:  # OUT/train.log gets the log lines of this run
-        Path(kw["out"]).mkdir(parents=True, exist_ok=True)
-        fh = logging.FileHandler(Path(kw["out"]) / "train.log", encoding="utf-8")
+        check_writable_folder(out, "out")
+        out.mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(out / "train.log", encoding="utf-8", delay=True)  # created by the first line
         fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
         fh.setLevel(logging.INFO)
         pkg.addHandler(fh)
@@ -770,12 +935,20 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.resume:
             saved = load_checkpoint(Path(kw["out"]) / LAST)["config"]
-            stop = {k: kw[k] for k in ("max_steps", "max_minutes") if k in kw}
-            summary = train(TrainConfig.from_dict(saved, out=kw["out"], progress=kw["progress"], **stop), resume=True)
+            check_resume_options(args, kw, saved)
+            defaults = _parser_defaults()  # options left at their defaults keep the run's values
+            applies = {k: kw[k] for k in (*RESUME_APPLIES, "data")
+                       if k in kw and (k in ("out", "progress") or kw[k] != defaults.get(k))}
+            summary = train(TrainConfig.from_dict(saved, **applies), resume=True)
         else:
             summary = train(TrainConfig(**kw), init_from=args.init_from, masks=args.masks, overwrite=args.overwrite)
         if rank == 0:
             print(json.dumps({k: summary[k] for k in ("checkpoint", "step", "minutes")}, indent=2))
+    except BaseException:
+        if created and {p.name for p in out.iterdir()} <= {"train.log"}:  # a start that failed: no trace left
+            fh.close()
+            shutil.rmtree(created)
+        raise
     finally:
         if fh is not None:
             pkg.removeHandler(fh)

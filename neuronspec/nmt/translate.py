@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..atomic import write_atomic
+from ..atomic import check_writable_file, write_atomic
 from .batching import Batch, check_budget, length_bounds, tag_layout, tag_options
 from .data import as_direction
 from .decode import decode_batches, direction_tasks
@@ -104,12 +104,31 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.input is None:
-        lines = sys.stdin.read().splitlines()
+def read_lines(path: str | None) -> list[str]:
+    """Lines of the UTF-8 text file `path` (None: standard input); ValueError naming it otherwise."""
+    name = "standard input" if path is None else path
+    if path is not None and os.path.isdir(path):
+        raise ValueError(f"input: {path} is a folder, expected a text file")
+    if path is not None and not os.path.isfile(path):
+        raise ValueError(f"input: no such file {path!r}")
+    if path is None:
+        if not hasattr(sys.stdin, "buffer"):  # a text stream (already decoded)
+            return sys.stdin.read().splitlines()
+        data = sys.stdin.buffer.read()
     else:
-        with open(args.input, encoding="utf-8") as f:
-            lines = f.read().splitlines()
+        with open(path, "rb") as f:
+            data = f.read()
+    try:
+        return data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ValueError(f"input: {name} is not UTF-8 text (line {line}, byte {data[e.start:e.start + 1]!r})") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.output is not None:
+        check_writable_file(args.output, "output")
+    lines = read_lines(args.input)
     t0 = time.monotonic()
     out = translate_checkpoint(args.checkpoint, lines, args.direction, data=args.data, device=args.device,
                                beam=args.beam, lenpen=args.lenpen, max_tokens=args.max_tokens,

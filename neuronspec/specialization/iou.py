@@ -20,7 +20,6 @@ writes iou.json, report.md, mean_iou.png and one heatmap_<layer>.png per layer.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
@@ -29,8 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from neuronspec.atomic import save_figure_atomic, write_atomic
-from neuronspec.ops import TaskMasks, load_layer_masks
+from neuronspec.atomic import check_writable_folder, save_figure_atomic, strict_json, write_atomic
+from neuronspec.nmt.checkpoint import load_masks
+from neuronspec.ops import TaskMasks
 from neuronspec.specialization.select import K_OPTIONS
 
 log = logging.getLogger(__name__)
@@ -272,8 +272,8 @@ def write_analysis(masks: dict[str, TaskMasks], out: str | os.PathLike, meta: di
         for layer, entry in result["layers"].items():
             plot_heatmap(entry["iou"], result["names"], f"IoU, {layer}", out / f"heatmap_{layer.replace('.', '_')}.png")
     plot_mean_iou(result, out / "mean_iou.png", k_label)
-    write_atomic(out / "iou.json", json.dumps({**result, "published_k0.7": PUBLISHED, "meta": meta or {}},
-                                                    indent=1, default=str))
+    write_atomic(out / "iou.json", strict_json({**result, "published_k0.7": PUBLISHED, "meta": meta or {}},
+                                               indent=1, default=str))
     write_atomic(out / "report.md", report_markdown(result, meta))
     return result
 
@@ -288,8 +288,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    masks, meta = load_layer_masks(args.masks)
+    masks, meta = load_masks(args.masks)
     out = Path(args.out) if args.out else Path(args.masks).with_name("analysis")
+    check_writable_folder(out, "out")
     result = write_analysis(masks, out, meta, meta.get("pivot", "en"), heatmaps=not args.no_heatmaps,
                             truncate=args.truncate)
     print(f"{'layer':<22} {'kept':>6} {'paper':>6} {'all':>6} {'en→x':>6} {'x→en':>6}")

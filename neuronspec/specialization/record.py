@@ -27,8 +27,9 @@ from typing import Iterable
 import torch
 from tqdm.auto import tqdm
 
+from neuronspec.atomic import check_writable_file
+from neuronspec.nmt.checkpoint import load_file, save_file
 from neuronspec.nmt.checkpoint import load_model as load_trained
-from neuronspec.ops import save_atomic
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,8 @@ def record(checkpoint: str | os.PathLike, data: str | os.PathLike, out: str | os
 
     if max_sentences is not None and (not isinstance(max_sentences, int) or max_sentences <= 0):
         raise ValueError(f"max_sentences: expected a positive int or None, got {max_sentences!r}")
+    if out is not None:  # before the counting, not after it
+        check_writable_file(out, "out")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     prep = PreparedData.load(data)
     model, state = load_model(checkpoint, device)
@@ -131,23 +134,20 @@ def record(checkpoint: str | os.PathLike, data: str | os.PathLike, out: str | os
         "model_config": dict(state["model_config"]), "pivot": prep.pivot,
     })
     if out is not None:
-        save_atomic(rec, out)
+        save_file(rec, out, "counts")
         log.info("saved counts of %d layers to %s", len(rec["counts"]), out)
     return rec
 
 
 def load_counts(path: str | os.PathLike) -> dict:
     """Load and check a counts file written by `record`."""
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"counts: no such file {os.fspath(path)!r}")
-    rec = torch.load(p, map_location="cpu", weights_only=True)
-    if not isinstance(rec, dict) or rec.get("format") != FORMAT:
+    rec = load_file(path, "counts")
+    if rec.get("format") != FORMAT or not isinstance(rec.get("counts"), dict):
         raise ValueError(f"counts: {os.fspath(path)!r} is not a neuronspec counts file")
     T = len(rec["directions"])
     for layer, c in rec["counts"].items():
-        if c.dtype != torch.int64 or c.dim() != 2 or c.shape[0] != T:
-            raise ValueError(f"counts: layer {layer!r} has {c.dtype} {tuple(c.shape)}, expected int64 [{T}, f]")
+        if not isinstance(c, torch.Tensor) or c.dtype != torch.int64 or c.dim() != 2 or c.shape[0] != T:
+            raise ValueError(f"counts: layer {layer!r} of {os.fspath(path)!r} is not an int64 [{T}, f] tensor")
     return rec
 
 

@@ -19,7 +19,9 @@ from pathlib import Path
 
 import torch
 
-from neuronspec.ops import TaskMasks, load_layer_masks, save_layer_masks
+from neuronspec.atomic import check_writable_file
+from neuronspec.nmt.checkpoint import load_masks, save_masks
+from neuronspec.ops import TaskMasks
 
 from .record import load_counts
 
@@ -168,17 +170,23 @@ def run(args) -> int:
     kopts = {name: getattr(args, name) for name in K_OPTIONS}
     if args.masks_like and not args.random:
         raise ValueError("--masks-like: only used with --random")
+    out = Path(args.out) if args.out else Path(args.counts).with_name("masks-random.pt" if args.random else "masks.pt")
+    check_writable_file(out, "out")
     if args.random and args.masks_like:
-        like, like_meta = load_layer_masks(args.masks_like)
+        like, like_meta = load_masks(args.masks_like)
+        for layer, m in like.items():
+            if list(m.names) != list(directions):
+                raise ValueError(f"--masks-like: {args.masks_like} layer {layer} has directions {list(m.names)[:4]}..., "
+                                 f"the counts' are {list(directions)[:4]}... ({len(directions)}); use masks selected "
+                                 "from these counts")
         source = {"masks_like": str(args.masks_like), "like_meta": like_meta}
     else:
         like = select_masks(rec["counts"], directions, args.k, pivot=pivot, **kopts)
         source = {"k": args.k, **{n: v for n, v in kopts.items() if v is not None}}
     masks = random_masks(like, args.seed) if args.random else like
-    out = Path(args.out) if args.out else Path(args.counts).with_name("masks-random.pt" if args.random else "masks.pt")
     meta = {"kind": "random" if args.random else "selected", "counts": str(args.counts), "directions": directions,
             "pivot": pivot, **source, **({"seed": args.seed} if args.random else {})}
-    save_layer_masks(masks, out, meta)
+    save_masks(masks, out, meta)
     print(format_kept(masks))
     total = sum(int(m.indices.numel()) * 4 + int(m.offsets.numel()) * 4 for m in masks.values())
     print(f"saved {len(masks)} layers × {len(directions)} directions to {out} ({total / 1024:.1f} KiB of indices)")

@@ -27,9 +27,9 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from neuronspec.nmt.checkpoint import load_checkpoint
+from neuronspec.nmt.checkpoint import load_checkpoint, load_masks
 from neuronspec.nmt.train import TRAIN_DEFAULTS, TrainConfig, train
-from neuronspec.ops import TaskMasks, load_layer_masks
+from neuronspec.ops import TaskMasks
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,13 @@ def continue_training(checkpoint: str | os.PathLike, out: str | os.PathLike,
     prep = (ck.get("data") or {}).get("prep")
     if masks is not None:
         if isinstance(masks, (str, os.PathLike)):
-            masks = load_layer_masks(masks)[0]
+            path, masks = masks, load_masks(masks)[0]
+            layers = [k[: -len(".fc1.weight")] for k in ck["model"] if k.endswith(".ffn.fc1.weight")]
+            missing = [n for n in layers if n not in masks]
+            if missing:  # --where restricts a whole model's masks; a file for fewer layers is a mistake
+                raise ValueError(f"masks: {os.fspath(path)} has no masks for {len(missing)} of the model's "
+                                 f"{len(layers)} FFN layers ({', '.join(missing[:3])}...); select them from this "
+                                 "model's counts")
         masks = restrict(masks, where)
         for layer, m in masks.items():
             if directions and list(m.names) != directions:
