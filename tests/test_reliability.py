@@ -341,3 +341,14 @@ def test_ctrl_c_outside_the_training_loop_is_one_line(run_files, tmp_path, monke
     assert main(["train", "--data", run_files["prep"], "--out", str(tmp_path / "r"), "--max-steps", "1"]) == 130
     err = capsys.readouterr().err
     assert err.strip() == "neuronspec train: interrupted (SIGINT)" and not (tmp_path / "r").exists()
+
+
+def test_report_json_is_strict(run_files, tmp_path):
+    from neuronspec.specialization.iou import write_analysis
+
+    def refuse(token):
+        raise ValueError(f"non-strict JSON token {token}")
+    masks, _ = load_masks(run_files["masks"])
+    write_analysis(masks, tmp_path, {"k": float("nan"), "note": [float("inf")]}, heatmaps=False)
+    meta = json.loads((tmp_path / "iou.json").read_text(), parse_constant=refuse)["meta"]
+    assert meta == {"k": None, "note": [None]}
