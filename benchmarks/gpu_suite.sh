@@ -11,7 +11,7 @@
 #                              to a scratch folder instead of the source tree (see README.md)
 #   NEURONSPEC_SUITE_BUDGET    total seconds (default 470: an 8-minute slot with margin; dry run 1200)
 #   NEURONSPEC_SUITE_SKIP      comma-separated steps to skip: info,build,tests,masked_ffn,counting,train_step,
-#                              masked_ffn_large
+#                              masked_ffn_large,masked_ffn_cuda_sm90 (the last one: sm_90 GPUs only)
 #   NEURONSPEC_CUDA_ARCH       passed to the build (default there: 80;90; "90" halves the build time)
 #   NEURONSPEC_WHEELS          folder holding the nvidia-cutlass wheel (CUTLASS headers, a build
 #                              requirement) for a GPU machine without a package index; only used
@@ -141,7 +141,10 @@ else                       # GPU sizes (bf16, N 8192): the bars of the issues fi
   # the paths it chooses between (torch: gather + cuBLAS / grouped_mm; maskmul), and triton
   LARGE=(--device cuda --shapes llm --tokens 8192 --p 0.25,0.5,1.0 --modes fwd+bwd --tasks 1,8
          --providers dense,auto,torch,maskmul,triton,cuda --repeats 6 --warmup 2)
-  LIMITS=(15 90 100 130 40 75 75)
+  # the cuda backend's sm_90a kernels (opt-in: compile-checked only so far)
+  SM90=(--device cuda --shapes big,llm --tokens 8192 --p 0.25,0.5 --modes fwd+bwd --tasks 1,8
+        --providers dense,torch,cuda --repeats 6 --warmup 2)
+  LIMITS=(15 90 100 130 40 75 75 60)
   # the CUTLASS kernels for this GPU's architecture only (H200: sm_90), half the compile time
   export NEURONSPEC_CUDA_ARCH="${NEURONSPEC_CUDA_ARCH:-$("$PY" -c "import torch; p = torch.cuda.get_device_capability(); print(f'{p[0]}{p[1]}')" 2>/dev/null || echo 90)}"
 fi
@@ -156,5 +159,10 @@ step masked_ffn "${LIMITS[3]}" "$PY" benchmarks/bench_masked_ffn.py "${MASKED[@]
 step counting "${LIMITS[4]}" "$PY" benchmarks/bench_counting.py "${COUNT[@]}" --out "$OUTDIR"
 step train_step "${LIMITS[5]}" "$PY" benchmarks/bench_train_step.py "${TRAIN[@]}" --out "$OUTDIR"
 step masked_ffn_large "${LIMITS[6]}" "$PY" benchmarks/bench_masked_ffn.py "${LARGE[@]}" --out "$OUTDIR/large"
+# the cuda backend's opt-in sm_90a CUTLASS 3 kernels (NEURONSPEC_CUDA_GEMM=sm90) on Hopper, vs dense and torch
+if [ "$DRY" != "1" ] && "$PY" -c "import sys, torch; sys.exit(torch.cuda.get_device_capability() != (9, 0))" 2>/dev/null; then
+  step masked_ffn_cuda_sm90 "${LIMITS[7]}" env NEURONSPEC_CUDA_GEMM=sm90 "$PY" benchmarks/bench_masked_ffn.py "${SM90[@]}" \
+    --out "$OUTDIR/cuda_sm90"
+fi
 log "done in $(( $(date +%s) - START ))s; failed:${FAILED:- none}"
 [ -z "$FAILED" ]  # exit status 1 when a step failed (all steps ran regardless)

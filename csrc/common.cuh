@@ -51,8 +51,9 @@ template <int ACT> __device__ __forceinline__ float act_grad_fn(float z) {
 // once per process). Throws std::runtime_error "neuronspec._cuda: no CUDA device: ..." when
 // the runtime finds none, std::invalid_argument for an ordinal out of range.
 void prepare_device(int device);
-// The device's multiprocessor count (read once per device).
+// The device's multiprocessor count and compute capability (10 * major + minor), read once per device.
 int sm_count(int device);
+int compute_capability(int device);
 // Throws std::runtime_error naming `kernel` if its launch failed.
 void check_launch(const char* kernel);
 // Throws std::invalid_argument "<fn>: dtype code must be 1 (float16) or 2 (bfloat16), got ..."

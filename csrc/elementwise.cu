@@ -1,6 +1,7 @@
 // Memory-bound helpers around the CUTLASS GEMMs (see ops.h for the exact contracts): the
-// row gather that builds padded token buffers and per-task weight tables, the activation
-// (forward) and act'/act (backward) passes over the packed Z, and the per-task activation count.
+// row gather that builds padded token buffers and per-task weight tables, the scatter back to
+// token order (+ fc2's per-task bias), the activation (forward) and act'/act (backward) passes
+// over the packed Z, and the per-task activation count.
 #include "common.cuh"
 #include "ops.h"
 
@@ -18,22 +19,29 @@ inline unsigned blocks_for(i64 numel) {
 
 template <typename T>
 __global__ void gather_kernel(const T* src, i64 ld_src, int src_cols, const i64* idx, i64 n_rows, T* dst,
-                              i64 ld_dst, int ones_col) {
+                              i64 ld_dst, int extra_col, const T* extra) {
   const i64 numel = n_rows * ld_dst;
   for (i64 e = blockIdx.x * (i64)blockDim.x + threadIdx.x; e < numel; e += (i64)gridDim.x * blockDim.x) {
     const i64 i = e / ld_dst;
     const int j = static_cast<int>(e - i * ld_dst);
     const i64 r = idx ? idx[i] : i;
-    float v = 0.f;
-    if (j < src_cols) {
-      if (r >= 0) {
-        dst[e] = src[r * ld_src + j];
-        continue;
-      }
-    } else if (j == ones_col) {
-      v = 1.f;
-    }
-    dst[e] = from_f<T>(v);
+    T v = from_f<T>(0.f);
+    if (r >= 0 && j < src_cols) v = src[r * ld_src + j];
+    else if (r >= 0 && j == extra_col) v = extra ? extra[r] : from_f<T>(1.f);
+    dst[e] = v;
+  }
+}
+
+template <typename T>
+__global__ void scatter_kernel(const T* src, i64 ld_src, i64 n_rows, int n_cols, const float* bias, i64 ld_bias,
+                               const i64* row_problem, const i64* rows, T* dst, i64 ld_dst) {
+  const i64 numel = n_rows * n_cols;
+  for (i64 e = blockIdx.x * (i64)blockDim.x + threadIdx.x; e < numel; e += (i64)gridDim.x * blockDim.x) {
+    const i64 r = e / n_cols;
+    const int c = static_cast<int>(e - r * n_cols);
+    float v = to_f<T>(src[r * ld_src + c]);
+    if (bias) v += bias[(row_problem ? row_problem[r] : 0) * ld_bias + c];
+    dst[(rows ? rows[r] : r) * ld_dst + c] = from_f<T>(v);
   }
 }
 
@@ -91,21 +99,43 @@ __global__ void count_kernel(const T* z, i64 ldz, i64 n_rows, int n_cols, const 
 }  // namespace
 
 void gather_rows(int dtype, int device, ptr stream, ptr src, i64 ld_src, int src_cols, ptr idx, i64 n_rows,
-                 ptr dst, i64 ld_dst, int ones_col) {
+                 ptr dst, i64 ld_dst, int extra_col, ptr extra) {
   prepare_device(device);  // first: without a device every call says so
   check_dtype("gather_rows", dtype);
   if (src_cols > ld_dst) throw std::invalid_argument("gather_rows: src_cols must be <= ld_dst");
+  if (extra_col >= 0 && (extra_col < src_cols || extra_col >= ld_dst))
+    throw std::invalid_argument("gather_rows: extra_col must lie in [src_cols, ld_dst) or be -1");
   if (n_rows <= 0 || ld_dst <= 0) return;
   const unsigned grid = blocks_for(n_rows * ld_dst);
   cudaStream_t st = as_stream(stream);
   if (dtype == F16)
     gather_kernel<__half><<<grid, kThreads, 0, st>>>(as_ptr<const __half>(src), ld_src, src_cols, as_ptr<const i64>(idx),
-                                                     n_rows, as_ptr<__half>(dst), ld_dst, ones_col);
+                                                     n_rows, as_ptr<__half>(dst), ld_dst, extra_col,
+                                                     as_ptr<const __half>(extra));
   else
     gather_kernel<__nv_bfloat16><<<grid, kThreads, 0, st>>>(as_ptr<const __nv_bfloat16>(src), ld_src, src_cols,
-                                                            as_ptr<const i64>(idx), n_rows,
-                                                            as_ptr<__nv_bfloat16>(dst), ld_dst, ones_col);
+                                                            as_ptr<const i64>(idx), n_rows, as_ptr<__nv_bfloat16>(dst),
+                                                            ld_dst, extra_col, as_ptr<const __nv_bfloat16>(extra));
   check_launch("gather_rows");
+}
+
+void scatter_rows(int dtype, int device, ptr stream, ptr src, i64 ld_src, i64 n_rows, int n_cols, ptr bias,
+                  i64 ld_bias, ptr row_problem, ptr rows, ptr dst, i64 ld_dst) {
+  prepare_device(device);  // first: without a device every call says so
+  check_dtype("scatter_rows", dtype);
+  if (n_cols > ld_src || n_cols > ld_dst) throw std::invalid_argument("scatter_rows: n_cols must be <= ld_src and ld_dst");
+  if (n_rows <= 0 || n_cols <= 0) return;
+  const unsigned grid = blocks_for(n_rows * n_cols);
+  cudaStream_t st = as_stream(stream);
+  if (dtype == F16)
+    scatter_kernel<__half><<<grid, kThreads, 0, st>>>(as_ptr<const __half>(src), ld_src, n_rows, n_cols,
+                                                      as_ptr<const float>(bias), ld_bias, as_ptr<const i64>(row_problem),
+                                                      as_ptr<const i64>(rows), as_ptr<__half>(dst), ld_dst);
+  else
+    scatter_kernel<__nv_bfloat16><<<grid, kThreads, 0, st>>>(
+        as_ptr<const __nv_bfloat16>(src), ld_src, n_rows, n_cols, as_ptr<const float>(bias), ld_bias,
+        as_ptr<const i64>(row_problem), as_ptr<const i64>(rows), as_ptr<__nv_bfloat16>(dst), ld_dst);
+  check_launch("scatter_rows");
 }
 
 void act_forward(int dtype, int act, int device, ptr stream, ptr z, ptr h, i64 numel) {

@@ -8,11 +8,11 @@ using Fp16 = GroupedKernel<cutlass::half_t, cutlass::layout::ColumnMajor, cutlas
 using Bf16 = GroupedKernel<cutlass::bfloat16_t, cutlass::layout::ColumnMajor, cutlass::layout::RowMajor, float>;
 }  // namespace
 
-void launch_tn(int dtype, int device, cudaStream_t stream, char* ws, int num_problems, float beta) {
+void launch_tn(int dtype, int device, cudaStream_t stream, char* ws, int num_problems) {
   if (dtype == F16)
-    launch_grouped<Fp16>("grouped_gemm(tn, fp16)", device, stream, ws, num_problems, beta);
+    launch_grouped<Fp16>("grouped_gemm(tn, fp16)", device, stream, ws, num_problems);
   else
-    launch_grouped<Bf16>("grouped_gemm(tn, bf16)", device, stream, ws, num_problems, beta);
+    launch_grouped<Bf16>("grouped_gemm(tn, bf16)", device, stream, ws, num_problems);
 }
 
 }  // namespace ns

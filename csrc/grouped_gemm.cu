@@ -1,6 +1,7 @@
 // grouped_gemm (ops.h): validates the arguments, writes the P problems' sizes, pointers and
 // leading dimensions into the workspace with one small kernel (from the device-side group
-// bounds: no host sync, no host copy), then launches the op's CUTLASS grouped GEMM.
+// bounds: no host sync, no host copy), then launches the op's CUTLASS grouped GEMM: the sm80
+// CUTLASS 2.x kernel (gemm_{nt,nn,tn}.cu) or the sm_90a CUTLASS 3 one (sm90_{nt,nn,tn}.cu).
 #include "grouped_gemm.cuh"
 
 namespace ns {
@@ -17,11 +18,10 @@ struct SetupParams {
   i64 lda;
   const char* b;
   i64 ldb;
-  const char* c;  // nullptr: no C term
-  i64 c_koff_scale, c_stride;
   char* d;
   i64 ldd;
-  int es_ab, es_d;  // element sizes (bytes) of A/B and of C/D
+  int es_ab, es_d;  // element sizes (bytes) of A/B and of D
+  bool skip_empty_k;  // K = 0 problems get M = 0 (the caller zero-filled D): the sm_90a kernels
   char* ws;
 };
 
@@ -45,16 +45,18 @@ __global__ void setup_kernel(SetupParams q) {
       M = kw, N = q.ncols, K = m;
       A = q.a + s * q.lda * q.es_ab, B = q.b + s * q.ldb * q.es_ab, D = q.d + ko * q.ldd * q.es_d;
     }
-    const char* C = q.c ? q.c + (ko * q.c_koff_scale + p * q.c_stride) * q.es_d : D;
+    // CUTLASS 3's mainloop leaves the accumulators unset when a tile has no K step, so on the
+    // sm_90a path a problem without K steps computes nothing and D keeps the caller's zeros.
+    if (q.skip_empty_k && K == 0) M = 0;
     int* size = reinterpret_cast<int*>(q.ws + w.sizes) + 3 * p;
     size[0] = M, size[1] = N, size[2] = K;
     reinterpret_cast<const void**>(q.ws + w.ptr_a)[p] = A;
     reinterpret_cast<const void**>(q.ws + w.ptr_b)[p] = B;
-    reinterpret_cast<const void**>(q.ws + w.ptr_c)[p] = C;
+    reinterpret_cast<const void**>(q.ws + w.ptr_c)[p] = D;  // C = D, never read (beta = 0)
     reinterpret_cast<void**>(q.ws + w.ptr_d)[p] = D;
     reinterpret_cast<i64*>(q.ws + w.ld_a)[p] = q.lda;
     reinterpret_cast<i64*>(q.ws + w.ld_b)[p] = q.ldb;
-    reinterpret_cast<i64*>(q.ws + w.ld_c)[p] = q.c ? 0 : q.ldd;  // 0: C is one broadcast row
+    reinterpret_cast<i64*>(q.ws + w.ld_c)[p] = q.ldd;
     reinterpret_cast<i64*>(q.ws + w.ld_d)[p] = q.ldd;
   }
 }
@@ -72,10 +74,23 @@ i64 workspace_bytes(int num_problems) {
   return WorkspaceLayout(num_problems).total;
 }
 
-void grouped_gemm(int op, int dtype, int device, ptr stream, ptr workspace, int num_problems, ptr starts, int n,
-                  ptr koff, ptr kw, int kdim, int ncols, ptr a, i64 lda, ptr b, i64 ldb, ptr c, i64 c_koff_scale,
-                  i64 c_stride, ptr d, i64 ldd) {
+bool has_sm90() {
+#ifdef NEURONSPEC_HAS_SM90
+  return true;
+#else
+  return false;
+#endif
+}
+
+void grouped_gemm(int kernel, int op, int dtype, int device, ptr stream, ptr workspace, int num_problems, ptr starts,
+                  int n, ptr koff, ptr kw, int kdim, int ncols, ptr a, i64 lda, ptr b, i64 ldb, ptr d, i64 ldd) {
   prepare_device(device);  // first: without a device every call says so
+  require(kernel == 0 || kernel == 1, "kernel must be 0 (sm80) or 1 (sm90), got " + std::to_string(kernel));
+  require(kernel == 0 || has_sm90(), "kernel 1: this module was built without the sm_90a kernels "
+                                     "(NEURONSPEC_CUDA_ARCH without 90)");
+  require(kernel == 0 || compute_capability(device) == 90,
+          "kernel 1: the sm_90a kernels run on sm_90 devices only, device " + std::to_string(device) + " is sm_" +
+              std::to_string(compute_capability(device)));
   require(op == OP_NT || op == OP_NN || op == OP_TN, "op must be 0 (nt), 1 (nn) or 2 (tn), got " + std::to_string(op));
   check_dtype("grouped_gemm", dtype);
   require(num_problems >= 0, "num_problems must be >= 0");
@@ -87,25 +102,30 @@ void grouped_gemm(int op, int dtype, int device, ptr stream, ptr workspace, int 
   for (const auto& [name, p] : {std::pair<const char*, ptr>{"a", a}, {"b", b}, {"d", d}, {"workspace", workspace}})
     require(p != 0 && aligned16(p), std::string(name) + " must be a non-null 16-byte aligned pointer");
   require(koff != 0 && kw != 0, "koff and kw must be device pointers");
-  require(c == 0 || aligned16(c), "c must be 16-byte aligned (or 0)");
-  require(op != OP_TN || c == 0, "op tn takes no c");
   if (num_problems == 0) return;
 
   SetupParams q{};
   q.op = op, q.num_problems = num_problems, q.starts = as_ptr<const int>(starts), q.n = n;
   q.koff = as_ptr<const int>(koff), q.kw = as_ptr<const int>(kw), q.kdim = kdim, q.ncols = ncols;
   q.a = as_ptr<const char>(a), q.lda = lda, q.b = as_ptr<const char>(b), q.ldb = ldb;
-  q.c = as_ptr<const char>(c), q.c_koff_scale = c_koff_scale, q.c_stride = c_stride;
   q.d = as_ptr<char>(d), q.ldd = ldd;
   q.es_ab = 2, q.es_d = op == OP_TN ? 4 : 2;
+  q.skip_empty_k = kernel == 1;
   q.ws = as_ptr<char>(workspace);
   cudaStream_t st = as_stream(stream);
   setup_kernel<<<ceil_div(num_problems, 128), 128, 0, st>>>(q);
   check_launch("grouped_gemm setup");
-  const float beta = c ? 1.f : 0.f;
-  if (op == OP_NT) launch_nt(dtype, device, st, q.ws, num_problems, beta);
-  else if (op == OP_NN) launch_nn(dtype, device, st, q.ws, num_problems, beta);
-  else launch_tn(dtype, device, st, q.ws, num_problems, beta);
+#ifdef NEURONSPEC_HAS_SM90
+  if (kernel == 1) {
+    if (op == OP_NT) sm90_nt(dtype, device, st, q.ws, num_problems);
+    else if (op == OP_NN) sm90_nn(dtype, device, st, q.ws, num_problems);
+    else sm90_tn(dtype, device, st, q.ws, num_problems);
+    return;
+  }
+#endif
+  if (op == OP_NT) launch_nt(dtype, device, st, q.ws, num_problems);
+  else if (op == OP_NN) launch_nn(dtype, device, st, q.ws, num_problems);
+  else launch_tn(dtype, device, st, q.ws, num_problems);
 }
 
 }  // namespace ns

@@ -1,6 +1,6 @@
 // CUTLASS grouped GEMMs of the cuda backend (contract: ops.h, "grouped GEMMs").
 //
-// Every GEMM of the masked FFN is one launch of CUTLASS 2.x `GemmGrouped` (kernel built by
+// sm80 path: every GEMM of the masked FFN is one launch of CUTLASS 2.x `GemmGrouped` (kernel built by
 // `DefaultGemmGrouped`, sm80 tensor-core mainloop: cp.async multistage pipeline, mma.sync
 // 16x8x16, fp32 accumulation; the same SASS-compiled kernel runs on sm_90) with
 // `GroupScheduleMode::kDeviceOnly`: the problem sizes, operand pointers and leading dimensions
@@ -24,7 +24,9 @@ namespace ns {
 
 enum GemmOp : int { OP_NT = 0, OP_NN = 1, OP_TN = 2 };
 
-// Where setup_kernel writes the per-problem arguments (offsets inside the workspace).
+// Where setup_kernel writes the per-problem arguments (offsets inside the workspace). The sm_90a
+// kernels read the same arrays: problem shapes (3 ints), pointers, and the leading dimensions as
+// their cute strides (one int64 each: the other modes are static; sm90_gemm.cuh asserts it).
 struct WorkspaceLayout {
   i64 sizes, ptr_a, ptr_b, ptr_c, ptr_d, ld_a, ld_b, ld_c, ld_d, total;
   __host__ __device__ explicit WorkspaceLayout(int p) {
@@ -50,10 +52,10 @@ using GroupedKernel = typename cutlass::gemm::kernel::DefaultGemmGrouped<
     cutlass::gemm::SharedMemoryClearOption::kZfill>::GemmKernel;
 
 // Launches kernel K over the P problems described in `ws` (written by setup_kernel earlier on
-// the same stream). beta = 1 adds the C rows, 0 ignores C. The grid is persistent: as many
+// the same stream), D = A B (beta = 0: C is never read). The grid is persistent: as many
 // blocks as fit on the device at once (occupancy read once per device), each walking tiles.
 template <typename K>
-void launch_grouped(const char* name, int device, cudaStream_t stream, char* ws, int num_problems, float beta) {
+void launch_grouped(const char* name, int device, cudaStream_t stream, char* ws, int num_problems) {
   constexpr int kMaxDevices = 64;
   static int blocks_per_sm[kMaxDevices] = {};  // 0: not set up on that device yet
   const int smem = static_cast<int>(sizeof(typename K::SharedStorage));
@@ -79,7 +81,7 @@ void launch_grouped(const char* name, int device, cudaStream_t stream, char* ws,
   using EC = typename K::ElementC;
   typename K::Arguments args(
       reinterpret_cast<cutlass::gemm::GemmCoord*>(ws + w.sizes), num_problems, grid,
-      typename K::EpilogueOutputOp::Params(1.f, beta), reinterpret_cast<EA**>(ws + w.ptr_a),
+      typename K::EpilogueOutputOp::Params(1.f, 0.f), reinterpret_cast<EA**>(ws + w.ptr_a),
       reinterpret_cast<EB**>(ws + w.ptr_b), reinterpret_cast<EC**>(ws + w.ptr_c), reinterpret_cast<EC**>(ws + w.ptr_d),
       reinterpret_cast<int64_t*>(ws + w.ld_a), reinterpret_cast<int64_t*>(ws + w.ld_b),
       reinterpret_cast<int64_t*>(ws + w.ld_c), reinterpret_cast<int64_t*>(ws + w.ld_d));
@@ -88,9 +90,13 @@ void launch_grouped(const char* name, int device, cudaStream_t stream, char* ws,
   check_launch(name);
 }
 
-// The three ops per dtype (dtype checked by the caller), instantiated in gemm_<op>.cu.
-void launch_nt(int dtype, int device, cudaStream_t stream, char* ws, int num_problems, float beta);
-void launch_nn(int dtype, int device, cudaStream_t stream, char* ws, int num_problems, float beta);
-void launch_tn(int dtype, int device, cudaStream_t stream, char* ws, int num_problems, float beta);
+// The three ops per dtype (dtype checked by the caller), instantiated in gemm_<op>.cu (sm80)
+// and sm90_<op>.cu (sm_90a, only with NEURONSPEC_HAS_SM90).
+void launch_nt(int dtype, int device, cudaStream_t stream, char* ws, int num_problems);
+void launch_nn(int dtype, int device, cudaStream_t stream, char* ws, int num_problems);
+void launch_tn(int dtype, int device, cudaStream_t stream, char* ws, int num_problems);
+void sm90_nt(int dtype, int device, cudaStream_t stream, char* ws, int num_problems);
+void sm90_nn(int dtype, int device, cudaStream_t stream, char* ws, int num_problems);
+void sm90_tn(int dtype, int device, cudaStream_t stream, char* ws, int num_problems);
 
 }  // namespace ns

@@ -21,31 +21,37 @@ using i64 = long long;
 int device_count();            // throws when the runtime reports no usable device
 std::string cutlass_version();  // "major.minor.patch" of the CUTLASS headers compiled in
 
-// ---- grouped GEMMs (grouped_gemm.cu) ---------------------------------------------------
+// ---- grouped GEMMs (grouped_gemm.cu, gemm_*.cu) ----------------------------------------
 // One launch computes P problems, p = 0..P-1. Problem p owns the rows r ∈ [s_p, e_p) of the
 // row-grouped token buffers (starts int32 [P+1]: s_p = starts[p], e_p = starts[p+1]; starts 0:
 // s = 0, e = n) and the rows koff[p] .. koff[p] + kw[p] of the per-task weight tables (int32
-// [P] each, kw[p] a multiple of 8). m_p = e_p - s_p. Per op (T = dtype, f32 = float):
-//   op 0 "nt":  D[s+i, j] = Σ_k A[s+i, k] B[koff+j, k] + C_p[j]     (m_p x kw[p], K = kdim)
-//               fc1 (A = X, B = W1 table, C = b1 table) and dH (A = dY, B = W2ᵀ table, no C)
-//   op 1 "nn":  D[s+i, c] = Σ_k A[s+i, k] B[koff+k, c] + C_p[c]     (m_p x ncols, K = kw[p])
-//               fc2 (A = H packed, B = W2ᵀ table, C = bias row p) and dX (A = dZ, B = W1 table)
-//   op 2 "tn":  D[koff+j, c] = Σ_i A[s+i, j] B[s+i, c]              (kw[p] x ncols, K = m_p), D f32
-//               dW1 (A = dZ, B = X) and dW2ᵀ (A = H, B = dY) of the task's table rows
-// C_p = c + koff[p] * c_koff_scale + p * c_stride (elements of T, read as a broadcast row); c = 0:
-// no C term. workspace: device memory of workspace_bytes(P) bytes (problem sizes, pointers and
-// leading dimensions are written there by a setup kernel on the stream: no host copy).
+// [P] each, kw[p] a multiple of 8). m_p = e_p - s_p. Per op (T = dtype, fp32 accumulation):
+//   op 0 "nt":  D[s+i, j] = Σ_k A[s+i, k] B[koff+j, k]     (m_p x kw[p], K = kdim), D T
+//               fc1 (A = [X | 1], B = [W1 | b1] table) and dH (A = dY, B = W2ᵀ table)
+//   op 1 "nn":  D[s+i, c] = Σ_k A[s+i, k] B[koff+k, c]     (m_p x ncols, K = kw[p]), D T
+//               fc2 (A = H packed, B = W2ᵀ table) and dX (A = dZ packed, B = W1 table)
+//   op 2 "tn":  D[koff+j, c] = Σ_i A[s+i, j] B[s+i, c]     (kw[p] x ncols, K = m_p), D fp32
+//               dW1 | db1 (A = dZ, B = [X | 1]) and dW2ᵀ (A = H, B = dY) of the task's table rows
+// kernel 0: the sm80 CUTLASS 2.x kernels (any sm_80+ device); 1: the sm_90a CUTLASS 3 kernels
+// (only when has_sm90() and the device is sm_90), which skip problems with K = 0: the caller
+// zero-fills D of ops nn and tn for them. workspace: device memory of
+// workspace_bytes(P) bytes; a setup kernel writes problem sizes, pointers and strides there
+// from the device-side bounds (no host copy, no sync).
 i64 workspace_bytes(int num_problems);
-void grouped_gemm(int op, int dtype, int device, ptr stream, ptr workspace, int num_problems, ptr starts, int n,
-                  ptr koff, ptr kw, int kdim, int ncols, ptr a, i64 lda, ptr b, i64 ldb, ptr c, i64 c_koff_scale,
-                  i64 c_stride, ptr d, i64 ldd);
+bool has_sm90();  // the module holds the sm_90a kernels (built for architecture 90 or 90a)
+void grouped_gemm(int kernel, int op, int dtype, int device, ptr stream, ptr workspace, int num_problems, ptr starts,
+                  int n, ptr koff, ptr kw, int kdim, int ncols, ptr a, i64 lda, ptr b, i64 ldb, ptr d, i64 ldd);
 
 // ---- elementwise kernels (elementwise.cu) ----------------------------------------------
-// dst[i, j] = src[idx[i], j] (j < src_cols; idx 0: row i; idx[i] < 0: a zero row), 1 where
-// j == ones_col, else 0, for i < n_rows, j < ld_dst (int64 idx). Builds the padded token buffers
-// and the per-task weight tables.
+// dst[i, j] = src[idx[i], j] for j < src_cols (idx 0: row i; idx[i] < 0: a zero row);
+// dst[i, extra_col] = extra[idx[i]] (extra 0: 1; a zero row: 0); every other j < ld_dst: 0
+// (int64 idx; extra_col -1: none). Builds [X | 1 | 0] token buffers and [W1 | b1 | 0] tables.
 void gather_rows(int dtype, int device, ptr stream, ptr src, i64 ld_src, int src_cols, ptr idx, i64 n_rows,
-                 ptr dst, i64 ld_dst, int ones_col);
+                 ptr dst, i64 ld_dst, int extra_col, ptr extra);
+// dst[rows[r], c] = src[r, c] + bias[p(r), c] for r < n_rows, c < n_cols (rows 0: r; bias fp32
+// [P, ld_bias] or 0; p(r) = row_problem[r] (int64) or 0): un-grouping with fc2's per-task bias.
+void scatter_rows(int dtype, int device, ptr stream, ptr src, i64 ld_src, i64 n_rows, int n_cols, ptr bias,
+                  i64 ld_bias, ptr row_problem, ptr rows, ptr dst, i64 ld_dst);
 // h[e] = act(z[e]) for e < numel.
 void act_forward(int dtype, int act, int device, ptr stream, ptr z, ptr h, i64 numel);
 // g[e] <- g[e] * act'(z[e]) (dZ from dH, in place) and h[e] = act(z[e]) for e < numel.

@@ -14,6 +14,18 @@ std::once_flag count_once;
 int cached_count = -1;
 cudaError_t count_error = cudaSuccess;
 int cached_sms[kMaxDevices] = {};  // 0: not read yet
+int cached_cc[kMaxDevices] = {};
+
+int read_attribute(cudaDeviceAttr attr, int device, const char* what) {
+  int v = 0;
+  const cudaError_t e = cudaDeviceGetAttribute(&v, attr, device);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    throw std::runtime_error(std::string("neuronspec._cuda: cannot read the ") + what + " of device " +
+                             std::to_string(device) + ": " + cudaGetErrorString(e));
+  }
+  return v;
+}
 }  // namespace
 
 int device_count() {
@@ -46,17 +58,15 @@ void prepare_device(int device) {
 }
 
 int sm_count(int device) {
-  if (cached_sms[device] == 0) {
-    int sms = 0;
-    const cudaError_t e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-    if (e != cudaSuccess || sms <= 0) {
-      cudaGetLastError();
-      throw std::runtime_error("neuronspec._cuda: cannot read the multiprocessor count of device " +
-                               std::to_string(device));
-    }
-    cached_sms[device] = sms;
-  }
+  if (cached_sms[device] == 0) cached_sms[device] = read_attribute(cudaDevAttrMultiProcessorCount, device, "multiprocessor count");
   return cached_sms[device];
+}
+
+int compute_capability(int device) {
+  if (cached_cc[device] == 0)
+    cached_cc[device] = 10 * read_attribute(cudaDevAttrComputeCapabilityMajor, device, "compute capability") +
+                        read_attribute(cudaDevAttrComputeCapabilityMinor, device, "compute capability");
+  return cached_cc[device];
 }
 
 void check_launch(const char* kernel) {

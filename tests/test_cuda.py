@@ -40,8 +40,8 @@ def assert_close(name, got, want, tol):
 
 
 # ---- build, import, device errors -----------------------------------------------------------
-LAUNCHERS = ("device_count", "cutlass_version", "workspace_bytes", "grouped_gemm", "gather_rows", "act_forward",
-             "act_backward", "count_act")
+LAUNCHERS = ("device_count", "cutlass_version", "workspace_bytes", "has_sm90", "grouped_gemm", "gather_rows",
+             "scatter_rows", "act_forward", "act_backward", "count_act")
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH: the module is not built")
@@ -49,6 +49,7 @@ def test_module_imports_when_nvcc_exists():
     mod = importlib.import_module("neuronspec._cuda")
     for fn in LAUNCHERS:
         assert callable(getattr(mod, fn)), fn
+    assert isinstance(mod.has_sm90(), bool)  # True when built for architecture 90 (the default 80;90)
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH: the module is not built")
@@ -59,6 +60,16 @@ def test_module_is_built_against_cutlass_from_the_wheel():
     assert version.count(".") == 2 and all(p.isdigit() for p in version.split(".")), version
     req = next(line for line in open(Path(__file__).parents[1] / "pyproject.toml") if "requires" in line)
     assert f'"nvidia-cutlass=={version}.0"' in req, (version, req)
+
+
+def test_gemm_kernel_choice(monkeypatch):
+    monkeypatch.setattr(cb, "_GEMM_KERNEL", {})
+    dev = torch.device("cuda", 0)
+    monkeypatch.delenv(cb.GEMM_ENV, raising=False)
+    assert cb.gemm_kernel(dev) == 0  # the sm80 kernels unless asked otherwise
+    monkeypatch.setenv(cb.GEMM_ENV, "sm70")
+    with pytest.raises(ValueError, match=r"^NEURONSPEC_CUDA_GEMM: expected 'sm80' or 'sm90', got 'sm70'"):
+        cb.gemm_kernel(dev)
 
 
 @needs_module
@@ -78,8 +89,8 @@ def test_call_without_device_raises_clear_error():
         mod.device_count()
     # a launcher checks the device before touching any pointer
     with pytest.raises(RuntimeError, match=r"^neuronspec\._cuda: no CUDA device: "):
-        mod.grouped_gemm(op=0, dtype=2, device=0, stream=0, workspace=0, num_problems=1, starts=0, n=8, koff=0,
-                         kw=0, kdim=8, ncols=0, a=0, lda=8, b=0, ldb=8, c=0, c_koff_scale=0, c_stride=0, d=0, ldd=8)
+        mod.grouped_gemm(kernel=0, op=0, dtype=2, device=0, stream=0, workspace=0, num_problems=1, starts=0, n=8,
+                         koff=0, kw=0, kdim=8, ncols=0, a=0, lda=8, b=0, ldb=8, d=0, ldd=8)
     with pytest.raises(RuntimeError, match=r"^neuronspec\._cuda: no CUDA device: "):
         mod.count_act(dtype=2, act=1, device=0, stream=0, z=0, ldz=8, n_rows=1, n_cols=8, rows=0, row_task=0,
                       task=0, valid=0, h=0, ldh=8, counts=0, ldc=8)
@@ -183,25 +194,33 @@ class EmulatedKernels:
     def __init__(self):
         self.calls = []
 
-    def gather(self, src, idx, dst, ones_col=-1):
+    def gather(self, src, idx, dst, extra_col=-1, extra=None):
         self.calls.append("gather")
-        assert src.shape[1] <= dst.shape[1] and (ones_col < 0 or ones_col >= src.shape[1])
+        assert src.shape[1] <= dst.shape[1] and (extra_col < 0 or src.shape[1] <= extra_col < dst.shape[1])
         rows = torch.arange(dst.shape[0]) if idx is None else idx
         assert rows.numel() == dst.shape[0]
         dst.zero_()
         ok = rows >= 0
         dst[ok, : src.shape[1]] = src[rows[ok]]
-        if ones_col >= 0:
-            dst[:, ones_col] = 1
+        if extra_col >= 0:
+            dst[ok, extra_col] = 1 if extra is None else extra[rows[ok]]
 
-    def gemm(self, op, layout, starts, n, a, b, d, c=None, c_koff_scale=0, c_stride=0):
+    def scatter(self, src, bias, row_problem, rows, dst):
+        self.calls.append("scatter")
+        n, c = src.shape[0], dst.shape[1]
+        v = src[:, :c].float()
+        if bias is not None:
+            assert bias.dtype == torch.float32 and bias.stride(1) == 1
+            v = v + bias[torch.zeros(n, dtype=torch.long) if row_problem is None else row_problem, :c]
+        dst[torch.arange(n) if rows is None else rows] = v.to(dst.dtype)
+
+    def gemm(self, op, layout, starts, n, a, b, d):
         self.calls.append(("nt", "nn", "tn")[op])
         for t in (a, b, d):
             assert t.stride(1) == 1 and t.stride(0) % 8 == 0, (op, t.shape, t.stride())
-        assert d.dtype == (torch.float32 if op == cb.OP_TN else a.dtype) and (c is None or op != cb.OP_TN)
+        assert d.dtype == (torch.float32 if op == cb.OP_TN else a.dtype)
         kdim, ncols = a.shape[1], d.shape[1]
         assert kdim % 8 == 0 and ncols % 8 == 0
-        c_flat = None if c is None else c.reshape(-1)
         for p in range(layout.num_problems):
             s, e = (int(starts[p]), int(starts[p + 1])) if starts is not None else (0, n)
             ko, w = int(layout.koff[p]), int(layout.kw[p])
@@ -213,9 +232,6 @@ class EmulatedKernels:
                 acc, out = a[s:e, :w].float() @ b[ko : ko + w, :ncols].float(), d[s:e]
             else:
                 acc, out = a[s:e, :w].float().t() @ b[s:e, :ncols].float(), d[ko : ko + w]
-            if c_flat is not None:
-                c0 = ko * c_koff_scale + p * c_stride
-                acc = acc + c_flat[c0 : c0 + acc.shape[1]].float()
             out.copy_(acc.to(d.dtype))
 
     def act_forward(self, z, h, activation):
@@ -286,8 +302,8 @@ def test_backend_logic_matches_reference_on_cpu(activation, mask_bias, homogeneo
     for name, g, gr, t in zip(NAMES, got, g_ref, tensors):
         assert g.dtype == t.dtype and g.shape == t.shape and g.is_contiguous()
         assert_close(f"d{name}", g, gr, 2e-5)
-    assert calls == ["gather"] * 3 + ["nt", "act", "gather", "nn"] + ["gather"] * 2 + ["nt", "act_bwd", "gather", "nn",
-                                                                                       "gather", "tn", "tn"]
+    assert calls == ["gather"] * 2 + ["nt", "act", "gather", "nn", "scatter"] + ["gather"] * 2 + [
+        "nt", "act_bwd", "gather", "gather", "nn", "scatter", "tn", "tn"]
 
 
 def test_backend_logic_bf16_and_empty_inputs_on_cpu(nan_buffers):
@@ -396,6 +412,22 @@ TOL = {torch.bfloat16: 3e-2, torch.float16: 1e-2}
 GPU_SHAPE = (1000, 256, 1000, 200)  # n, d, f, d_out: several tiles, none a multiple of 64
 
 
+def gemm_kernels():
+    """The GEMM kernel sets to test: sm80 always, sm90 where the module and the GPU have it."""
+    mod = cb._load()
+    sm90 = mod is not None and torch.cuda.is_available() and mod.has_sm90() and torch.cuda.get_device_capability() == (9, 0)
+    return ["sm80", "sm90"] if sm90 else ["sm80"]
+
+
+@pytest.fixture(params=["sm80", "sm90"])
+def gemm_path(request, monkeypatch):
+    """Runs a GPU test with each GEMM kernel set (NEURONSPEC_CUDA_GEMM); sm90 skips where absent."""
+    if request.param not in gemm_kernels():
+        pytest.skip("no sm_90a kernels in the module or not an sm_90 GPU")
+    monkeypatch.setenv(cb.GEMM_ENV, request.param)
+    return request.param
+
+
 def check_gpu(tensors, masks, task_ids, activation, mask_bias, tol):
     for name, got, want in outputs_vs_reference("cuda", tensors, masks, task_ids, activation, mask_bias):
         assert_close(name, got, want, tol)
@@ -411,7 +443,7 @@ def gpu_problem(seed, dtype, num_tasks=9, shape=GPU_SHAPE, density=None):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("activation", ["relu", "gelu"])
 @pytest.mark.parametrize("mask_bias", [False, True], ids=["bias", "mask_bias"])
-def test_gpu_mixed_tasks_match_reference(dtype, activation, mask_bias):
+def test_gpu_mixed_tasks_match_reference(dtype, activation, mask_bias, gemm_path):
     tensors, masks, ids = gpu_problem(11, dtype)  # tasks 3 and 5 of 9: an empty and a full mask
     check_gpu(tensors, masks, ids, activation, mask_bias, TOL[dtype])
 
@@ -419,7 +451,7 @@ def test_gpu_mixed_tasks_match_reference(dtype, activation, mask_bias):
 @needs_gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("density", [0.0, 1.0, 0.3], ids=["empty", "full", "sparse"])
-def test_gpu_one_task_batches(dtype, density):
+def test_gpu_one_task_batches(dtype, density, gemm_path):
     tensors, masks, _ = gpu_problem(12, dtype, num_tasks=3, density=density)
     check_gpu(tensors, masks, 1, "relu", False, TOL[dtype])
 
@@ -427,7 +459,7 @@ def test_gpu_one_task_batches(dtype, density):
 @needs_gpu
 @pytest.mark.parametrize("shape", [(1, 8, 16, 8), (65, 33, 129, 17), (300, 5, 7, 3), (700, 136, 264, 128)],
                          ids=["one", "odd", "tiny_dims", "several_tiles"])
-def test_gpu_small_and_odd_shapes(shape):
+def test_gpu_small_and_odd_shapes(shape, gemm_path):
     tensors, masks, ids = gpu_problem(13, torch.float16, num_tasks=4, shape=shape)
     check_gpu(tensors, masks, ids, "gelu", False, TOL[torch.float16])
 
@@ -445,7 +477,7 @@ def test_gpu_no_tokens():
 
 @needs_gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-def test_gpu_fc1_act_count(dtype):
+def test_gpu_fc1_act_count(dtype, gemm_path):
     tensors, _, ids = gpu_problem(14, dtype, num_tasks=5)
     x, w1, b1 = tensors[:3]
     valid = torch.rand(x.shape[0], device="cuda") > 0.2
@@ -466,41 +498,37 @@ def test_gpu_fc1_act_count(dtype):
 
 @needs_gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-def test_gpu_grouped_gemm_ops_match_torch(dtype):
-    # the three CUTLASS ops on their own, 4 problems: rows 0..150, 150..150 (no rows), 150..420,
-    # 420..421; table widths 16, 8, 0 (no neurons: K = 0 for nn, an empty output for nt/tn), 264
+def test_gpu_grouped_gemm_ops_match_torch(dtype, gemm_path):
+    # the three CUTLASS ops on their own, 4 problems: rows 0..150, 150..150 (no rows: K = 0 for
+    # tn), 150..420, 420..421; table widths 16, 8, 264, 0 (no neurons: K = 0 for nn, nothing for nt/tn)
     g = torch.Generator().manual_seed(0)
     dev = torch.device("cuda")
     starts = torch.tensor([0, 150, 150, 420, 421], dtype=torch.int32, device=dev)
-    kw, koff = [16, 8, 0, 264], [0, 16, 24, 24]
+    kw, koff = [16, 8, 264, 0], [0, 16, 24, 288]
     lay = cb.Layout([0, 1, 2, 3], kw, koff, torch.zeros(288, dtype=torch.long, device=dev), 288)
     n, kdim, ncols = 421, 40, 24
     rnd = lambda *shape: torch.randn(*shape, generator=g).to(dev, dtype)  # noqa: E731
-    x, table, bias_rows = rnd(n, kdim), rnd(288, kdim), rnd(288, 1)
-    packed, table_nn, bias_nn = rnd(n, 264), rnd(288, ncols), rnd(4, ncols)
+    x, table, packed, table_nn = rnd(n, kdim), rnd(288, kdim), rnd(n, 264), rnd(288, ncols)
     k = cb.KERNELS
 
     def bounds(p):
         return int(starts[p]), int(starts[p + 1])
 
     z = torch.full((n, 264), float("nan"), dtype=dtype, device=dev)
-    k.gemm(cb.OP_NT, lay, starts, n, x, table, z, c=bias_rows, c_koff_scale=1)
+    k.gemm(cb.OP_NT, lay, starts, n, x, table, z)
     y = torch.full((n, ncols), float("nan"), dtype=dtype, device=dev)
-    k.gemm(cb.OP_NN, lay, starts, n, packed, table_nn, y, c=bias_nn, c_stride=ncols)
+    k.gemm(cb.OP_NN, lay, starts, n, packed, table_nn, y)
     w = torch.full((288, ncols), float("nan"), dtype=torch.float32, device=dev)
     k.gemm(cb.OP_TN, lay, starts, n, packed, y.nan_to_num(), w)
     w_none = torch.full((288, ncols), float("nan"), dtype=torch.float32, device=dev)
-    k.gemm(cb.OP_TN, lay, None, 0, packed, y.nan_to_num(), w_none)  # one problem set, no rows: zeros
+    k.gemm(cb.OP_TN, lay, None, 0, packed, y.nan_to_num(), w_none)  # no rows in any problem: zeros
     tol = TOL[dtype]
     for p in range(4):
         s, e = bounds(p)
         ko, kp = koff[p], kw[p]
-        want = x[s:e].float() @ table[ko : ko + kp].float().t() + bias_rows[ko : ko + kp, 0].float()
-        assert_close(f"nt problem {p}", z[s:e, :kp], want, tol)
-        want = packed[s:e, :kp].float() @ table_nn[ko : ko + kp].float() + bias_nn[p].float()
-        assert_close(f"nn problem {p}", y[s:e], want, tol)
-        want = packed[s:e, :kp].float().t() @ y[s:e].float()
-        assert_close(f"tn problem {p}", w[ko : ko + kp], want, tol)
+        assert_close(f"nt problem {p}", z[s:e, :kp], x[s:e].float() @ table[ko : ko + kp].float().t(), tol)
+        assert_close(f"nn problem {p}", y[s:e], packed[s:e, :kp].float() @ table_nn[ko : ko + kp].float(), tol)
+        assert_close(f"tn problem {p}", w[ko : ko + kp], packed[s:e, :kp].float().t() @ y[s:e].float(), tol)
         assert torch.equal(w_none[ko : ko + kp], torch.zeros_like(w_none[ko : ko + kp]))
     assert not z[:, 16:].isfinite()[:150].any()  # nothing written beyond a problem's columns
 
@@ -510,21 +538,25 @@ def test_gpu_errors_are_python_exceptions():
     mod = cb._load()
     assert mod.device_count() >= 1
     gather = dict(dtype=2, device=0, stream=0, src=0, ld_src=8, src_cols=8, idx=0, n_rows=0, dst=0, ld_dst=8,
-                  ones_col=-1)
+                  extra_col=-1, extra=0)
     with pytest.raises(ValueError, match="device 4096 out of range"):
         mod.gather_rows(**{**gather, "device": 4096})
     with pytest.raises(ValueError, match=r"gather_rows: dtype code must be 1 \(float16\) or 2 \(bfloat16\), got 0"):
         mod.gather_rows(**{**gather, "dtype": 0})
     buf = torch.zeros(64, device="cuda", dtype=torch.float16)
-    gemm = dict(op=0, dtype=1, device=0, stream=0, workspace=buf.data_ptr(), num_problems=1, starts=0, n=8,
-                koff=buf.data_ptr(), kw=buf.data_ptr(), kdim=8, ncols=0, a=buf.data_ptr(), lda=8, b=buf.data_ptr(),
-                ldb=8, c=0, c_koff_scale=0, c_stride=0, d=buf.data_ptr(), ldd=8)
+    gemm = dict(kernel=0, op=0, dtype=1, device=0, stream=0, workspace=buf.data_ptr(), num_problems=1, starts=0,
+                n=8, koff=buf.data_ptr(), kw=buf.data_ptr(), kdim=8, ncols=0, a=buf.data_ptr(), lda=8,
+                b=buf.data_ptr(), ldb=8, d=buf.data_ptr(), ldd=8)
     with pytest.raises(ValueError, match="grouped_gemm: lda must be a positive multiple of 8, got 12"):
         mod.grouped_gemm(**{**gemm, "lda": 12})
     with pytest.raises(ValueError, match="grouped_gemm: b must be a non-null 16-byte aligned pointer"):
         mod.grouped_gemm(**{**gemm, "b": buf.data_ptr() + 2})
     with pytest.raises(ValueError, match="grouped_gemm: op must be 0"):
         mod.grouped_gemm(**{**gemm, "op": 3})
+    with pytest.raises(ValueError, match="grouped_gemm: kernel must be 0"):
+        mod.grouped_gemm(**{**gemm, "kernel": 2})
+    with pytest.raises(ValueError, match="gather_rows: extra_col must lie in"):
+        mod.gather_rows(**{**gather, "extra_col": 3})
     for dtype in (torch.float32, torch.float64):
         (x, w1, b1, w2, b2), masks, ids = gpu_problem(15, dtype, shape=(16, 8, 16, 8))
         with pytest.raises(TypeError, match="x: the cuda backend supports float16 and bfloat16"):

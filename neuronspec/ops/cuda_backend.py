@@ -6,27 +6,32 @@ grouped by task with the plan's stable sort (ops/plan.py: device-side, no host s
 of a grouped GEMM is task p of a mixed batch (P = T) or the batch's one task (P = 1). Per task t
 with active rows A (docs/design.md §2), padded to kw_t = |A_t| rounded up to 8 (CUTLASS's
 16-byte accesses) with zero weight rows:
-    tables    W1[A], W2ᵀ[A], b1[A] gathered into per-task tables         gather_rows
-    forward   Z_A = X W1[A]ᵀ + b1[A]           (grouped GEMM nt, C = b1 row)  grouped_gemm 0
+    tables    [X | 1], [W1[A] | b1[A]], W2ᵀ[A] (padded, zero-filled)          gather_rows
+    forward   Z_A = [X | 1] [W1[A] | b1[A]]ᵀ = X W1[A]ᵀ + b1[A]  (GEMM nt)    grouped_gemm 0
               H_A = act(Z_A)                                                   act_forward
-              Y = H_A W2[:, A]ᵀ + (b2 + c_t)   (grouped GEMM nn, C = bias row) grouped_gemm 1
+              Y = H_A W2[:, A]ᵀ (GEMM nn), + b2 + c_t on the way to token order grouped_gemm 1, scatter_rows
     backward  dH_A = dY W2[:, A]               (nt)                            grouped_gemm 0
               dZ_A = dH_A ⊙ act'(Z_A), H_A = act(Z_A)                          act_backward
               dX = dZ_A W1[A]                  (nn)                            grouped_gemm 1
-              dW1[A] | db1[A] = dZ_Aᵀ [X | 1], dW2ᵀ[A] = H_Aᵀ dY (tn, fp32)    grouped_gemm 2
+              [dW1[A] | db1[A]] = dZ_Aᵀ [X | 1], dW2ᵀ[A] = H_Aᵀ dY (tn, fp32)   grouped_gemm 2
               tasks' table rows summed into dW1, db1, dW2 (index_add_: shared neurons add up)
     counting  Z = X W1ᵀ + b1 (nt over all neurons), H = act(Z) and counts      count_act
 A zero pad row of W1 and b1 gives Z = 0, H = act(0) = 0 and dZ = 0, and its W2ᵀ row is zero, so
-pads add nothing; their gradient rows land in a dummy row that is dropped. The column of ones
-appended to X makes db1[A] the last column of the dW1 GEMM. c_t, the inactive-neuron bias
-gradients and db2 are O((T + N)·f·d_out) torch ops. Z is saved packed: row i (i-th token in task
-order) holds its task's kw_t pre-activations first. float16 and bfloat16 only (tensor cores,
-fp32 accumulation); float32/float64 are rejected (use the torch backend).
+pads add nothing; their gradient rows land in a dummy row that is dropped. c_t, the
+inactive-neuron bias gradients and db2 are O((T + N)·f·d_out) torch ops. Z is saved packed: row i
+(i-th token in task order) holds its task's kw_t pre-activations first. float16 and bfloat16
+only (tensor cores, fp32 accumulation); float32/float64 are rejected (use the torch backend).
+
+GEMM kernels: the sm80 CUTLASS 2.x ones run on every sm_80+ GPU (the default); the sm_90a
+CUTLASS 3 ones (TMA + wgmma) run on sm_90 GPUs with NEURONSPEC_CUDA_GEMM=sm90 when the module
+was built for architecture 90 (opt-in until they are measured on a GPU: they are compile-checked
+only).
 """
 from __future__ import annotations
 
 import importlib
 import itertools
+import os
 
 import torch
 
@@ -35,6 +40,7 @@ from .plan import MaskTables, Plan, Routing, route
 from .validation import describe
 
 ALIGN = 8  # CUTLASS 16-byte accesses: GEMM extents along contiguous dims and leading dims
+GEMM_ENV = "NEURONSPEC_CUDA_GEMM"  # sm80 (default) or sm90
 DTYPE_CODES = {torch.float16: 1, torch.bfloat16: 2}
 ACT_CODES = {"relu": 0, "gelu": 1}
 OP_NT, OP_NN, OP_TN = 0, 1, 2  # csrc/ops.h grouped_gemm ops
@@ -206,6 +212,28 @@ def _empty(rows: int, cols: int, like: torch.Tensor, dtype: torch.dtype | None =
 
 
 # ---- tensor-level launchers ---------------------------------------------------------------
+_GEMM_KERNEL: dict[tuple, int] = {}
+
+
+def gemm_kernel(device: torch.device) -> int:
+    """csrc grouped_gemm `kernel`: 0 (sm80 CUTLASS 2.x, default) or 1 (sm_90a CUTLASS 3, with
+    NEURONSPEC_CUDA_GEMM=sm90 on an sm_90 GPU and a module built for it); read once per device."""
+    choice = os.environ.get(GEMM_ENV) or "sm80"
+    key = (device, choice)
+    if key not in _GEMM_KERNEL:
+        if choice not in ("sm80", "sm90"):
+            raise ValueError(f"{GEMM_ENV}: expected 'sm80' or 'sm90', got {choice!r}")
+        if choice == "sm90":
+            if not _require_module().has_sm90():
+                raise ValueError(f"{GEMM_ENV}=sm90: neuronspec._cuda was built without the sm_90a kernels "
+                                 "(build with NEURONSPEC_CUDA_ARCH including 90)")
+            if torch.cuda.get_device_capability(device) != (9, 0):
+                raise ValueError(f"{GEMM_ENV}=sm90: the sm_90a kernels need an sm_90 GPU, {device} is "
+                                 f"sm_{''.join(map(str, torch.cuda.get_device_capability(device)))}")
+        _GEMM_KERNEL[key] = 1 if choice == "sm90" else 0
+    return _GEMM_KERNEL[key]
+
+
 class Kernels:
     """The csrc/ launchers called with tensors (csrc/ops.h gives the exact semantics). 2-D
     tensors pass their row stride as leading dimension; `starts` is the routing's int32 [P+1]
@@ -216,24 +244,36 @@ class Kernels:
         return dict(dtype=DTYPE_CODES[t.dtype], device=t.device.index,
                     stream=torch.cuda.current_stream(t.device).cuda_stream)
 
-    def gather(self, src, idx, dst, ones_col=-1):
-        """dst[i] = src[idx[i]] (idx None: row i; -1: zero row), zero-padded, 1 in ones_col."""
+    def gather(self, src, idx, dst, extra_col=-1, extra=None):
+        """dst[i] = src[idx[i]] (idx None: row i; -1: zero row), zero-padded; column extra_col
+        holds extra[idx[i]] (extra None: 1)."""
         _require_module().gather_rows(
             **self._common(dst), src=src.data_ptr(), ld_src=src.stride(0), src_cols=src.shape[1],
             idx=0 if idx is None else idx.data_ptr(), n_rows=dst.shape[0], dst=dst.data_ptr(), ld_dst=dst.stride(0),
-            ones_col=ones_col,
+            extra_col=extra_col, extra=0 if extra is None else extra.data_ptr(),
         )
 
-    def gemm(self, op, layout, starts, n, a, b, d, c=None, c_koff_scale=0, c_stride=0):
+    def scatter(self, src, bias, row_problem, rows, dst):
+        """dst[rows[r]] = src[r] + bias[row_problem[r]] over dst's columns (each optional)."""
+        _require_module().scatter_rows(
+            **self._common(dst), src=src.data_ptr(), ld_src=src.stride(0), n_rows=src.shape[0], n_cols=dst.shape[1],
+            bias=0 if bias is None else bias.data_ptr(), ld_bias=0 if bias is None else bias.stride(0),
+            row_problem=0 if row_problem is None else row_problem.data_ptr(),
+            rows=0 if rows is None else rows.data_ptr(), dst=dst.data_ptr(), ld_dst=dst.stride(0),
+        )
+
+    def gemm(self, op, layout, starts, n, a, b, d):
         mod = _require_module()
         ws = torch.empty(mod.workspace_bytes(layout.num_problems), dtype=torch.uint8, device=a.device)
-        kdim = a.shape[1] if op == OP_NT else 0
+        kernel = gemm_kernel(a.device)
+        if kernel == 1 and op != OP_NT:
+            d.zero_()  # the sm_90a kernels skip problems without K steps (no neurons / no tokens)
         mod.grouped_gemm(
-            op=op, **self._common(a), workspace=ws.data_ptr(), num_problems=layout.num_problems,
-            starts=0 if starts is None else starts.data_ptr(), n=n, koff=layout.koff.data_ptr(),
-            kw=layout.kw.data_ptr(), kdim=kdim, ncols=0 if op == OP_NT else d.shape[1], a=a.data_ptr(),
-            lda=a.stride(0), b=b.data_ptr(), ldb=b.stride(0), c=0 if c is None else c.data_ptr(),
-            c_koff_scale=c_koff_scale, c_stride=c_stride, d=d.data_ptr(), ldd=d.stride(0),
+            kernel=kernel, op=op, **self._common(a), workspace=ws.data_ptr(),
+            num_problems=layout.num_problems, starts=0 if starts is None else starts.data_ptr(), n=n,
+            koff=layout.koff.data_ptr(), kw=layout.kw.data_ptr(), kdim=a.shape[1] if op == OP_NT else 0,
+            ncols=0 if op == OP_NT else d.shape[1], a=a.data_ptr(), lda=a.stride(0), b=b.data_ptr(),
+            ldb=b.stride(0), d=d.data_ptr(), ldd=d.stride(0),
         )
 
     def act_forward(self, z, h, activation):
@@ -277,14 +317,6 @@ def task_dy_sums(dy, routing: Routing, num_tasks) -> torch.Tensor:
     return s
 
 
-def _ungroup(rows_out: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor:
-    """Token-order copy of a grouped-order [N, c] result (order: grouped position → token)."""
-    if order is None:
-        return rows_out.contiguous()
-    out = rows_out.new_empty(rows_out.shape)
-    return out.index_copy_(0, order, rows_out)
-
-
 # ---- backend protocol -----------------------------------------------------------------------
 def _sorted_plan(plan: Plan) -> Plan:
     r = _sorted(plan, plan.tables.num_tasks)
@@ -312,28 +344,35 @@ def fc1_act_count(x, w1, b1, counts, routing, valid, activation, write_output):
     return count(x, w1, b1, counts, routing, valid, activation, write_output, KERNELS)
 
 
+def _tokens_and_w1(x, w1, b1, order, lay, k: Kernels):
+    """([X | 1 | 0] [N, round8(d + 1)] in task order, [W1[A] | b1[A] | 0] tables): fc1's bias
+    is the extra column of its K dimension (exact: b1 times 1 in the fp32 accumulation)."""
+    n, d = x.shape
+    xs = _empty(n, _round(d + 1), x)
+    k.gather(x, order, xs, extra_col=d)
+    w1t = _empty(lay.rows, _round(d + 1), x)
+    k.gather(w1, lay.table_idx, w1t, extra_col=d, extra=b1)
+    return xs, w1t
+
+
 def forward(x, w1, b1, w2, b2, plan, activation, mask_bias, k: Kernels):
     """(y [N, d_out], packed z [N, width]) with the kernels `k` (validated inputs; a mixed
     plan sorted by task)."""
-    n, d, d_out = x.shape[0], x.shape[1], w2.shape[0]
+    n, d_out = x.shape[0], w2.shape[0]
     lay = masks_layout(plan.tables, plan.task)
     starts, order = _bounds(plan)
-    xs = _empty(n, _round(d), x)  # X in task order, zero-padded columns
-    k.gather(x, order, xs)
-    w1t = _empty(lay.rows, _round(d), x)  # W1[A] per task
-    k.gather(w1, lay.table_idx, w1t)
-    b1t = _empty(lay.rows, 1, x)  # b1[A] per task (the C row of fc1)
-    k.gather(b1[:, None], lay.table_idx, b1t)
+    xs, w1t = _tokens_and_w1(x, w1, b1, order, lay, k)
     z, h = _empty(n, lay.width, x), _empty(n, lay.width, x)
-    k.gemm(OP_NT, lay, starts, n, xs, w1t, z, c=b1t, c_koff_scale=1)
+    k.gemm(OP_NT, lay, starts, n, xs, w1t, z)
     k.act_forward(z, h, activation)
     w2tt = _empty(lay.rows, _round(d_out), x)  # W2ᵀ[A] per task
     k.gather(w2.t().contiguous(), lay.table_idx, w2tt)
-    bias = x.new_zeros(lay.num_problems, _round(d_out))
-    bias[:, :d_out] = task_output_bias(b1, w2, b2, plan.tables, plan.task, activation, mask_bias)
     ys = _empty(n, _round(d_out), x)
-    k.gemm(OP_NN, lay, starts, n, h, w2tt, ys, c=bias, c_stride=bias.stride(0))
-    return _ungroup(ys[:, :d_out], order), z
+    k.gemm(OP_NN, lay, starts, n, h, w2tt, ys)
+    bias = task_output_bias(b1, w2, b2, plan.tables, plan.task, activation, mask_bias).contiguous()
+    y = x.new_empty(n, d_out)
+    k.scatter(ys, bias, plan.sorted_ids if plan.mixed else None, order, y)
+    return y, z
 
 
 def backward(dy, x, w1, b1, w2, b2, plan, z, activation, mask_bias, k: Kernels):
@@ -348,15 +387,13 @@ def backward(dy, x, w1, b1, w2, b2, plan, z, activation, mask_bias, k: Kernels):
     g, h = _empty(n, lay.width, x), _empty(n, lay.width, x)
     k.gemm(OP_NT, lay, starts, n, dys, w2tt, g)  # dH_A = dY W2[:, A]
     k.act_backward(z, g, h, activation)  # g <- dZ_A, h = H_A
-    w1t = _empty(lay.rows, _round(d), x)
-    k.gather(w1, lay.table_idx, w1t)
-    dxs = _empty(n, _round(d), x)
+    xs, w1t = _tokens_and_w1(x, w1, b1, order, lay, k)
+    dxs = _empty(n, w1t.shape[1], x)  # column d (dZ b1[A]) is dropped
     k.gemm(OP_NN, lay, starts, n, g, w1t, dxs)
-    dx = _ungroup(dxs[:, :d], order)
-    xs1 = _empty(n, _round(d + 1), x)  # [X | 1 | 0]: the ones column gives db1
-    k.gather(x, order, xs1, ones_col=d)
-    dw1t = _empty(lay.rows, _round(d + 1), x, torch.float32)
-    k.gemm(OP_TN, lay, starts, n, g, xs1, dw1t)
+    dx = x.new_empty(n, d)
+    k.scatter(dxs, None, None, order, dx)
+    dw1t = _empty(lay.rows, xs.shape[1], x, torch.float32)  # [dW1[A] | db1[A] | 0]
+    k.gemm(OP_TN, lay, starts, n, g, xs, dw1t)
     dw2tt = _empty(lay.rows, _round(d_out), x, torch.float32)
     k.gemm(OP_TN, lay, starts, n, h, dys, dw2tt)
     dw1e = torch.zeros(f + 1, dw1t.shape[1], dtype=torch.float32, device=x.device).index_add_(0, lay.scatter_idx, dw1t)
@@ -376,20 +413,15 @@ def backward(dy, x, w1, b1, w2, b2, plan, z, activation, mask_bias, k: Kernels):
 
 def count(x, w1, b1, counts, routing, valid, activation, write_output, k: Kernels):
     """h [N, f] (or [0, f] when not write_output); counts [T, f] updated in place."""
-    n, d, f, num_tasks = x.shape[0], x.shape[1], w1.shape[0], counts.shape[0]
+    n, f, num_tasks = x.shape[0], w1.shape[0], counts.shape[0]
     if n == 0:
         return x.new_empty(0, f)
     routing = _sorted(routing, num_tasks)
     lay = count_layout(num_tasks, f, routing.task, x.device)
     starts, order = _bounds(routing)
-    xs = _empty(n, _round(d), x)
-    k.gather(x, order, xs)
-    w1t = _empty(lay.rows, _round(d), x)
-    k.gather(w1, lay.table_idx, w1t)
-    b1t = _empty(lay.rows, 1, x)
-    k.gather(b1[:, None], lay.table_idx, b1t)
+    xs, w1t = _tokens_and_w1(x, w1, b1, order, lay, k)
     z = _empty(n, lay.width, x)
-    k.gemm(OP_NT, lay, starts, n, xs, w1t, z, c=b1t, c_koff_scale=1)
+    k.gemm(OP_NT, lay, starts, n, xs, w1t, z)
     h = x.new_empty(n, f) if write_output else None
     k.count(z, f, order, routing.sorted_ids if routing.mixed else None, routing.task, valid, h, counts, activation)
     return h if write_output else x.new_empty(0, f)
