@@ -101,7 +101,16 @@ setup(
         "django>=4.2",
         "sphinx>=7",
     ],
-    extras_require={"test": ["pytest>=7", "transformers>=4.40"], "hf": ["transformers>=4.40"]},
+    extras_require={
+        "test": ["pytest>=7", "transformers>=4.40"],
+        "hf": ["transformers>=4.40"],
+        # more real sentences for the built-in corpus (read automatically when installed):
+        # community-translated UI catalogs; JupyterLab packs exist for 14 of the EC30 languages
+        "corpus": ["django-allauth", "wagtail"] + [
+            f"jupyterlab-language-pack-{loc}" for loc in (
+                "ar-SA", "cs-CZ", "da-DK", "de-DE", "es-ES", "fr-FR", "he-IL", "it-IT", "nl-NL", "pl-PL",
+                "pt-BR", "ro-RO", "ru-RU", "uk-UA")],
+    },
     ext_modules=[CMakeExtension("neuronspec._cuda")],
     cmdclass={"build_ext": CMakeBuild},
     entry_points={"console_scripts": ["neuronspec=neuronspec.cli:main"]},

@@ -365,3 +365,34 @@ def test_zero_shot_test_pairs(tmp_path):
         with pytest.raises(ValueError, match="zero_shot"):
             bc.build_builtin_corpus(tmp_path / "bad", langs=["de", "fr"], zero_shot=bad, progress=False)
     assert bc._zero_shot_pairs("all", ["de", "fr", "ru"]) == [("de", "fr"), ("de", "ru"), ("fr", "ru")]
+
+
+def test_optional_catalog_packages_used_when_installed(tmp_path, monkeypatch):
+    """The `corpus` extra's packages (allauth, wagtail, jupyterlab_language_pack_*) join the
+    defaults when importable, in a fixed order, and the summary records their versions."""
+    site = tmp_path / "site"
+    for module, folder in (("jupyterlab_language_pack_zz_ZZ", "de_DE"), ("allauth", "de")):
+        d = site / module / "locale" / folder / "LC_MESSAGES"
+        d.mkdir(parents=True)
+        (d / "django.po").write_text(PO_HEADER + f'msgid "Zebra from {module}"\nmsgstr "Zebra aus {module}"\n',
+                                     encoding="utf-8")
+        (site / module / "__init__.py").write_text("")
+    dist = site / "jupyterlab_language_pack_zz_zz-1.2.3.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: jupyterlab-language-pack-zz-ZZ\nVersion: 1.2.3\n")
+    (dist / "top_level.txt").write_text("jupyterlab_language_pack_zz_ZZ\n")
+    monkeypatch.syspath_prepend(str(site))
+    importlib.invalidate_caches()
+
+    packages = bc.default_gettext_packages()
+    assert packages[:3] == list(bc.DEFAULT_GETTEXT_PACKAGES)
+    assert packages.index("allauth") < packages.index("jupyterlab_language_pack_zz_ZZ")
+    assert bc.package_versions(["jupyterlab_language_pack_zz_ZZ", "no_such_pkg_xyz"]) == {
+        "jupyterlab_language_pack_zz_ZZ": "1.2.3", "no_such_pkg_xyz": None}
+
+    summary = bc.build_builtin_corpus(tmp_path / "out", langs="de", progress=False)
+    de = {en: xx for s in bc.SPLITS for en, xx, kind, _ in all_pairs(tmp_path / "out", "de", s)}
+    assert de["Zebra from allauth"] == "Zebra aus allauth"
+    assert de["Zebra from jupyterlab_language_pack_zz_ZZ"] == "Zebra aus jupyterlab_language_pack_zz_ZZ"
+    assert summary["gettext_package_versions"]["jupyterlab_language_pack_zz_ZZ"] == "1.2.3"
+    assert "allauth" in summary["gettext_packages"]

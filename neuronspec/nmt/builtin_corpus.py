@@ -12,7 +12,9 @@ invented here.
   is used (CLDR's root fallbacks, e.g. Maltese unit names that are really English,
   are skipped).
 * **sentences** (``kind = "sentence"``): gettext catalogs of Django, Sphinx and
-  sphinxcontrib (and any ``gettext_packages``): English msgid -> translated msgstr.
+  sphinxcontrib, and when installed (``pip install "neuronspec[corpus]"``) those of
+  django-allauth, Wagtail and the JupyterLab language packs (and any ``gettext_packages``):
+  English msgid -> translated msgstr. The summary records each package's version.
 
 Babel caveat: babel <= 2.18 leaks resolved CLDR aliases between locales through its
 shared data cache (python-babel/babel#1234: after reading Hebrew stand-alone months,
@@ -36,12 +38,14 @@ import contextlib
 import datetime as _dt
 import gettext
 import hashlib
+import importlib.metadata
 import importlib.util
 import io
 import json
 import logging
 import os
 import pickle
+import pkgutil
 import re
 import shutil
 import statistics
@@ -68,6 +72,10 @@ logger = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test")
 KINDS = ("phrase", "sentence")
 DEFAULT_GETTEXT_PACKAGES = ("django", "sphinx", "sphinxcontrib")
+# read when installed (the `corpus` extra): community-translated UI catalogs, ~1.6x the
+# training pairs and ~3x the sentences of the languages they cover (docs/design.md §5)
+OPTIONAL_GETTEXT_PACKAGES = ("allauth", "wagtail")
+JUPYTERLAB_PACKS = "jupyterlab_language_pack_"  # one module per locale, e.g. ..._de_DE
 GENERATOR = "neuronspec.nmt.builtin_corpus"
 
 # ------------------------------------------------------------------ text cleaning
@@ -254,6 +262,24 @@ def _package_roots(package: str) -> list[Path]:
     if spec.submodule_search_locations:
         return [Path(p) for p in spec.submodule_search_locations]
     return [Path(spec.origin).parent] if spec.origin else []
+
+
+def default_gettext_packages() -> list[str]:
+    """django, sphinx, sphinxcontrib, then the optional catalog packages that are installed
+    (allauth, wagtail, every jupyterlab_language_pack_* module), in a fixed order."""
+    packs = sorted(m.name for m in pkgutil.iter_modules() if m.name.startswith(JUPYTERLAB_PACKS))
+    optional = [p for p in OPTIONAL_GETTEXT_PACKAGES if importlib.util.find_spec(p) is not None]
+    return [*DEFAULT_GETTEXT_PACKAGES, *optional, *packs]
+
+
+def package_versions(packages: Iterable[str]) -> dict[str, str | None]:
+    """{module: version of the distribution that installs it, None if not installed}."""
+    dists = importlib.metadata.packages_distributions()
+    out = {}
+    for package in packages:
+        names = dists.get(package, [])
+        out[package] = importlib.metadata.version(names[0]) if names else None
+    return out
 
 
 def find_catalogs(packages: Iterable[str], langs: Iterable[str],
@@ -487,7 +513,7 @@ def build_builtin_corpus(
     langs: EC30 codes (list or "de,fr"); None = all 30. seed: changes which English
     items go to valid/test (and which training pairs a tier cap keeps), not the
     content. gettext_packages: extra installed packages whose catalogs are read (on
-    top of django, sphinx, sphinxcontrib unless ``default_packages=False``).
+    top of :func:`default_gettext_packages` unless ``default_packages=False``).
     valid_fraction / test_fraction: share of English items per split; a direction
     keeps at most ``max_eval`` of them (those with the smallest hash; the rest of the
     band is dropped, never moved to train, so no split leaks across directions) and a
@@ -516,8 +542,7 @@ def build_builtin_corpus(
     for p in extra:
         if not isinstance(p, str) or not p:
             raise ValueError(f"gettext_packages: expected package names, got {p!r}")
-    packages = list(dict.fromkeys([*(DEFAULT_GETTEXT_PACKAGES if default_packages else ()),
-                                   *extra]))
+    packages = list(dict.fromkeys([*(default_gettext_packages() if default_packages else ()), *extra]))
     zs_pairs = _zero_shot_pairs(zero_shot, codes)
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
@@ -636,6 +661,7 @@ def _summary(codes, splits, drops, caps, catalogs, *, seed, packages, options) -
         "langs": list(codes),
         "seed": seed,
         "gettext_packages": packages,
+        "gettext_package_versions": package_versions(packages),
         "options": options,
         "convention": "one en-xx pair of files per language serves en->xx as is and xx->en "
                       "read in reverse",
