@@ -216,11 +216,11 @@ def specialize(model, tokenizer, masks_path: str | os.PathLike, data: str | os.P
     codes.check(directions)
     pairs = {d: read_pairs(data, split, d, max_sentences) for d in directions}
     spec = wrap(model, directions)
+    model.train()  # before set_masks, which warns if the model's activation dropout would be lost
     spec.set_masks(masks)
     rng = random.Random(seed)
     torch.manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)  # Adam, as the paper: masked rows stay
-    model.train()
     losses = []
     try:
         for step in range(steps):
