@@ -166,7 +166,9 @@ def run_demo(out: str | os.PathLike = "runs/demo", *, langs: str = DEFAULT_LANGS
     import torch
 
     from neuronspec.nmt.languages import parse_langs
+    from neuronspec.specialization.select import check_k
 
+    k = check_k(k)  # before the dense baseline trains, not after
     if not isinstance(minutes, (int, float)) or not math.isfinite(minutes) or minutes <= 0:
         raise ValueError(f"minutes: must be a finite number > 0, got {minutes!r}")
     if not 0 < dense_share < 1:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from _reliability_cases import DAMAGES, damage, tiny_run
-from neuronspec.nmt.checkpoint import load_masks, save_masks
+from neuronspec.ops import load_layer_masks as load_masks, save_layer_masks as save_masks
 
 
 @pytest.fixture(scope="module")

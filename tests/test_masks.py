@@ -75,3 +75,28 @@ def test_structure_errors():
         with tempfile.TemporaryDirectory() as d:
             torch.save({"x": 1}, os.path.join(d, "f.pt"))
             load_layer_masks(os.path.join(d, "f.pt"))
+
+
+def test_masks_files_are_checksummed(tmp_path):
+    """save_layer_masks and TaskMasks.save (the demo's, select's and the HF wrapper's masks)
+    store a sha256; a flipped byte in the tensor data is refused with one line naming the file."""
+    m = TaskMasks.from_dense(torch.rand(3, 4096, generator=torch.Generator().manual_seed(1)) < 0.5)
+    for path, save, load in ((tmp_path / "all.pt", lambda p: save_layer_masks({"l": m}, p), load_layer_masks),
+                             (tmp_path / "one.pt", m.save, TaskMasks.load)):
+        save(path)
+        load(path)  # intact
+        data = bytearray(path.read_bytes())
+        pos = data.find(m.indices[1000:1004].numpy().tobytes())
+        assert pos > 0
+        data[pos] ^= 0x01
+        path.write_bytes(bytes(data))
+        with pytest.raises(ValueError, match=f"masks: {path} is damaged"):
+            load(path)
+
+
+def test_demo_rejects_bad_k_before_training(tmp_path):
+    from neuronspec.demo import run_demo
+
+    with pytest.raises(ValueError, match=r"k: must lie in \(0, 1\]"):
+        run_demo(tmp_path / "demo", k=0.0, minutes=0.01)
+    assert not (tmp_path / "demo").exists()

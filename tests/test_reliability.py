@@ -19,7 +19,9 @@ import torch
 from _nmt_cases import TINY_MODEL, make_corpus, prepare
 from _reliability_cases import DAMAGES, damage, tiny_run
 from neuronspec.errors import Interrupted
-from neuronspec.nmt.checkpoint import load_checkpoint, load_file, load_masks, save_file
+from neuronspec.files import load_file, save_file
+from neuronspec.nmt.checkpoint import load_checkpoint
+from neuronspec.ops import load_layer_masks as load_masks
 from neuronspec.nmt.train import TrainConfig, Trainer, train
 from neuronspec.specialization.record import load_counts
 
@@ -65,14 +67,13 @@ def test_files_carry_a_format_and_a_checksum(run_files):
 
 
 def test_files_without_a_checksum_still_load(run_files, tmp_path, caplog):
-    from neuronspec.ops import load_layer_masks, save_layer_masks
-
-    path = tmp_path / "old.pt"  # as save_layer_masks wrote masks before checksums (the demo still does)
-    save_layer_masks(load_masks(run_files["masks"])[0], path, {"k": 0.9})
-    with caplog.at_level(logging.DEBUG, logger="neuronspec.nmt.checkpoint"):
-        masks, meta = load_masks(path)
-    assert meta == {"k": 0.9} and "has no checksum" in caplog.text
-    assert masks == load_layer_masks(run_files["masks"])[0]  # new files load with the ops' loader too
+    """A masks file as save_layer_masks wrote them before checksums (no format, no sha256)."""
+    masks = load_masks(run_files["masks"])[0]
+    path = tmp_path / "old.pt"
+    torch.save({"layers": {k: m.state_dict() for k, m in masks.items()}, "meta": {"k": 0.9}}, path)
+    with caplog.at_level(logging.DEBUG, logger="neuronspec.files"):
+        again, meta = load_masks(path)
+    assert meta == {"k": 0.9} and "has no checksum" in caplog.text and again == masks
 
 
 def test_a_changed_value_outside_tensors_is_caught_too(run_files, tmp_path):

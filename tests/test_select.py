@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from neuronspec.ops import TaskMasks, load_layer_masks, save_atomic, save_layer_masks
+from neuronspec.files import save_file
+from neuronspec.ops import TaskMasks, load_layer_masks, save_layer_masks
 from neuronspec.specialization.select import direction_k, random_masks, select_masks, select_neurons
 
 
@@ -95,8 +96,8 @@ def test_select_cli_takes_four_ks(tmp_path):
     from neuronspec.cli import main
     gen = torch.Generator().manual_seed(0)
     counts = {f"{side}.layers.0.ffn": torch.randint(0, 50, (2, 64), generator=gen) for side in ("encoder", "decoder")}
-    save_atomic({"format": "neuronspec-counts", "version": 1, "directions": ["en-de", "de-en"], "counts": counts,
-                 "meta": {"pivot": "en"}}, tmp_path / "counts.pt")
+    save_file({"format": "neuronspec-counts", "version": 1, "directions": ["en-de", "de-en"], "counts": counts,
+                 "meta": {"pivot": "en"}}, tmp_path / "counts.pt", "counts")
     assert main(["select", "--counts", str(tmp_path / "counts.pt"), "--k-en2x-enc", "0.3", "--k-en2x-dec", "0.99",
                  "--k-x2en-enc", "0.99", "--k-x2en-dec", "0.3", "--out", str(tmp_path / "m.pt")]) == 0
     masks, meta = load_layer_masks(tmp_path / "m.pt")

@@ -26,7 +26,8 @@ import torch
 
 from neuronspec.atomic import write_atomic
 from neuronspec.nmt.data import as_direction, direction_name, iter_lines
-from neuronspec.ops import load_layer_masks, save_atomic, save_layer_masks
+from neuronspec.files import save_file
+from neuronspec.ops import load_layer_masks, save_layer_masks
 from neuronspec.specialization.record import FORMAT, VERSION
 
 from .wrap import MASKS_FILE, Specialization, wrap
@@ -194,7 +195,7 @@ def record(model, tokenizer, data: str | os.PathLike, directions: Sequence[str],
         "model": source, "model_type": model.config.model_type, "data": os.fspath(data), "split": split,
         "max_sentences": max_sentences, "pivot": pivot, "lang_codes": dict(lang_codes or {})})
     if out is not None:
-        save_atomic(rec, out)
+        save_file(rec, out, "counts")
     return rec
 
 

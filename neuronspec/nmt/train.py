@@ -50,8 +50,9 @@ from tqdm import tqdm
 
 from ..atomic import check_free_space, check_writable_folder, remove_stale_temps, strict_json, write_atomic
 from ..errors import Interrupted, TrainingDiverged
+from ..ops import load_layer_masks
 from .batching import check_target_tag, tag_options
-from .checkpoint import (load_checkpoint, load_masks, masks_from_state, masks_state, resolve_device, rng_state,
+from .checkpoint import (load_checkpoint, masks_from_state, masks_state, resolve_device, rng_state,
                          save_checkpoint, set_rng_state)
 from .ema import EMA
 from .model import PRESETS, ModelConfig, Transformer
@@ -384,7 +385,7 @@ class Trainer:
         if masks is None and src is not None and src.get("masks"):
             masks = masks_from_state(src["masks"])  # a specialized model stays specialized
         elif isinstance(masks, (str, os.PathLike)):  # a masks file covers the whole model
-            path, masks = masks, load_masks(masks)[0]
+            path, masks = masks, load_layer_masks(masks)[0]
             missing = [n for n in self.model.ffn_layers() if n not in masks]
             if missing:
                 raise ValueError(f"masks: {path} has no masks for {len(missing)} of the model's FFN layers "

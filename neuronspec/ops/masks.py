@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterable, Sequence
 
 import torch
 
-from ..atomic import atomic_file
+from ..files import CHECKSUM, load_file, save_file
 
 
 @dataclass
@@ -145,12 +146,13 @@ class TaskMasks:
     def from_state_dict(cls, state: dict) -> "TaskMasks":
         return cls(state["indices"], state["offsets"], int(state["num_neurons"]), list(state["names"]))
 
-    def save(self, path: str | os.PathLike) -> None:
-        save_atomic(self.state_dict(), path)
+    def save(self, path: str | os.PathLike) -> Path:
+        """One layer's masks, atomically with a checksum (neuronspec.files)."""
+        return save_file(self.state_dict(), path, "masks")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "TaskMasks":
-        return cls.from_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return cls.from_state_dict({k: v for k, v in load_file(path, "masks").items() if k != CHECKSUM})
 
     def __eq__(self, other: object) -> bool:
         return (isinstance(other, TaskMasks) and self.num_neurons == other.num_neurons
@@ -163,23 +165,27 @@ class TaskMasks:
                 f"kept={float(frac.mean()) if frac.numel() else 0:.3f} on average)")
 
 
-def save_atomic(obj, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file in the same folder, then rename over `path`."""
-    with atomic_file(path) as f:
-        torch.save(obj, f)
+MASKS_FORMAT, MASKS_VERSION = "neuronspec-masks", 1
 
 
-def save_layer_masks(masks: dict[str, TaskMasks], path: str | os.PathLike, meta: dict | None = None) -> None:
-    """Save {layer name: TaskMasks} (a whole model's masks, a few MB) atomically."""
-    save_atomic({"layers": {k: m.state_dict() for k, m in masks.items()}, "meta": meta or {}}, path)
+def save_layer_masks(masks: dict[str, TaskMasks], path: str | os.PathLike, meta: dict | None = None) -> Path:
+    """Save {layer name: TaskMasks} (a whole model's masks, a few MB) atomically, with format,
+    version and checksum (neuronspec.files)."""
+    return save_file({"format": MASKS_FORMAT, "version": MASKS_VERSION,
+                      "layers": {k: m.state_dict() for k, m in masks.items()}, "meta": meta or {}}, path, "masks")
 
 
 def load_layer_masks(path: str | os.PathLike) -> tuple[dict[str, TaskMasks], dict]:
-    """Inverse of `save_layer_masks`: ({layer name: TaskMasks}, meta)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or "layers" not in state:
-        raise ValueError(f"{path}: not a neuronspec masks file (no 'layers' entry)")
-    return {k: TaskMasks.from_state_dict(v) for k, v in state["layers"].items()}, state.get("meta", {})
+    """Inverse of `save_layer_masks`: ({layer name: TaskMasks}, meta); ValueError naming the
+    file for an empty, damaged, foreign or malformed one."""
+    state = load_file(path, "masks")
+    if not isinstance(state.get("layers"), dict) or state.get("format", MASKS_FORMAT) != MASKS_FORMAT:
+        raise ValueError(f"masks: {os.fspath(path)!r} is not a neuronspec masks file (no 'layers' entry)")
+    try:
+        return ({k: TaskMasks.from_state_dict(v) for k, v in state["layers"].items()},
+                dict(state.get("meta") or {}))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"masks: {os.fspath(path)!r} holds a malformed layer ({e})") from None
 
 
 def _describe(t) -> str:

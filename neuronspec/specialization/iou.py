@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from neuronspec.atomic import check_writable_folder, save_figure_atomic, strict_json, write_atomic
-from neuronspec.nmt.checkpoint import load_masks
+from neuronspec.ops import load_layer_masks
 from neuronspec.ops import TaskMasks
 from neuronspec.specialization.select import K_OPTIONS
 
@@ -288,7 +288,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    masks, meta = load_masks(args.masks)
+    masks, meta = load_layer_masks(args.masks)
     out = Path(args.out) if args.out else Path(args.masks).with_name("analysis")
     check_writable_folder(out, "out")
     result = write_analysis(masks, out, meta, meta.get("pivot", "en"), heatmaps=not args.no_heatmaps,

@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from neuronspec.atomic import check_writable_file
-from neuronspec.nmt.checkpoint import load_file, save_file
+from neuronspec.files import load_file, save_file
 from neuronspec.nmt.checkpoint import load_model as load_trained
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from neuronspec.atomic import check_writable_file
-from neuronspec.nmt.checkpoint import load_masks, save_masks
+from neuronspec.ops import load_layer_masks, save_layer_masks
 from neuronspec.ops import TaskMasks
 
 from .record import load_counts
@@ -173,7 +173,7 @@ def run(args) -> int:
     out = Path(args.out) if args.out else Path(args.counts).with_name("masks-random.pt" if args.random else "masks.pt")
     check_writable_file(out, "out")
     if args.random and args.masks_like:
-        like, like_meta = load_masks(args.masks_like)
+        like, like_meta = load_layer_masks(args.masks_like)
         for layer, m in like.items():
             if list(m.names) != list(directions):
                 raise ValueError(f"--masks-like: {args.masks_like} layer {layer} has directions {list(m.names)[:4]}..., "
@@ -186,7 +186,7 @@ def run(args) -> int:
     masks = random_masks(like, args.seed) if args.random else like
     meta = {"kind": "random" if args.random else "selected", "counts": str(args.counts), "directions": directions,
             "pivot": pivot, **source, **({"seed": args.seed} if args.random else {})}
-    save_masks(masks, out, meta)
+    save_layer_masks(masks, out, meta)
     print(format_kept(masks))
     total = sum(int(m.indices.numel()) * 4 + int(m.offsets.numel()) * 4 for m in masks.values())
     print(f"saved {len(masks)} layers × {len(directions)} directions to {out} ({total / 1024:.1f} KiB of indices)")

@@ -27,7 +27,8 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from neuronspec.nmt.checkpoint import load_checkpoint, load_masks
+from neuronspec.nmt.checkpoint import load_checkpoint
+from neuronspec.ops import load_layer_masks
 from neuronspec.nmt.train import TRAIN_DEFAULTS, TrainConfig, train
 from neuronspec.ops import TaskMasks
 
@@ -77,7 +78,7 @@ def continue_training(checkpoint: str | os.PathLike, out: str | os.PathLike,
     prep = (ck.get("data") or {}).get("prep")
     if masks is not None:
         if isinstance(masks, (str, os.PathLike)):
-            path, masks = masks, load_masks(masks)[0]
+            path, masks = masks, load_layer_masks(masks)[0]
             layers = [k[: -len(".fc1.weight")] for k in ck["model"] if k.endswith(".ffn.fc1.weight")]
             missing = [n for n in layers if n not in masks]
             if missing:  # --where restricts a whole model's masks; a file for fewer layers is a mistake
