@@ -193,7 +193,8 @@ def _study(out, codes, minutes, vocab_size, k, beam, eval_sentences, record_sent
     from neuronspec.nmt.binarize import prepare_corpus
     from neuronspec.nmt.builtin_corpus import build_builtin_corpus
     from neuronspec.nmt.evaluate import evaluate_checkpoint
-    from neuronspec.nmt.train import TrainConfig, Trainer
+    from neuronspec.nmt.config import TrainConfig
+    from neuronspec.nmt.train import Trainer
     from neuronspec.ops import save_layer_masks
     from neuronspec.specialization.iou import write_analysis
     from neuronspec.specialization.record import record

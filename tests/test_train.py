@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from _nmt_cases import TINY_MODEL, prepare
 from neuronspec.demo import DEFAULT_LANGS as DEMO_LANGS
 from neuronspec.nmt.checkpoint import load_checkpoint, load_model
-from neuronspec.nmt.train import (TINY_BUILTIN_LANGS, InverseSqrtSchedule, LinearDecaySchedule, TrainConfig, Trainer,
-                                  label_smoothed_loss, train)
+from neuronspec.nmt.config import TINY_BUILTIN_LANGS, TrainConfig
+from neuronspec.nmt.schedule import InverseSqrtSchedule, LinearDecaySchedule
+from neuronspec.nmt.train import Trainer, label_smoothed_loss, train
 from neuronspec.ops import TaskMasks
 
 LAST = "checkpoint_last.pt"

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from neuronspec.files import load_file, save_file
-from neuronspec.ops import TaskMasks
+from neuronspec.ops import TaskMasks, load_layer_masks
 
 from .model import ModelConfig, Transformer
 
@@ -57,6 +57,17 @@ def masks_state(masks: Mapping[str, Any]) -> dict[str, dict]:
 def masks_from_state(state: Mapping[str, dict] | None) -> dict[str, TaskMasks]:
     """Inverse of masks_state (None → {})."""
     return {name: TaskMasks.from_state_dict(s) for name, s in (state or {}).items()}
+
+
+def load_model_masks(path: str | os.PathLike, layers: list[str]) -> dict[str, TaskMasks]:
+    """A masks file that must cover every FFN layer in `layers` (masks are selected for a whole
+    model; `specialize --where` restricts them afterwards). ValueError naming the file otherwise."""
+    masks = load_layer_masks(path)[0]
+    missing = [n for n in layers if n not in masks]
+    if missing:
+        raise ValueError(f"masks: {os.fspath(path)} has no masks for {len(missing)} of the model's {len(layers)} "
+                         f"FFN layers ({', '.join(missing[:3])}...); select them from this model's counts")
+    return masks
 
 
 def resolve_device(name: str | torch.device | None) -> torch.device:

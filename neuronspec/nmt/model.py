@@ -91,6 +91,12 @@ class ModelConfig:
         return asdict(self)
 
 
+def ffn_layer_names(cfg: ModelConfig) -> list[str]:
+    """Names of a model's FFN layers (the keys of its masks): encoder layers, then decoder."""
+    return [f"{side}.layers.{i}.ffn" for side, n in (("encoder", cfg.encoder_layers), ("decoder", cfg.decoder_layers))
+            for i in range(n)]
+
+
 def task_arg(task: int | torch.Tensor) -> int | torch.Tensor:
     """Collapse a ``[B]`` task tensor whose entries are all equal to a Python int.
 
@@ -335,11 +341,8 @@ class Transformer(nn.Module):
     # ------------------------------------------------------------------ specialization
     def ffn_layers(self) -> "OrderedDict[str, SpecializedFFN]":
         """Ordered ``{name: SpecializedFFN}``: encoder layers first, then decoder layers."""
-        out: OrderedDict[str, SpecializedFFN] = OrderedDict()
-        for side in ("encoder", "decoder"):
-            for i, layer in enumerate(getattr(self, side).layers):
-                out[f"{side}.layers.{i}.ffn"] = layer.ffn
-        return out
+        layers = [layer.ffn for side in ("encoder", "decoder") for layer in getattr(self, side).layers]
+        return OrderedDict(zip(ffn_layer_names(self.cfg), layers))
 
     def set_masks(self, masks: Mapping[str, Any] | None) -> None:
         """Set per-direction neuron masks: ``{layer name: TaskMasks | None}``.

@@ -27,9 +27,10 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from neuronspec.nmt.checkpoint import load_checkpoint
-from neuronspec.ops import load_layer_masks
-from neuronspec.nmt.train import TRAIN_DEFAULTS, TrainConfig, train
+from neuronspec.nmt.checkpoint import load_checkpoint, load_model_masks
+from neuronspec.nmt.model import ModelConfig, ffn_layer_names
+from neuronspec.nmt.config import TRAIN_DEFAULTS, TrainConfig
+from neuronspec.nmt.train import train
 from neuronspec.ops import TaskMasks
 
 log = logging.getLogger(__name__)
@@ -74,22 +75,11 @@ def continue_training(checkpoint: str | os.PathLike, out: str | os.PathLike,
     ck = load_checkpoint(checkpoint)
     if ck.get("masks"):
         raise ValueError(f"checkpoint: {os.fspath(checkpoint)!r} is already specialized; start from the dense model")
-    directions = list((ck.get("data") or {}).get("directions") or [])
     prep = (ck.get("data") or {}).get("prep")
     if masks is not None:
-        if isinstance(masks, (str, os.PathLike)):
-            path, masks = masks, load_layer_masks(masks)[0]
-            layers = [k[: -len(".fc1.weight")] for k in ck["model"] if k.endswith(".ffn.fc1.weight")]
-            missing = [n for n in layers if n not in masks]
-            if missing:  # --where restricts a whole model's masks; a file for fewer layers is a mistake
-                raise ValueError(f"masks: {os.fspath(path)} has no masks for {len(missing)} of the model's "
-                                 f"{len(layers)} FFN layers ({', '.join(missing[:3])}...); select them from this "
-                                 "model's counts")
+        if isinstance(masks, (str, os.PathLike)):  # loaded once, here; the Trainer checks the directions
+            masks = load_model_masks(masks, ffn_layer_names(ModelConfig.from_dict(ck["model_config"])))
         masks = restrict(masks, where)
-        for layer, m in masks.items():
-            if directions and list(m.names) != directions:
-                raise ValueError(f"masks[{layer!r}]: directions {m.names[:4]}... differ from the checkpoint's "
-                                 f"{directions[:4]}...; select them from this model's counts")
     base = dict(ck["config"])
     base.update(data=overrides.pop("data", None) or prep or base.get("data"), out=os.fspath(out),
                 max_steps=steps, max_minutes=max_minutes)
