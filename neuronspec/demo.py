@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -156,38 +157,61 @@ def verdicts(evals: dict[str, dict], analyses: dict[str, dict]) -> list[str]:
     return out
 
 
-def run_demo(out: str | os.PathLike = "runs/demo", *, langs: str = DEFAULT_LANGS, minutes: float = 14.0,
-             vocab_size: int = 4000, k: float = 0.95, beam: int = 1, eval_sentences: int | None = 100,
-             record_sentences: int = 100, max_tokens: int = 1500, dense_share: float = 0.5,
-             dense_steps: int | None = None, extra_steps: int | None = None, warmup: int | None = None,
-             valid_sentences: int = 50, seed: int = 1, device: str = "auto", threads: int | None = None,
-             progress: bool = True) -> dict:
-    """Run the study (see module docstring); returns the results dict also saved as results.json."""
+@dataclass
+class DemoConfig:
+    """Every setting of a demo run (the CLI's options; see configure_parser for their meaning)."""
+    out: Path = Path("runs/demo")
+    langs: str = DEFAULT_LANGS
+    minutes: float = 14.0
+    vocab_size: int = 4000
+    k: float = 0.95
+    beam: int = 1
+    eval_sentences: int | None = 100
+    record_sentences: int = 100
+    max_tokens: int = 1500
+    dense_share: float = 0.5
+    dense_steps: int | None = None
+    extra_steps: int | None = None
+    warmup: int | None = None
+    valid_sentences: int = 50
+    seed: int = 1
+    device: str = "auto"
+    threads: int | None = None
+    progress: bool = True
+
+    def __post_init__(self):
+        """Checked before anything runs (a bad k must not cost a dense baseline first)."""
+        from neuronspec.specialization.select import check_k
+
+        self.out, self.k = Path(self.out), check_k(self.k)
+        if not isinstance(self.minutes, (int, float)) or not math.isfinite(self.minutes) or self.minutes <= 0:
+            raise ValueError(f"minutes: must be a finite number > 0, got {self.minutes!r}")
+        if not 0 < self.dense_share < 1:
+            raise ValueError(f"dense_share: must lie in (0, 1), got {self.dense_share!r}")
+        for name in ("dense_steps", "extra_steps"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or v <= 0):
+                raise ValueError(f"{name}: expected a positive int, got {v!r}")
+
+
+def run_demo(out: str | os.PathLike = "runs/demo", **settings) -> dict:
+    """Run the study (see module docstring) with DemoConfig(out, **settings); returns the
+    results dict also saved as results.json."""
     import torch
 
     from neuronspec.nmt.languages import parse_langs
-    from neuronspec.specialization.select import check_k
 
-    k = check_k(k)  # before the dense baseline trains, not after
-    if not isinstance(minutes, (int, float)) or not math.isfinite(minutes) or minutes <= 0:
-        raise ValueError(f"minutes: must be a finite number > 0, got {minutes!r}")
-    if not 0 < dense_share < 1:
-        raise ValueError(f"dense_share: must lie in (0, 1), got {dense_share!r}")
-    for name, v in (("dense_steps", dense_steps), ("extra_steps", extra_steps)):
-        if v is not None and (not isinstance(v, int) or v <= 0):
-            raise ValueError(f"{name}: expected a positive int, got {v!r}")
-    codes = parse_langs(langs)
-    threads, previous = pick_threads(threads), torch.get_num_threads()
+    cfg = DemoConfig(Path(out), **settings)
+    codes = parse_langs(cfg.langs)
+    threads, previous = pick_threads(cfg.threads), torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return _study(Path(out), codes, minutes, vocab_size, k, beam, eval_sentences, record_sentences, max_tokens,
-                      dense_share, dense_steps, extra_steps, warmup, valid_sentences, seed, device, threads, progress)
+        return _study(cfg, codes, threads)
     finally:
         torch.set_num_threads(previous)
 
 
-def _study(out, codes, minutes, vocab_size, k, beam, eval_sentences, record_sentences, max_tokens, dense_share,
-           dense_steps, extra_steps, warmup, valid_sentences, seed, device, threads, progress) -> dict:
+def _study(cfg: DemoConfig, codes: list[str], threads: int) -> dict:
     import torch
 
     from neuronspec.nmt.binarize import prepare_corpus
@@ -201,15 +225,17 @@ def _study(out, codes, minutes, vocab_size, k, beam, eval_sentences, record_sent
     from neuronspec.specialization.select import format_kept, random_masks, select_masks
     from neuronspec.specialization.specialize import continue_training
 
+    out, k, seed, progress, extra_steps = cfg.out, cfg.k, cfg.seed, cfg.progress, cfg.extra_steps
+    device = cfg.device
     _check_out(out)
-    clock = Clock(minutes)
+    clock = Clock(cfg.minutes)
     dev = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
     log.info("demo on %s with %d CPU thread(s) (load average %s)", dev, threads, _loadavg())
     bar = tqdm(total=len(PHASES), desc="demo", unit="phase", disable=not progress, position=0)
 
     def phase(name):
         bar.set_description(f"demo: {name}")
-        log.info("=== %s (%.1f of %.1f min used)", name, clock.elapsed() / 60, minutes)
+        log.info("=== %s (%.1f of %.1f min used)", name, clock.elapsed() / 60, cfg.minutes)
         return time.monotonic()
 
     def done(name, t):
@@ -223,19 +249,18 @@ def _study(out, codes, minutes, vocab_size, k, beam, eval_sentences, record_sent
 
     t = phase("prepare")
     prep = out / "data"
-    prepare_corpus(out / "corpus", prep, vocab_size=vocab_size, progress=False)
+    prepare_corpus(out / "corpus", prep, vocab_size=cfg.vocab_size, progress=False)
     done("prepare", t)
 
     # ---- dense baseline
     t = phase("dense")
-    dense_minutes = max(0.05, dense_share * clock.left() / 60)
+    dense_minutes = max(0.05, cfg.dense_share * clock.left() / 60)
     # inverse_sqrt: the continuations below go on at the baseline's final learning rate
-    cfg = TrainConfig(data=str(prep), out=str(out / "dense"), preset="tiny", max_tokens=max_tokens, warmup=warmup,
-                      lr_scheduler="inverse_sqrt",
-                      seed=seed, max_steps=dense_steps, max_minutes=None if dense_steps else dense_minutes,
-                      valid_every=0, valid_max_sentences=valid_sentences, valid_chrf_sentences=0, log_every=25,
-                      device=dev, progress=progress)
-    trainer = Trainer(cfg)
+    trainer = Trainer(TrainConfig(data=str(prep), out=str(out / "dense"), preset="tiny", max_tokens=cfg.max_tokens,
+                                  warmup=cfg.warmup, lr_scheduler="inverse_sqrt", seed=seed, max_steps=cfg.dense_steps,
+                                  max_minutes=None if cfg.dense_steps else dense_minutes, valid_every=0,
+                                  valid_max_sentences=cfg.valid_sentences, valid_chrf_sentences=0, log_every=25,
+                                  device=dev, progress=progress))
     t_train = time.monotonic()
     summary = trainer.train()
     train_seconds = time.monotonic() - t_train
@@ -248,7 +273,7 @@ def _study(out, codes, minutes, vocab_size, k, beam, eval_sentences, record_sent
              summary["step"], train_seconds / 60, steps_per_s, final_lr)
 
     def evaluate(name, ckpt):
-        return evaluate_checkpoint(ckpt, str(prep), "test", beam, eval_sentences, out_dir=out / "eval" / name,
+        return evaluate_checkpoint(ckpt, str(prep), "test", cfg.beam, cfg.eval_sentences, out_dir=out / "eval" / name,
                                    device=dev, progress=progress)
 
     t = phase("eval baseline")
@@ -258,7 +283,7 @@ def _study(out, codes, minutes, vocab_size, k, beam, eval_sentences, record_sent
 
     # ---- record, select, analyze
     t = phase("record")
-    counts = record(dense_ckpt, prep, out / "counts.pt", split="valid", max_sentences=record_sentences,
+    counts = record(dense_ckpt, prep, out / "counts.pt", split="valid", max_sentences=cfg.record_sentences,
                     max_tokens=4000, device=dev, progress=progress)
     done("record", t)
 
@@ -288,7 +313,7 @@ def _study(out, codes, minutes, vocab_size, k, beam, eval_sentences, record_sent
         log.info("%.0f s left: %d extra steps per continuation (%.0f s each at the baseline's speed)",
                  clock.left(), extra_steps, per_arm)
     cont = dict(lr=final_lr, warmup=max(1, min(50, extra_steps // 4)), lr_scheduler="inverse_sqrt",
-                valid_max_sentences=valid_sentences,
+                valid_max_sentences=cfg.valid_sentences,
                 valid_chrf_sentences=0, valid_every=0, progress=progress, device=dev)
     arm_masks = {"finetune": None, "random": rand, "specialized": masks}
     ckpts, steps = {}, {"baseline": 0}
@@ -310,20 +335,31 @@ def _study(out, codes, minutes, vocab_size, k, beam, eval_sentences, record_sent
 
     # ---- report
     t = phase("report")
+    res = write_report(cfg, codes, directions, threads, dev, summary["step"], extra_steps, evals, steps, tests,
+                       analyses, clock)
+    done("report", t)
+    bar.close()
+    return res
+
+
+def write_report(cfg: DemoConfig, codes, directions, threads, dev, dense_steps, extra_steps, evals, steps, tests,
+                 analyses, clock) -> dict:
+    """results.md and results.json of a finished study; returns the results (plus the table)."""
     table, rows = results_table(evals, steps, tests)
     notes = verdicts(evals, analyses)
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    res = {"langs": codes, "directions": directions, "k": k, "beam": beam, "eval_sentences": eval_sentences,
-           "dense_steps": summary["step"], "extra_steps": extra_steps, "rows": rows, "verdicts": notes,
+    res = {"langs": codes, "directions": directions, "k": cfg.k, "beam": cfg.beam,
+           "eval_sentences": cfg.eval_sentences, "dense_steps": dense_steps, "extra_steps": extra_steps, "rows": rows,
+           "verdicts": notes,
            "significance": {f"{b} vs {a}": {"pooled": c["pooled"], "wins": c["wins"]} for (b, a), c in tests.items()},
            "iou_mean_by_layer": {lab: {"encoder": a["encoder"], "decoder": a["decoder"]} for lab, a in analyses.items()},
            "timings_s": clock.phases, "total_s": clock.elapsed(), "budget_s": clock.budget,
-           "loadavg": list(load) if load else None, "device": dev, "threads": threads, "out": str(out)}
+           "loadavg": list(load) if load else None, "device": dev, "threads": threads, "out": str(cfg.out)}
     md = ["# Neuron Specialization demo", "",
           f"{len(codes)} languages ({', '.join(codes)}) ↔ en, {len(directions)} directions, tiny preset; "
-          f"dense baseline {summary['step']} steps, then {extra_steps} extra steps per continuation "
-          f"(fresh optimizer, same batches). Test split, beam {beam}, "
-          f"{eval_sentences or 'all'} sentences per direction; masks from k = {k}.", "", table, "",
+          f"dense baseline {dense_steps} steps, then {extra_steps} extra steps per continuation "
+          f"(fresh optimizer, same batches). Test split, beam {cfg.beam}, "
+          f"{cfg.eval_sentences or 'all'} sentences per direction; masks from k = {cfg.k}.", "", table, "",
           "Δ: the average over directions minus the baseline's; * = the paired bootstrap (1000 resamples) over "
           "all supervised test lines pooled gives p < 0.05 against the baseline (its pooled Δ is in the next "
           "section).", "", "## Significance (paired bootstrap)", "", *significance_lines(tests), "",
@@ -336,12 +372,10 @@ def _study(out, codes, minutes, vocab_size, k, beam, eval_sentences, record_sent
            "decoder 52.2 → 49.7 → 41.4 → 29.9 → 24.1 → 25.9", "",
            "![mean IoU, k=0.7](analysis-k0.7/mean_iou.png)", "",
            "## Timings", "", *[f"- {n}: {s:.1f} s" for n, s in clock.phases.items()],
-           f"- total: {clock.elapsed() / 60:.1f} min (budget {minutes} min, {threads} CPU thread(s))"
+           f"- total: {clock.elapsed() / 60:.1f} min (budget {cfg.minutes} min, {threads} CPU thread(s))"
            + (f", load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}" if load else ""), ""]
-    write_atomic(out / "results.md", "\n".join(md))
-    write_atomic(out / "results.json", strict_json(res))
-    done("report", t)
-    bar.close()
+    write_atomic(cfg.out / "results.md", "\n".join(md))
+    write_atomic(cfg.out / "results.json", strict_json(res))
     res["table"] = table
     return res
 
