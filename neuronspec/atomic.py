@@ -40,6 +40,19 @@ def atomic_file(path: str | os.PathLike, fsync: bool = False) -> Iterator[io.Buf
         raise
 
 
+def replace_folder(built: Path, final: Path) -> None:
+    """Move the finished folder `built` to `final` (a sibling); a folder already at `final` is
+    moved aside first and removed only after the swap, so a failure never leaves neither."""
+    old = None
+    if final.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+        os.rmdir(old)
+        os.replace(final, old)
+    os.replace(built, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
     """Write `data` (str as UTF-8) to `path` atomically."""
     with atomic_file(path) as f:

@@ -34,7 +34,7 @@ from typing import Iterable, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from neuronspec.atomic import atomic_file, check_writable_folder, write_atomic
+from neuronspec.atomic import atomic_file, check_writable_folder, replace_folder, write_atomic
 from neuronspec.nmt.data import (
     FORMAT_VERSION, META_FILE, PIVOT, Corpus, PreparedData, iter_lines, read_kinds,
     scan_corpus,
@@ -191,14 +191,7 @@ def prepare_corpus(
         _prepare_into(out, final, corpus, corpus_dir, vocab_size, langs, pivot, tokenizer_sentences, character_coverage,
                       model_type, placeholders, code_identifiers, seed, num_threads, progress)
         os.chmod(out, 0o777 & ~_umask())
-        old = None
-        if final.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
-            os.rmdir(old)
-            os.replace(final, old)
-        os.replace(out, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_folder(out, final)
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)
         raise

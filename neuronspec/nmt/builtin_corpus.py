@@ -64,6 +64,7 @@ from babel.dates import format_date, format_skeleton
 from babel.lists import format_list
 from babel.units import format_unit
 
+from neuronspec.atomic import replace_folder
 from neuronspec.nmt.languages import LANGUAGES, catalog_lang, parse_langs
 from neuronspec.nmt.placeholders import placeholders, strip_placeholders
 
@@ -803,14 +804,7 @@ def _write_atomically(out_dir: Path, splits: dict, summary: dict, zero_shot: dic
                                         encoding="utf-8")
         (tmp / "README.md").write_text(_readme(summary), encoding="utf-8")
         os.chmod(tmp, 0o755)
-        old = None
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-            os.rmdir(old)
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_folder(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
