@@ -40,7 +40,8 @@ from pathlib import Path
 
 log = logging.getLogger("study_cpu")
 
-ARMS = ("finetune", "random", "specialized")
+ARMS = ("finetune", "random", "specialized")  # run order
+ORDER = ("specialized", "finetune", "random")  # the expected ranking: table columns
 # (B, A): B tested against A; the expected order is specialized > fine-tune > random
 COMPARISONS = (("specialized", "finetune"), ("specialized", "random"), ("finetune", "random"))
 METRICS = (("bleu", "BLEU"), ("chrf", "chrF++"))
@@ -152,7 +153,7 @@ def verdict_table(rows: list[dict]) -> str:
 
     for r in rows:
         lines.append(f"| {r['group']} | {r['metric']} | " + " | ".join(
-            fmt_ms(r[a], r[f"{a}_sd"]) for a in ARMS) +
+            fmt_ms(r[a], r[f"{a}_sd"]) for a in ORDER) +
             f" | {'yes' if r['held'] else 'no'} | {dp(r, 'specialized-finetune')} | {dp(r, 'specialized-random')} | "
             f"{dp(r, 'finetune-random')} | {'yes' if r['significant'] else 'no'} |")
     return "\n".join(lines)
@@ -635,7 +636,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="UTC time HH:MM: no new continuation starts after it (the report covers what finished)")
     p.add_argument("--report-only", action="store_true", help="only rebuild the report from what exists")
     a = p.parse_args(argv)
-    a.command = " ".join(["python", "examples/study_cpu.py", *(sys.argv[1:] if argv is None else argv)])
+    a.command = " ".join(["python", "examples/study_cpu.py",
+                          *(x for x in (sys.argv[1:] if argv is None else argv) if x != "--report-only")])
     if a.deadline:
         hh, mm = map(int, a.deadline.split(":"))
         now = _dt.datetime.now(_dt.timezone.utc)

@@ -87,6 +87,9 @@ def test_verdict_rows_significance():
     assert rows[0]["d_specialized-finetune"] is None and not rows[0]["significant"]
     table = study.verdict_table(rows)
     assert table.count("\n") == 3 and "| all | BLEU |" in table
+    # columns in the header's order: specialized, fine-tune, random
+    assert table.splitlines()[0].startswith("| group | metric | specialized | fine-tune | random |")
+    assert "| all | BLEU | 14.50 ± 0.50 | 13.50 ± 0.50 | 12.50 ± 0.50 | yes |" in table
 
 
 def test_verdict_when_order_fails():
