@@ -204,10 +204,11 @@ def test_interrupted_run_resumes_exactly(run_files, uninterrupted, tmp_path, mon
                 os.kill(os.getpid(), signum)
             yield from batches(*a, **kw)
         monkeypatch.setattr(decode, "sampled_batches", hooked)
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)  # SIG_IGN under nohup
     with pytest.raises(Interrupted) as e:
         t.train()
     assert e.value.exit_status == 128 + signum and f"stopped after step {k}" in str(e.value)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before  # handlers restored
     saved = load_checkpoint(tmp_path / LAST)
     assert saved["step"] == k and saved["pending_valid"] == ("periodic" if k % VALID == 0 else None)
     monkeypatch.undo()

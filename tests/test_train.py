@@ -384,6 +384,16 @@ def test_original_recipe_overrides(prep, tmp_path):
         continue_training(dense["checkpoint"], tmp_path / "s2", None, steps=1, recipe="fairseq")
 
 
+def test_continuation_does_not_inherit_patience(prep, tmp_path):
+    """A baseline trained with early stopping: its continuation without validations runs (it
+    used to fail with 'patience needs validations') and stops at its step count."""
+    from neuronspec.specialization.specialize import continue_training
+
+    dense = train(config(prep, tmp_path / "dense", max_steps=2, valid_every=1, patience=5))
+    s = continue_training(dense["checkpoint"], tmp_path / "ft", None, steps=2, valid_every=0)
+    assert s["step"] == 2 and load_checkpoint(s["checkpoint"])["config"]["patience"] == 0
+
+
 # ---- non-finite losses -------------------------------------------------------------------------
 def test_nonfinite_updates_are_skipped_then_the_run_stops(prep, tmp_path, monkeypatch):
     """A NaN loss skips the update (weights untouched, step not counted); max_nonfinite in a row

@@ -81,8 +81,10 @@ def continue_training(checkpoint: str | os.PathLike, out: str | os.PathLike,
             masks = load_model_masks(masks, ffn_layer_names(ModelConfig.from_dict(ck["model_config"])))
         masks = restrict(masks, where)
     base = dict(ck["config"])
+    # early stopping is not inherited from the source run: a continuation stops at `steps` unless
+    # the recipe or the caller asks for patience (with validations to count it on)
     base.update(data=overrides.pop("data", None) or prep or base.get("data"), out=os.fspath(out),
-                max_steps=steps, max_minutes=max_minutes)
+                max_steps=steps, max_minutes=max_minutes, patience=0)
     if recipe == "original":
         base.update(original_recipe(base.get("preset", "tiny")))
     cfg = TrainConfig.from_dict(base, **overrides)
