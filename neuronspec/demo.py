@@ -31,6 +31,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from neuronspec.atomic import strict_json, write_atomic
+from neuronspec.checks import check_int
 from neuronspec.nmt.compare import mark, write_compare
 
 log = logging.getLogger(__name__)
@@ -74,9 +75,7 @@ def pick_threads(threads: int | None = None) -> int:
     than free cores make every step wait on descheduled threads (measured on 2 cores with
     one other busy process: 1.6 s/step with 1 thread, 16 s/step with 2)."""
     if threads is not None:
-        if isinstance(threads, bool) or not isinstance(threads, int) or threads <= 0:
-            raise ValueError(f"threads: expected a positive int, got {threads!r}")
-        return threads
+        return check_int("threads", threads, 1)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     return max(1, min(cores, int(cores - busy + 0.5)))
@@ -189,9 +188,7 @@ class DemoConfig:
         if not 0 < self.dense_share < 1:
             raise ValueError(f"dense_share: must lie in (0, 1), got {self.dense_share!r}")
         for name in ("dense_steps", "extra_steps"):
-            v = getattr(self, name)
-            if v is not None and (not isinstance(v, int) or v <= 0):
-                raise ValueError(f"{name}: expected a positive int, got {v!r}")
+            check_int(name, getattr(self, name), 1, allow_none=True)
 
 
 def run_demo(out: str | os.PathLike = "runs/demo", **settings) -> dict:

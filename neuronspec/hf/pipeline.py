@@ -26,6 +26,7 @@ import torch
 
 from neuronspec.atomic import write_atomic
 from neuronspec.nmt.data import as_direction, direction_name, iter_lines
+from neuronspec.checks import check_int
 from neuronspec.files import save_file
 from neuronspec.ops import load_layer_masks, save_layer_masks
 from neuronspec.specialization.record import FORMAT, VERSION
@@ -156,10 +157,6 @@ def _check_directions(directions: Sequence[str]) -> list[str]:
     return [direction_name(d) for d in directions]
 
 
-def _check_positive(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name}: expected a positive int, got {value!r}")
-
 
 @torch.no_grad()
 def record(model, tokenizer, data: str | os.PathLike, directions: Sequence[str], out: str | os.PathLike | None = None,
@@ -168,9 +165,9 @@ def record(model, tokenizer, data: str | os.PathLike, directions: Sequence[str],
     """Count FFN activations of the dense `model` per direction over `data` (teacher forced,
     padding excluded); save to `out` if given and return the counts dict (record.py's format)."""
     directions = _check_directions(directions)
-    _check_positive("batch_size", batch_size)
+    check_int("batch_size", batch_size, 1)
     if max_sentences is not None:
-        _check_positive("max_sentences", max_sentences)
+        check_int("max_sentences", max_sentences, 1)
     codes = LanguageCodes(tokenizer, lang_codes)
     codes.check(directions)
     pairs = {d: read_pairs(data, split, d, max_sentences) for d in directions}
@@ -207,8 +204,8 @@ def specialize(model, tokenizer, masks_path: str | os.PathLike, data: str | os.P
     own neurons): Adam (no weight decay, so rows no direction uses stay as they were), one direction per step in turn, `batch_size` pairs drawn at random from
     that direction's files. Saves the model and tokenizer (save_pretrained) and the masks
     (neuronspec_masks.pt) to `out`; returns the loss of every step."""
-    _check_positive("steps", steps)
-    _check_positive("batch_size", batch_size)
+    check_int("steps", steps, 1)
+    check_int("batch_size", batch_size, 1)
     masks, meta = load_layer_masks(masks_path)
     if not masks:
         raise ValueError(f"masks: {os.fspath(masks_path)!r} has no layers")
@@ -275,8 +272,8 @@ def translate(model, tokenizer, lines: Sequence[str], direction: str, *, masks: 
     """Translate `lines` in `direction` with beam search, the model's FFNs masked by that
     direction's masks (none given: the dense model)."""
     direction = direction_name(direction)
-    _check_positive("beam", beam)
-    _check_positive("batch_size", batch_size)
+    check_int("beam", beam, 1)
+    check_int("batch_size", batch_size, 1)
     codes = LanguageCodes(tokenizer, lang_codes)
     codes.check([direction])
     spec = apply_masks(model, masks, direction)

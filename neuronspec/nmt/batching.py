@@ -35,6 +35,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from neuronspec.checks import check_int
 from neuronspec.nmt.data import DirectionLike, PreparedData, as_direction, direction_name
 
 log = logging.getLogger(__name__)
@@ -212,10 +213,8 @@ def length_bounds(sizes: np.ndarray, max_tokens: int, max_sentences: int | None 
 
 
 def check_budget(max_tokens, max_sentences=None):
-    if not isinstance(max_tokens, (int, np.integer)) or isinstance(max_tokens, bool) or max_tokens <= 0:
-        raise ValueError(f"max_tokens: must be a positive int, got {max_tokens!r}")
-    if max_sentences is not None and (not isinstance(max_sentences, (int, np.integer)) or max_sentences <= 0):
-        raise ValueError(f"max_sentences: must be a positive int or None, got {max_sentences!r}")
+    check_int("max_tokens", max_tokens, 1)
+    check_int("max_sentences", max_sentences, 1, allow_none=True)
 
 
 class TrainSampler:
@@ -236,14 +235,11 @@ class TrainSampler:
                  target_tag: str = "decoder", upsample: dict[str, int] | None = None):
         check_budget(max_tokens, max_sentences)
         check_target_tag(target_tag)
-        if not isinstance(world_size, int) or world_size < 1:
-            raise ValueError(f"world_size: must be an int >= 1, got {world_size!r}")
+        check_int("world_size", world_size, 1)
         if not isinstance(rank, int) or not 0 <= rank < world_size:
             raise ValueError(f"rank: must be in [0, {world_size}), got {rank!r}")
-        if not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"seed: must be an int >= 0, got {seed!r}")
-        if not isinstance(pool_batches, int) or pool_batches < 1:
-            raise ValueError(f"pool_batches: must be an int >= 1, got {pool_batches!r}")
+        check_int("seed", seed, 0)
+        check_int("pool_batches", pool_batches, 1)
         self.data = data
         self.max_tokens = int(max_tokens)
         self.max_sentences = max_sentences

@@ -35,6 +35,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from neuronspec.atomic import atomic_file, check_writable_folder, replace_folder, write_atomic
+from neuronspec.checks import check_int
 from neuronspec.nmt.data import (
     FORMAT_VERSION, META_FILE, PIVOT, Corpus, PreparedData, iter_lines, read_kinds,
     scan_corpus,
@@ -180,8 +181,7 @@ def prepare_corpus(
     interrupted run keeps the previous prepared folder. A folder holding files this function
     does not write is refused (they would be lost in the swap).
     """
-    if not isinstance(tokenizer_sentences, int) or tokenizer_sentences <= 0:
-        raise ValueError(f"tokenizer_sentences: must be a positive int, got {tokenizer_sentences!r}")
+    check_int("tokenizer_sentences", tokenizer_sentences, 1)
     final = Path(out_dir)
     _check_out(final)
     corpus = scan_corpus(corpus_dir, langs=langs, pivot=pivot)

@@ -66,6 +66,7 @@ from babel.units import format_unit
 
 from neuronspec.atomic import replace_folder
 from neuronspec.nmt.languages import LANGUAGES, catalog_lang, parse_langs
+from neuronspec.checks import check_int
 from neuronspec.nmt.placeholders import placeholders, strip_placeholders
 
 logger = logging.getLogger(__name__)
@@ -485,12 +486,6 @@ def _check_fraction(name: str, value: float) -> float:
     return float(value)
 
 
-def _check_int(name: str, value: int, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}: must be an int >= {minimum}, got {value!r}")
-    return value
-
-
 def build_builtin_corpus(
     out_dir: str | os.PathLike,
     langs: str | Iterable[str] | None = None,
@@ -535,10 +530,10 @@ def build_builtin_corpus(
     if valid_fraction + test_fraction >= 1.0:
         raise ValueError(f"valid_fraction + test_fraction must be < 1, got "
                          f"{valid_fraction + test_fraction}")
-    max_eval = _check_int("max_eval", max_eval, 0)
-    min_eval = _check_int("min_eval", min_eval, 0)
-    max_chars = _check_int("max_chars", max_chars, 1)
-    low_floor = _check_int("low_floor", low_floor, 0)
+    max_eval = check_int("max_eval", max_eval, 0)
+    min_eval = check_int("min_eval", min_eval, 0)
+    max_chars = check_int("max_chars", max_chars, 1)
+    low_floor = check_int("low_floor", low_floor, 0)
     extra = [gettext_packages] if isinstance(gettext_packages, str) else list(gettext_packages)
     for p in extra:
         if not isinstance(p, str) or not p:

@@ -6,6 +6,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
+from ..checks import check_int
 from .batching import check_target_tag, tag_options
 from .model import PRESETS
 from .schedule import LR_SCHEDULERS
@@ -108,8 +109,7 @@ class TrainConfig:
             if getattr(self, name) is not None:
                 checks.append((name, getattr(self, name), 0))
         for name, v, lo in checks:
-            if not isinstance(v, int) or v < lo:
-                raise ValueError(f"TrainConfig.{name} must be an int >= {lo}, got {v!r}")
+            check_int(f"TrainConfig.{name}", v, lo)
         for name in ("lr", "warmup_init_lr", "adam_eps", "weight_decay", "label_smoothing", "clip_norm", "max_minutes",
                      "dropout", "attention_dropout", "ema_decay", "temperature", "save_every_minutes"):
             v = getattr(self, name)

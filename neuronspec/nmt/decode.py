@@ -22,14 +22,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..checks import check_int
 from .model import Transformer, task_arg
 
 log = logging.getLogger(__name__)
 
 
 def _check(beam: int, max_len_a: float, max_len_b: int, lenpen: float) -> None:
-    if not isinstance(beam, int) or beam < 1:
-        raise ValueError(f"beam must be a positive int, got {beam!r}")
+    check_int("beam", beam, 1)
     if not math.isfinite(max_len_a) or max_len_a < 0 or max_len_b < 1:
         raise ValueError(f"max_len_a must be a finite number >= 0 and max_len_b >= 1, got {max_len_a}, {max_len_b}")
     if not math.isfinite(lenpen) or lenpen < 0:

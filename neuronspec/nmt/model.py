@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from neuronspec.checks import check_int
 from neuronspec.ops import SpecializedFFN
 
 # Presets. tiny: trains in minutes on 2 CPU cores (docs/design.md §8). base/big: Vaswani et al.
@@ -60,9 +61,7 @@ class ModelConfig:
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "d_ff", "heads", "encoder_layers", "decoder_layers", "max_positions"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v <= 0:
-                raise ValueError(f"ModelConfig.{name} must be a positive int, got {v!r}")
+            check_int(f"ModelConfig.{name}", getattr(self, name), 1)
         if self.d_model % self.heads:
             raise ValueError(f"ModelConfig.d_model ({self.d_model}) must be divisible by heads ({self.heads})")
         if self.activation not in ("relu", "gelu"):

@@ -27,6 +27,7 @@ import sentencepiece as spm
 
 from neuronspec.atomic import write_atomic
 from neuronspec.nmt.placeholders import CODE_PIECES, SLOT_PIECES, protect, restore
+from neuronspec.checks import check_int
 
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
 _TAG_RE = re.compile(r"^<2(.+)>$")
@@ -88,8 +89,7 @@ class Tokenizer:
         model may come out smaller; ``len(tok)`` gives the real size. The model file is
         written atomically.
         """
-        if not isinstance(vocab_size, int) or vocab_size < 8:
-            raise ValueError(f"vocab_size: must be an int >= 8, got {vocab_size!r}")
+        check_int("vocab_size", vocab_size, 8)
         if not 0.0 < character_coverage <= 1.0:
             raise ValueError(f"character_coverage: must be in (0, 1], got {character_coverage}")
         langs = list(langs)

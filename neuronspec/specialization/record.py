@@ -28,6 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from neuronspec.atomic import check_writable_file
+from neuronspec.checks import check_int
 from neuronspec.files import load_file, save_file
 from neuronspec.nmt.checkpoint import load_model as load_trained
 
@@ -51,8 +52,7 @@ def count_activations(model, batches: Iterable, num_tasks: int, progress: bool =
     Returns {"counts": {layer: int64 [T, f]}, "tokens": {"encoder"/"decoder": int64 [T]},
     "sentences": int64 [T]}. The model must be dense; it is put in eval mode.
     """
-    if not isinstance(num_tasks, int) or num_tasks <= 0:
-        raise ValueError(f"num_tasks: expected a positive int, got {num_tasks!r}")
+    check_int("num_tasks", num_tasks, 1)
     if model.masks():
         raise ValueError("model: has per-direction masks set; record the dense model (model.set_masks(None))")
     was_training = model.training
@@ -101,8 +101,7 @@ def record(checkpoint: str | os.PathLike, data: str | os.PathLike, out: str | os
     from neuronspec.nmt.batching import eval_batches, tag_options
     from neuronspec.nmt.data import PreparedData, direction_name
 
-    if max_sentences is not None and (not isinstance(max_sentences, int) or max_sentences <= 0):
-        raise ValueError(f"max_sentences: expected a positive int or None, got {max_sentences!r}")
+    check_int("max_sentences", max_sentences, 1, allow_none=True)
     if out is not None:  # before the counting, not after it
         check_writable_file(out, "out")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

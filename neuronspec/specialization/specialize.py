@@ -27,6 +27,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
+from neuronspec.checks import check_int
 from neuronspec.nmt.checkpoint import load_checkpoint, load_model_masks
 from neuronspec.nmt.model import ModelConfig, ffn_layer_names
 from neuronspec.nmt.config import TRAIN_DEFAULTS, TrainConfig
@@ -68,8 +69,7 @@ def continue_training(checkpoint: str | os.PathLike, out: str | os.PathLike,
     checkpoint's training config (data, batch size, lr, ...) unless the recipe ("original":
     see the module docstring) or `overrides` (TrainConfig fields, e.g. lr=5e-4, warmup=100;
     they win over the recipe) say otherwise. Returns the trainer's summary."""
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps <= 0:
-        raise ValueError(f"steps: expected a positive int, got {steps!r}")
+    check_int("steps", steps, 1)
     if recipe not in RECIPES:
         raise ValueError(f"recipe: expected one of {RECIPES}, got {recipe!r}")
     ck = load_checkpoint(checkpoint)
