@@ -1,7 +1,6 @@
-"""Argument checks shared by the package: one message format for every bad number."""
+"""Argument checks shared by the package: one message format for every bad integer."""
 from __future__ import annotations
 
-import math
 import numbers
 
 
@@ -14,11 +13,3 @@ def check_int(name: str, value, minimum: int = 0, *, allow_none: bool = False) -
         raise ValueError(f"{name}: must be an int >= {minimum}{' or None' if allow_none else ''}, got {value!r}")
     return value
 
-
-def check_finite(name: str, value, *, allow_none: bool = False) -> float | None:
-    """`value` must be a finite real number (not a bool), or None when `allow_none`."""
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"{name}: must be a finite number, got {value!r}")
-    return value
