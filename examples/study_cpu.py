@@ -240,11 +240,11 @@ def run_study(a: argparse.Namespace) -> dict:
     import torch
 
     torch.set_num_threads(a.threads)
-    from neuronspec.nmt.binarize import prepare_corpus
-    from neuronspec.nmt.builtin_corpus import build_builtin_corpus
+    from neuronspec.data.binarize import prepare_corpus
+    from neuronspec.data.builtin_corpus import build_builtin_corpus
     from neuronspec.nmt.compare import paired_test, read_eval, write_compare
     from neuronspec.nmt.evaluate import evaluate_checkpoint
-    from neuronspec.nmt.languages import parse_langs, tier
+    from neuronspec.data.languages import parse_langs, tier
     from neuronspec.nmt.train import TrainConfig, Trainer
     from neuronspec.ops import save_layer_masks
     from neuronspec.ops.masks import load_layer_masks

@@ -50,7 +50,7 @@ def commands(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
         raise ValueError(f"benchmark scripts not found in {BENCH_DIR}: run from a source checkout of neuronspec")
     device = args.device
     if device == "auto":
-        import torch
+        import torch  # lazy: only to pick the default device; the benchmarks run in subprocesses
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     out = Path(args.out) if args.out else Path.cwd() / "bench_results" / device.split(":")[0]

@@ -25,14 +25,27 @@ import logging
 import math
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
 from neuronspec.atomic import strict_json, write_atomic
 from neuronspec.checks import check_int
+from neuronspec.data.binarize import prepare_corpus
+from neuronspec.data.builtin_corpus import build_builtin_corpus
+from neuronspec.data.languages import parse_langs
 from neuronspec.nmt.compare import mark, write_compare
+from neuronspec.nmt.config import TrainConfig
+from neuronspec.nmt.evaluate import evaluate_checkpoint
+from neuronspec.nmt.train import Trainer
+from neuronspec.ops import save_layer_masks
+from neuronspec.specialization.iou import trend, write_analysis
+from neuronspec.specialization.record import record
+from neuronspec.specialization.select import check_k, format_kept, random_masks, select_masks
+from neuronspec.specialization.specialize import continue_training
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +152,6 @@ def significance_lines(tests: dict) -> list[str]:
 
 def verdicts(evals: dict[str, dict], analyses: dict[str, dict]) -> list[str]:
     """The seed's expectations, as observed here (not assumed)."""
-    from neuronspec.specialization.iou import trend
-
     out = []
     for label, res in analyses.items():
         enc, dec = trend(res["encoder"]), trend(res["decoder"])
@@ -180,8 +191,6 @@ class DemoConfig:
 
     def __post_init__(self):
         """Checked before anything runs (a bad k must not cost a dense baseline first)."""
-        from neuronspec.specialization.select import check_k
-
         self.out, self.k = Path(self.out), check_k(self.k)
         if not isinstance(self.minutes, (int, float)) or not math.isfinite(self.minutes) or self.minutes <= 0:
             raise ValueError(f"minutes: must be a finite number > 0, got {self.minutes!r}")
@@ -194,10 +203,6 @@ class DemoConfig:
 def run_demo(out: str | os.PathLike = "runs/demo", **settings) -> dict:
     """Run the study (see module docstring) with DemoConfig(out, **settings); returns the
     results dict also saved as results.json."""
-    import torch
-
-    from neuronspec.nmt.languages import parse_langs
-
     cfg = DemoConfig(Path(out), **settings)
     codes = parse_langs(cfg.langs)
     threads, previous = pick_threads(cfg.threads), torch.get_num_threads()
@@ -209,134 +214,197 @@ def run_demo(out: str | os.PathLike = "runs/demo", **settings) -> dict:
 
 
 def _study(cfg: DemoConfig, codes: list[str], threads: int) -> dict:
-    import torch
+    """The study's phases in order (see the module docstring); returns write_report's results."""
+    run = _start(cfg, codes, threads)
+    _build_data(run)
+    dense, final_lr, steps_per_s = _dense_baseline(run)
+    with run.phase("eval baseline"):
+        evals = {"baseline": _evaluate(run, "baseline", dense["checkpoint"])}
+    counts = _record(run, dense["checkpoint"])
+    masks, masks_07, rand = _select(run, counts)
+    analyses = _analyze(run, masks, masks_07, counts["meta"]["pivot"])
+    extra_steps = _extra_steps(run, run.clock.phases["eval baseline"], steps_per_s)
+    cont = continuation_settings(cfg, run.dev, final_lr, extra_steps)
+    ckpts, steps = _continuations(run, dense["checkpoint"], {"finetune": None, "random": rand, "specialized": masks},
+                                  extra_steps, cont)
+    with run.phase("eval continued"):
+        for arm in ARMS:
+            evals[arm] = _evaluate(run, arm, ckpts[arm])
+    with run.phase("significance"):
+        tests = {(b, a): write_compare(cfg.out / "eval" / a, cfg.out / "eval" / b, cfg.out / "compare" / f"{b}-vs-{a}")
+                 for b, a in COMPARISONS}
+    with run.phase("report"):
+        res = write_report(cfg, codes, counts["directions"], threads, run.dev, dense["step"], extra_steps, evals, steps,
+                           tests, analyses, run.clock)
+    run.bar.close()
+    return res
 
-    from neuronspec.nmt.binarize import prepare_corpus
-    from neuronspec.nmt.builtin_corpus import build_builtin_corpus
-    from neuronspec.nmt.evaluate import evaluate_checkpoint
-    from neuronspec.nmt.config import TrainConfig
-    from neuronspec.nmt.train import Trainer
-    from neuronspec.ops import save_layer_masks
-    from neuronspec.specialization.iou import write_analysis
-    from neuronspec.specialization.record import record
-    from neuronspec.specialization.select import format_kept, random_masks, select_masks
-    from neuronspec.specialization.specialize import continue_training
 
-    out, k, seed, progress, extra_steps = cfg.out, cfg.k, cfg.seed, cfg.progress, cfg.extra_steps
-    device = cfg.device
-    _check_out(out)
-    clock = Clock(cfg.minutes)
-    dev = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
-    log.info("demo on %s with %d CPU thread(s) (load average %s)", dev, threads, _loadavg())
-    bar = tqdm(total=len(PHASES), desc="demo", unit="phase", disable=not progress, position=0)
+@dataclass
+class _Run:
+    """One demo run's context: its settings, languages, threads, resolved device, clock and phase bar."""
+    cfg: DemoConfig
+    codes: list[str]
+    threads: int
+    dev: str
+    clock: Clock
+    bar: tqdm
 
-    def phase(name):
-        bar.set_description(f"demo: {name}")
-        log.info("=== %s (%.1f of %.1f min used)", name, clock.elapsed() / 60, cfg.minutes)
-        return time.monotonic()
-
-    def done(name, t):
-        s = clock.record(name, t)
-        bar.update(1)
+    @contextmanager
+    def phase(self, name: str):
+        """One phase of PHASES: logged at its start, timed into clock.phases and ticked on the bar at its end."""
+        self.bar.set_description(f"demo: {name}")
+        log.info("=== %s (%.1f of %.1f min used)", name, self.clock.elapsed() / 60, self.cfg.minutes)
+        t = time.monotonic()
+        yield
+        s = self.clock.record(name, t)
+        self.bar.update(1)
         log.info("    %s took %.1f s", name, s)
 
-    t = phase("corpus")
-    build_builtin_corpus(out / "corpus", langs=codes, seed=0, progress=False)
-    done("corpus", t)
 
-    t = phase("prepare")
-    prep = out / "data"
-    prepare_corpus(out / "corpus", prep, vocab_size=cfg.vocab_size, progress=False)
-    done("prepare", t)
+def _start(cfg: DemoConfig, codes: list[str], threads: int) -> _Run:
+    """Claim the output folder, start the clock and the phase bar; returns the run's context."""
+    _check_out(cfg.out)
+    clock = Clock(cfg.minutes)
+    auto = cfg.device == "auto"
+    dev = "cuda" if auto and torch.cuda.is_available() else ("cpu" if auto else cfg.device)
+    log.info("demo on %s with %d CPU thread(s) (load average %s)", dev, threads, _loadavg())
+    bar = tqdm(total=len(PHASES), desc="demo", unit="phase", disable=not cfg.progress, position=0)
+    return _Run(cfg, codes, threads, dev, clock, bar)
 
-    # ---- dense baseline
-    t = phase("dense")
-    dense_minutes = max(0.05, cfg.dense_share * clock.left() / 60)
-    # inverse_sqrt: the continuations below go on at the baseline's final learning rate
-    trainer = Trainer(TrainConfig(data=str(prep), out=str(out / "dense"), preset="tiny", max_tokens=cfg.max_tokens,
-                                  warmup=cfg.warmup, lr_scheduler="inverse_sqrt", seed=seed, max_steps=cfg.dense_steps,
-                                  max_minutes=None if cfg.dense_steps else dense_minutes, valid_every=0,
-                                  valid_max_sentences=cfg.valid_sentences, valid_chrf_sentences=0, log_every=25,
-                                  device=dev, progress=progress))
-    t_train = time.monotonic()
-    summary = trainer.train()
-    train_seconds = time.monotonic() - t_train
-    dense_ckpt = summary["checkpoint"]
-    final_lr = trainer.optimizer.param_groups[0]["lr"]
-    steps_per_s = summary["step"] / max(train_seconds, 1e-6)
-    del trainer
-    done("dense", t)
+
+def _build_data(run: _Run) -> None:
+    """Build the built-in corpus into out/corpus and prepare (tokenize, binarize) it into out/data."""
+    out = run.cfg.out
+    with run.phase("corpus"):
+        build_builtin_corpus(out / "corpus", langs=run.codes, seed=0, progress=False)
+    with run.phase("prepare"):
+        prepare_corpus(out / "corpus", out / "data", vocab_size=run.cfg.vocab_size, progress=False)
+
+
+def dense_train_config(cfg: DemoConfig, dev: str, seconds_left: float) -> TrainConfig:
+    """The dense baseline's TrainConfig (tiny preset, out/data → out/dense): cfg.dense_steps steps, or
+    else cfg.dense_share of the seconds left (at least 3 s)."""
+    dense_minutes = max(0.05, cfg.dense_share * seconds_left / 60)
+    # inverse_sqrt: the continuations go on at the baseline's final learning rate
+    return TrainConfig(data=str(cfg.out / "data"), out=str(cfg.out / "dense"), preset="tiny",
+                       max_tokens=cfg.max_tokens, warmup=cfg.warmup, lr_scheduler="inverse_sqrt", seed=cfg.seed,
+                       max_steps=cfg.dense_steps, max_minutes=None if cfg.dense_steps else dense_minutes,
+                       valid_every=0, valid_max_sentences=cfg.valid_sentences, valid_chrf_sentences=0, log_every=25,
+                       device=dev, progress=cfg.progress)
+
+
+def _dense_baseline(run: _Run) -> tuple[dict, float, float]:
+    """Train the dense baseline; returns its train summary, its final learning rate and its steps/s."""
+    with run.phase("dense"):
+        trainer = Trainer(dense_train_config(run.cfg, run.dev, run.clock.left()))
+        t_train = time.monotonic()
+        summary = trainer.train()
+        train_seconds = time.monotonic() - t_train
+        final_lr = trainer.optimizer.param_groups[0]["lr"]
+        steps_per_s = summary["step"] / max(train_seconds, 1e-6)
+        del trainer
     log.info("dense baseline: %d steps in %.1f min (%.2f steps/s), final lr %.2e",
              summary["step"], train_seconds / 60, steps_per_s, final_lr)
+    return summary, final_lr, steps_per_s
 
-    def evaluate(name, ckpt):
-        return evaluate_checkpoint(ckpt, str(prep), "test", cfg.beam, cfg.eval_sentences, out_dir=out / "eval" / name,
-                                   device=dev, progress=progress)
 
-    t = phase("eval baseline")
-    evals = {"baseline": evaluate("baseline", dense_ckpt)}
-    done("eval baseline", t)
-    eval_seconds = clock.phases["eval baseline"]
+def _evaluate(run: _Run, name: str, ckpt) -> dict:
+    """Scores of checkpoint `ckpt` on the test split (hypotheses and scores in out/eval/<name>)."""
+    cfg = run.cfg
+    return evaluate_checkpoint(ckpt, str(cfg.out / "data"), "test", cfg.beam, cfg.eval_sentences,
+                               out_dir=cfg.out / "eval" / name, device=run.dev, progress=cfg.progress)
 
-    # ---- record, select, analyze
-    t = phase("record")
-    counts = record(dense_ckpt, prep, out / "counts.pt", split="valid", max_sentences=cfg.record_sentences,
-                    max_tokens=4000, device=dev, progress=progress)
-    done("record", t)
 
-    t = phase("select")
-    directions, pivot = counts["directions"], counts["meta"]["pivot"]
-    masks = select_masks(counts["counts"], directions, k, pivot=pivot)
-    masks_07 = select_masks(counts["counts"], directions, 0.7, pivot=pivot)
-    rand = random_masks(masks, seed)
-    save_layer_masks(masks, out / "masks.pt", {"kind": "selected", "k": k, "directions": directions, "pivot": pivot})
-    save_layer_masks(masks_07, out / "masks-k0.7.pt", {"kind": "selected", "k": 0.7, "directions": directions,
-                                                       "pivot": pivot})
-    save_layer_masks(rand, out / "masks-random.pt", {"kind": "random", "seed": seed, "directions": directions,
-                                                     "pivot": pivot, "masks_like": "masks.pt"})
-    log.info("kept fraction per layer (k=%s):\n%s", k, format_kept(masks))
-    done("select", t)
+def _record(run: _Run, ckpt) -> dict:
+    """Activation counts of `ckpt` on the valid split (saved as out/counts.pt)."""
+    cfg = run.cfg
+    with run.phase("record"):
+        return record(ckpt, cfg.out / "data", cfg.out / "counts.pt", split="valid",
+                      max_sentences=cfg.record_sentences, max_tokens=4000, device=run.dev, progress=cfg.progress)
 
-    t = phase("analyze")
-    analyses = {f"k={k}": write_analysis(masks, out / "analysis", {"k": k}, pivot),
+
+def _select(run: _Run, counts: dict) -> tuple[dict, dict, dict]:
+    """Masks at k, at k = 0.7 and size-matched random ones (saved as out/masks*.pt); returns the three."""
+    out, k, seed = run.cfg.out, run.cfg.k, run.cfg.seed
+    with run.phase("select"):
+        directions, pivot = counts["directions"], counts["meta"]["pivot"]
+        masks = select_masks(counts["counts"], directions, k, pivot=pivot)
+        masks_07 = select_masks(counts["counts"], directions, 0.7, pivot=pivot)
+        rand = random_masks(masks, seed)
+        save_layer_masks(masks, out / "masks.pt", {"kind": "selected", "k": k, "directions": directions,
+                                                   "pivot": pivot})
+        save_layer_masks(masks_07, out / "masks-k0.7.pt", {"kind": "selected", "k": 0.7, "directions": directions,
+                                                           "pivot": pivot})
+        save_layer_masks(rand, out / "masks-random.pt", {"kind": "random", "seed": seed, "directions": directions,
+                                                         "pivot": pivot, "masks_like": "masks.pt"})
+        log.info("kept fraction per layer (k=%s):\n%s", k, format_kept(masks))
+    return masks, masks_07, rand
+
+
+def _analyze(run: _Run, masks: dict, masks_07: dict, pivot) -> dict[str, dict]:
+    """IoU analyses of the masks at k (out/analysis) and at k = 0.7 (out/analysis-k0.7), keyed "k=<k>"."""
+    out, k = run.cfg.out, run.cfg.k
+    with run.phase("analyze"):
+        return {f"k={k}": write_analysis(masks, out / "analysis", {"k": k}, pivot),
                 "k=0.7": write_analysis(masks_07, out / "analysis-k0.7", {"k": 0.7}, pivot)}
-    done("analyze", t)
 
-    # ---- three continuations with the same number of steps
-    if extra_steps is None:
-        reserve = 3 * eval_seconds + 60.0  # three evaluations, the significance tests and the report
-        per_arm = max(1.0, (clock.left() - reserve) / 3)
-        extra_steps = max(1, int(0.85 * per_arm * steps_per_s))  # margin: start-up, validation, load
-        log.info("%.0f s left: %d extra steps per continuation (%.0f s each at the baseline's speed)",
-                 clock.left(), extra_steps, per_arm)
-    cont = dict(lr=final_lr, warmup=max(1, min(50, extra_steps // 4)), lr_scheduler="inverse_sqrt",
-                valid_max_sentences=cfg.valid_sentences,
-                valid_chrf_sentences=0, valid_every=0, progress=progress, device=dev)
-    arm_masks = {"finetune": None, "random": rand, "specialized": masks}
+
+def continuation_budget(seconds_left: float, eval_seconds: float, steps_per_s: float) -> tuple[int, float]:
+    """Steps per continuation and seconds per continuation when three continuations share what is left
+    after reserving three evaluations (as long as the baseline's) and 60 s for the tests and the report."""
+    reserve = 3 * eval_seconds + 60.0
+    per_arm = max(1.0, (seconds_left - reserve) / 3)
+    return max(1, int(0.85 * per_arm * steps_per_s)), per_arm  # margin: start-up, validation, load
+
+
+def _extra_steps(run: _Run, eval_seconds: float, steps_per_s: float) -> int:
+    """Steps per continuation: cfg.extra_steps, or else continuation_budget of the time left (logged)."""
+    if run.cfg.extra_steps is not None:
+        return run.cfg.extra_steps
+    extra_steps, per_arm = continuation_budget(run.clock.left(), eval_seconds, steps_per_s)
+    log.info("%.0f s left: %d extra steps per continuation (%.0f s each at the baseline's speed)",
+             run.clock.left(), extra_steps, per_arm)
+    return extra_steps
+
+
+def continuation_settings(cfg: DemoConfig, dev: str, final_lr: float, extra_steps: int) -> dict:
+    """continue_training's keyword arguments common to the three continuations: the baseline's final
+    learning rate, warm-up of a quarter of the steps (1 to 50), the baseline's validation loss only."""
+    return dict(lr=final_lr, warmup=max(1, min(50, extra_steps // 4)), lr_scheduler="inverse_sqrt",
+                valid_max_sentences=cfg.valid_sentences, valid_chrf_sentences=0, valid_every=0,
+                progress=cfg.progress, device=dev)
+
+
+def _continuations(run: _Run, dense_ckpt, arm_masks: dict, extra_steps: int, cont: dict) -> tuple[dict, dict]:
+    """Continue the baseline once per arm of ARMS (masks arm_masks[arm], None: dense) into out/<arm>;
+    returns the checkpoints by arm and the extra steps by model (baseline: 0)."""
     ckpts, steps = {}, {"baseline": 0}
     for arm in ARMS:
-        t = phase(arm)
-        s = continue_training(dense_ckpt, out / arm, arm_masks[arm], steps=extra_steps, overwrite=True, **cont)
-        ckpts[arm], steps[arm] = s["checkpoint"], s["step"]
-        done(arm, t)
+        with run.phase(arm):
+            s = continue_training(dense_ckpt, run.cfg.out / arm, arm_masks[arm], steps=extra_steps, overwrite=True,
+                                  **cont)
+            ckpts[arm], steps[arm] = s["checkpoint"], s["step"]
+    return ckpts, steps
 
-    t = phase("eval continued")
-    for arm in ARMS:
-        evals[arm] = evaluate(arm, ckpts[arm])
-    done("eval continued", t)
 
-    t = phase("significance")
-    tests = {(b, a): write_compare(out / "eval" / a, out / "eval" / b, out / "compare" / f"{b}-vs-{a}")
-             for b, a in COMPARISONS}
-    done("significance", t)
+def results_summary(cfg: DemoConfig, codes, directions, threads, dev, dense_steps, extra_steps, rows, notes, tests,
+                    analyses, timings: dict, total_s: float, budget_s: float, load) -> dict:
+    """The results.json dict: settings, table rows, verdicts, pooled significance and wins per comparison,
+    mean IoU by layer, timings (the `timings` dict itself), load average (None: unknown), device."""
+    return {"langs": codes, "directions": directions, "k": cfg.k, "beam": cfg.beam,
+            "eval_sentences": cfg.eval_sentences, "dense_steps": dense_steps, "extra_steps": extra_steps, "rows": rows,
+            "verdicts": notes,
+            "significance": {f"{b} vs {a}": {"pooled": c["pooled"], "wins": c["wins"]} for (b, a), c in tests.items()},
+            "iou_mean_by_layer": {lab: {"encoder": a["encoder"], "decoder": a["decoder"]}
+                                  for lab, a in analyses.items()},
+            "timings_s": timings, "total_s": total_s, "budget_s": budget_s,
+            "loadavg": list(load) if load else None, "device": dev, "threads": threads, "out": str(cfg.out)}
 
-    # ---- report
-    t = phase("report")
-    res = write_report(cfg, codes, directions, threads, dev, summary["step"], extra_steps, evals, steps, tests,
-                       analyses, clock)
-    done("report", t)
-    bar.close()
-    return res
+
+def _percent_trend(values: list[float | None]) -> str:
+    """'68.1 → 71.7 → …' of per-layer means; '–' where a layer has no pair (one direction of a kind)."""
+    return " → ".join("–" if v is None else f"{v * 100:.1f}" for v in values)
 
 
 def write_report(cfg: DemoConfig, codes, directions, threads, dev, dense_steps, extra_steps, evals, steps, tests,
@@ -345,13 +413,8 @@ def write_report(cfg: DemoConfig, codes, directions, threads, dev, dense_steps, 
     table, rows = results_table(evals, steps, tests)
     notes = verdicts(evals, analyses)
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    res = {"langs": codes, "directions": directions, "k": cfg.k, "beam": cfg.beam,
-           "eval_sentences": cfg.eval_sentences, "dense_steps": dense_steps, "extra_steps": extra_steps, "rows": rows,
-           "verdicts": notes,
-           "significance": {f"{b} vs {a}": {"pooled": c["pooled"], "wins": c["wins"]} for (b, a), c in tests.items()},
-           "iou_mean_by_layer": {lab: {"encoder": a["encoder"], "decoder": a["decoder"]} for lab, a in analyses.items()},
-           "timings_s": clock.phases, "total_s": clock.elapsed(), "budget_s": clock.budget,
-           "loadavg": list(load) if load else None, "device": dev, "threads": threads, "out": str(cfg.out)}
+    res = results_summary(cfg, codes, directions, threads, dev, dense_steps, extra_steps, rows, notes, tests, analyses,
+                          clock.phases, clock.elapsed(), clock.budget, load)
     md = ["# Neuron Specialization demo", "",
           f"{len(codes)} languages ({', '.join(codes)}) ↔ en, {len(directions)} directions, tiny preset; "
           f"dense baseline {dense_steps} steps, then {extra_steps} extra steps per continuation "
@@ -363,8 +426,7 @@ def write_report(cfg: DemoConfig, codes, directions, threads, dev, dense_steps, 
           "## Observed trends", "", *[f"- {n}" for n in notes], "",
           "## Mean IoU by layer (%)", ""]
     for lab, a in analyses.items():
-        md.append(f"- {lab}: encoder {' → '.join(f'{v * 100:.1f}' for v in a['encoder'])}; "
-                  f"decoder {' → '.join(f'{v * 100:.1f}' for v in a['decoder'])}")
+        md.append(f"- {lab}: encoder {_percent_trend(a['encoder'])}; decoder {_percent_trend(a['decoder'])}")
     md += ["- Tan et al. (k = 0.7): encoder 37.7 → 47.9 → 52.6 → 59.1 → 63.0 → 65.5; "
            "decoder 52.2 → 49.7 → 41.4 → 29.9 → 24.1 → 25.9", "",
            "![mean IoU, k=0.7](analysis-k0.7/mean_iou.png)", "",

@@ -37,7 +37,7 @@ def make_corpus(root, langs=("de", "fr"), n_train=400, n_eval=24, seed=0):
 
 
 def prepare(tmp_path, **kw):
-    from neuronspec.nmt.binarize import prepare_corpus
+    from neuronspec.data.binarize import prepare_corpus
 
     corpus = make_corpus(tmp_path / "corpus", **kw)
     return prepare_corpus(corpus, tmp_path / "prep", vocab_size=320, progress=False)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from neuronspec.nmt.batching import Batch, TrainSampler, eval_batches, tag_options, temperature_probs
-from neuronspec.nmt.binarize import prepare_corpus
+from neuronspec.data.batching import Batch, TrainSampler, eval_batches, tag_options, temperature_probs
+from neuronspec.data.binarize import prepare_corpus
 
 from test_nmt_data import make_corpus
 

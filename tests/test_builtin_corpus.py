@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from neuronspec.nmt import builtin_corpus as bc
+from neuronspec.data import builtin_corpus as bc
 
 LANGS = ["de", "fr", "kn", "ha", "am"]  # high, high, medium, medium, low
 
@@ -158,7 +158,7 @@ def test_sentence_placeholders_preserved(corpus):
 def test_sentence_placeholders_become_matching_slots(corpus):
     """Protected as slots (placeholders.py), a message and its translation hold the same
     slots, and the translation is restored from the English source alone (and vice versa)."""
-    from neuronspec.nmt.placeholders import protect, restore, slot_values, code_values
+    from neuronspec.data.placeholders import protect, restore, slot_values, code_values
 
     out, _ = corpus
     checked = same = 0
@@ -323,6 +323,25 @@ def test_subsample_tiers(corpus, tmp_path):
         "de": None, "nl": None, "sv": 400, "af": 40}
 
 
+def test_split_pairs_and_subsample_are_hash_ordered_and_count_drops():
+    from collections import Counter
+
+    pairs = [bc.Pair(f"item {i}", f"Ding {i}", "phrase", "t") for i in range(400)]
+    drops = Counter()
+    parts = bc.split_pairs(pairs, 3, 0.2, 0.2, 10, drops)
+    for split, items in parts.items():
+        assert all(bc.assign_split(p.en, 3, 0.2, 0.2) == split for p in items)
+        assert items == sorted(items, key=lambda p: (bc.stable_hash(p.en, 3), p.en))
+    assert len(parts["valid"]) == len(parts["test"]) == 10
+    n_eval = sum(bc.assign_split(p.en, 3, 0.2, 0.2) != "train" for p in pairs)
+    assert drops["eval_overflow"] == n_eval - 20 and len(parts["train"]) == 400 - n_eval
+    train = parts["train"]
+    kept = bc.subsample(train, 50, 3, drops)
+    smallest = sorted(train, key=lambda p: (bc.stable_hash(p.en, 3, "subsample"), p.en))[:50]
+    assert kept == [p for p in train if p in smallest] and drops["tier_subsample"] == len(train) - 50
+    assert bc.subsample(train, None, 3, drops) is train and bc.subsample(train, len(train), 3, drops) is train
+
+
 def test_cli_builtin(tmp_path, capsys, monkeypatch):
     import sys
 
@@ -347,7 +366,7 @@ def test_cli_builtin(tmp_path, capsys, monkeypatch):
 def test_zero_shot_test_pairs(tmp_path):
     """zero_shot=["de-fr"] writes test.de-fr.*: the test items of both languages with the
     same English text, aligned, with kinds; prepared data then has de→fr and fr→de."""
-    from neuronspec.nmt.binarize import prepare_corpus
+    from neuronspec.data.binarize import prepare_corpus
 
     out = tmp_path / "c"
     summary = bc.build_builtin_corpus(out, langs=["de", "fr"], zero_shot=["de-fr"], progress=False)

@@ -141,7 +141,7 @@ def test_backend_functions_reject_cpu_tensors():
         cb.masked_ffn_bwd(torch.ones_like(x), x, w1, b1, w2, b2, plan, (z,), "relu", False)
     counts = torch.zeros(3, w1.shape[0], dtype=torch.long)
     with pytest.raises(ValueError, match=r"^x: the cuda backend needs CUDA tensors"):
-        cb.fc1_act_count(x, w1, b1, counts, plan, None, "relu", True)
+        cb.act_count(x, w1, b1, counts, plan, None, "relu", True)
 
 
 def test_check_inputs_names_the_argument():

@@ -86,7 +86,7 @@ def test_decoding_starts_like_training(tmp_path, target_tag):
     """Decoding a prepared direction feeds the decoder what training fed it: teacher forcing
     the greedy hypothesis on the training layout (tgt_in = start + hyp) predicts that same
     hypothesis, and the first input is <2tgt> (decoder tag) or BOS (encoder tag)."""
-    from neuronspec.nmt.batching import eval_batches
+    from neuronspec.data.batching import eval_batches
     from neuronspec.nmt.decode import translate_batches
 
     data = prepare(tmp_path, n_train=40, n_eval=6)
@@ -204,8 +204,8 @@ def test_zero_shot_decoding_uses_encoder_and_decoder_tasks(tmp_path):
     """A zero-shot direction x→y encodes with the task of x→en and decodes with the task of
     en→y: with random masks per task, the hypothesis is the teacher-forced argmax of exactly
     that pairing, and decoding with the encoder's task instead scores other outputs."""
-    from neuronspec.nmt.batching import eval_batches
-    from neuronspec.nmt.binarize import prepare_corpus
+    from neuronspec.data.batching import eval_batches
+    from neuronspec.data.binarize import prepare_corpus
     from neuronspec.nmt.decode import translate_direction, zero_shot_tasks
     from neuronspec.ops import TaskMasks
     from test_nmt_data import make_corpus
@@ -244,7 +244,7 @@ def test_zero_shot_decoding_uses_encoder_and_decoder_tasks(tmp_path):
 
 
 def test_evaluate_reports_zero_shot_apart(tmp_path):
-    from neuronspec.nmt.binarize import prepare_corpus
+    from neuronspec.data.binarize import prepare_corpus
     from neuronspec.nmt.evaluate import evaluate_model, to_markdown
     from test_nmt_data import make_corpus
 

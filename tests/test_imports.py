@@ -86,3 +86,32 @@ def test_every_module_imports_in_a_fresh_interpreter():
     code = "import importlib, sys\nfor n in sys.argv[1:]:\n    importlib.import_module(n)\n"
     proc = subprocess.run([sys.executable, "-c", code, *names], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+# the pipeline order of docs/design.md §4: a module imports only from its own folder or from
+# folders listed before it (cli reaches the commands through import strings, not imports)
+LAYERS = (("errors", "atomic", "checks", "files", "bench"), ("ops",), ("data",), ("nmt",),
+          ("specialization",), ("hf",), ("demo", "cli"))
+
+
+def layer_of(module: str) -> int:
+    part = module.split(".")[1] if "." in module else None
+    for i, names in enumerate(LAYERS):
+        if part in names:
+            return i
+    raise AssertionError(f"{module}: not placed in LAYERS (add its folder where it belongs)")
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{u} -> {v}" for u, vs in graph.items() if u != "neuronspec" for v in vs
+                  if v != "neuronspec" and layer_of(v) > layer_of(u))
+
+
+def test_imports_run_only_down_the_pipeline():
+    assert upward_imports(import_graph(modules())) == []
+
+
+def test_the_layer_check_sees_an_upward_import():
+    graph = {"neuronspec.data.batching": {"neuronspec.nmt.model"}, "neuronspec.nmt.model": {"neuronspec.ops"},
+             "neuronspec.ops": set()}
+    assert upward_imports(graph) == ["neuronspec.data.batching -> neuronspec.nmt.model"]

@@ -3,7 +3,7 @@ import pickle
 
 import pytest
 
-from neuronspec.nmt import languages as L
+from neuronspec.data import languages as L
 
 DESIGN_TIERS = {
     "high": "de nl fr es ru cs hi bn ar he".split(),

@@ -2,13 +2,15 @@
 import json
 import os
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from neuronspec.nmt.binarize import prepare_corpus, tokenizer_sample
-from neuronspec.nmt.data import PreparedData, count_lines, scan_corpus
-from neuronspec.nmt.tokenizer import Tokenizer
+from neuronspec.data.binarize import prepare_corpus, tokenizer_sample
+from neuronspec.data.corpus import (PreparedData, count_lines, group_pair_files, scan_corpus, trained_languages,
+                                   wanted_languages)
+from neuronspec.data.tokenizer import Tokenizer
 
 NNBSP, RLM = "\u202f", "\u200f"
 WORDS = {
@@ -192,6 +194,39 @@ def test_tokenizer_sample_is_bounded_balanced_deterministic(tmp_path):
     n_fr = sum(1 for s in s1 if s.split()[0] in fr_words)
     n_de = sum(1 for s in s1 if s.split()[0] in de_words)
     assert n_fr == 20 and n_de == 40  # fr has only 20 lines; its unused share goes to en and de
+
+
+def test_wanted_languages():
+    assert wanted_languages(None, "en") is None
+    assert wanted_languages("de, fr,en", "en") == {"de", "fr"}
+    assert wanted_languages(["uk"], "en") == {"uk"}
+    with pytest.raises(ValueError, match="langs: no language besides the pivot"):
+        wanted_languages("en", "en")
+    with pytest.raises(ValueError, match="langs"):
+        wanted_languages(["DE!"], "en")
+
+
+def test_group_pair_files_by_name():
+    paths = [Path(x) for x in ("a/train.en-de.en", "a/train.en-de.de", "a/sources.train.en-de",
+                                 "b/test.de-fr.fr", "b/README", "b/valid.en-fr.xx")]
+    assert group_pair_files(paths) == {("train", "en", "de"): {"en": Path("a/train.en-de.en"),
+                                                               "de": Path("a/train.en-de.de")},
+                                       ("test", "de", "fr"): {"fr": Path("b/test.de-fr.fr")}}
+    with pytest.raises(ValueError, match="found twice"):
+        group_pair_files([Path("a/train.en-de.en"), Path("b/train.en-de.en")])
+    with pytest.raises(ValueError, match="with itself"):
+        group_pair_files([Path("train.en-en.en")])
+
+
+def test_trained_languages():
+    groups = {("train", "en", "de"): {}, ("train", "fr", "en"): {}, ("train", "de", "fr"): {},
+              ("test", "en", "uk"): {}}
+    assert trained_languages(groups, None, "en", Path("c")) == {"de", "fr"}  # fr-en counts; de-fr does not
+    assert trained_languages(groups, {"fr"}, "en", Path("c")) == {"fr"}
+    with pytest.raises(ValueError, match=r"langs: no training files for \['uk'\] in c"):
+        trained_languages(groups, {"uk", "de"}, "en", Path("c"))
+    with pytest.raises(ValueError, match="no en-centric training pair"):
+        trained_languages({("train", "de", "fr"): {}}, None, "en", Path("c"))
 
 
 def test_count_lines(tmp_path):

@@ -120,11 +120,11 @@ def test_opcheck(backend):
     x, w1, b1, w2, b2 = [t.requires_grad_(True) for t in tensors]
     for task_ids, task in ((ids, -1), (torch.empty(0, dtype=torch.long), 2)):
         args = (x, w1, b1, w2, b2, masks.indices, masks.offsets, task_ids, task, "gelu", False, backend)
-        torch.library.opcheck(registry.masked_ffn_fwd, args)
+        torch.library.opcheck(registry.masked_ffn_fwd_op, args)
     counts = torch.zeros(3, 10, dtype=torch.long)
     valid = torch.rand(12) > 0.3
     args = (x.detach(), w1.detach(), b1.detach(), counts, ids, -1, valid, "relu", True, backend)
-    torch.library.opcheck(registry.fc1_act_count, args)
+    torch.library.opcheck(registry.fc1_act_count_op, args)
 
 
 def test_torch_compile():

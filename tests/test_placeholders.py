@@ -1,8 +1,8 @@
 """Placeholders as protected slot tokens: protect/restore, the tokenizer, decoding."""
 import torch
 
-from neuronspec.nmt import placeholders as ph
-from neuronspec.nmt.tokenizer import Tokenizer
+from neuronspec.data import placeholders as ph
+from neuronspec.data.tokenizer import Tokenizer
 
 EN = 'Delete %(b)s and %(a)s? <a href="/x">%s</a> of %s, {0}'
 DE = '%(a)s und %(b)s löschen? <a href="/x">%s</a> von %s, {0}'
@@ -88,7 +88,7 @@ def test_decoding_restores_placeholders(tmp_path, monkeypatch):
     """translate_direction hands each hypothesis its source: an oracle that outputs the
     prepared target ids gives back the reference text, placeholders included."""
     import neuronspec.nmt.decode as dec
-    from neuronspec.nmt.binarize import prepare_corpus
+    from neuronspec.data.binarize import prepare_corpus
 
     en = [f"Add {i} %(model)s to %(site)s" for i in range(30)] + ["50% of %s items"] * 2
     de = [f"%(site)s: {i} %(model)s hinzufügen" for i in range(30)] + ["50% von %s Dingen"] * 2

@@ -176,7 +176,6 @@ def uninterrupted(run_files, tmp_path_factory):
 @pytest.mark.parametrize("where", ["between_steps", "mid_step", "validation"])
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_run_resumes_exactly(run_files, uninterrupted, tmp_path, monkeypatch, where, signum):
-    import neuronspec.nmt.decode as decode
     import neuronspec.nmt.train as train_mod
 
     rng = random.Random(f"{where}{signum}")
@@ -196,14 +195,14 @@ def test_interrupted_run_resumes_exactly(run_files, uninterrupted, tmp_path, mon
             return loss(*a, **kw)
         monkeypatch.setattr(train_mod, "label_smoothed_loss", hooked)
     else:  # inside the first validation: abandoned, and run again on resume
-        batches = decode.sampled_batches
+        batches = train_mod.sampled_batches
 
         def hooked(*a, **kw):
             calls["valid"] += 1
             if calls["valid"] == 2:
                 os.kill(os.getpid(), signum)
             yield from batches(*a, **kw)
-        monkeypatch.setattr(decode, "sampled_batches", hooked)
+        monkeypatch.setattr(train_mod, "sampled_batches", hooked)
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)  # SIG_IGN under nohup
     with pytest.raises(Interrupted) as e:
         t.train()
@@ -281,7 +280,7 @@ def test_resume_with_a_moved_data_folder(run_files, tmp_path):
 
 # ---------------------------------------------------------------------------- data folders
 def test_failed_reprepare_keeps_the_previous_folder(tmp_path):
-    from neuronspec.nmt.binarize import prepare_corpus
+    from neuronspec.data.binarize import prepare_corpus
 
     corpus = make_corpus(tmp_path / "c")
     prepare_corpus(corpus, tmp_path / "p", vocab_size=320, progress=False)
@@ -298,7 +297,7 @@ def test_failed_reprepare_keeps_the_previous_folder(tmp_path):
 
 
 def test_builtin_rebuild_refuses_a_folder_with_added_files(tmp_path):
-    from neuronspec.nmt.builtin_corpus import GENERATOR, build_builtin_corpus
+    from neuronspec.data.builtin_corpus import GENERATOR, build_builtin_corpus
 
     out = tmp_path / "corpus"
     out.mkdir()
@@ -339,7 +338,7 @@ def test_ctrl_c_outside_the_training_loop_is_one_line(run_files, tmp_path, monke
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
-    monkeypatch.setattr("neuronspec.nmt.data.PreparedData.load", interrupted)  # while loading the data
+    monkeypatch.setattr("neuronspec.data.corpus.PreparedData.load", interrupted)  # while loading the data
     assert main(["train", "--data", run_files["prep"], "--out", str(tmp_path / "r"), "--max-steps", "1"]) == 130
     err = capsys.readouterr().err
     assert err.strip() == "neuronspec train: interrupted (SIGINT)" and not (tmp_path / "r").exists()

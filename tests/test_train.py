@@ -339,13 +339,12 @@ def test_cli_train_prepares_a_raw_corpus(tmp_path):
 def test_builtin_corpus_languages(tmp_path, monkeypatch, langs, want):
     """The tiny preset with no corpus builds the built-in corpus of TINY_BUILTIN_LANGS; ['all']
     builds and prepares every language (None to the builders)."""
-    from neuronspec.nmt import binarize, builtin_corpus
-    from neuronspec.nmt.train import resolve_data
+    from neuronspec.nmt import train as train_mod
 
     seen = {}
-    monkeypatch.setattr(builtin_corpus, "build_builtin_corpus", lambda out, langs: seen.update(built=langs))
-    monkeypatch.setattr(binarize, "prepare_corpus", lambda corpus, prep, langs, **kw: seen.update(prepared=langs))
-    resolve_data(TrainConfig(out=str(tmp_path), langs=langs))
+    monkeypatch.setattr(train_mod, "build_builtin_corpus", lambda out, langs: seen.update(built=langs))
+    monkeypatch.setattr(train_mod, "prepare_corpus", lambda corpus, prep, langs, **kw: seen.update(prepared=langs))
+    train_mod.resolve_data(TrainConfig(out=str(tmp_path), langs=langs))
     assert seen == {"built": want, "prepared": want}
 
 

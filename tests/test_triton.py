@@ -128,11 +128,11 @@ def test_opcheck():
     x, w1, b1, w2, b2 = [t.requires_grad_(True) for t in tensors]
     for task_ids, task in ((ids, -1), (torch.empty(0, dtype=torch.long, device=dev), 2)):
         args = (x, w1, b1, w2, b2, masks.indices, masks.offsets, task_ids, task, "gelu", False, "triton")
-        torch.library.opcheck(registry.masked_ffn_fwd, args)
+        torch.library.opcheck(registry.masked_ffn_fwd_op, args)
     counts = torch.zeros(3, 32, dtype=torch.long, device=dev)
     valid = torch.rand(8, generator=torch.Generator().manual_seed(0)).to(dev) > 0.3
     args = (x.detach(), w1.detach(), b1.detach(), counts, ids, -1, valid, "relu", True, "triton")
-    torch.library.opcheck(registry.fc1_act_count, args)
+    torch.library.opcheck(registry.fc1_act_count_op, args)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -12,8 +12,10 @@ import argparse
 import sys
 from pathlib import Path
 
+import torch
+
 from neuronspec.atomic import write_atomic
-from neuronspec.nmt.data import iter_lines
+from neuronspec.data.corpus import iter_lines
 from neuronspec.specialization.record import summary
 
 from . import pipeline
@@ -64,8 +66,6 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def _device(args) -> str:
     if args.device:
         return args.device
-    import torch  # only to pick the default device
-
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 

@@ -25,7 +25,7 @@ from typing import Mapping, Sequence
 import torch
 
 from neuronspec.atomic import write_atomic
-from neuronspec.nmt.data import as_direction, direction_name, iter_lines
+from neuronspec.data.corpus import as_direction, direction_name, iter_lines
 from neuronspec.checks import check_int
 from neuronspec.files import save_file
 from neuronspec.ops import load_layer_masks, save_layer_masks

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
 from ..checks import check_int
-from .batching import check_target_tag, tag_options
+from ..data.batching import check_target_tag, tag_options
 from .model import PRESETS
 from .schedule import LR_SCHEDULERS
 

@@ -14,6 +14,7 @@ Token ids returned exclude that first token and EOS.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from typing import Iterator, Sequence
@@ -23,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..checks import check_int
+from ..data.batching import eval_batches
 from .model import Transformer, task_arg
 
 log = logging.getLogger(__name__)
@@ -207,8 +209,6 @@ def sampled_batches(data, split: str, direction: Sequence[str], max_tokens: int,
                     **batch_kw):
     """``eval_batches`` of one direction (``batch_kw`` passed on) restricted to
     ``max_sentences`` evenly spaced examples (``sample_ids``; None: all)."""
-    from .batching import eval_batches
-
     chosen = sample_ids(data.num_examples(split, direction), max_sentences)
     chosen = None if chosen is None else torch.from_numpy(chosen)
     for batch in eval_batches(data, split, direction, max_tokens, **batch_kw):
@@ -275,8 +275,6 @@ def translate_direction(model: Transformer, data, split: str, direction: Sequenc
 
 def subset_batch(batch, keep: torch.Tensor):
     """Rows ``keep`` of a Batch (a new Batch of the same class)."""
-    import dataclasses
-
     fields = {}
     for f in dataclasses.fields(batch):
         v = getattr(batch, f.name)

@@ -21,10 +21,13 @@ import torch
 from sacrebleu.metrics import BLEU, CHRF
 from tqdm import tqdm
 
-from neuronspec.atomic import check_writable_folder, strict_json, write_atomic
-
+from ..atomic import check_writable_folder, strict_json, write_atomic
+from ..data.batching import tag_options
+from ..data.corpus import PreparedData, as_direction
+from ..data.languages import tier
 from .checkpoint import load_model
 from .compare import to_markdown as compare_markdown, write_compare
+from .decode import sample_ids, translate_direction
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +117,6 @@ def _tier(data, direction) -> str | None:
     if other in data.tiers:
         return data.tiers[other]
     try:
-        from .languages import tier
-
         return tier(other)
     except (ValueError, KeyError):
         return None
@@ -133,9 +134,6 @@ def evaluate_model(model, data, split: str = "test", *, beam: int = 5, lenpen: f
     max_sentences: per direction, evenly spaced (None = all). source_tag / target_tag: the
     tag layout the model was trained with (``batching.tag_options`` of its config). Returns
     the results dict (see module docstring); writes hypothesis files into ``hyp_dir`` when given."""
-    from .data import as_direction
-    from .decode import sample_ids, translate_direction
-
     if directions is None:
         directions = [d for d in data.directions if data.num_examples(split, d) > 0]
         if zero_shot:
@@ -177,8 +175,6 @@ def evaluate_model(model, data, split: str = "test", *, beam: int = 5, lenpen: f
 def load_for_decoding(ckpt: str | os.PathLike, data: str | os.PathLike | None, device) -> tuple:
     """(model with its masks, in eval mode; checkpoint dict; PreparedData) for decoding.
     data: prepared folder (default: the one the checkpoint was trained on)."""
-    from .data import PreparedData
-
     model, ck = load_model(ckpt, device)
     prep = data or ck.get("data", {}).get("prep")
     if prep is None:
@@ -200,8 +196,6 @@ def evaluate_checkpoint(ckpt: str | os.PathLike, data: str | os.PathLike | None 
     data: prepared folder (default: the one the checkpoint was trained on). out_dir:
     default ``<checkpoint folder>/eval-{split}-beam{beam}``. Returns the results dict with
     ``out_dir`` added."""
-    from .batching import tag_options
-
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     out = Path(out_dir) if out_dir is not None else Path(ckpt).parent / f"eval-{split}-beam{beam}"
     if write:

@@ -50,14 +50,18 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..atomic import check_free_space, check_writable_folder, remove_stale_temps, strict_json, write_atomic
+from ..data.batching import TrainSampler
+from ..data.binarize import prepare_corpus
+from ..data.builtin_corpus import build_builtin_corpus
+from ..data.corpus import PreparedData
 from ..errors import Interrupted, TrainingDiverged
 from ..ops import TaskMasks
-from .batching import TrainSampler
 from .checkpoint import (load_checkpoint, load_model_masks, masks_from_state, masks_state, resolve_device, rng_state,
                          save_checkpoint, set_rng_state)
 from .config import TINY_BUILTIN_LANGS, TrainConfig
-from .data import PreparedData
+from .decode import sampled_batches
 from .ema import EMA
+from .evaluate import evaluate_model, to_markdown
 from .model import PRESETS, ModelConfig, Transformer, ffn_layer_names
 from .run_folder import check_run_folder, run_lock
 from .schedule import LR_SCHEDULERS
@@ -117,13 +121,9 @@ def resolve_data(cfg: TrainConfig, rank: int = 0, world_size: int = 1) -> str:
         return cfg.data
     prep = Path(cfg.out) / "data"
     if rank == 0 and not (prep / "meta.json").is_file():
-        from .binarize import prepare_corpus
-
         langs = None if cfg.langs == ["all"] else cfg.langs
         corpus = cfg.corpus
         if corpus is None:
-            from .builtin_corpus import build_builtin_corpus
-
             corpus = str(Path(cfg.out) / "corpus")
             log.info("building the built-in corpus into %s", corpus)
             build_builtin_corpus(corpus, langs=langs)
@@ -384,8 +384,6 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> dict:
         """Validation loss over (a sample of) every direction; directions are shared across ranks."""
-        from .decode import sampled_batches
-
         self.model.eval()
         pad, eps = self.tok.pad, self.cfg.label_smoothing
         dirs = [d for d in self.data.directions if self.data.num_examples("valid", d) > 0]
@@ -415,8 +413,6 @@ class Trainer:
         direction (None: all) on rank 0;
         ``write``: also save the full results (per direction, tier, kind; samples) as
         out/valid_chrf.json and out/valid_chrf.md."""
-        from .evaluate import evaluate_model, to_markdown
-
         res = evaluate_model(self.model, self.data, "valid", beam=self.cfg.valid_beam, max_sentences=max_sentences,
                              device=self.device, progress=False, **self._tags)
         if write:

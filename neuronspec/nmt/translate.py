@@ -22,9 +22,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ..atomic import check_writable_file, write_atomic
-from .batching import Batch, check_budget, length_bounds, tag_layout, tag_options
-from .data import as_direction
+from ..data.batching import Batch, check_budget, length_bounds, tag_layout, tag_options
+from ..data.corpus import as_direction
 from .decode import decode_batches, direction_tasks
+from .evaluate import load_for_decoding
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +83,6 @@ def translate_checkpoint(ckpt: str | os.PathLike, lines: Sequence[str], directio
                          data: str | os.PathLike | None = None, device: str | None = None, **kw) -> list[str]:
     """``translate_lines`` with the model (and masks) of a checkpoint file; ``data``: its
     prepared folder (default: the one it was trained on). ``kw``: beam, lenpen, max_tokens, progress."""
-    from .evaluate import load_for_decoding
-
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, ck, pdata = load_for_decoding(ckpt, data, device)
     return translate_lines(model, pdata, lines, direction, device=device, **tag_options(ck.get("config")), **kw)

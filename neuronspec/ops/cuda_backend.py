@@ -339,7 +339,7 @@ def masked_ffn_bwd(dy, x, w1, b1, w2, b2, plan, saved, activation, mask_bias):
     return backward(dy, x, w1, b1, w2, b2, plan, z, activation, mask_bias, KERNELS)
 
 
-def fc1_act_count(x, w1, b1, counts, routing, valid, activation, write_output):
+def act_count(x, w1, b1, counts, routing, valid, activation, write_output):
     check_inputs(x=x, w1=w1, b1=b1, counts=counts, task_ids=routing.task_ids, valid=valid)
     return count(x, w1, b1, counts, routing, valid, activation, write_output, KERNELS)
 

@@ -32,7 +32,7 @@ def masked_ffn(x, w1, b1, w2, b2, masks: TaskMasks, task_ids, activation: str = 
     ids, task = normalize_task_ids(task_ids, lead, masks.num_tasks, x.device)
     name = registry.resolve_backend(backend, x.device)
     x2 = x.reshape(-1, d).contiguous()
-    y = registry.masked_ffn(
+    y = registry.masked_ffn_dispatch(
         x2, w1.contiguous(), b1.contiguous(), w2.contiguous(), b2.contiguous(),
         masks.indices, masks.offsets, ids, task, activation, bool(mask_bias), name,
     )
@@ -67,7 +67,7 @@ def fc1_act_count(x, w1, b1, counts, task_ids=None, valid=None, activation: str 
     x2 = x.reshape(-1, d).contiguous()
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, w1, b1))
     write = return_output and not needs_grad
-    h = registry.fc1_act_count_call(x2, w1.contiguous(), b1.contiguous(), counts, ids, task, valid, activation, write, name)
+    h = registry.fc1_act_count_dispatch(x2, w1.contiguous(), b1.contiguous(), counts, ids, task, valid, activation, write, name)
     if not return_output:
         return None
     if needs_grad:

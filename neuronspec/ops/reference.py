@@ -79,6 +79,6 @@ def masked_ffn_bwd(dy, x, w1, b1, w2, b2, plan, saved, activation, mask_bias):
     return dx, dw1, db1, dw2, dy.sum(0)
 
 
-def fc1_act_count(x, w1, b1, counts, routing, valid, activation, write_output):
+def act_count(x, w1, b1, counts, routing, valid, activation, write_output):
     h = fc1_act_count_reference(x, w1, b1, counts, routing.ids(), valid, activation)
     return h if write_output else h.new_empty(0, w1.shape[0])

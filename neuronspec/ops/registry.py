@@ -4,7 +4,7 @@ A backend is a module with
     available(device) -> None | str (why not)
     masked_ffn_fwd(x, w1, b1, w2, b2, plan, activation, mask_bias) -> (y [N, d_out], saved tuple)
     masked_ffn_bwd(dy, x, w1, b1, w2, b2, plan, saved, activation, mask_bias) -> (dx, dw1, db1, dw2, db2)
-    fc1_act_count(x, w1, b1, counts, routing, valid, activation, write_output) -> h   (not `maskmul`)
+    act_count(x, w1, b1, counts, routing, valid, activation, write_output) -> h   (not `maskmul`)
 Inputs reach a backend validated, 2-D and contiguous, with one `Plan` per call (ops/plan.py:
 token routing + the masks' static tables, built here once, without host syncs). The default,
 `auto`, picks per call between gathering the active neurons and the dense mask-multiply by the
@@ -111,20 +111,20 @@ def _backward(dy, x, w1, b1, w2, b2, state, activation, mask_bias):
 
 
 @torch.library.custom_op("neuronspec::masked_ffn_fwd", mutates_args=())
-def masked_ffn_fwd(
+def masked_ffn_fwd_op(
     x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, indices: Tensor, offsets: Tensor,
     task_ids: Tensor, task: int, activation: str, mask_bias: bool, backend: str,
 ) -> Tensor:
     return _forward(x, w1, b1, w2, b2, indices, offsets, task_ids, task, activation, mask_bias, backend)[0]
 
 
-@masked_ffn_fwd.register_fake
+@masked_ffn_fwd_op.register_fake
 def _(x, w1, b1, w2, b2, indices, offsets, task_ids, task, activation, mask_bias, backend):
     return x.new_empty(x.shape[0], w2.shape[0])
 
 
 @torch.library.custom_op("neuronspec::masked_ffn_bwd", mutates_args=())
-def masked_ffn_bwd(
+def masked_ffn_bwd_op(
     dy: Tensor, x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, indices: Tensor,
     offsets: Tensor, task_ids: Tensor, task: int, activation: str, mask_bias: bool, backend: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -135,7 +135,7 @@ def masked_ffn_bwd(
     return tuple(g.contiguous() for g in grads)
 
 
-@masked_ffn_bwd.register_fake
+@masked_ffn_bwd_op.register_fake
 def _(dy, x, w1, b1, w2, b2, indices, offsets, task_ids, task, activation, mask_bias, backend):
     return tuple(torch.empty_like(t) for t in (x, w1, b1, w2, b2))
 
@@ -147,18 +147,18 @@ def _setup_context(ctx, inputs, output):
 
 def _compiled_backward(ctx, dy):
     x, w1, b1, w2, b2, indices, offsets, task_ids = ctx.saved_tensors
-    grads = masked_ffn_bwd(dy, x, w1, b1, w2, b2, indices, offsets, task_ids, ctx.task, ctx.activation,
+    grads = masked_ffn_bwd_op(dy, x, w1, b1, w2, b2, indices, offsets, task_ids, ctx.task, ctx.activation,
                            ctx.mask_bias, ctx.backend)
     return (*grads, None, None, None, None, None, None, None)
 
 
-masked_ffn_fwd.register_autograd(_compiled_backward, setup_context=_setup_context)
+masked_ffn_fwd_op.register_autograd(_compiled_backward, setup_context=_setup_context)
 
 
 class _EagerMaskedFFN(torch.autograd.Function):
     """Eager twin of the custom ops above: the same op bodies without the custom-op dispatch
     (~100 µs of Python per forward+backward), and the forward's plan and saved tensors reach
-    the backward as they are; `masked_ffn` uses it unless torch.compile is tracing."""
+    the backward as they are; `masked_ffn_dispatch` uses it unless torch.compile is tracing."""
 
     @staticmethod
     def forward(ctx, x, w1, b1, w2, b2, indices, offsets, task_ids, task, activation, mask_bias, backend):
@@ -178,11 +178,11 @@ class _EagerMaskedFFN(torch.autograd.Function):
         return (*grads, None, None, None, None, None, None, None)
 
 
-def masked_ffn(x, w1, b1, w2, b2, indices, offsets, task_ids, task, activation, mask_bias, backend) -> Tensor:
+def masked_ffn_dispatch(x, w1, b1, w2, b2, indices, offsets, task_ids, task, activation, mask_bias, backend) -> Tensor:
     """y [N, d_out] through the custom op when torch.compile traces, else through _EagerMaskedFFN."""
     args = (x, w1, b1, w2, b2, indices, offsets, task_ids, task, activation, mask_bias, backend)
     if torch.compiler.is_compiling():
-        return masked_ffn_fwd(*args)
+        return masked_ffn_fwd_op(*args)
     return _EagerMaskedFFN.apply(*args)
 
 
@@ -190,23 +190,23 @@ def masked_ffn(x, w1, b1, w2, b2, indices, offsets, task_ids, task, activation, 
 def _count(x, w1, b1, counts, task_ids, task, valid, activation, write_output, backend):
     name = counting_backend(backend, x.device)
     routing = route(task_ids, task, counts.shape[0], x.shape[0], sort=name == "triton")
-    return _module(name).fc1_act_count(x, w1, b1, counts, routing, valid, activation, write_output)
+    return _module(name).act_count(x, w1, b1, counts, routing, valid, activation, write_output)
 
 
 @torch.library.custom_op("neuronspec::fc1_act_count", mutates_args=("counts",))
-def fc1_act_count(
+def fc1_act_count_op(
     x: Tensor, w1: Tensor, b1: Tensor, counts: Tensor, task_ids: Tensor, task: int,
     valid: Optional[Tensor], activation: str, write_output: bool, backend: str,
 ) -> Tensor:
     return _count(x, w1, b1, counts, task_ids, task, valid, activation, write_output, backend)
 
 
-def fc1_act_count_call(x, w1, b1, counts, task_ids, task, valid, activation, write_output, backend) -> Tensor:
+def fc1_act_count_dispatch(x, w1, b1, counts, task_ids, task, valid, activation, write_output, backend) -> Tensor:
     """The custom op when torch.compile traces, else its body directly (no dispatch cost)."""
     args = (x, w1, b1, counts, task_ids, task, valid, activation, write_output, backend)
-    return fc1_act_count(*args) if torch.compiler.is_compiling() else _count(*args)
+    return fc1_act_count_op(*args) if torch.compiler.is_compiling() else _count(*args)
 
 
-@fc1_act_count.register_fake
+@fc1_act_count_op.register_fake
 def _(x, w1, b1, counts, task_ids, task, valid, activation, write_output, backend):
     return x.new_empty(x.shape[0] if write_output else 0, w1.shape[0])

@@ -239,7 +239,7 @@ def masked_ffn_bwd(dy, x, w1, b1, w2, b2, plan, saved, activation, mask_bias):
     return bwd(dy, x, w1, b1, w2, plan, saved, activation)
 
 
-def fc1_act_count(x, w1, b1, counts, routing, valid, activation, write_output):
+def act_count(x, w1, b1, counts, routing, valid, activation, write_output):
     """H = act(x W1ᵀ + b1) (or [0, f]); counts[t] += valid (Z > 0) per task, without a sync."""
     z = torch.addmm(b1, x, w1.t())
     pos = z > 0

@@ -253,12 +253,12 @@ def masked_ffn_bwd(dy, x, w1, b1, w2, b2, plan, saved, activation, mask_bias):
     return dx, dw1.to(x.dtype), db1.to(x.dtype), dw2.to(x.dtype), dyf.sum(0).to(x.dtype)
 
 
-def fc1_act_count(x, w1, b1, counts, routing, valid, activation, write_output):
+def act_count(x, w1, b1, counts, routing, valid, activation, write_output):
     """H = act(x W1ᵀ + b1) ([0, f] when not write_output); counts[t] += valid Z > 0 (in place).
     Z from one cuBLAS addmm (bias in its epilogue), then one Triton pass: act in place + counts."""
     n, f = x.shape[0], w1.shape[0]
     if _use_torch(x):
-        return torch_backend.fc1_act_count(x, w1, b1, counts, routing, valid, activation, write_output)
+        return torch_backend.act_count(x, w1, b1, counts, routing, valid, activation, write_output)
     z = torch.addmm(b1, x, w1.t())
     if n:
         perm, tok_start, groups, rows = _groups(routing)

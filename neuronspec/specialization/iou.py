@@ -11,7 +11,7 @@ Per layer, IoU(S_a, S_b) = |S_a ∩ S_b| / |S_a ∪ S_b| for every pair of direc
 - within one kind (both pivot→x or both x→pivot), comparing the non-pivot languages:
   same-family vs different-family (top-level family, e.g. Indo-European), same-branch vs
   different-branch (e.g. Slavic) and same-script vs different-script mean IoU, and the
-  Spearman correlation of IoU with `neuronspec.nmt.languages.relatedness` (pairs whose
+  Spearman correlation of IoU with `neuronspec.data.languages.relatedness` (pairs whose
   languages are not EC30 are left out of these).
 
     neuronspec analyze --masks runs/masks.pt --out runs/analysis
@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from neuronspec.data import languages
 
 from neuronspec.atomic import check_writable_folder, save_figure_atomic, strict_json, write_atomic
 from neuronspec.ops import load_layer_masks
@@ -81,8 +83,6 @@ def _mean(vals) -> float | None:
 
 
 def _lang_facts(code: str):
-    from neuronspec.nmt import languages
-
     try:
         return languages.info(code)
     except ValueError:
@@ -93,8 +93,6 @@ def layer_stats(iou: np.ndarray, names: list[str], pivot: str = "en", side: str 
                 truncate: bool = False) -> dict:
     """Statistics of one layer's IoU matrix (see module docstring); None where no pair applies.
     side: "encoder"/"decoder" selects the pairs of the paper's mean ("paper")."""
-    from neuronspec.nmt import languages
-
     T = len(names)
     dirs = [n.split("-", 1) for n in names]
     kind = ["en2x" if s == pivot else "x2en" if t == pivot else "other" for s, t in dirs]
@@ -168,12 +166,19 @@ def trend(values: list[float | None]) -> str:
 
 
 # ---------------------------------------------------------------------------- outputs
-def plot_heatmap(iou: np.ndarray, names: list[str], title: str, path: Path) -> None:
+def _pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (lazy: pyplot is slow to import, and the
+    backend must be chosen before it is)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_heatmap(iou: np.ndarray, names: list[str], title: str, path: Path) -> None:
+    plt = _pyplot()
     T = len(names)
     size = max(4.0, 0.32 * T + 2)
     fig, ax = plt.subplots(figsize=(size, size * 0.85))
@@ -193,11 +198,7 @@ def plot_heatmap(iou: np.ndarray, names: list[str], title: str, path: Path) -> N
 
 def plot_mean_iou(result: dict, path: Path, k_label: str = "") -> None:
     """Mean IoU by relative depth for encoder and decoder, ours beside the published trend."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     for ax, side in zip(axes, ("encoder", "decoder")):
         layers = [l for l in result["layers"] if l.startswith(side)]

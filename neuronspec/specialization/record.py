@@ -28,6 +28,8 @@ import torch
 from tqdm.auto import tqdm
 
 from neuronspec.atomic import check_writable_file
+from neuronspec.data.batching import eval_batches, tag_options
+from neuronspec.data.corpus import PreparedData, direction_name
 from neuronspec.checks import check_int
 from neuronspec.files import load_file, save_file
 from neuronspec.nmt.checkpoint import load_model as load_trained
@@ -98,9 +100,6 @@ def record(checkpoint: str | os.PathLike, data: str | os.PathLike, out: str | os
            device: str | None = None, progress: bool = True) -> dict:
     """Record counts for every training direction of prepared folder `data`; save to `out`
     (if given) and return the counts dict (the file's layout, see module docstring)."""
-    from neuronspec.nmt.batching import eval_batches, tag_options
-    from neuronspec.nmt.data import PreparedData, direction_name
-
     check_int("max_sentences", max_sentences, 1, allow_none=True)
     if out is not None:  # before the counting, not after it
         check_writable_file(out, "out")

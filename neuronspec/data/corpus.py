@@ -10,7 +10,7 @@ corpus writes) gives the kind of each line.
 
 ``scan_corpus`` validates the folder (missing side, misaligned line counts, malformed
 language codes, languages asked for but absent, empty corpus) and returns a ``Corpus``;
-``neuronspec.nmt.binarize.prepare_corpus`` turns it into a prepared folder that
+``neuronspec.data.binarize.prepare_corpus`` turns it into a prepared folder that
 ``PreparedData.load`` reads through memory maps.
 """
 from __future__ import annotations
@@ -21,9 +21,11 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence, Union
+from typing import Iterable, Iterator, Sequence, Union
 
 import numpy as np
+
+from neuronspec.data.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -169,20 +171,42 @@ def scan_corpus(
     if not root.is_dir():
         raise ValueError(f"corpus: folder {os.fspath(folder)!r} does not exist")
     check_lang(pivot, "pivot")
-    wanted = None
-    if langs is not None:
-        if isinstance(langs, str):  # "de,fr"
-            langs = [x.strip() for x in langs.split(",") if x.strip()]
-        wanted = {check_lang(l, "langs") for l in langs} - {pivot}
-        if not wanted:
-            raise ValueError(f"langs: no language besides the pivot {pivot!r} in {list(langs)}")
+    wanted = wanted_languages(langs, pivot)
+    groups = group_pair_files(p for p in sorted(root.rglob("*")) if p.is_file())
+    if not groups:
+        raise ValueError(
+            f"corpus: no pair files found in {root} (expected names like train.{pivot}-de.{pivot} "
+            f"and train.{pivot}-de.de)"
+        )
+    trained = trained_languages(groups, wanted, pivot, root)
+    pairs = _pair_files(groups, trained | {pivot}, pivot, log_left_out=wanted is None)
+    languages = [pivot] + sorted(trained)
+    corpus = Corpus(root=root, pivot=pivot, languages=languages, pairs=pairs)
+    log.info("corpus %s: %d languages, pairs per split: %s", root, len(languages),
+             {s: len(p) for s, p in corpus.pairs.items()})
+    return corpus
 
-    # Group side files by (split, a, b). Recursive; the same name twice is ambiguous.
+
+def wanted_languages(langs: Sequence[str] | str | None, pivot: str) -> set[str] | None:
+    """The non-pivot languages ``langs`` asks for ("de,fr" or a list), checked; None for all."""
+    if langs is None:
+        return None
+    if isinstance(langs, str):  # "de,fr"
+        langs = [x.strip() for x in langs.split(",") if x.strip()]
+    wanted = {check_lang(l, "langs") for l in langs} - {pivot}
+    if not wanted:
+        raise ValueError(f"langs: no language besides the pivot {pivot!r} in {list(langs)}")
+    return wanted
+
+
+def group_pair_files(paths: Iterable[Path]) -> dict[tuple[str, str, str], dict[str, Path]]:
+    """{(split, a, b): {side language: path}} of the pair files among ``paths`` (by name only;
+    other names are ignored). The same file name twice (in different folders) is ambiguous."""
     groups: dict[tuple[str, str, str], dict[str, Path]] = {}
     seen: dict[str, Path] = {}
-    for path in sorted(root.rglob("*")):
+    for path in paths:
         m = _FILE_RE.match(path.name)
-        if not m or not path.is_file():
+        if not m:
             continue
         split, a, b, side = m.groups()
         if side not in (a, b):
@@ -195,17 +219,14 @@ def scan_corpus(
             raise ValueError(f"corpus: {path.name} found twice: {seen[path.name]} and {path}")
         seen[path.name] = path
         groups.setdefault((split, a, b), {})[side] = path
-    if not groups:
-        raise ValueError(
-            f"corpus: no pair files found in {root} (expected names like train.{pivot}-de.{pivot} "
-            f"and train.{pivot}-de.de)"
-        )
+    return groups
 
-    # Which languages take part: those with a pivot-centric training pair (∩ langs).
-    trained = set()
-    for (split, a, b) in groups:
-        if split == "train" and pivot in (a, b):
-            trained.add(b if a == pivot else a)
+
+def trained_languages(groups: dict[tuple[str, str, str], dict[str, Path]], wanted: set[str] | None,
+                      pivot: str, root: Path) -> set[str]:
+    """The non-pivot languages that take part: those with a pivot-centric training pair, all of
+    ``wanted`` (each must have one) when given. ``root`` only names the folder in errors."""
+    trained = {b if a == pivot else a for (split, a, b) in groups if split == "train" and pivot in (a, b)}
     if wanted is not None:
         missing = sorted(wanted - trained)
         if missing:
@@ -219,13 +240,19 @@ def scan_corpus(
             f"corpus: no {pivot}-centric training pair in {root} (expected train.{pivot}-xx.{pivot} "
             f"and train.{pivot}-xx.xx)"
         )
-    keep = trained | {pivot}
+    return trained
 
+
+def _pair_files(groups: dict[tuple[str, str, str], dict[str, Path]], keep: set[str], pivot: str,
+                log_left_out: bool) -> dict[str, list[PairFiles]]:
+    """{split: [PairFiles]} of the groups among ``keep`` languages (training pairs pivot-centric
+    only), each checked: both sides present, one file per pair, equal line counts, a non-empty
+    training pair; splits without pairs are absent."""
     pairs: dict[str, list[PairFiles]] = {s: [] for s in SPLITS}
     pair_keys: dict[tuple[str, frozenset], str] = {}
     for (split, a, b), sides in sorted(groups.items()):
         if not {a, b} <= keep:
-            if wanted is None:
+            if log_left_out:
                 log.warning("corpus: %s.%s-%s left out: a language without a %s-centric training pair",
                             split, a, b, pivot)
             continue
@@ -255,12 +282,7 @@ def scan_corpus(
             continue
         kinds = find_kinds_file(sides[a].parent, split, a, b)
         pairs[split].append(PairFiles(split, a, b, sides[a], sides[b], na, kinds))
-    languages = [pivot] + sorted(trained)
-    corpus = Corpus(root=root, pivot=pivot, languages=languages,
-                    pairs={s: p for s, p in pairs.items() if p})
-    log.info("corpus %s: %d languages, pairs per split: %s", root, len(languages),
-             {s: len(p) for s, p in corpus.pairs.items()})
-    return corpus
+    return {s: p for s, p in pairs.items() if p}
 
 
 # ------------------------------------------------------------ kinds manifests
@@ -299,8 +321,6 @@ class PreparedData:
     """
 
     def __init__(self, root: str | os.PathLike):
-        from neuronspec.nmt.tokenizer import Tokenizer
-
         self.root = Path(root)
         meta_path = self.root / META_FILE
         if not meta_path.is_file():

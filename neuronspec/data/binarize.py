@@ -36,11 +36,12 @@ from tqdm.auto import tqdm
 
 from neuronspec.atomic import atomic_file, check_writable_folder, replace_folder, write_atomic
 from neuronspec.checks import check_int
-from neuronspec.nmt.data import (
+from neuronspec.data.corpus import (
     FORMAT_VERSION, META_FILE, PIVOT, Corpus, PreparedData, iter_lines, read_kinds,
     scan_corpus,
 )
-from neuronspec.nmt.tokenizer import Tokenizer
+from neuronspec.data.languages import LANGUAGES
+from neuronspec.data.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +109,6 @@ def resource_tiers(languages: Sequence[str], pivot: str, train_sizes: dict[str, 
     """Resource group per non-pivot language: the EC30 group ("high"/"medium"/"low")
     when the language is in EC30, else by training size relative to the largest pair
     (≥ 1/3 high, ≥ 1/30 medium, else low)."""
-    from neuronspec.nmt.languages import LANGUAGES
-
     ec30 = {code: lang.tier for code, lang in LANGUAGES.items()}
     biggest = max(train_sizes.values())
     tiers = {}

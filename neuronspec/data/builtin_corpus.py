@@ -62,12 +62,15 @@ import babel.localedata
 from babel import Locale
 from babel.dates import format_date, format_skeleton
 from babel.lists import format_list
+from babel.messages.mofile import read_mo
+from babel.messages.pofile import read_po
 from babel.units import format_unit
+from tqdm.auto import tqdm
 
 from neuronspec.atomic import replace_folder
-from neuronspec.nmt.languages import LANGUAGES, catalog_lang, parse_langs
+from neuronspec.data.languages import LANGUAGES, catalog_lang, parse_langs
 from neuronspec.checks import check_int
-from neuronspec.nmt.placeholders import placeholders, strip_placeholders
+from neuronspec.data.placeholders import placeholders, strip_placeholders
 
 logger = logging.getLogger(__name__)
 
@@ -326,9 +329,6 @@ def find_catalogs(packages: Iterable[str], langs: Iterable[str],
 
 
 def _read_catalog(path: Path):
-    from babel.messages.mofile import read_mo
-    from babel.messages.pofile import read_po
-
     with open(path, "rb") as f:
         if path.suffix != ".po":
             return read_mo(f)
@@ -544,49 +544,19 @@ def build_builtin_corpus(
     _check_out_dir(out_dir)
 
     catalogs = find_catalogs(packages, codes, required=extra)
-    by_lang: dict[str, list[CatalogFile]] = defaultdict(list)
-    for cat in catalogs:
-        by_lang[cat.lang].append(cat)
-
-    en_phrases = cldr_phrases("en")
-    en_phrases.update(num2words_phrases("en"))
-    pairs: dict[str, list[Pair]] = {}
-    drops: dict[str, Counter] = {}
-    bar = _progress(codes, progress)
-    for lang in bar:
-        if hasattr(bar, "set_postfix_str"):
-            bar.set_postfix_str(lang)
-        pairs[lang], drops[lang] = language_pairs(lang, en_phrases, by_lang[lang], max_chars)
-        logger.debug("%s: %d pairs from %d catalogs", lang, len(pairs[lang]), len(by_lang[lang]))
-    _fresh_locale("en")  # leave babel's cache clean for whoever uses it next
-
-    # item-disjoint splits by a stable hash of the English text
-    splits: dict[str, dict[str, list[Pair]]] = {}
+    pairs, drops = _all_language_pairs(codes, catalogs, max_chars, progress)
+    splits = {lang: split_pairs(pairs[lang], seed, valid_fraction, test_fraction, max_eval, drops[lang])
+              for lang in codes}
     for lang in codes:
-        parts: dict[str, list[Pair]] = {s: [] for s in SPLITS}
-        for p in pairs[lang]:
-            parts[assign_split(p.en, seed, valid_fraction, test_fraction)].append(p)
-        for s in SPLITS:
-            parts[s].sort(key=lambda p: (stable_hash(p.en, seed), p.en))
         for s in ("valid", "test"):
-            if len(parts[s]) > max_eval:
-                drops[lang]["eval_overflow"] += len(parts[s]) - max_eval
-                parts[s] = parts[s][:max_eval]
-            if len(parts[s]) < min_eval:
-                logger.warning("en-%s: only %d %s pairs (min_eval=%d)", lang, len(parts[s]),
+            if len(splits[lang][s]) < min_eval:
+                logger.warning("en-%s: only %d %s pairs (min_eval=%d)", lang, len(splits[lang][s]),
                                s, min_eval)
-        splits[lang] = parts
-
     caps: dict[str, int | None] = {}
     if subsample_tiers:
         caps = tier_caps({lang: len(splits[lang]["train"]) for lang in codes}, low_floor)
         for lang, cap in caps.items():
-            train = splits[lang]["train"]
-            if cap is not None and len(train) > cap:
-                keep = sorted(train, key=lambda p: (stable_hash(p.en, seed, "subsample"), p.en))
-                keep = set(id(p) for p in keep[:cap])
-                drops[lang]["tier_subsample"] += len(train) - cap
-                splits[lang]["train"] = [p for p in train if id(p) in keep]
+            splits[lang]["train"] = subsample(splits[lang]["train"], cap, seed, drops[lang])
 
     zs = {f"{x}-{y}": _multiway(splits[x]["test"], splits[y]["test"]) for x, y in zs_pairs}
     summary = _summary(codes, splits, drops, caps, catalogs, seed=seed, packages=packages,
@@ -599,6 +569,54 @@ def build_builtin_corpus(
     logger.info("built-in corpus: %d languages, %d pairs, %.1f s -> %s", len(codes),
                 summary["totals"]["all"], summary["build_seconds"], out_dir)
     return summary
+
+
+def _all_language_pairs(codes: list[str], catalogs: list[CatalogFile], max_chars: int,
+                        progress: bool) -> tuple[dict[str, list[Pair]], dict[str, Counter]]:
+    """({lang: pairs}, {lang: drop counts}) of every language, from CLDR, num2words and ``catalogs``."""
+    by_lang: dict[str, list[CatalogFile]] = defaultdict(list)
+    for cat in catalogs:
+        by_lang[cat.lang].append(cat)
+    en_phrases = cldr_phrases("en")
+    en_phrases.update(num2words_phrases("en"))
+    pairs: dict[str, list[Pair]] = {}
+    drops: dict[str, Counter] = {}
+    bar = _progress(codes, progress)
+    for lang in bar:
+        if hasattr(bar, "set_postfix_str"):
+            bar.set_postfix_str(lang)
+        pairs[lang], drops[lang] = language_pairs(lang, en_phrases, by_lang[lang], max_chars)
+        logger.debug("%s: %d pairs from %d catalogs", lang, len(pairs[lang]), len(by_lang[lang]))
+    _fresh_locale("en")  # leave babel's cache clean for whoever uses it next
+    return pairs, drops
+
+
+def split_pairs(pairs: list[Pair], seed: int, valid_fraction: float, test_fraction: float, max_eval: int,
+                drops: Counter) -> dict[str, list[Pair]]:
+    """{split: pairs} of one language: item-disjoint splits by a stable hash of the English text,
+    each ordered by that hash; valid/test keep their first ``max_eval`` (the rest is dropped,
+    counted in ``drops["eval_overflow"]``, never moved to train)."""
+    parts: dict[str, list[Pair]] = {s: [] for s in SPLITS}
+    for p in pairs:
+        parts[assign_split(p.en, seed, valid_fraction, test_fraction)].append(p)
+    for s in SPLITS:
+        parts[s].sort(key=lambda p: (stable_hash(p.en, seed), p.en))
+    for s in ("valid", "test"):
+        if len(parts[s]) > max_eval:
+            drops["eval_overflow"] += len(parts[s]) - max_eval
+            parts[s] = parts[s][:max_eval]
+    return parts
+
+
+def subsample(train: list[Pair], cap: int | None, seed: int, drops: Counter) -> list[Pair]:
+    """The ``cap`` pairs of ``train`` with the smallest subsample hash, in their order (all when
+    ``cap`` is None or not exceeded); the rest counted in ``drops["tier_subsample"]``."""
+    if cap is None or len(train) <= cap:
+        return train
+    keep = sorted(train, key=lambda p: (stable_hash(p.en, seed, "subsample"), p.en))
+    keep = set(id(p) for p in keep[:cap])
+    drops["tier_subsample"] += len(train) - cap
+    return [p for p in train if id(p) in keep]
 
 
 def _zero_shot_pairs(zero_shot, codes: list[str]) -> list[tuple[str, str]]:
@@ -626,10 +644,6 @@ def _multiway(xs: list[Pair], ys: list[Pair]) -> list[tuple[str, str, str, str]]
 
 def _progress(items, enabled):
     if not enabled:
-        return items
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # tqdm is a dependency, but a progress bar is never essential
         return items
     return tqdm(items, desc="builtin corpus", unit="lang")
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import argparse
 
+from neuronspec.data.binarize import prepare_corpus
+from neuronspec.data.builtin_corpus import build_builtin_corpus, summary_table
+
 
 # ------------------------------------------------------------------ builtin
 def _add_builtin(sub) -> None:
@@ -49,8 +52,6 @@ def _add_builtin(sub) -> None:
 
 
 def _run_builtin(args) -> int:
-    from neuronspec.nmt.builtin_corpus import build_builtin_corpus, summary_table
-
     summary = build_builtin_corpus(
         args.out, langs=None if args.langs is None else ",".join(args.langs), seed=args.seed,
         gettext_packages=args.gettext_packages,
@@ -100,8 +101,6 @@ def _add_prepare(sub) -> None:
 
 
 def _run_prepare(args) -> int:
-    from neuronspec.nmt.binarize import prepare_corpus
-
     langs = None
     if args.langs is not None:
         langs = [x.strip() for item in args.langs for x in item.split(",") if x.strip()]

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from neuronspec.checks import check_int
-from neuronspec.nmt.data import DirectionLike, PreparedData, as_direction, direction_name
+from neuronspec.data.corpus import DirectionLike, PreparedData, as_direction, direction_name
 
 log = logging.getLogger(__name__)
 

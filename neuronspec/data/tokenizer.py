@@ -26,7 +26,7 @@ from typing import Iterable, Sequence
 import sentencepiece as spm
 
 from neuronspec.atomic import write_atomic
-from neuronspec.nmt.placeholders import CODE_PIECES, SLOT_PIECES, protect, restore
+from neuronspec.data.placeholders import CODE_PIECES, SLOT_PIECES, protect, restore
 from neuronspec.checks import check_int
 
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
