@@ -325,3 +325,18 @@ def test_cli_prepare(tmp_path, monkeypatch, capsys):
     rc = cli.main(["data", "prepare", "--corpus", str(tmp_path / "c"), "--out", str(tmp_path / "q"),
                    "--langs", "es", "--no-progress"])
     assert rc == 2 and not (tmp_path / "q" / "meta.json").exists()
+
+
+def test_prepared_meta_sizes_tiers_and_directions():
+    from neuronspec.data.binarize import prepared_meta
+    from neuronspec.data.corpus import Corpus, PairFiles
+
+    def pair(a, b, n):
+        return PairFiles("train", a, b, Path(f"train.{a}-{b}.{a}"), Path(f"train.{a}-{b}.{b}"), n)
+
+    corpus = Corpus(Path("c"), "en", ["en", "de", "qaa"], {"train": [pair("en", "de", 900), pair("qaa", "en", 20)]})
+    meta = prepared_meta(corpus, "en", 4000, np.dtype(np.uint16), {"train": {}}, {"train": {}}, {"seed": 3})
+    assert meta["train_sizes"] == {"de": 900, "qaa": 20}
+    assert meta["tiers"] == {"de": "high", "qaa": "low"}  # de: EC30 tier; qaa: 20/900 < 1/30 of the largest
+    assert meta["directions"] == [["en", "de"], ["en", "qaa"], ["de", "en"], ["qaa", "en"]]
+    assert (meta["vocab_size"], meta["dtype"], meta["config"]) == (4000, "uint16", {"seed": 3})

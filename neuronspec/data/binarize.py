@@ -214,25 +214,10 @@ def _check_out(out: Path) -> None:
                              "or choose another --out")
 
 
-def _prepare_into(out: Path, final: Path, corpus: Corpus, corpus_dir, vocab_size, langs, pivot, tokenizer_sentences,
-                  character_coverage, model_type, placeholders, code_identifiers, seed, num_threads,
-                  progress) -> None:
-    """prepare_corpus's work, written into the (new, empty) folder ``out`` (to become ``final``)."""
-    t0 = time.perf_counter()
-    num_threads = num_threads or min(4, os.cpu_count() or 1)
-    code_identifiers = code_identifiers and placeholders  # identifier slots go with placeholder slots
-
-    sample = tokenizer_sample(corpus, tokenizer_sentences, seed=seed)
-    log.info("training sentencepiece (vocab %d) on %d sampled sentences", vocab_size, len(sample))
-    tok = Tokenizer.train(sample, out / TOKENIZER_FILE[: -len(".model")], vocab_size, corpus.languages,
-                          model_type=model_type, character_coverage=character_coverage,
-                          placeholders=placeholders, code_identifiers=code_identifiers,
-                          num_threads=num_threads)
-    del sample
-    t_tok = time.perf_counter() - t0
-    dtype = np.dtype(np.uint16) if len(tok) <= np.iinfo(np.uint16).max + 1 else np.dtype(np.int32)
-
-    total_lines = sum(2 * p.num_lines for ps in corpus.pairs.values() for p in ps)
+def _binarize(out: Path, corpus: Corpus, tok: Tokenizer, dtype: np.dtype, total_lines: int, num_threads: int,
+              progress: bool) -> tuple[dict, dict, int]:
+    """Encode every split into ``out/{split}.bin|.idx`` (and the valid/test texts and kinds files);
+    returns (splits meta, pairs meta, tokens written)."""
     pairs_meta: dict[str, dict[str, dict]] = {}
     splits_meta: dict[str, dict] = {}
     n_tokens = 0
@@ -262,14 +247,18 @@ def _prepare_into(out: Path, final: Path, corpus: Corpus, corpus_dir, vocab_size
                         entry["kinds"] = name
                     pairs_meta.setdefault(split, {})[p.name] = entry
             splits_meta[split] = {"bin": f"{split}.bin", "idx": f"{split}.idx", "tokens": pos, "rows": row}
+    return splits_meta, pairs_meta, n_tokens
 
-    train_sizes = {}
-    for p in corpus.pairs["train"]:
-        train_sizes[p.b if p.a == pivot else p.a] = p.num_lines
-    meta = {
+
+def prepared_meta(corpus: Corpus, pivot: str, vocab: int, dtype: np.dtype, splits_meta: dict, pairs_meta: dict,
+                  config: dict) -> dict:
+    """The prepared folder's meta.json dict (docs/design.md §5): languages, directions, resource
+    tiers and training sizes from ``corpus``, the binarized files' layout, the options used."""
+    train_sizes = {p.b if p.a == pivot else p.a: p.num_lines for p in corpus.pairs["train"]}
+    return {
         "format": FORMAT_VERSION,
         "tokenizer": TOKENIZER_FILE,
-        "vocab_size": len(tok),
+        "vocab_size": vocab,
         "dtype": dtype.name,
         "pivot": pivot,
         "languages": corpus.languages,
@@ -278,18 +267,42 @@ def _prepare_into(out: Path, final: Path, corpus: Corpus, corpus_dir, vocab_size
         "train_sizes": train_sizes,
         "splits": splits_meta,
         "pairs": pairs_meta,
-        "config": {
-            "corpus": os.path.abspath(os.fspath(corpus_dir)),
-            "vocab_size": vocab_size,
-            "langs": [l for l in corpus.languages if l != pivot] if langs is not None else None,
-            "tokenizer_sentences": tokenizer_sentences,
-            "character_coverage": character_coverage,
-            "model_type": model_type,
-            "placeholders": placeholders,
-            "code_identifiers": code_identifiers,
-            "seed": seed,
-        },
+        "config": config,
     }
+
+
+def _prepare_into(out: Path, final: Path, corpus: Corpus, corpus_dir, vocab_size, langs, pivot, tokenizer_sentences,
+                  character_coverage, model_type, placeholders, code_identifiers, seed, num_threads,
+                  progress) -> None:
+    """prepare_corpus's work, written into the (new, empty) folder ``out`` (to become ``final``)."""
+    t0 = time.perf_counter()
+    num_threads = num_threads or min(4, os.cpu_count() or 1)
+    code_identifiers = code_identifiers and placeholders  # identifier slots go with placeholder slots
+
+    sample = tokenizer_sample(corpus, tokenizer_sentences, seed=seed)
+    log.info("training sentencepiece (vocab %d) on %d sampled sentences", vocab_size, len(sample))
+    tok = Tokenizer.train(sample, out / TOKENIZER_FILE[: -len(".model")], vocab_size, corpus.languages,
+                          model_type=model_type, character_coverage=character_coverage,
+                          placeholders=placeholders, code_identifiers=code_identifiers,
+                          num_threads=num_threads)
+    del sample
+    t_tok = time.perf_counter() - t0
+    dtype = np.dtype(np.uint16) if len(tok) <= np.iinfo(np.uint16).max + 1 else np.dtype(np.int32)
+
+    total_lines = sum(2 * p.num_lines for ps in corpus.pairs.values() for p in ps)
+    splits_meta, pairs_meta, n_tokens = _binarize(out, corpus, tok, dtype, total_lines, num_threads, progress)
+    config = {
+        "corpus": os.path.abspath(os.fspath(corpus_dir)),
+        "vocab_size": vocab_size,
+        "langs": [l for l in corpus.languages if l != pivot] if langs is not None else None,
+        "tokenizer_sentences": tokenizer_sentences,
+        "character_coverage": character_coverage,
+        "model_type": model_type,
+        "placeholders": placeholders,
+        "code_identifiers": code_identifiers,
+        "seed": seed,
+    }
+    meta = prepared_meta(corpus, pivot, len(tok), dtype, splits_meta, pairs_meta, config)
     write_atomic(out / META_FILE, json.dumps(meta, indent=1, ensure_ascii=False))
     dt = time.perf_counter() - t0
     log.info("prepared %s: %d languages, %d training directions, %d lines, %d tokens, vocab %d "
