@@ -14,7 +14,7 @@ from neuronspec.nmt.checkpoint import load_checkpoint, load_model
 from neuronspec.nmt.config import TINY_BUILTIN_LANGS, TrainConfig
 from neuronspec.nmt.schedule import InverseSqrtSchedule, LinearDecaySchedule
 from neuronspec.nmt.train import Trainer, label_smoothed_loss, train
-from neuronspec.ops import TaskMasks
+from neuronspec.ops import TaskMasks, save_layer_masks
 
 LAST = "checkpoint_last.pt"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -220,7 +220,7 @@ def test_resume_is_exact(prep, tmp_path, update_freq, mixed):
                                                                     dict(b.model.named_parameters())[name])
 
 
-def test_init_from_with_masks(prep, tmp_path):
+def test_init_from_with_masks(prep, tmp_path, monkeypatch):
     dense = train(config(prep, tmp_path / "dense", max_steps=5))
     model, _ = load_model(dense["checkpoint"])
     f = model.cfg.d_ff
@@ -244,6 +244,16 @@ def test_init_from_with_masks(prep, tmp_path):
     assert t2.model.masks() == masks
     with pytest.raises(ValueError, match="exclusive"):
         Trainer(config(prep, tmp_path / "x", max_steps=1), init_from=dense["checkpoint"], resume=True)
+    # train(init_from=path, masks=path) (the CLI's call) reads the checkpoint once, and gets the same run
+    import neuronspec.nmt.train as train_mod
+
+    save_layer_masks(masks, tmp_path / "masks.pt")
+    reads = []
+    monkeypatch.setattr(train_mod, "load_checkpoint", lambda p, **kw: reads.append(p) or load_checkpoint(p, **kw))
+    out = train(config(prep, tmp_path / "spec3", max_steps=4), init_from=dense["checkpoint"], masks=tmp_path / "masks.pt")
+    assert reads == [dense["checkpoint"]]
+    same, ref = load_model(out["checkpoint"])[0].state_dict(), spec.state_dict()
+    assert same.keys() == ref.keys() and all(torch.equal(same[k], ref[k]) for k in ref)
 
 
 DDP_SCRIPT = """

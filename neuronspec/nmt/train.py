@@ -16,7 +16,7 @@ Python API (used for continued/specialized training)::
     cfg = TrainConfig(data="prep", out="runs/spec", max_steps=2000)
     summary = train(cfg, init_from="runs/tiny/checkpoint_last.pt", masks={"encoder.layers.0.ffn": m, ...})
 
-``init_from`` takes the model (architecture + weights) of a checkpoint and starts a fresh
+``init_from`` (a path, or a checkpoint dict already loaded) takes the model (architecture + weights) of a checkpoint and starts a fresh
 optimizer, scheduler, sampler and step counter; ``masks`` (``{layer: TaskMasks}`` or the
 path of a masks file) are set on the model and saved in every checkpoint; ``resume=True``
 continues ``out/checkpoint_last.pt`` exactly (same batches, same dropout, same optimizer).
@@ -142,7 +142,7 @@ class _AbandonValidation(BaseException):
 class Trainer:
     """One training run (see module docstring). ``Trainer(cfg, ...).train()`` -> summary dict."""
 
-    def __init__(self, cfg: TrainConfig, *, init_from: str | os.PathLike | None = None,
+    def __init__(self, cfg: TrainConfig, *, init_from: str | os.PathLike | Mapping | None = None,
                  masks: Mapping[str, TaskMasks] | None = None, resume: bool = False):
         if resume and init_from is not None:
             raise ValueError("resume and init_from are exclusive (resume continues out/checkpoint_last.pt)")
@@ -155,7 +155,8 @@ class Trainer:
         self.data = PreparedData.load(resolve_data(cfg, self.rank, self.world_size))
         self.tok = self.data.tokenizer
         torch.manual_seed(cfg.seed)
-        src = resume_ckpt or (load_checkpoint(init_from) if init_from is not None else None)
+        src = resume_ckpt or (init_from if isinstance(init_from, Mapping)  # a checkpoint loaded by the caller
+                              else load_checkpoint(init_from) if init_from is not None else None)
         self._build_model(src, masks)
         self._build_optimization()
         self._init_counters()
@@ -609,7 +610,9 @@ def train(cfg: TrainConfig, *, init_from: str | os.PathLike | None = None, overw
     already holds a run is refused unless ``resume`` or ``overwrite`` (run_folder.py)."""
     check_run_folder(cfg.out, resume=resume, overwrite=overwrite, init_from=init_from)
     if isinstance(masks, (str, os.PathLike)):  # loaded and checked here, once; the Trainer takes objects
-        mcfg = (ModelConfig.from_dict(load_checkpoint(init_from)["model_config"]) if init_from is not None
+        if init_from is not None:  # read once: its model config names the layers, the Trainer takes the rest
+            init_from = load_checkpoint(init_from)
+        mcfg = (ModelConfig.from_dict(init_from["model_config"]) if init_from is not None
                 else ModelConfig.from_preset(cfg.preset, vocab_size=1, **cfg.model_overrides()))
         masks = load_model_masks(masks, ffn_layer_names(mcfg))
     main = _dist_env()[0] == 0
