@@ -242,10 +242,9 @@ def _study(cfg: DemoConfig, codes: list[str], threads: int) -> dict:
 
 @dataclass
 class _Run:
-    """One demo run's context: its settings, languages, threads, resolved device, clock and phase bar."""
+    """One demo run's context: its settings, languages, resolved device, clock and phase bar."""
     cfg: DemoConfig
     codes: list[str]
-    threads: int
     dev: str
     clock: Clock
     bar: tqdm
@@ -270,7 +269,7 @@ def _start(cfg: DemoConfig, codes: list[str], threads: int) -> _Run:
     dev = "cuda" if auto and torch.cuda.is_available() else ("cpu" if auto else cfg.device)
     log.info("demo on %s with %d CPU thread(s) (load average %s)", dev, threads, _loadavg())
     bar = tqdm(total=len(PHASES), desc="demo", unit="phase", disable=not cfg.progress, position=0)
-    return _Run(cfg, codes, threads, dev, clock, bar)
+    return _Run(cfg, codes, dev, clock, bar)
 
 
 def _build_data(run: _Run) -> None:

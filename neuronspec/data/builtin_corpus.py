@@ -581,10 +581,9 @@ def _all_language_pairs(codes: list[str], catalogs: list[CatalogFile], max_chars
     en_phrases.update(num2words_phrases("en"))
     pairs: dict[str, list[Pair]] = {}
     drops: dict[str, Counter] = {}
-    bar = _progress(codes, progress)
+    bar = tqdm(codes, desc="builtin corpus", unit="lang", disable=not progress)
     for lang in bar:
-        if hasattr(bar, "set_postfix_str"):
-            bar.set_postfix_str(lang)
+        bar.set_postfix_str(lang)
         pairs[lang], drops[lang] = language_pairs(lang, en_phrases, by_lang[lang], max_chars)
         logger.debug("%s: %d pairs from %d catalogs", lang, len(pairs[lang]), len(by_lang[lang]))
     _fresh_locale("en")  # leave babel's cache clean for whoever uses it next
@@ -640,12 +639,6 @@ def _multiway(xs: list[Pair], ys: list[Pair]) -> list[tuple[str, str, str, str]]
     """(x text, y text, kind, origin) for the English items both test sets hold, in x's order."""
     by_en = {p.en: p for p in ys}
     return [(p.xx, by_en[p.en].xx, p.kind, p.origin) for p in xs if p.en in by_en]
-
-
-def _progress(items, enabled):
-    if not enabled:
-        return items
-    return tqdm(items, desc="builtin corpus", unit="lang")
 
 
 def _summary(codes, splits, drops, caps, catalogs, *, seed, packages, options) -> dict:
