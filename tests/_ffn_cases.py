@@ -57,7 +57,8 @@ def outputs_vs_reference(backend, tensors, masks, task_ids, activation, mask_bia
         return masked_ffn(x, w1, b1, w2, b2, masks, task_ids, activation, mask_bias, backend=backend)
 
     def ref(x, w1, b1, w2, b2):
-        ids = task_ids if isinstance(task_ids, torch.Tensor) else torch.full(x.shape[:-1], task_ids, device=x.device)
+        per_token = isinstance(task_ids, torch.Tensor) and task_ids.dim() > 0  # else an int or a 0-dim tensor
+        ids = task_ids if per_token else torch.full(x.shape[:-1], int(task_ids), device=x.device)
         y = masked_ffn_reference(x.reshape(-1, x.shape[-1]), w1, b1, w2, b2, masks.indices, masks.offsets,
                                  ids.reshape(-1), activation, mask_bias)
         return y.reshape(*x.shape[:-1], w2.shape[0])

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from neuronspec.nmt.model import ModelConfig, Transformer
 from neuronspec.ops import TaskMasks
-from neuronspec.ops.graphs import GraphedLoss, bucket_length, masks_fingerprint
+from neuronspec.ops.graphs import GraphedLoss, masks_fingerprint
 
 CUDA = torch.cuda.is_available()
 
@@ -85,6 +85,35 @@ def test_one_capture_per_key_shape_masks_and_mode():
     assert len(rec.captures) == 6 and g.captures == 6
 
 
+def test_a_device_task_serves_every_direction_with_one_graph():
+    """A homogeneous batch's direction as a 0-dim tensor (UNIFORM): one capture for all
+    directions, and the replays equal eager calls with the int direction."""
+    eager, rec = tiny_model(), Recorder()
+    graphed = copy.deepcopy(eager)
+    g = GraphedLoss(graphed, loss_fn, capture=rec)
+    for seed, direction in enumerate((0, 2, 1, 2)):
+        src, tgt_in, tgt_out = batch(mixed=False, seed=seed)
+        for model in (eager, graphed):
+            model.zero_grad(set_to_none=True)
+        want = loss_fn(eager, direction, src, tgt_in, tgt_out)
+        want.backward()
+        got = g("uniform", src, tgt_in, tgt_out, torch.tensor(direction))
+        got.backward()
+        torch.testing.assert_close(got, want)
+        for p, q in zip(eager.parameters(), graphed.parameters()):
+            torch.testing.assert_close(q.grad, p.grad)
+    assert g.captures == 1
+
+
+def test_tuple_outputs_are_copied():
+    def two(model, key, *tensors):
+        loss = loss_fn(model, key, *tensors)
+        return loss, loss.detach() * 2
+    g = GraphedLoss(tiny_model(), two, capture=Recorder())
+    loss, double = g("mixed", *batch())
+    torch.testing.assert_close(double, 2 * loss.detach())
+
+
 def test_least_recently_used_graph_is_evicted():
     model, rec = tiny_model(), Recorder()
     g = GraphedLoss(model, loss_fn, max_graphs=2, capture=rec)
@@ -128,9 +157,6 @@ def test_bad_arguments():
     if not CUDA:
         with pytest.raises(ValueError, match="CUDA device"):
             GraphedLoss(model, loss_fn)
-    assert bucket_length(0) == 0 and bucket_length(17) == 32 and bucket_length(5, 4) == 8
-    with pytest.raises(ValueError, match="bucket_length"):
-        bucket_length(3, 0)
 
 
 @pytest.mark.gpu

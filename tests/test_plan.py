@@ -1,79 +1,15 @@
 """One plan per call, no host syncs, the grouped (mixed-batch) path, the mask-multiply backend
 and `auto` routing (docs/design.md §3)."""
-import os
-import sys
-
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
-import neuronspec
 from neuronspec.ops import TaskMasks, fc1_act_count, masked_ffn
 from neuronspec.ops import routing, torch_backend
+from neuronspec.ops.registry import available_backends
 from neuronspec.ops.plan import make_plan, mask_tables
 
 from _ffn_cases import outputs_vs_reference, random_masks, random_problem
-
-PACKAGE_DIR = os.path.dirname(neuronspec.__file__)
-
-# aten ops that read device values on the host (a sync on a GPU)
-SYNCING = {"aten::_local_scalar_dense", "aten::nonzero", "aten::unique", "aten::_unique", "aten::_unique2",
-           "aten::unique_dim", "aten::unique_consecutive", "aten::bincount", "aten::masked_select",
-           "aten::item", "aten::equal", "aten::is_nonzero"}
-NO_KERNEL = {"aten::empty", "aten::empty_strided", "aten::empty_like", "aten::new_empty", "aten::detach",
-             "aten::lift_fresh", "aten::_assert_async"}  # allocation / bookkeeping, or device-side only
-HOST_READS = ("tolist", "item", "__bool__", "__int__", "__float__", "__index__")
-
-
-class SyncAudit(TorchDispatchMode):
-    """Records aten ops that sync, boolean indexing, repeat_interleave without output_size,
-    and counts kernel-launching ops (views and allocations excluded)."""
-
-    def __init__(self):
-        super().__init__()
-        self.syncs: list[str] = []
-        self.launches: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        name = func._schema.name
-        if name in SYNCING:
-            self.syncs.append(name)
-        if name in ("aten::index", "aten::index_put", "aten::index_put_"):
-            if any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] or ()) if i is not None):
-                self.syncs.append(f"{name} with a boolean mask")
-        if name == "aten::repeat_interleave" and kwargs.get("output_size") is None:
-            self.syncs.append("repeat_interleave without output_size")
-        if not func.is_view and name not in NO_KERNEL:
-            self.launches.append(name)
-        return func(*args, **kwargs)
-
-
-class HostReads:
-    """Patches Tensor methods that read values on the host without the dispatcher (tolist,
-    item, bool(), int(), ...) and records calls made from neuronspec's own code."""
-
-    def __init__(self):
-        self.calls: list[str] = []
-
-    def __enter__(self):
-        self.saved = {m: getattr(torch.Tensor, m) for m in HOST_READS}
-        for m, fn in self.saved.items():
-            setattr(torch.Tensor, m, self._wrap(m, fn))
-        return self
-
-    def _wrap(self, method, fn):
-        def wrapper(t, *a, **k):
-            caller = sys._getframe(1).f_code.co_filename
-            if caller.startswith(PACKAGE_DIR):
-                self.calls.append(f"Tensor.{method} from {os.path.relpath(caller, PACKAGE_DIR)}")
-            return fn(t, *a, **k)
-        return wrapper
-
-    def __exit__(self, *exc):
-        for m, fn in self.saved.items():
-            setattr(torch.Tensor, m, fn)
-
+from _sync_audit import HostReads, SyncAudit
 
 def _leaves(tensors):
     return [t.detach().clone().requires_grad_(True) for t in tensors]
@@ -103,37 +39,41 @@ def grouped(monkeypatch):
     monkeypatch.setattr(torch_backend, "GROUPED_ON_CPU", True)
 
 
+IDS = {"homogeneous": lambda n: 2, "uniform": lambda n: torch.tensor(2), "mixed": lambda n: torch.randint(0, 4, (n,))}
+
+
 @pytest.mark.parametrize("backend", ["torch", "maskmul", "auto"])
-@pytest.mark.parametrize("mixed", [False, True])
+@pytest.mark.parametrize("kind", list(IDS))
 @pytest.mark.parametrize("mask_bias", [False, True])
-def test_masked_ffn_runs_without_host_syncs(grouped, backend, mixed, mask_bias):
+def test_masked_ffn_runs_without_host_syncs(grouped, backend, kind, mask_bias):
+    """Homogeneous (host int), uniform (0-dim device tensor) and mixed calls, a fresh ids
+    tensor per call."""
     tensors, masks, _ = random_problem(0, 96, 32, 64, 4, dtype=torch.float32, density=0.5)
     n = tensors[0].shape[0]
-    make_ids = (lambda: torch.randint(0, 4, (n,))) if mixed else (lambda: 2)
-    syncs, launches = audit_calls(tensors, masks, make_ids, backend, mask_bias=mask_bias)
+    syncs, launches = audit_calls(tensors, masks, lambda: IDS[kind](n), backend, mask_bias=mask_bias)
     assert syncs == []
     # launched ops per forward + backward, stated in docs/design.md §3
-    bound = {("torch", False): 26, ("torch", True): 44, ("maskmul", False): 14, ("maskmul", True): 19}
-    # auto on CPU: homogeneous → torch; mixed, 96 tokens, 4 tasks at p ≈ 0.5 → 12 rows saved per task → maskmul
-    key = ("torch" if backend == "auto" and not mixed else "maskmul" if backend == "auto" else backend, mixed)
-    assert len(launches) <= bound[key], launches
+    bound = {("torch", "homogeneous"): 26, ("torch", "uniform"): 35, ("torch", "mixed"): 44,
+             ("maskmul", "homogeneous"): 14, ("maskmul", "uniform"): 18, ("maskmul", "mixed"): 19}
+    # auto on CPU: homogeneous/uniform → torch; mixed, 96 tokens, 4 tasks at p ≈ 0.5 → 12 rows saved per task → maskmul
+    chosen = backend if backend != "auto" else "maskmul" if kind == "mixed" else "torch"
+    assert len(launches) <= bound[chosen, kind], launches
 
 
 def test_launch_counts_are_reported(grouped, capsys):
     """Print the per-call op counts (homogeneous and mixed, relu, mask_bias False) for the docs."""
     tensors, masks, _ = random_problem(0, 96, 32, 64, 4, dtype=torch.float32, density=0.5)
     for backend in ("torch", "maskmul"):
-        for mixed in (False, True):
-            make_ids = (lambda: torch.randint(0, 4, (96,))) if mixed else (lambda: 2)
-            _, launches = audit_calls(tensors, masks, make_ids, backend, calls=1)
-            print(f"{backend} {'mixed' if mixed else 'homogeneous'}: {len(launches)} ops: {' '.join(launches)}")
+        for kind, make_ids in IDS.items():
+            _, launches = audit_calls(tensors, masks, lambda: make_ids(96), backend, calls=1)
+            print(f"{backend} {kind}: {len(launches)} ops: {' '.join(launches)}")
     assert "torch homogeneous" in capsys.readouterr().out
 
 
 def test_counting_runs_without_host_syncs():
     (x, w1, b1, *_), _, _ = random_problem(1, 50, 16, 24, 3, dtype=torch.float32)
     counts = torch.zeros(3, 24, dtype=torch.long)
-    for ids in (lambda: torch.randint(0, 3, (50,)), lambda: 1):
+    for ids in (lambda: torch.randint(0, 3, (50,)), lambda: 1, lambda: torch.tensor(2)):
         for _ in range(2):
             with HostReads() as reads, SyncAudit() as mode:
                 fc1_act_count(x, w1, b1, counts, ids(), valid=torch.rand(50) > 0.2, return_output=False)
@@ -208,6 +148,55 @@ def test_maskmul_working_dtypes(dtype, tol):
     tensors, masks, ids = random_problem(3, 64, 32, 96, 4, dtype=dtype)
     for name, got, want in outputs_vs_reference("maskmul", tensors, masks, ids, "gelu", False):
         assert (got - want).abs().max() <= tol * want.abs().max().clamp_min(1.0) * 4, name
+
+
+# ---- UNIFORM calls: one task for every token, its id a 0-dim device tensor ---------------------------
+CPU_BACKENDS = [b for b in ("torch", "maskmul", "reference", "triton", "auto") if b in available_backends("cpu") + ["auto"]]
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+@pytest.mark.parametrize("mask_bias", [False, True])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_uniform_task_matches_the_reference(backend, activation, mask_bias, seed):
+    """Every task (empty, full, and widths below the padded width) as a 0-dim tensor: output
+    and all five gradients equal the reference's (float64)."""
+    tensors, masks, _ = random_problem(seed, 1 + 17 * seed, 8, 21, 7, dtype=torch.float64)
+    assert mask_tables(masks.indices, masks.offsets, 21).has_pads
+    for t in range(masks.num_tasks):
+        for name, got, want in outputs_vs_reference(backend, tensors, masks, torch.tensor(t), activation, mask_bias):
+            torch.testing.assert_close(got, want, msg=lambda m: f"task {t} {name}: {m}")
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+def test_uniform_task_gradcheck(activation):
+    tensors, masks, _ = random_problem(3, 6, 4, 10, 3, dtype=torch.float64, density=0.5)
+    leaves = [t.requires_grad_(True) for t in tensors]
+    torch.autograd.gradcheck(lambda *a: masked_ffn(*a, masks, torch.tensor(1), activation, backend="torch"), leaves)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 0.05), (torch.float32, 1e-4)])
+def test_uniform_task_working_dtypes(dtype, tol):
+    tensors, masks, _ = random_problem(5, 64, 32, 48, 5, dtype=dtype)
+    for t in range(5):
+        for name, got, want in outputs_vs_reference("torch", tensors, masks, torch.tensor(t), "gelu", False):
+            assert (got - want).abs().max() <= tol * want.abs().max().clamp_min(1.0), (t, name)
+
+
+def test_uniform_task_out_of_range_is_an_error():
+    tensors, masks, _ = random_problem(0, 5, 4, 8, 3)
+    for bad in (3, -1):
+        with pytest.raises(ValueError, match=r"task_ids: ids must lie in \[0, 3\)"):
+            masked_ffn(*tensors, masks, torch.tensor(bad), backend="torch")
+
+
+def test_uniform_task_counts_like_an_int_task():
+    (x, w1, b1, *_), _, _ = random_problem(1, 30, 8, 12, 3, dtype=torch.float32)
+    valid = torch.rand(30) > 0.3
+    got, want = torch.zeros(3, 12, dtype=torch.long), torch.zeros(3, 12, dtype=torch.long)
+    h = fc1_act_count(x, w1, b1, got, torch.tensor(2), valid=valid)
+    h_want = fc1_act_count(x, w1, b1, want, 2, valid=valid)
+    assert torch.equal(got, want) and torch.equal(h, h_want) and want[2].sum() > 0
 
 
 # ---- auto routing ------------------------------------------------------------------------------

@@ -113,6 +113,42 @@ class Batch:
         return Batch(**kw)
 
 
+def shape_bucket(n: int, per_octave: int = 4) -> int:
+    """The smallest of the sizes 1..2·per_octave, then `per_octave` evenly spaced sizes per
+    octave (4: ..., 16, 20, 24, 28, 32, 40, ...) that is >= n: at most 1/per_octave more."""
+    check_int("n", n, 0)
+    check_int("per_octave", per_octave, 1)
+    step = max(1, (1 << (max(n, 1).bit_length() - 1)) // per_octave)
+    return -(-n // step) * step
+
+
+def pad_batch(batch: Batch, rows: int, src_len: int, tgt_len: int) -> Batch:
+    """``batch`` grown to ``rows`` sentences, sources of ``src_len`` and targets of ``tgt_len``
+    tokens (each >= the batch's own), so that batch shapes repeat: CUDA graphs capture one per
+    shape (nmt/graphed_step.py).
+
+    Added columns are ``pad``. Added rows are filler sentences that change nothing: their
+    source and first decoder input copy row 0's first token (one real key each, so attention
+    stays finite), everything else is pad, their targets are all pad (no loss, no gradient) and
+    their task is row 0's. ``ntokens`` and ``ids`` keep counting the real examples only.
+    """
+    b, s, n = len(batch), batch.src.shape[1], batch.tgt_in.shape[1]
+    if b == 0:
+        raise ValueError("batch: cannot pad an empty batch (no row to take a filler token from)")
+    for name, value, least in (("rows", rows, b), ("src_len", src_len, s), ("tgt_len", tgt_len, n)):
+        check_int(name, value, least)
+
+    def grown(t: torch.Tensor, cols: int) -> torch.Tensor:
+        out = t.new_full((rows, cols), batch.pad)
+        out[:b, :t.shape[1]] = t
+        return out
+
+    src, tgt_in, tgt_out = grown(batch.src, src_len), grown(batch.tgt_in, tgt_len), grown(batch.tgt_out, tgt_len)
+    src[b:, 0], tgt_in[b:, 0] = batch.src[0, 0], batch.tgt_in[0, 0]
+    task = torch.cat([batch.task, batch.task[:1].expand(rows - b)])
+    return Batch(src, tgt_in, tgt_out, task, batch.ids, batch.ntokens, batch.pad)
+
+
 def temperature_probs(sizes, temperature: float) -> np.ndarray:
     """p_d ∝ (n_d / Σ n)^(1/T) over directions with sizes n_d (float64 [D])."""
     n = np.asarray(sizes, dtype=np.float64)

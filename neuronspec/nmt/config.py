@@ -86,6 +86,8 @@ class TrainConfig:
     valid_chrf_every: int = 0  # also every N steps (0: only at the end)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "auto"  # auto (bf16 on CUDA and on CPUs with native bf16, else off) | on | off
+    cuda_graphs: bool = False  # micro-batches replayed as CUDA graphs, one per shape bucket (graphed_step.py)
+    max_cuda_graphs: int = 32  # graphs kept (least recently used dropped)
     progress: bool = True
 
     def __post_init__(self):
@@ -104,7 +106,8 @@ class TrainConfig:
         checks = [("max_tokens", self.max_tokens, 1), ("update_freq", self.update_freq, 1),
                   ("warmup", self.warmup, 0), ("log_every", self.log_every, 1), ("valid_every", self.valid_every, 0),
                   ("valid_beam", self.valid_beam, 1), ("patience", self.patience, 0),
-                  ("max_nonfinite", self.max_nonfinite, 1), ("save_every", self.save_every, 0)]
+                  ("max_nonfinite", self.max_nonfinite, 1), ("save_every", self.save_every, 0),
+                  ("max_cuda_graphs", self.max_cuda_graphs, 1)]
         for name in ("max_steps", "valid_chrf_sentences"):
             if getattr(self, name) is not None:
                 checks.append((name, getattr(self, name), 0))

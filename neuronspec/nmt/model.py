@@ -8,7 +8,9 @@ the non-padding tokens, so per-direction neuron masks and activation counting wo
 unchanged in encoder and decoder.
 
 Shapes: ``src [B, S]`` and ``tgt_in [B, L]`` token ids (right-padded with ``pad``),
-``task`` an int (whole batch) or LongTensor ``[B]`` (one direction per sentence).
+``task`` an int (whole batch), a 0-dim integer tensor (whole batch, the id read on the device
+only: no host sync, so a CUDA graph serves every direction) or LongTensor ``[B]`` (one direction
+per sentence).
 
 FFN layers are named ``encoder.layers.{i}.ffn`` and ``decoder.layers.{i}.ffn``
 (see :meth:`Transformer.ffn_layers`); :meth:`Transformer.set_masks` takes a dict keyed by
@@ -100,11 +102,13 @@ def task_arg(task: int | torch.Tensor) -> int | torch.Tensor:
     """Collapse a ``[B]`` task tensor whose entries are all equal to a Python int.
 
     SpecializedFFN takes a single int for homogeneous batches (one launch, no grouping).
-    Call once per batch (it synchronises with the device)."""
+    Call once per batch (it synchronises with the device). A 0-dim tensor stays as it is."""
     if isinstance(task, int):
         return task
-    if not isinstance(task, torch.Tensor) or task.dim() != 1 or task.dtype not in (torch.int32, torch.int64):
-        raise TypeError(f"task must be an int or an integer tensor [B], got {task!r:.80}")
+    if not isinstance(task, torch.Tensor) or task.dim() > 1 or task.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"task must be an int or an integer tensor [B] or [], got {task!r:.80}")
+    if task.dim() == 0:
+        return task
     if task.numel() > 0 and bool((task == task[0]).all()):
         return int(task[0])
     return task
@@ -113,8 +117,8 @@ def task_arg(task: int | torch.Tensor) -> int | torch.Tensor:
 def _expand_task(task: int | torch.Tensor, length: int) -> int | torch.Tensor:
     """int stays int; ``[B]`` becomes one contiguous id per token ``[B·length]``, built once per
     encode/decode so that every layer's FFN sees views of one tensor (the ops cache their
-    per-batch tables and id checks per tensor)."""
-    return task if isinstance(task, int) else task[:, None].expand(-1, length).reshape(-1)
+    per-batch tables and id checks per tensor); a 0-dim tensor (the whole batch's task) stays."""
+    return task if isinstance(task, int) or task.dim() == 0 else task[:, None].expand(-1, length).reshape(-1)
 
 
 def sinusoidal_table(n: int, d: int) -> torch.Tensor:
@@ -280,8 +284,8 @@ class Transformer(nn.Module):
                             f"with shape {tuple(getattr(x, 'shape', ()))}")
 
     def _check_task(self, task, batch: int):
-        if isinstance(task, torch.Tensor) and task.shape != (batch,):
-            raise ValueError(f"task must be an int or a tensor [B={batch}], got shape {tuple(task.shape)}")
+        if isinstance(task, torch.Tensor) and task.shape not in ((batch,), ()):
+            raise ValueError(f"task must be an int or a tensor [B={batch}] or [], got shape {tuple(task.shape)}")
 
     # ------------------------------------------------------------------ forward
     def encode(self, src: torch.Tensor, task: int | torch.Tensor) -> EncoderOut:

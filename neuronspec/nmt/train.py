@@ -5,7 +5,7 @@ fairseq habits (settings in ``config.py``, LR schedules in ``schedule.py``): Ada
 label-smoothed cross-entropy summed over target tokens and normalised by the number of
 target tokens of the whole update (all micro-batches, all ranks), gradient clipping,
 bf16 autocast on CUDA, gradient accumulation (``update_freq``), DDP through ``torchrun``
-(gloo on CPU, NCCL on GPU), optionally an EMA of the weights (``ema.py``; the tiny preset's
+(gloo on CPU, NCCL on GPU), CUDA graphs (``cuda_graphs``, graphed_step.py), optionally an EMA of the weights (``ema.py``; the tiny preset's
 default), which is what validation scores and checkpoints hold as their model. Losses are
 logged in base 2 like fairseq (ppl = 2^nll).
 
@@ -46,7 +46,6 @@ from typing import Any, Mapping
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..atomic import check_free_space, check_writable_folder, remove_stale_temps, strict_json, write_atomic
@@ -62,6 +61,8 @@ from .config import TINY_BUILTIN_LANGS, TrainConfig
 from .decode import sampled_batches
 from .ema import EMA
 from .evaluate import evaluate_model, to_markdown
+from .graphed_step import GraphedTrainStep
+from .loss import label_smoothed_loss
 from .model import PRESETS, ModelConfig, Transformer, ffn_layer_names
 from .run_folder import check_run_folder, run_lock
 from .schedule import LR_SCHEDULERS
@@ -71,7 +72,7 @@ log = logging.getLogger(__name__)
 LAST, BEST = "checkpoint_last.pt", "checkpoint_best.pt"
 # settings a resumed run takes from its caller; every other one is the saved run's
 RESUME_APPLIES = ("out", "max_steps", "max_minutes", "progress", "log_every", "device", "save_every",
-                  "save_every_minutes")
+                  "save_every_minutes", "cuda_graphs", "max_cuda_graphs")
 # files a run writes into its folder (their stale temporary files are removed when a run starts)
 RUN_OUTPUTS = (LAST, BEST, "train_summary.json", "valid_chrf.json", "valid_chrf.md")
 
@@ -82,20 +83,6 @@ def native_bf16(device: torch.device) -> bool:
     if device.type == "cuda":
         return True
     return device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-
-
-def label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, eps: float, pad: int):
-    """Summed label-smoothed NLL and plain NLL (nats) over non-pad targets.
-
-    logits [B, L, V]; target [B, L]. fairseq's formula: (1-eps)·nll + eps/V·Σ_v -log p_v."""
-    lprobs = F.log_softmax(logits.float(), dim=-1).view(-1, logits.shape[-1])
-    target = target.reshape(-1)
-    keep = target != pad
-    nll = -lprobs.gather(1, target[:, None]).squeeze(1)
-    smooth = -lprobs.mean(-1)
-    nll = nll.masked_fill(~keep, 0.0).sum()
-    loss = (1 - eps) * nll + eps * smooth.masked_fill(~keep, 0.0).sum()
-    return loss, nll.detach()
 
 
 # ----------------------------------------------------------------------- distributed
@@ -142,6 +129,8 @@ class _AbandonValidation(BaseException):
 class Trainer:
     """One training run (see module docstring). ``Trainer(cfg, ...).train()`` -> summary dict."""
 
+    graph_capture = None  # tests: a stand-in for make_graphed_callables (see ops/graphs.py)
+
     def __init__(self, cfg: TrainConfig, *, init_from: str | os.PathLike | Mapping | None = None,
                  masks: Mapping[str, TaskMasks] | None = None, resume: bool = False):
         if resume and init_from is not None:
@@ -174,6 +163,10 @@ class Trainer:
         self.rank, self.world_size, local_rank = _dist_env()
         self.distributed = self.world_size > 1
         self.device = _pick_device(cfg.device, local_rank)
+        if cfg.cuda_graphs and self.distributed:
+            raise ValueError("cuda_graphs: not with several processes (DDP); run one process or drop --cuda-graphs")
+        if cfg.cuda_graphs and self.device.type != "cuda" and self.graph_capture is None:
+            raise ValueError(f"cuda_graphs: needs a CUDA device, the run is on {self.device}")
         if self.distributed and not dist.is_initialized():
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         self.out = Path(cfg.out)
@@ -242,6 +235,9 @@ class Trainer:
                                     upsample=cfg.upsample, **self._tags)
         self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema_decay else None
         self.amp = cfg.amp == "on" or (cfg.amp == "auto" and native_bf16(self.device))
+        self.graphed = (GraphedTrainStep(self.model, label_smoothing=cfg.label_smoothing, amp=self.amp,
+                                         mixed=cfg.mixed_batches, max_graphs=cfg.max_cuda_graphs,
+                                         capture=self.graph_capture) if cfg.cuda_graphs else None)
 
     def _init_counters(self) -> None:
         self.step = 0
@@ -335,13 +331,21 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         pad, eps = self.tok.pad, self.cfg.label_smoothing
         stats = torch.zeros(3, dtype=torch.float64)  # loss, nll, ntokens
+        if self.graphed is not None:
+            self.graphed.start_update()
         for i in range(self.cfg.update_freq):
             batch = next(self._it).to(self.device)
-            sync = (not self.distributed) or i == self.cfg.update_freq - 1
-            with (nullcontext() if sync else self.ddp.no_sync()), self._autocast():
-                logits = self.ddp(batch.src, batch.tgt_in, batch.task)
-                loss, nll = label_smoothed_loss(logits, batch.tgt_out, eps, pad)
-            loss.backward()
+            last = i == self.cfg.update_freq - 1
+            if self.graphed is not None:
+                loss, nll = self.graphed(batch)
+                loss.backward()
+                if not last:
+                    self.graphed.own_grads()
+            else:
+                with (nullcontext() if last or not self.distributed else self.ddp.no_sync()), self._autocast():
+                    logits = self.ddp(batch.src, batch.tgt_in, batch.task)
+                    loss, nll = label_smoothed_loss(logits, batch.tgt_out, eps, pad)
+                loss.backward()
             stats += torch.tensor([loss.item(), nll.item(), batch.ntokens], dtype=torch.float64)
         if self.distributed:
             dist.all_reduce(stats)
@@ -595,6 +599,9 @@ class Trainer:
         minutes = (time.monotonic() - t_start) / 60
         summary = {"checkpoint": str(self.out / LAST), "best_checkpoint": str(self.out / BEST), "step": self.step,
                    "minutes": minutes, "final": final, "data": os.path.abspath(self.data.root)}
+        if self.graphed is not None:  # captures > kept: shapes were evicted and captured again
+            summary["cuda_graphs"] = {"captures": self.graphed.captures, "kept": len(self.graphed)}
+            log.info("CUDA graphs: %d captured, %d kept", self.graphed.captures, len(self.graphed))
         if self.is_main:
             write_atomic(self.out / "train_summary.json", strict_json(summary))
             log.info("done: %d steps in %.1f min, checkpoint %s", self.step, minutes, summary["checkpoint"])
@@ -636,7 +643,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue OUT/checkpoint_last.pt exactly with the run's own settings; only --data (checked "
                         "against the run's vocabulary and directions), --max-steps, --max-minutes, --save-every, "
-                        "--log-every, --device and --no-progress apply, any other changed option is an error")
+                        "--log-every, --device, --cuda-graphs, --max-cuda-graphs and --no-progress apply, any other changed "
+                        "option is an error")
     p.add_argument("--overwrite", action="store_true", help="replace the run OUT already holds")
     p.add_argument("--init-from", help="start from this checkpoint's weights with a fresh optimizer")
     p.add_argument("--masks", help="masks file (`neuronspec select`) to train with")
@@ -687,6 +695,11 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     s.add_argument("--valid-beam", type=int, default=5, help="beam of that chrF++ (default 5; 1: greedy)")
     s.add_argument("--valid-chrf-every", type=int, default=0)
     s.add_argument("--device", default="auto")
+    s.add_argument("--cuda-graphs", action="store_true",
+                   help="replay each micro-batch's forward + backward as a CUDA graph, one per batch shape (batches "
+                        "padded to 4 sizes per octave; one process, CUDA only)")
+    s.add_argument("--max-cuda-graphs", type=int, default=32,
+                   help="graphs kept with --cuda-graphs (least recently used dropped; default 32)")
     s.add_argument("--amp", default="auto", choices=["auto", "on", "off"],
                    help="bf16 autocast; auto = on for CUDA and CPUs with native bf16")
     s.add_argument("--no-progress", action="store_true")
@@ -730,8 +743,8 @@ def check_resume_options(args: argparse.Namespace, kw: dict[str, Any], saved: Ma
                and kw[k] != saved[k]]
     if changed:
         raise ValueError(f"resume: {', '.join(changed)} would change the run being resumed; a resumed run keeps "
-                         "its settings (only --data, --max-steps, --max-minutes, --save-every, --log-every, --device "
-                         "apply): drop them, or start a new run from its weights with --init-from")
+                         "its settings (only --data, --max-steps, --max-minutes, --save-every, --log-every, --device, "
+                         "--cuda-graphs, --max-cuda-graphs apply): drop them, or start a new run from its weights with --init-from")
 
 
 def run(args: argparse.Namespace) -> int:

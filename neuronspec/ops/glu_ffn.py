@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from .masks import TaskMasks
-from .plan import make_plan, mask_tables, route
+from .plan import as_mixed, make_plan, mask_tables, route
 from .reference import dense_task_masks
 from .validation import FLOAT_DTYPES, check_tensor, describe, normalize_task_ids
 
@@ -114,6 +114,7 @@ def masked_glu_ffn(x, w_gate, b_gate, w_up, b_up, w_down, b_down, masks: TaskMas
     lead = x.shape[:-1]
     ids, task = normalize_task_ids(task_ids, lead, masks.num_tasks, x.device)
     x2 = x.reshape(-1, d)
+    ids, task = as_mixed(ids, task, x2.shape[0])
     if backend == "reference":
         y = glu_ffn_reference(x2, w_gate, b_gate, w_up, b_up, w_down, b_down, masks.indices, masks.offsets,
                               ids if task < 0 else torch.full((x2.shape[0],), task, device=x.device),
@@ -141,6 +142,7 @@ def glu_act_count(x, w_gate, b_gate, counts, task_ids=None, valid=None, activati
     lead = x.shape[:-1]
     ids, task = normalize_task_ids(0 if task_ids is None else task_ids, lead, counts.shape[0], x.device)
     n = x.numel() // d if d else 0
+    ids, task = as_mixed(ids, task, n)
     g = F.linear(x.reshape(n, d), w_gate, b_gate)
     pos = g.detach() > 0
     if valid is not None:

@@ -16,11 +16,20 @@ One graph per (key, shapes/dtypes of the tensors, masks fingerprint, training mo
   new masks (`set_masks`, or an in-place change) get a new capture.
 Capture needs a CUDA device, no host syncs in the step (tests/test_plan.py audits the ops) and
 the mask tables built before capture (the warm-up iterations build them). Shapes must repeat
-to pay off: bucket sequence lengths (`bucket_length`) to bound the number of graphs; at most
-`max_graphs` are kept, least recently used evicted (each holds its own activation memory).
+to pay off: pad batches to shape buckets (data/batching.py `shape_bucket`, `pad_batch`) and
+pass a homogeneous batch's direction as a 0-dim device tensor (one graph for every direction,
+ops/plan.py UNIFORM). At most `max_graphs` are kept, least recently used evicted.
+
+All graphs of one GraphedLoss share one memory pool: a graph's forward and backward always
+replay back to back, no graph reads another's memory, and what outlives a replay (static
+inputs, outputs, gradient buffers) stays allocated, so the graphs' scratch memory overlaps
+instead of adding up. Gradients come back in the graph's static buffers (autograd may adopt
+them as `.grad`); before the same graph replays again within one update, copy them out
+(nmt/graphed_step.py does, for gradient accumulation).
 """
 from __future__ import annotations
 
+import inspect
 import logging
 from collections import OrderedDict
 from typing import Callable
@@ -39,13 +48,6 @@ def masks_fingerprint(model: nn.Module) -> tuple:
                  for m in model.modules() if isinstance(m, SpecializedFFN))
 
 
-def bucket_length(n: int, multiple: int = 16) -> int:
-    """n rounded up to a multiple of `multiple` (pad sequences to it so that shapes repeat)."""
-    if n < 0 or multiple < 1:
-        raise ValueError(f"bucket_length: need n >= 0 and multiple >= 1, got n={n}, multiple={multiple}")
-    return -(-n // multiple) * multiple
-
-
 class _Bound(nn.Module):
     """loss_fn(model, key, *tensors) as a module whose parameters are the model's (so the
     graphed backward returns their gradients)."""
@@ -58,19 +60,26 @@ class _Bound(nn.Module):
         return self.loss_fn(self.model, self.key, *tensors)
 
 
-def _capture_cuda(module: nn.Module, sample_args: tuple) -> Callable:
-    # allow_unused_input: a step may leave some parameters without a gradient (e.g. unused embeddings)
-    return torch.cuda.make_graphed_callables(module, sample_args, num_warmup_iters=3, allow_unused_input=True)
+def _cuda_capture(pool) -> Callable:
+    """make_graphed_callables into `pool` (where this torch version takes one)."""
+    shares = "pool" in inspect.signature(torch.cuda.make_graphed_callables).parameters
+
+    def capture(module: nn.Module, sample_args: tuple) -> Callable:
+        # allow_unused_input: a step may leave some parameters without a gradient (e.g. unused embeddings)
+        return torch.cuda.make_graphed_callables(module, sample_args, num_warmup_iters=3, allow_unused_input=True,
+                                                 **({"pool": pool} if shares else {}))
+    return capture
 
 
 class GraphedLoss:
     """Callable `(key, *tensors) -> loss`: the loss's forward and backward from CUDA graphs.
 
-    `loss_fn(model, key, *tensors)` must return a scalar tensor and read the batch only from
-    `tensors` (any Python branching goes into the hashable `key`). Call `.backward()` on the
-    result as usual; gradients accumulate into the parameters' `.grad`. The returned loss is a
-    copy (the graph's output buffer is reused by the next replay). `capture` is for tests: a
-    function (module, sample_args) -> callable replacing make_graphed_callables."""
+    `loss_fn(model, key, *tensors)` must return a scalar tensor (or a tuple of them, the first
+    one differentiated) and read the batch only from `tensors` (any Python branching goes into
+    the hashable `key`). Call `.backward()` on the result as usual; gradients accumulate into
+    the parameters' `.grad`. The returned loss is a copy (the graph's output buffer is reused by
+    the next replay). `capture` is for tests: a function (module, sample_args) -> callable
+    replacing make_graphed_callables."""
 
     def __init__(self, model: nn.Module, loss_fn: Callable, max_graphs: int = 16,
                  capture: Callable | None = None):
@@ -80,7 +89,7 @@ class GraphedLoss:
             device = next(model.parameters()).device
             if device.type != "cuda":
                 raise ValueError(f"cuda graphs: the model is on {device}, CUDA graphs need a CUDA device")
-            capture = _capture_cuda
+            capture = _cuda_capture(torch.cuda.graph_pool_handle())
         self.model, self.loss_fn, self.max_graphs, self._capture = model, loss_fn, max_graphs, capture
         self._graphs: OrderedDict[tuple, Callable] = OrderedDict()
         self.captures = 0
@@ -96,8 +105,8 @@ class GraphedLoss:
         self._graphs[sig] = fn  # most recently used last
         while len(self._graphs) > self.max_graphs:
             self._graphs.popitem(last=False)
-        loss = fn(*tensors)
-        return loss.clone()
+        out = fn(*tensors)
+        return out.clone() if isinstance(out, torch.Tensor) else tuple(o.clone() for o in out)
 
     def _new_graph(self, key, tensors: tuple) -> Callable:
         """Capture after warm-up iterations (they build the memoized mask tables and run the

@@ -25,7 +25,7 @@ def masked_ffn_fwd(x, w1, b1, w2, b2, plan, activation, mask_bias):
     """→ (y [N, d_out], saved tuple for masked_ffn_bwd)."""
     tables = plan.tables
     z = torch.addmm(b1, x, w1.t())
-    if plan.mixed:
+    if plan.mixed or plan.uniform:  # [N, f], or [1, f] broadcast over the tokens
         m = tables.active.index_select(0, plan.task_ids)
     else:
         m = None if tables.is_full(plan.task) else tables.active[plan.task]

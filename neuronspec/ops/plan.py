@@ -9,6 +9,11 @@ The op body builds a `Plan` once and hands it to the backend, which only launche
   boundaries (`torch.sort` + `torch.searchsorted`: two launches, no host sync). The task-id
   range check is device-side (`torch._assert_async`), so a fresh ids tensor per call (as in
   training) costs no sync either.
+
+Three kinds of call: homogeneous (`task >= 0`, a host int: shapes follow that task's neuron
+count), UNIFORM (every token belongs to one task whose id is a device tensor: shapes follow the
+widest task, so one CUDA graph serves every direction; backends without a uniform path run it
+as a mixed call, `as_mixed`) and mixed (`task == -1`, one id per token).
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import torch
 
 from .memo import memo
 
+UNIFORM = -2  # `task` of a call whose tokens all belong to the task in task_ids[0] (a device value)
 ALIGN = 8  # padded task width: a multiple of 8 columns keeps grouped_mm's 16-byte stride rule for fp16/bf16/fp32
 
 
@@ -78,6 +84,12 @@ class MaskTables:
         idx = self.indices_long[pos] if self.indices.numel() else torch.zeros_like(pos)
         return torch.where(valid, idx, 0), valid, ~valid
 
+    def padded_row(self, task: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(idx long [K], pad bool [K]) of the task in the device tensor `task` [1]: its row of
+        `padded`, read without a host sync."""
+        idx, _, pad = self.padded
+        return idx.index_select(0, task).view(-1), pad.index_select(0, task).view(-1)
+
     @cached_property
     def width(self) -> int:
         """K: the largest task's neuron count rounded up to ALIGN (at least ALIGN)."""
@@ -97,8 +109,9 @@ def mask_tables(indices: torch.Tensor, offsets: torch.Tensor, num_neurons: int) 
 @dataclass
 class Routing:
     """Which task each token of a call belongs to. Homogeneous (`task >= 0`): all of them are
-    `task`'s. Mixed (`task == -1`): per-token `task_ids` int64 [N]; when sorted, `order` [N]
-    sorts tokens by task (stable), `sorted_ids` = task_ids[order], and task t owns sorted rows
+    `task`'s. Uniform (`task == UNIFORM`): all of them are task_ids[0]'s (`task_ids` int64 [1]).
+    Mixed (`task == -1`): per-token `task_ids` int64 [N]; when sorted, `order` [N] sorts tokens
+    by task (stable), `sorted_ids` = task_ids[order], and task t owns sorted rows
     starts[t]:starts[t+1] (`starts` int32 [T+1])."""
 
     n: int
@@ -110,12 +123,18 @@ class Routing:
 
     @property
     def mixed(self) -> bool:
-        return self.task < 0
+        return self.task == -1
+
+    @property
+    def uniform(self) -> bool:
+        return self.task == UNIFORM
 
     def ids(self) -> torch.Tensor:
-        """int64 [N]: every token's task (a new tensor for a homogeneous batch)."""
+        """int64 [N]: every token's task (a new tensor unless mixed)."""
         if self.mixed:
             return self.task_ids
+        if self.uniform:
+            return self.task_ids.expand(self.n).contiguous()
         return torch.full((self.n,), self.task, dtype=torch.long, device=self.task_ids.device)
 
 
@@ -135,8 +154,12 @@ class Plan(Routing):
 
 
 def route(task_ids: torch.Tensor, task: int, num_tasks: int, n: int, sort: bool = True) -> Routing:
-    """The routing of one call (`task_ids` int64 [N] when task == -1, any values: they are
-    range-checked here on the device). A batch without tokens counts as homogeneous."""
+    """The routing of one call (`task_ids` int64 [N] when task == -1, [1] when UNIFORM, any
+    values: they are range-checked here on the device). A batch without tokens counts as
+    homogeneous (task 0 if its task is not known on the host)."""
+    if task == UNIFORM:
+        check_ids_range(task_ids[0], task_ids[0], num_tasks)
+        return Routing(n, UNIFORM, task_ids) if n else Routing(0, 0, task_ids)
     if task >= 0 or n == 0:
         return Routing(n, max(task, 0), task_ids)
     if not sort:
@@ -154,6 +177,14 @@ def make_plan(tables: MaskTables, task_ids: torch.Tensor, task: int, n: int, sor
     `sort`: backends that group tokens by task need it, the mask-multiply does not)."""
     r = route(task_ids, task, tables.num_tasks, n, sort)
     return Plan(r.n, r.task, r.task_ids, r.order, r.sorted_ids, r.starts, tables)
+
+
+def as_mixed(task_ids: torch.Tensor, task: int, n: int) -> tuple[torch.Tensor, int]:
+    """A UNIFORM call's (ids, task) as a mixed call's, (int64 [N], -1), for code without a
+    uniform path; other calls unchanged."""
+    if task != UNIFORM:
+        return task_ids, task
+    return task_ids.expand(n).contiguous(), -1
 
 
 _RANGES: dict[tuple, torch.Tensor] = {}

@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .plan import make_plan, mask_tables, route
+from .plan import as_mixed, make_plan, mask_tables, route
 from .routing import auto_backend
 
 BACKENDS = {
@@ -32,6 +32,7 @@ BACKENDS = {
 ENV_VAR = "NEURONSPEC_BACKEND"
 AUTO = "auto"
 GROUPING = ("torch", "triton")  # backends that take mixed batches sorted by task from the plan
+UNIFORM_NATIVE = ("torch", "maskmul")  # backends with a UNIFORM path (the others run it as mixed)
 
 
 def _module(name: str):
@@ -100,6 +101,8 @@ def counting_backend(name: str, device: torch.device) -> str:
 def _forward(x, w1, b1, w2, b2, indices, offsets, task_ids, task, activation, mask_bias, backend):
     tables = mask_tables(indices, offsets, w1.shape[0])
     name = auto_backend(tables, task, x) if backend == AUTO else backend
+    if name not in UNIFORM_NATIVE:
+        task_ids, task = as_mixed(task_ids, task, x.shape[0])
     plan = make_plan(tables, task_ids, task, x.shape[0], sort=name in GROUPING)
     y, saved = _module(name).masked_ffn_fwd(x, w1, b1, w2, b2, plan, activation, mask_bias)
     return y, (plan, name, saved)
@@ -189,6 +192,7 @@ def masked_ffn_dispatch(x, w1, b1, w2, b2, indices, offsets, task_ids, task, act
 # ---- fused fc1 + activation + counting ----------------------------------------------------
 def _count(x, w1, b1, counts, task_ids, task, valid, activation, write_output, backend):
     name = counting_backend(backend, x.device)
+    task_ids, task = as_mixed(task_ids, task, x.shape[0])
     routing = route(task_ids, task, counts.shape[0], x.shape[0], sort=name == "triton")
     return _module(name).act_count(x, w1, b1, counts, routing, valid, activation, write_output)
 

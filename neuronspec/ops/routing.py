@@ -24,9 +24,10 @@ CPU_MIN_SAVED_ROWS = 64  # mixed batches on CPU: see prefer_gather
 
 def auto_backend(tables, task: int, x: torch.Tensor) -> str:
     """'torch' (gather + GEMM over the active neurons) or 'maskmul' (dense mask-multiply) for a
-    call on x [N, d] with the masks' `tables` and `task` (-1: mixed batch)."""
-    mixed = task < 0
-    kept = tables.kept(None if mixed else task)
+    call on x [N, d] with the masks' `tables` and `task` (-1: mixed batch; UNIFORM: one task
+    known on the device only, computed at the widest task's width)."""
+    mixed = task == -1
+    kept = tables.kept(task if task >= 0 else None)
     gather = prefer_gather(x.device.type, mixed, kept, x.shape[1], tables.num_neurons, x.shape[0], tables.num_tasks)
     return "torch" if gather else "maskmul"
 

@@ -28,14 +28,38 @@ def available(device: torch.device) -> str | None:
 
 
 # ---- one task's tokens, and a loop over the tasks ------------------------------------------------
+# A task `t` is a host int (its own |A_t| neurons) or, for a UNIFORM call, a device tensor [1]
+# (ops/plan.py): then the widest task's K neurons, task t's padded row, whose pads are zero rows
+# of W1 and b1 and zero columns of W2 (Z = 0, H = act(0) = 0: they add nothing, and take no
+# gradient: their dZ and H are exactly 0, so the index_add at their index 0 adds zeros).
+def _neurons(tables, t, dtype, mask_bias):
+    """(active ids long [k], pad bool [k] or None, inactive 0/1 `dtype` [f] or None when
+    mask_bias) of task t."""
+    if isinstance(t, int):
+        return tables.active_idx(t), None, None if mask_bias else tables.inactive(t, dtype)
+    idx, pad = tables.padded_row(t)
+    inactive = None if mask_bias else tables.inactive(None, dtype).index_select(0, t).view(-1)
+    return idx, (pad if tables.has_pads else None), inactive
+
+
+def _is_full(tables, t) -> bool:
+    return isinstance(t, int) and tables.is_full(t)
+
+
 def _gather(w1, b1, w2, b2, tables, t, activation, mask_bias):
-    """(W1[A], b1[A], W2[:, A], hb = act(b1) ⊙ inactive or None, c = b2 + W2 hb) of task t."""
-    if tables.is_full(t):
-        return w1, b1, w2, None, b2
-    idx = tables.active_idx(t)
-    hb = None if mask_bias else act(b1, activation).mul_(tables.inactive(t, b1.dtype))
+    """(W1[A], b1[A], W2[:, A], hb = act(b1) ⊙ inactive or None, c = b2 + W2 hb, A, inactive)
+    of task t (A and inactive None for a full mask)."""
+    if _is_full(tables, t):
+        return w1, b1, w2, None, b2, None, None
+    idx, pad, inactive = _neurons(tables, t, b1.dtype, mask_bias)
+    hb = None if mask_bias else act(b1, activation).mul_(inactive)
     c = b2 if hb is None else torch.addmv(b2, w2, hb)
-    return w1.index_select(0, idx), b1.index_select(0, idx), w2.index_select(1, idx), hb, c
+    w1a, b1a, w2a = w1.index_select(0, idx), b1.index_select(0, idx), w2.index_select(1, idx)
+    if pad is not None:
+        w1a.masked_fill_(pad[:, None], 0)
+        b1a.masked_fill_(pad, 0)
+        w2a.masked_fill_(pad, 0)
+    return w1a, b1a, w2a, hb, c, idx, inactive
 
 
 _GATHERED: dict[int, tuple] = {}  # id(w1) → (key, gathered): the last task's weights per layer
@@ -44,7 +68,7 @@ _GATHERED: dict[int, tuple] = {}  # id(w1) → (key, gathered): the last task's 
 def _gather_cached(w1, b1, w2, b2, tables, t, activation, mask_bias):
     """_gather, reused while the weights are unchanged and no gradient is taken (decoding calls
     a layer for one direction step after step); one task per layer is kept."""
-    if torch.is_grad_enabled() and any(p.requires_grad for p in (w1, b1, w2, b2)):
+    if not isinstance(t, int) or torch.is_grad_enabled() and any(p.requires_grad for p in (w1, b1, w2, b2)):
         return _gather(w1, b1, w2, b2, tables, t, activation, mask_bias)
     key = tuple((p.data_ptr(), p._version) for p in (w1, b1, w2, b2)) + (id(tables), t, activation, mask_bias)
     hit = _GATHERED.get(id(w1))
@@ -57,25 +81,27 @@ def _gather_cached(w1, b1, w2, b2, tables, t, activation, mask_bias):
 
 def _task_fwd(x, w1, b1, w2, b2, tables, t, activation, mask_bias, out=None):
     """(Y [n, d_out] of task t's tokens x (into `out` if given), saved tuple)."""
-    w1a, b1a, w2a, hb, c = _gather_cached(w1, b1, w2, b2, tables, t, activation, mask_bias)
+    w1a, b1a, w2a, hb, c, idx, inactive = _gather_cached(w1, b1, w2, b2, tables, t, activation, mask_bias)
     z = torch.addmm(b1a, x, w1a.t())
     h = act_inplace(z, activation)
     y = torch.addmm(c, h, w2a.t(), out=out)
-    return y, (w1a, w2a, h if activation == "relu" else z, hb)
+    return y, (w1a, w2a, h if activation == "relu" else z, hb, idx, inactive)
 
 
-def _task_bwd(dy, x, w1, b1, w2, tables, t, saved, activation, dw1, db1, dw2, sdy=None):
-    """dX of task t's tokens; adds their dW1, db1 and dW2 into the given accumulators
+SAVED_PER_TASK = 6  # len of _task_fwd's saved tuple
+
+
+def _task_bwd(dy, x, w1, b1, w2, saved, activation, dw1, db1, dw2, sdy=None):
+    """dX of one task's tokens; adds their dW1, db1 and dW2 into the given accumulators
     (sdy: Σ dY over the tokens, if the caller has it)."""
-    w1a, w2a, a, hb = saved
+    w1a, w2a, a, hb, idx, inactive = saved
     h = a if activation == "relu" else act(a, activation)
     dz = act_backward(dy.mm(w2a), a, activation)
-    if tables.is_full(t):
+    if idx is None:  # full mask
         dw1.addmm_(dz.t(), x)
         db1.add_(dz.sum(0))
         dw2.addmm_(dy.t(), h)
         return dz.mm(w1a)
-    idx = tables.active_idx(t)
     dw1.index_add_(0, idx, dz.t().mm(x))
     db1.index_add_(0, idx, dz.sum(0))
     dw2.index_add_(1, idx, dy.t().mm(h))
@@ -86,7 +112,7 @@ def _task_bwd(dy, x, w1, b1, w2, tables, t, saved, activation, dw1, db1, dw2, sd
         if activation == "relu":  # hb_i > 0 ⇔ i inactive and b1_i > 0
             db1.add_(act_backward(g, hb, activation))
         else:
-            db1.add_(act_backward(g.mul_(tables.inactive(t, b1.dtype)), b1, activation))
+            db1.add_(act_backward(g.mul_(inactive), b1, activation))
     return dz.mm(w1a)
 
 
@@ -99,9 +125,14 @@ def _task_groups(plan) -> list[tuple[int, int, int]]:
     return [(t, s, e) for t, (s, e) in enumerate(zip(starts[:-1], starts[1:])) if e > s]
 
 
+def _one_task(plan):
+    """The task of a homogeneous or UNIFORM call: a host int, or the device ids tensor [1]."""
+    return plan.task_ids if plan.uniform else plan.task
+
+
 def _loop_fwd(x, w1, b1, w2, b2, plan, activation, mask_bias):
     if not plan.mixed:
-        return _task_fwd(x, w1, b1, w2, b2, plan.tables, plan.task, activation, mask_bias)
+        return _task_fwd(x, w1, b1, w2, b2, plan.tables, _one_task(plan), activation, mask_bias)
     groups = _task_groups(plan)
     xs = x.index_select(0, plan.order)
     ys = x.new_empty(x.shape[0], w2.shape[0])
@@ -115,14 +146,14 @@ def _loop_bwd(dy, x, w1, b1, w2, plan, saved, activation):
     dw1, db1, dw2 = torch.zeros_like(w1), torch.zeros_like(b1), torch.zeros_like(w2)
     if not plan.mixed:
         db2 = dy.sum(0)
-        dx = _task_bwd(dy, x, w1, b1, w2, plan.tables, plan.task, saved, activation, dw1, db1, dw2, db2)
+        dx = _task_bwd(dy, x, w1, b1, w2, saved, activation, dw1, db1, dw2, db2)
         return dx, dw1, db1, dw2, db2
     xs, per_task = saved[0], saved[1:]
     dys = dy.index_select(0, plan.order)
     dxs = torch.empty_like(xs)
-    for i, (t, s, e) in enumerate(_task_groups(plan)):
-        dxs[s:e] = _task_bwd(dys[s:e], xs[s:e], w1, b1, w2, plan.tables, t, per_task[4 * i : 4 * i + 4], activation,
-                             dw1, db1, dw2)
+    k = SAVED_PER_TASK
+    for i, (_, s, e) in enumerate(_task_groups(plan)):
+        dxs[s:e] = _task_bwd(dys[s:e], xs[s:e], w1, b1, w2, per_task[k * i : k * i + k], activation, dw1, db1, dw2)
     return torch.empty_like(dxs).index_copy_(0, plan.order, dxs), dw1, db1, dw2, dy.sum(0)
 
 

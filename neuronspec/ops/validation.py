@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from .activations import ACTIVATIONS
+from .plan import UNIFORM
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
@@ -53,7 +54,10 @@ def check_ffn_weights(x, w1, b1, w2=None, b2=None) -> tuple[int, int]:
 
 
 def normalize_task_ids(task_ids, lead_shape: torch.Size, num_tasks: int, device: torch.device):
-    """int or integer tensor (shape lead_shape or [N]) → (task_ids int64 [N] or empty, task int)."""
+    """→ (task_ids, task): an int t → (empty, t), every token is t's, checked here; a 0-dim
+    integer tensor → (its value as int64 [1], UNIFORM = -2), every token is that task's, read
+    and range-checked on the device only (no host sync: CUDA graphs can capture it); a tensor of
+    shape lead_shape or [N] → (int64 [N], -1), one task per token."""
     n = 1
     for s in lead_shape:
         n *= s
@@ -68,7 +72,7 @@ def normalize_task_ids(task_ids, lead_shape: torch.Size, num_tasks: int, device:
     if task_ids.device != device:
         raise ValueError(f"task_ids: expected a tensor on {device} (like x), got {describe(task_ids)}")
     if task_ids.dim() == 0:
-        return normalize_task_ids(int(task_ids), lead_shape, num_tasks, device)
+        return task_ids.reshape(1).long(), UNIFORM
     if tuple(task_ids.shape) != tuple(lead_shape) and tuple(task_ids.shape) != (n,):
         raise ValueError(
             f"task_ids: expected one id per token, shape {list(lead_shape)} or [{n}], got {describe(task_ids)}"
