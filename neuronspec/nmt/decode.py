@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from ..checks import check_int
 from ..data.batching import eval_batches
+from ..ops import reuse_gathered_weights
 from .model import Transformer, task_arg
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ def _step_logprobs(model, tokens, enc, task, cache, step, max_len, bos, eos, min
 
 
 @torch.no_grad()
+@reuse_gathered_weights()  # the weights are constant while decoding
 def greedy_search(model: Transformer, src: torch.Tensor, task: int | torch.Tensor, *, bos: int = 1, eos: int = 2,
                   max_len_a: float = 1.2, max_len_b: int = 10, min_len: int = 1,
                   start: int | torch.Tensor | None = None,
@@ -102,6 +104,7 @@ def greedy_search(model: Transformer, src: torch.Tensor, task: int | torch.Tenso
 
 
 @torch.no_grad()
+@reuse_gathered_weights()
 def beam_search(model: Transformer, src: torch.Tensor, task: int | torch.Tensor, *, beam: int = 5,
                 lenpen: float = 1.0, bos: int = 1, eos: int = 2, max_len_a: float = 1.2, max_len_b: int = 10,
                 min_len: int = 1, return_scores: bool = False, start: int | torch.Tensor | None = None,

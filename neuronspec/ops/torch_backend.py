@@ -17,6 +17,8 @@ Saved for backward: the gathered weights and H for ReLU (relu'(Z) = [H > 0]) or 
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 
@@ -63,18 +65,31 @@ def _gather(w1, b1, w2, b2, tables, t, activation, mask_bias):
 
 
 _GATHERED: dict[int, tuple] = {}  # id(w1) → (key, gathered): the last task's weights per layer
+_REUSE = [0]  # > 0 inside reuse_gathered_weights()
+
+
+@contextmanager
+def reuse_gathered_weights():
+    """Inside, each layer's gathered weights (W1[A], b1[A], W2[:, A]) are kept and reused while
+    its calls stay on one task: decoding calls a layer for one direction step after step. The
+    caller promises that no weight changes inside (a version counter cannot tell: fused Adam
+    updates parameters in place without bumping it). Dropped on exit."""
+    _REUSE[0] += 1
+    try:
+        yield
+    finally:
+        _REUSE[0] -= 1
+        if not _REUSE[0]:
+            _GATHERED.clear()
 
 
 def _gather_cached(w1, b1, w2, b2, tables, t, activation, mask_bias):
-    """_gather, reused while the weights are unchanged and no gradient is taken (decoding calls
-    a layer for one direction step after step); one task per layer is kept."""
-    if not isinstance(t, int) or torch.is_grad_enabled() and any(p.requires_grad for p in (w1, b1, w2, b2)):
+    """_gather, reused inside reuse_gathered_weights() for a host-int task (one task per layer)."""
+    if not _REUSE[0] or not isinstance(t, int):
         return _gather(w1, b1, w2, b2, tables, t, activation, mask_bias)
     key = tuple((p.data_ptr(), p._version) for p in (w1, b1, w2, b2)) + (id(tables), t, activation, mask_bias)
     hit = _GATHERED.get(id(w1))
     if hit is None or hit[0] != key:
-        if len(_GATHERED) >= 256:
-            _GATHERED.clear()
         hit = _GATHERED[id(w1)] = (key, _gather(w1, b1, w2, b2, tables, t, activation, mask_bias))
     return hit[1]
 
