@@ -155,7 +155,8 @@ def random_batch(cfg: dict, vocab: int, kind: str, task: int, gen: torch.Generat
 
 def step_loss(model, key, src, tgt_in, tgt_out, *task):
     """Label-smoothed cross-entropy of one batch; the task is `key` (an int: homogeneous) or the
-    last tensor [B] (mixed). Calls encode/decode directly: no host read of the task ids."""
+    last tensor ([B] mixed, or 0-dim: homogeneous, read on the device). Calls encode/decode
+    directly: no host read of the task ids."""
     t = task[0] if task else key
     logits = model.decode(tgt_in, model.encode(src, t), t)
     return F.cross_entropy(logits.reshape(-1, model.cfg.vocab_size).float(), tgt_out.reshape(-1), label_smoothing=0.1)
@@ -163,9 +164,16 @@ def step_loss(model, key, src, tgt_in, tgt_out, *task):
 
 def make_step(model, opt, batch, cuda_graphs: bool = False):
     """One training step on `batch` → the loss; with cuda_graphs, forward + backward replay a
-    CUDA graph (neuronspec/ops/graphs.py) and the Adam step stays eager."""
+    CUDA graph (neuronspec/ops/graphs.py) and the Adam step stays eager. As in `neuronspec train
+    --cuda-graphs`, a graphed homogeneous batch passes its direction as a 0-dim device tensor
+    (one graph for every direction, computed at the widest direction's width)."""
     src, tgt_in, tgt_out, task = batch
-    key, tensors = (task, (src, tgt_in, tgt_out)) if isinstance(task, int) else ("mixed", (src, tgt_in, tgt_out, task))
+    if not isinstance(task, int):
+        key, tensors = "mixed", (src, tgt_in, tgt_out, task)
+    elif cuda_graphs:
+        key, tensors = "uniform", (src, tgt_in, tgt_out, torch.tensor(task, device=src.device))
+    else:
+        key, tensors = task, (src, tgt_in, tgt_out)
     loss_of = GraphedLoss(model, step_loss) if cuda_graphs else (lambda k, *t: step_loss(model, k, *t))
 
     def step():

@@ -114,7 +114,8 @@ build() {
 
 tests() {
   local files=() f
-  for f in tests/test_triton.py tests/test_cuda.py tests/test_ops.py tests/test_plan.py tests/test_graphs.py; do
+  for f in tests/test_triton.py tests/test_cuda.py tests/test_ops.py tests/test_plan.py tests/test_graphs.py \
+           tests/test_graphed_step.py; do
     if [ -f "$f" ]; then files+=("$f"); else echo "missing test file: $f"; fi
   done
   [ ${#files[@]} -gt 0 ] || return 1

@@ -343,7 +343,7 @@ def test_count_logic_matches_reference_on_cpu(homogeneous, nan_buffers):
     counts = torch.full((4, 50), 7, dtype=torch.long)  # counts accumulate onto what is there
     want_counts = counts.clone()
     h_ref = fc1_act_count_reference(x, w1, b1, want_counts, full_ids, valid, "gelu")
-    routing = route(task_ids, task, 4, 140, sort=False)  # unsorted, as the registry hands it over
+    routing = route(task_ids, task, 4, 140, sort=False)  # unsorted: the backend sorts it itself
     h = cb.count(x, w1, b1, counts, routing, valid, "gelu", True, EmulatedKernels())
     assert torch.equal(counts, want_counts)
     assert_close("h", h, h_ref, 2e-5)

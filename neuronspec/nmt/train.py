@@ -163,16 +163,20 @@ class Trainer:
         self.rank, self.world_size, local_rank = _dist_env()
         self.distributed = self.world_size > 1
         self.device = _pick_device(cfg.device, local_rank)
-        if cfg.cuda_graphs and self.distributed:
-            raise ValueError("cuda_graphs: not with several processes (DDP); run one process or drop --cuda-graphs")
-        if cfg.cuda_graphs and self.device.type != "cuda" and self.graph_capture is None:
-            raise ValueError(f"cuda_graphs: needs a CUDA device, the run is on {self.device}")
+        self._check_cuda_graphs(cfg, self.device, self.distributed)
         if self.distributed and not dist.is_initialized():
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         self.out = Path(cfg.out)
         self.is_main = self.rank == 0
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def _check_cuda_graphs(cls, cfg: TrainConfig, device: torch.device, distributed: bool) -> None:
+        if cfg.cuda_graphs and distributed:
+            raise ValueError("cuda_graphs: not with several processes (DDP); run one process or drop --cuda-graphs")
+        if cfg.cuda_graphs and device.type != "cuda" and cls.graph_capture is None:
+            raise ValueError(f"cuda_graphs: needs a CUDA device, the run is on {device}")
 
     def _resumed_config(self, cfg: TrainConfig) -> dict:
         """Load out/checkpoint_last.pt; self.cfg becomes the saved run's config, except for the
@@ -615,6 +619,8 @@ def train(cfg: TrainConfig, *, init_from: str | os.PathLike | None = None, overw
 
     ``steps``/``max_minutes`` override the config's stop criteria for this call. A folder that
     already holds a run is refused unless ``resume`` or ``overwrite`` (run_folder.py)."""
+    _, world_size, local_rank = _dist_env()
+    Trainer._check_cuda_graphs(cfg, _pick_device(cfg.device, local_rank), world_size > 1)  # before any file
     check_run_folder(cfg.out, resume=resume, overwrite=overwrite, init_from=init_from)
     if isinstance(masks, (str, os.PathLike)):  # loaded and checked here, once; the Trainer takes objects
         if init_from is not None:  # read once: its model config names the layers, the Trainer takes the rest

@@ -193,8 +193,8 @@ def count_layout(num_tasks: int, f: int, task: int, device: torch.device) -> Lay
 
 
 def _sorted(routing: Routing, num_tasks: int) -> Routing:
-    """The routing with a mixed batch's tokens sorted by task (a registry that did not sort for
-    this backend gives it unsorted: sort here, on the device)."""
+    """The routing with a mixed batch's tokens sorted by task (the registry sorts once per call
+    for this backend, forward and backward; a caller that did not gets it sorted here)."""
     if routing.mixed and routing.order is None:
         return route(routing.task_ids, routing.task, num_tasks, routing.n, sort=True)
     return routing

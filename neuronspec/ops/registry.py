@@ -31,7 +31,7 @@ BACKENDS = {
 }
 ENV_VAR = "NEURONSPEC_BACKEND"
 AUTO = "auto"
-GROUPING = ("torch", "triton")  # backends that take mixed batches sorted by task from the plan
+GROUPING = ("torch", "triton", "cuda")  # backends that take mixed batches sorted by task from the plan
 UNIFORM_NATIVE = ("torch", "maskmul")  # backends with a UNIFORM path (the others run it as mixed)
 
 
@@ -193,7 +193,7 @@ def masked_ffn_dispatch(x, w1, b1, w2, b2, indices, offsets, task_ids, task, act
 def _count(x, w1, b1, counts, task_ids, task, valid, activation, write_output, backend):
     name = counting_backend(backend, x.device)
     task_ids, task = as_mixed(task_ids, task, x.shape[0])
-    routing = route(task_ids, task, counts.shape[0], x.shape[0], sort=name == "triton")
+    routing = route(task_ids, task, counts.shape[0], x.shape[0], sort=name in ("triton", "cuda"))
     return _module(name).act_count(x, w1, b1, counts, routing, valid, activation, write_output)
 
 

@@ -117,6 +117,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patience", type=int, default=None, help="early stopping patience in validations")
     p.add_argument("--update-freq", type=int, default=None, help="batches per update (default: the checkpoint's)")
     p.add_argument("--device", default=None)
+    p.add_argument("--cuda-graphs", action="store_true", default=None,
+                   help="replay each micro-batch as a CUDA graph, one per batch shape (see `neuronspec train`)")
+    p.add_argument("--max-cuda-graphs", type=int, default=None, help="graphs kept with --cuda-graphs (default 32)")
     p.add_argument("--overwrite", action="store_true", help="replace the run --out already holds")
     p.add_argument("--no-progress", action="store_true")
 
@@ -124,7 +127,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     out = args.out or str(Path(args.checkpoint).parent / f"spec-{args.where}")
     over = {k: getattr(args, k) for k in ("lr", "warmup", "max_tokens", "seed", "valid_every", "device", "patience",
-                                          "update_freq") if getattr(args, k) is not None}
+                                          "update_freq", "cuda_graphs", "max_cuda_graphs") if getattr(args, k) is not None}
     if args.no_progress:
         over["progress"] = False
     summary = continue_training(args.checkpoint, out, args.masks, steps=args.max_steps, where=args.where,
