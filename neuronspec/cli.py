@@ -11,6 +11,7 @@ import importlib
 import logging
 import sys
 
+from neuronspec.checks import check_int
 from neuronspec.errors import Interrupted, TrainingDiverged
 
 # command -> (module, one-line help)
@@ -40,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
         # Only the chosen command's module is imported (its options may pull heavy deps).
         if name == chosen:
             importlib.import_module(module).configure_parser(p)
+            if not any("--threads" in a.option_strings for a in p._actions):
+                p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     return parser
 
 
@@ -54,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
+        if args.command != "demo" and args.threads is not None:  # the demo picks its own from the load
+            import torch  # lazy, like the commands: `neuronspec --help` does not load torch
+
+            torch.set_num_threads(check_int("--threads", args.threads, 1))
         return int(module.run(args) or 0)
     except (ValueError, TypeError, OSError, UnicodeError) as e:
         if args.verbose:

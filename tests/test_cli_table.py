@@ -157,6 +157,8 @@ ROWS = {
                                                 "--cuda-graphs"], "cuda_graphs: needs a CUDA device"),
     "train --max-cuda-graphs 0": (["train", "--data", "{prep}", "--out", "{root}/x/g", "--max-steps", "1",
                                    "--max-cuda-graphs", "0"], "TrainConfig.max_cuda_graphs: must be an int >= 1"),
+    "select --threads 0": (["select", "--counts", "{counts}", "--out", "{root}/x/m.pt", "--threads", "0"],
+                           "--threads: must be an int >= 1, got 0"),
     # run folders and --resume
     "train into a run": (["train", "--data", "{prep}", "--out", "{run}", "--max-steps", "1"],
                          "out: {run} already holds a run (checkpoint_last.pt)"),
@@ -188,6 +190,18 @@ ROWS = {
     "translate --lenpen nan": (["translate", "--checkpoint", "{ckpt}", "--direction", "en-de", "--input", "{file}",
                                 "--lenpen", "nan"], "lenpen"),
 }
+
+
+def test_threads_option_sets_torch_threads(files, tmp_path):
+    from neuronspec.cli import main
+
+    before = torch.get_num_threads()
+    try:
+        assert main(["select", "--counts", files["counts"], "--k", "0.9", "--out", str(tmp_path / "m.pt"),
+                     "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("case", sorted(ROWS))

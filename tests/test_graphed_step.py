@@ -13,7 +13,6 @@ import torch
 from _nmt_cases import TINY_MODEL, prepare
 from _sync_audit import HostReads, SyncAudit
 from neuronspec.data.batching import Batch, pad_batch, shape_bucket
-from neuronspec.nmt import graphed_step
 from neuronspec.nmt.config import TrainConfig
 from neuronspec.nmt.graphed_step import GraphedTrainStep, bucket_shape
 from neuronspec.nmt.loss import label_smoothed_loss
