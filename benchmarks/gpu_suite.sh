@@ -10,8 +10,8 @@
 #   NEURONSPEC_SUITE_DRY=1     CPU dry run: same steps, tiny benchmark sizes, the CUDA build goes
 #                              to a scratch folder instead of the source tree (see README.md)
 #   NEURONSPEC_SUITE_BUDGET    total seconds (default 470: an 8-minute slot with margin; dry run 1200)
-#   NEURONSPEC_SUITE_SKIP      comma-separated steps to skip: info,build,tests,masked_ffn,counting,train_step,
-#                              masked_ffn_large,masked_ffn_cuda_sm90 (the last one: sm_90 GPUs only)
+#   NEURONSPEC_SUITE_SKIP      comma-separated steps to skip: info,build,tests,train_step,train_step_torch,
+#                              masked_ffn,counting,masked_ffn_large,masked_ffn_cuda_sm90 (the last one: sm_90 GPUs only)
 #   NEURONSPEC_CUDA_ARCH       passed to the build (default there: 80;90; "90" halves the build time)
 #   NEURONSPEC_WHEELS          folder holding the nvidia-cutlass wheel (CUTLASS headers, a build
 #                              requirement) for a GPU machine without a package index; only used
@@ -158,9 +158,13 @@ log "neuronspec GPU suite: out $OUTDIR, dry=$DRY, budget ${BUDGET}s"
 step info "${LIMITS[0]}" info
 step build "${LIMITS[1]}" build
 step tests "${LIMITS[2]}" tests
+# the training step first (issue #20's bars): default routing, then every FFN call gathering (torch
+# backend), both with and without CUDA graphs: does graph replay make gathering pay at these sizes?
+step train_step "${LIMITS[5]}" "$PY" benchmarks/bench_train_step.py "${TRAIN[@]}" --out "$OUTDIR"
+step train_step_torch "${LIMITS[5]}" env NEURONSPEC_BACKEND=torch "$PY" benchmarks/bench_train_step.py "${TRAIN[@]}" \
+  --out "$OUTDIR/train_torch"
 step masked_ffn "${LIMITS[3]}" "$PY" benchmarks/bench_masked_ffn.py "${MASKED[@]}" --out "$OUTDIR"
 step counting "${LIMITS[4]}" "$PY" benchmarks/bench_counting.py "${COUNT[@]}" --out "$OUTDIR"
-step train_step "${LIMITS[5]}" "$PY" benchmarks/bench_train_step.py "${TRAIN[@]}" --out "$OUTDIR"
 step masked_ffn_large "${LIMITS[6]}" "$PY" benchmarks/bench_masked_ffn.py "${LARGE[@]}" --out "$OUTDIR/large"
 # the cuda backend's opt-in sm_90a CUTLASS 3 kernels (NEURONSPEC_CUDA_GEMM=sm90) on Hopper, vs dense and torch
 if [ "$DRY" != "1" ] && "$PY" -c "import sys, torch; sys.exit(torch.cuda.get_device_capability() != (9, 0))" 2>/dev/null; then
