@@ -283,10 +283,9 @@ def run_case(cfg: dict, model_name: str, kind: str) -> list[dict]:
                    peak_step_mib=None if peak_mib is None else round(peak_mib, 1), status="ok")
         if isinstance(stats["dense"], tm.Stats):
             r_med, r_q1, r_q3 = tm.ratio_stats(stats["dense"], st)
-            row.update(speedup=tm.sig(stats["dense"].median / st.median), speedup_q1=tm.sig(r_q1),
-                       speedup_q3=tm.sig(r_q3))
+            row.update(speedup=tm.sig(r_med), speedup_q1=tm.sig(r_q1), speedup_q3=tm.sig(r_q3))
         if name == "specialized+graphs" and isinstance(stats["dense+graphs"], tm.Stats):
-            row["speedup_vs_dense_graphs"] = tm.sig(stats["dense+graphs"].median / st.median)
+            row["speedup_vs_dense_graphs"] = tm.sig(tm.ratio_stats(stats["dense+graphs"], st)[0])
         row.update(ffn_flop_share=round(share, 4), ideal_speedup=tm.sig(ideal_speedup(share, row["kept_fraction"])))
         if kernel.get(name) is not None:  # CUDA: GPU busy time of one step, host overhead excluded
             row["kernel_ms"] = tm.sig(kernel[name] * 1e3)
@@ -300,7 +299,8 @@ def markdown_report(rows: list[dict], meta: dict) -> str:
     head = (f"# Training step benchmark\n\nDevice: {tm.device_label(meta)}. Date (UTC): {meta['date_utc']}. "
             f"Commit: {meta.get('git_commit')}. Load average at start: {meta['load_avg_start']}, at end: "
             f"{meta.get('load_avg_end')}.\nOne step = forward + loss + backward + Adam, median over "
-            f"{meta['repeats']} interleaved rounds; speedup = dense / specialized step time; ideal = the "
+            f"{meta['repeats']} interleaved rounds; speedup = median over rounds of dense / specialized step time "
+            f"[quartiles]; ideal = the "
             f"speedup if only the FFN's FLOPs shrank to the kept fraction (FFN share of a dense step's matmul "
             f"FLOPs in brackets). Saved for bwd = tensors autograd keeps for the "
             f"backward (parameters excluded); step peak (CUDA only) = peak allocated during a step minus what "

@@ -37,8 +37,10 @@ def prefer_gather(device_type: str, mixed: bool, kept: float, d: int, f: int, n:
     in this regime (kept: the task's kept fraction, the largest one for a mixed batch).
 
     CPU, fp32, 2 cores, fwd+bwd unless said (ratios to the dense FFN; gather / maskmul):
-    homogeneous 800 tokens 256/1024 at p = 0.9: 1.04 / 0.92; 40 tokens decoding at p = 0.9:
-    0.96 / 0.76 (gathered weights reused across steps), so homogeneous batches always gather.
+    homogeneous 800 tokens 256/1024, one thread: 0.98 / 0.96 at p = 0.9, 1.29 / 0.89 at
+    p = 0.75 (2026-12-02, after the stale-weight fix: earlier figures had skipped the gathers);
+    40 tokens decoding at p = 0.9: 0.96 / 0.76 (gathered weights reused across steps inside
+    reuse_gathered_weights), so homogeneous batches always gather.
     Mixed batches pay a gather and full-width bias terms per task: 16 tasks, 50 tokens each:
     0.54 / 0.93 at p = 0.9, 0.89 / 0.91 at p = 0.5; 128 tokens each: 0.80 / 0.97 at p = 0.9,
     1.38 / 0.93 at p = 0.5; 8 tasks, 512 tokens each (512/2048): 3.40 / 1.00 at p = 0.25,
