@@ -5,9 +5,10 @@ fairseq habits (settings in ``config.py``, LR schedules in ``schedule.py``): Ada
 label-smoothed cross-entropy summed over target tokens and normalised by the number of
 target tokens of the whole update (all micro-batches, all ranks), gradient clipping,
 bf16 autocast on CUDA, gradient accumulation (``update_freq``), DDP through ``torchrun``
-(gloo on CPU, NCCL on GPU), CUDA graphs (``cuda_graphs``, graphed_step.py), optionally an EMA of the weights (``ema.py``; the tiny preset's
-default), which is what validation scores and checkpoints hold as their model. Losses are
-logged in base 2 like fairseq (ppl = 2^nll).
+(gloo on CPU, NCCL on GPU) or CUDA graphs on one GPU (``cuda_graphs``, graphed_step.py),
+optionally an EMA of the weights (``ema.py``; the tiny preset's default), which is what
+validation scores and checkpoints hold as their model. Losses are logged in base 2 like
+fairseq (ppl = 2^nll).
 
 Python API (used for continued/specialized training)::
 
