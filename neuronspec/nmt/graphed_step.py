@@ -20,7 +20,6 @@ The optimizer step, gradient clipping and the EMA stay eager. Not with DDP (one 
 """
 from __future__ import annotations
 
-import logging
 from typing import Callable
 
 import torch
@@ -30,8 +29,6 @@ from ..data.batching import Batch, pad_batch, shape_bucket
 from ..ops.graphs import GraphedLoss
 from .loss import label_smoothed_loss
 from .model import Transformer
-
-log = logging.getLogger(__name__)
 
 PER_OCTAVE = 4  # shape buckets per octave of batch size and length
 

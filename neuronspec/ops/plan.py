@@ -130,11 +130,10 @@ class Routing:
         return self.task == UNIFORM
 
     def ids(self) -> torch.Tensor:
-        """int64 [N]: every token's task (a new tensor unless mixed)."""
+        """int64 [N]: every token's task (a new tensor for a homogeneous batch; a uniform call
+        reaches backends without a uniform path as mixed, `as_mixed`)."""
         if self.mixed:
             return self.task_ids
-        if self.uniform:
-            return self.task_ids.expand(self.n).contiguous()
         return torch.full((self.n,), self.task, dtype=torch.long, device=self.task_ids.device)
 
 
