@@ -15,7 +15,7 @@ import logging
 import os
 import pickle
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
@@ -106,3 +106,116 @@ def load_file(path: str | os.PathLike, what: str = "file", map_location: str | t
     elif state[CHECKSUM] != digest(state):
         raise ValueError(f"{what}: {name} is damaged: its contents do not match the checksum stored in it")
     return state
+
+
+# --------------------------------------------------------------------------- outputs vs inputs
+# What a file holds, told by its contents (never by its name): the kinds neuronspec writes, and
+# the rest. A text file cannot be told apart from a corpus file, so text is never replaced silently.
+KINDS = ("checkpoint", "counts", "masks", "torch file", "text", "binary")
+_FORMATS = {"neuronspec-counts": "counts", "neuronspec-masks": "masks"}
+
+
+def file_kind(path: str | os.PathLike) -> str | None:
+    """What the existing file at `path` holds (one of KINDS; "empty", "folder", "stream" for a
+    pipe or device), or None when nothing is there. Reads a torch file's keys only (mmap)."""
+    p = Path(path)
+    if not os.path.lexists(p):
+        return None
+    if p.is_dir():
+        return "folder"
+    if not p.is_file():
+        return "stream"
+    with open(p, "rb") as f:
+        head = f.read(1 << 16)
+    if not head:
+        return "empty"
+    if head[:4] == _ZIP_MAGIC:
+        try:
+            state = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # damaged or foreign: still not text we may replace
+            return "torch file"
+        if isinstance(state, dict) and state.get("format") in _FORMATS:
+            return _FORMATS[state["format"]]
+        if isinstance(state, dict) and "model" in state and "model_config" in state:
+            return "checkpoint"
+        return "torch file"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 3:  # not just a character cut by the 64 KiB read
+            return "binary"
+    return "text"
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether `a` and `b` are one file or folder (hard links, symbolic links, ``..`` and
+    relative paths resolved); two paths that do not exist are compared resolved."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
+
+
+def check_output_file(path: str | os.PathLike, what: str, inputs: Iterable[str | os.PathLike | None] = (), *,
+                      kind: str, overwrite: bool = False) -> None:
+    """ValueError naming `what` unless a `kind` file (one of KINDS) may be written at `path`:
+    never over one of `inputs` (the same file by content: links and relative paths resolved),
+    whatever `overwrite` says; over an existing file of another kind, or over text (a
+    translation cannot be told from a corpus file), only with `overwrite`. A pipe or device is
+    written through. Also checks that the folder is writable."""
+    from neuronspec.atomic import check_writable_file
+
+    for src in inputs:
+        if src is not None and os.path.lexists(src) and same_file(path, src):
+            raise ValueError(f"{what}: {os.fspath(path)} is the input {os.fspath(src)}; writing it would destroy "
+                             "what is being read: choose another path")
+    found = file_kind(path)
+    if found == "stream":
+        return
+    check_writable_file(path, what)
+    if found in (None, "empty") or overwrite or (found == kind and kind != "text"):
+        return
+    holds = "text (e.g. a corpus file)" if found == "text" else f"a {found}" if found != "binary" else "binary data"
+    raise ValueError(f"{what}: {os.fspath(path)} already holds {holds}, not a {kind} this command wrote; "
+                     "pass --overwrite to replace it, or choose another path")
+
+
+def check_output_folder(path: str | os.PathLike, what: str, inputs: Iterable[str | os.PathLike | None] = (), *,
+                        owned: Callable[[Path], bool], command: str, overwrite: bool = False) -> None:
+    """ValueError naming `what` unless the folder `path` may be replaced whole by `command`'s
+    output: never when it is, or holds, one of `inputs`; when it exists with files `owned`
+    does not recognise as `command`'s output, only with `overwrite`. Also checks writability."""
+    from neuronspec.atomic import check_writable_folder
+
+    out = Path(path)
+    check_writable_folder(out, what)
+    for src in inputs:
+        if src is not None and os.path.lexists(src) and _inside(Path(src), out):
+            raise ValueError(f"{what}: {out} holds the input {os.fspath(src)}; {command} replaces its output "
+                             "folder whole: choose another folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite and not owned(out):
+        raise ValueError(f"{what}: {out} holds files `{command}` did not write; pass --overwrite to replace the "
+                         "folder, or choose another")
+
+
+# --------------------------------------------------------------------------- text lines
+def text_lines(text: str, crlf: bool = True) -> list[str]:
+    """The lines of `text` by the one rule used wherever a line is a sentence: split on ``\\n``
+    only (a final ``\\n`` ends the last line; with `crlf`, ``\\r\\n`` is one ending); a lone
+    ``\\r``, form feed, U+0085 or U+2028 stays inside its line. ``crlf=False`` reads back
+    exactly what :func:`lines_text` wrote."""
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [s[:-1] if crlf and s.endswith("\r") else s for s in lines]
+
+
+def lines_text(lines: Iterable[str]) -> str:
+    """`lines` as text, one ``\\n`` after each; a ``\\n`` inside a line becomes a space, so the
+    text has exactly one line per item (read back by :func:`text_lines`)."""
+    return "".join(s.replace("\n", " ") + "\n" for s in lines)
