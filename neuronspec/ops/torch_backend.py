@@ -8,9 +8,10 @@ Per task t with active rows A, six GEMMs over |A| columns:
 has its tokens sorted by task (plan.order), then
 * on a GPU: the six GEMMs are `torch.nn.functional.grouped_mm` calls over per-task weight tables
   [T, K, ·] padded to the largest task with zero rows (a zero row of W1 and b1 gives Z = 0,
-  H = act(0) = 0, and W2's zero column takes nothing from it: pads add nothing anywhere). No
-  host sync. Float64 and sizes that break grouped_mm's 16-byte stride rule loop over the groups
-  instead (one host copy of the group bounds);
+  H = act(0) = 0, and W2's zero column takes nothing from it: pads add nothing anywhere), the
+  biases riding inside the GEMMs as an extra column of ones (_bias_rows). No host sync. Dtypes
+  grouped_mm refuses (on a GPU all but bf16, and bf16 before Hopper; float64 on CPU) and sizes
+  that break its 16-byte stride rule loop over the groups instead (one host copy of the bounds);
 * on CPU: a loop over the tasks present (reading the group bounds costs nothing there, and only
   those tasks' rows are gathered: padded tables for every task cost 2× more at 16 tasks).
 Saved for backward: the gathered weights and H for ReLU (relu'(Z) = [H > 0]) or Z for GELU.
@@ -174,34 +175,55 @@ def _loop_bwd(dy, x, w1, b1, w2, plan, saved, activation):
 
 # ---- mixed batches through grouped GEMMs -------------------------------------------------------
 def _native_grouped(x: torch.Tensor, *cols: int) -> bool:
-    """grouped_mm takes these operands: fp32/bf16/fp16 on CPU, bf16 on a Hopper-class GPU, and
-    every row length a multiple of 16 bytes (the padded task width always is)."""
+    """grouped_mm takes these operands: every row length a multiple of 16 bytes (the padded task
+    width always is) and a dtype `grouped_dtype_ok` accepts on x's device."""
     if not hasattr(F, "grouped_mm") or any(c * x.element_size() % 16 for c in cols):
         return False
-    if x.device.type == "cpu":
-        return x.dtype in (torch.float32, torch.bfloat16, torch.float16)
-    return x.dtype == torch.bfloat16 and x.device.type == "cuda" and torch.cuda.get_device_capability(x.device) >= (9, 0)
+    return grouped_dtype_ok(x.dtype, x.device)
 
 
-def grouped_mm(a: torch.Tensor, b: torch.Tensor, ends: torch.Tensor, native: bool, out_dtype=None) -> torch.Tensor:
-    """F.grouped_mm semantics: a [M, K] with b [G, K, N] → [M, N] (rows of group g use b[g]);
-    a [M, S] with b [S, N] → [G, M, N] (group g sums over its slice of S). ends int32 [G];
-    out_dtype float32 keeps a bf16/fp16 product unrounded (for a bias added before rounding)."""
-    if native and out_dtype not in (None, a.dtype) and a.device.type == "cpu":
-        return F.grouped_mm(a.to(out_dtype), b.to(out_dtype), offs=ends)  # no mixed-precision output on CPU
+def grouped_dtype_ok(dtype: torch.dtype, device: torch.device) -> bool:
+    """fp32/bf16/fp16 on CPU; bf16 only on a Hopper-class GPU and on `meta`, whose kernel checks
+    the CUDA rules (bf16 operands, no other output dtype: tests/test_gpu_rules.py)."""
+    if device.type == "cpu":
+        return dtype in (torch.float32, torch.bfloat16, torch.float16)
+    if dtype != torch.bfloat16:
+        return False
+    return device.type == "meta" or (device.type == "cuda" and torch.cuda.get_device_capability(device) >= (9, 0))
+
+
+def grouped_mm(a: torch.Tensor, b: torch.Tensor, ends: torch.Tensor, native: bool) -> torch.Tensor:
+    """F.grouped_mm semantics, output in a's dtype: a [M, K] with b [G, K, N] → [M, N] (rows of
+    group g use b[g]); a [M, S] with b [S, N] → [G, M, N] (group g sums over its slice of S).
+    ends int32 [G]."""
     if native:
-        return F.grouped_mm(a, b, offs=ends, out_dtype=out_dtype)
-    bounds = [0] + ends.tolist()  # fallback only (float64, unaligned sizes): one host copy
-    dtype = out_dtype or a.dtype
+        return F.grouped_mm(a, b, offs=ends)
+    bounds = [0] + ends.tolist()  # fallback only (float64, fp16/fp32 on a GPU, unaligned sizes): one host copy
     if b.dim() == 3:
-        out = a.new_empty(a.shape[0], b.shape[2], dtype=dtype)
+        out = a.new_empty(a.shape[0], b.shape[2])
         for g, (s, e) in enumerate(zip(bounds[:-1], bounds[1:])):
-            torch.mm(a[s:e].to(dtype), b[g].to(dtype), out=out[s:e])
+            torch.mm(a[s:e], b[g], out=out[s:e])
         return out
-    out = a.new_empty(len(bounds) - 1, a.shape[0], b.shape[1], dtype=dtype)
+    out = a.new_empty(len(bounds) - 1, a.shape[0], b.shape[1])
     for g, (s, e) in enumerate(zip(bounds[:-1], bounds[1:])):
-        torch.mm(a[:, s:e].to(dtype), b[s:e].to(dtype), out=out[g])
+        torch.mm(a[:, s:e], b[s:e], out=out[g])
     return out
+
+
+def _ones_cols(a: torch.Tensor) -> torch.Tensor:
+    """[a | 1 … 1]: a [R, K] widened with e ≥ 1 columns of ones to a 16-byte row (K + e)."""
+    step = max(16 // a.element_size(), 1)
+    return F.pad(a, (0, -(-(a.shape[1] + 1) // step) * step - a.shape[1]), value=1.0)
+
+
+def _bias_rows(w: torch.Tensor, bias: torch.Tensor, dim: int) -> torch.Tensor:
+    """w with, along `dim`, the `bias` slice and then zeros: e slices in all, as _ones_cols adds.
+    A GEMM of _ones_cols(a) with it adds the bias inside its fp32 accumulator, before the product
+    is rounded to bf16/fp16 (what addmm's epilogue does; a rounded X W1ᵀ + b1 could cancel to 0
+    and flip act'(Z)). grouped_mm has no bias and, on CUDA, no fp32 output for bf16 operands."""
+    extra = _ones_cols(w.new_empty(1, w.shape[dim])).shape[1] - w.shape[dim]
+    zeros = w.new_zeros(()).expand(*[extra - 1 if i == dim else s for i, s in enumerate(w.shape)])
+    return torch.cat([w, bias.unsqueeze(dim), zeros], dim)
 
 
 def _grouped_layout(plan, x, w2):
@@ -211,46 +233,43 @@ def _grouped_layout(plan, x, w2):
 
 
 def _grouped_fwd(x, w1, b1, w2, b2, plan, activation, mask_bias):
+    """Two grouped GEMMs over per-task tables, each bias riding in the GEMM (_bias_rows):
+    Z = [Xs | 1] [W1[A] | b1[A]]ᵀ and Y = [H | 1] [W2[:, A]ᵀ ; b2 + c_t]."""
     tables = plan.tables
     idx, flat, ends, native = _grouped_layout(plan, x, w2)
     num_tasks, width = idx.shape
+    d = x.shape[1]
     pad = tables.padded[2]
-    w1g = w1.index_select(0, flat).view(num_tasks, width, -1)
-    b1g = b1.index_select(0, flat).view(num_tasks, width)
+    w1b = _bias_rows(w1, b1, 1).index_select(0, flat).view(num_tasks, width, -1)  # [T, K, d + e]
     w2g = w2.index_select(1, flat).view(-1, num_tasks, width)
-    if tables.has_pads:
-        w1g.masked_fill_(pad[..., None], 0)
-        b1g.masked_fill_(pad, 0)
+    if tables.has_pads:  # zero rows (bias included) and columns: pads add nothing
+        w1b.masked_fill_(pad[..., None], 0)
         w2g.masked_fill_(pad, 0)
-    # biases join the products before rounding to bf16/fp16, as addmm's epilogue does (a
-    # rounded Z + b1 could cancel to 0 and flip act'(Z))
-    acc = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else None
-    xs = x.index_select(0, plan.order)
-    z = grouped_mm(xs, w1g.transpose(1, 2), ends, native, acc).add_(b1g.index_select(0, plan.sorted_ids))
-    z = z.to(x.dtype)
+    xs = _ones_cols(x.index_select(0, plan.order))  # [N, d + e]
+    z = grouped_mm(xs, w1b.transpose(1, 2), ends, native)
     h = act_inplace(z, activation)
-    ys = grouped_mm(h, w2g.permute(1, 2, 0), ends, native, acc)
     if mask_bias:
-        hb = None
-        ys.add_(b2)
+        hb, const = None, b2.expand(num_tasks, -1)
     else:  # per-task constant b2 + c_t, c_t = act(b1) ⊙ inactive_t @ W2ᵀ
         hb = act(b1, activation) * tables.inactive(None, b1.dtype)
-        ys.add_(torch.addmm(b2, hb, w2.t()).index_select(0, plan.sorted_ids))
-    y = x.new_empty(ys.shape).index_copy_(0, plan.order, ys.to(x.dtype))
-    return y, (xs, w1g, w2g, h if activation == "relu" else z, hb)
+        const = torch.addmm(b2, hb, w2.t())
+    ys = grouped_mm(_ones_cols(h), _bias_rows(w2g.permute(1, 2, 0), const, 1), ends, native)
+    y = torch.empty_like(ys).index_copy_(0, plan.order, ys)
+    return y, (xs, w1b[..., :d], w2g, h if activation == "relu" else z, hb)
 
 
 def _grouped_bwd(dy, x, w1, b1, w2, plan, saved, activation):
-    xs, w1g, w2g, a, hb = saved
+    xs, w1g, w2g, a, hb = saved  # xs [N, d + e] ends in ones: dW1's column d is Σ dZ per neuron (db1)
     idx, flat, ends, native = _grouped_layout(plan, x, w2)
     num_tasks, width = idx.shape
+    d = x.shape[1]
     h = a if activation == "relu" else act(a, activation)
     dys = dy.index_select(0, plan.order)
     dz = act_backward(grouped_mm(dys, w2g.permute(1, 0, 2), ends, native), a, activation)
     dx = torch.empty_like(x).index_copy_(0, plan.order, grouped_mm(dz, w1g, ends, native))
-    dw1 = w1.new_zeros(w1.shape).index_add_(0, flat, grouped_mm(dz.t(), xs, ends, native).view(-1, x.shape[1]))
+    dw1b = grouped_mm(dz.t(), xs, ends, native)  # [T, K, d + e]
+    dw1 = w1.new_zeros(w1.shape).index_add_(0, flat, dw1b[..., :d].flatten(0, 1))
     dw2g = grouped_mm(h.t(), dys, ends, native).view(-1, w2.shape[0])  # rows of dW2ᵀ
-    group_dz = dz.new_zeros(num_tasks, width).index_add_(0, plan.sorted_ids, dz)
     if hb is None:  # mask_bias
         dw2t, db1 = w2.new_zeros(w2.shape[1], w2.shape[0]), b1.new_zeros(b1.shape)
     else:  # inactive neurons: dW2ᵀ[I_t] += act(b1_I) ⊗ ΣdY_t, db1[I_t] += act'(b1_I) ⊙ W2[:, I_t]ᵀ ΣdY_t
@@ -259,7 +278,7 @@ def _grouped_bwd(dy, x, w1, b1, w2, plan, saved, activation):
         g = (task_dy.mm(w2) * plan.tables.inactive(None, b1.dtype)).sum(0)
         db1 = act_backward(g, b1, activation)  # relu: [b1 > 0] = relu'(b1), so b1 stands in for H
     dw2t.index_add_(0, flat, dw2g)
-    db1.index_add_(0, flat, group_dz.view(-1))
+    db1.index_add_(0, flat, dw1b[..., d].flatten())
     return dx, dw1, db1, dw2t.t(), dy.sum(0)
 
 
