@@ -188,6 +188,42 @@ def test_fc1_act_count_bf16_without_padding(device):
     assert counts.sum().item() > 0
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("write_output", [True, False])
+def test_fc1_act_count_survives_autotuning(device, write_output, monkeypatch):
+    """The first call per autotune key runs the counting kernel once per config and then again
+    (here: two configs, three runs each, through triton.autotune's own benchmarking hooks with
+    the backend's AUTOTUNE arguments): Z and the counts must come out as from one run (GELU,
+    whose second application changes H)."""
+    import triton
+
+    from neuronspec.ops import triton_count
+
+    runs = []
+
+    def bench(kernel_call, quantiles):
+        for _ in range(3):
+            kernel_call()
+        runs.append(3)
+        return [float(len(runs))] * len(quantiles)
+
+    configs = [triton.Config({"BLOCK_M": 16, "BLOCK_N": 32}, num_warps=1),
+               triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=1)]
+    tuned = triton.autotune(configs, do_bench=bench, **triton_count.AUTOTUNE)(triton_count.act_count_kernel)
+    monkeypatch.setattr(triton_backend, "_act_count", tuned)
+    n, d, f, _ = SHAPES[device]
+    tensors, _, ids = problem(device, seed=11, num_tasks=3)
+    x, w1, b1 = tensors[:3]
+    counts = torch.zeros(3, f, dtype=torch.int64, device=device)
+    h = fc1_act_count(x, w1, b1, counts, ids, None, "gelu", return_output=write_output, backend="triton")
+    assert runs == [3, 3]  # both configs were benchmarked
+    want = torch.zeros_like(counts)
+    h_ref = fc1_act_count_reference(x.double(), w1.double(), b1.double(), want, ids, None, "gelu")
+    assert torch.equal(counts, want)
+    if write_output:
+        torch.testing.assert_close(h, h_ref.float(), atol=2e-5, rtol=1e-5)
+
+
 # ---- availability and dispatch ----------------------------------------------------------------
 def test_available_reports_interpreter_state():
     reason = triton_backend.available(torch.device("cpu"))

@@ -105,8 +105,7 @@ if _IMPORT_ERROR is None:
     _gather_k = triton.autotune(_gemm_configs(), key=["NOUT", "F"])(triton_masked_ffn.gather_k_kernel)
     _scatter_rows = triton.autotune(_scatter_configs(), key=["NOUT", "F", "ATOMIC"], reset_to_zero=["out_ptr"])(
         triton_masked_ffn.scatter_rows_kernel)
-    _act_count = triton.autotune(_pass_configs(), key=["F", "WRITE_OUTPUT"], reset_to_zero=["counts_ptr"])(
-        triton_count.act_count_kernel)
+    _act_count = triton.autotune(_pass_configs(), **triton_count.AUTOTUNE)(triton_count.act_count_kernel)
 
 
 # ---- launch helpers ----------------------------------------------------------------------------

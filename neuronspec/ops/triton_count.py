@@ -11,6 +11,10 @@ Tokens are visited in task-sorted order (sorted row r = token perm[r]); each BLO
 inside one task (triton_common.find_tile), so a tile reduces its (Z > 0) column counts first.
 counts_ptr is an int32 [T, f] scratch buffer (the launcher adds it into the int64 counts).
 Grid: (cdiv(N, BM) + T, cdiv(f, BN)).
+
+The kernel changes its inputs (counts, and Z when WRITE_OUTPUT), so an autotuner that runs it
+once per config and then again must zero the counts and restore Z before each run: AUTOTUNE
+holds the arguments for `triton.autotune` (without restore_value, each rerun applied GELU again).
 """
 from __future__ import annotations
 
@@ -18,6 +22,8 @@ import triton
 import triton.language as tl
 
 from .triton_common import act, find_tile, token_rows
+
+AUTOTUNE = dict(key=["F", "WRITE_OUTPUT"], reset_to_zero=["counts_ptr"], restore_value=["z_ptr"])
 
 
 @triton.jit
