@@ -29,6 +29,7 @@ if str(ROOT) not in sys.path:  # run as `python benchmarks/x.py` from a source c
     sys.path.insert(0, str(ROOT))
 
 from neuronspec.atomic import save_figure_atomic, write_atomic  # noqa: E402
+from neuronspec.ops import unavailable_reason  # noqa: E402
 
 log = logging.getLogger("neuronspec.bench")
 
@@ -261,6 +262,19 @@ def parse_list(text: str, kind: type, name: str) -> list:
         raise ValueError(f"{name}: empty list")
     return items
 
+
+
+def skip_unavailable(names: list[str], avail: Sequence[str], device: torch.device, flag: str) -> list[str]:
+    """`names` without the backends not available on `device`, each skipped with one line on
+    stderr saying why (a GPU run measures what it can: a failed CUDA build costs only `cuda`)."""
+    kept = []
+    for name in names:
+        if name in avail:
+            kept.append(name)
+        else:
+            why = unavailable_reason(name, device) or "not measured by this benchmark"
+            print(f"{flag}: skipping {name!r}, not available on {device}: {why}", file=sys.stderr)
+    return kept
 
 SHAPES = {"tiny": (64, 256), "base": (512, 2048), "big": (1024, 4096), "llm": (4096, 14336)}  # (d, f)
 

@@ -32,6 +32,7 @@ import _timing as tm  # noqa: E402
 
 from neuronspec.ops import available_backends, fc1_act_count, fc1_act_count_reference  # noqa: E402
 from neuronspec.ops.activations import act  # noqa: E402
+from neuronspec.ops.registry import BACKENDS  # noqa: E402
 
 log = logging.getLogger("neuronspec.bench.counting")
 
@@ -70,8 +71,9 @@ def resolve_args(args) -> dict:
     default = [b for b in avail if not (device.type == "cpu" and b == "triton")]
     backends = default if args.backends is None else tm.parse_list(args.backends, str, "--backends")
     for b in backends:
-        if b not in avail:
-            raise ValueError(f"--backends: {b!r} is not available on {device} (available: {avail})")
+        if b not in BACKENDS:
+            raise ValueError(f"--backends: unknown backend {b!r}")
+    backends = tm.skip_unavailable(backends, avail, device, "--backends")
     tokens, tasks = tm.parse_list(get("tokens"), int, "--tokens"), tm.parse_list(get("tasks"), int, "--tasks")
     if any(v < 1 for v in tokens + tasks):
         raise ValueError("--tokens and --tasks: every entry must be >= 1")

@@ -107,7 +107,7 @@ def test_masked_ffn_flags_wrong_output(tmp_path, monkeypatch):
     (["--p", "0,0.5"], "--p"),
     (["--shapes", "enormous"], "--shapes"),
     (["--modes", "sideways"], "--modes"),
-    (["--providers", "cuda"], "not available"),
+    (["--providers", "gpu"], "unknown provider"),
     (["--tokens", "0"], "--tokens"),
     (["--dtype", "int4"], "--dtype"),
 ])
@@ -115,6 +115,21 @@ def test_masked_ffn_bad_flags(tmp_path, capsys, flags, message):
     assert bench_masked_ffn.main(["--device", "cpu", "--out", str(tmp_path), *flags]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "masked_ffn.csv").exists()
+
+
+def test_unavailable_providers_are_skipped(tmp_path, capsys):
+    """An unavailable provider (cuda on this CPU, e.g. after a failed CUDA build) is skipped with
+    one line saying why; the others are measured."""
+    rc = bench_masked_ffn.main(["--device", "cpu", "--shapes", "8x16", "--tokens", "8", "--p", "0.5", "--modes", "fwd",
+                                "--tasks", "1", "--repeats", "1", "--providers", "cuda,torch", "--no-plot",
+                                "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 0 and err.count("skipping 'cuda'") == 1, err
+    assert {r["provider"] for r in read_csv(tmp_path / "masked_ffn.csv")} == {"dense", "torch"}
+    rc = bench_counting.main(["--device", "cpu", "--shapes", "8x16", "--tokens", "8", "--tasks", "1", "--repeats", "1",
+                              "--backends", "cuda,torch", "--out", str(tmp_path)])
+    assert rc == 0 and "--backends: skipping 'cuda'" in capsys.readouterr().err
+    assert "fused-torch" in {r["provider"] for r in read_csv(tmp_path / "counting.csv")}
 
 
 # ---- counting ---------------------------------------------------------------------------------------
