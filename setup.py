@@ -1,7 +1,8 @@
 """Install neuronspec; build the CUDA module `neuronspec._cuda` from csrc/ when nvcc exists.
 
 The CUDA module is a pybind11 extension built by CMake + ninja on CUTLASS's headers (from the
-nvidia-cutlass wheel, a build requirement; no torch headers, no cuBLAS). Without nvcc the
+nvidia-cutlass wheel, a build requirement, or a copy of them: cutlass_include_dir; no torch
+headers, no cuBLAS). Without nvcc the
 package installs without it and the `cuda` backend reports itself unavailable. Set
 NEURONSPEC_NO_CUDA=1 to skip the build, NEURONSPEC_CUDA_ARCH (e.g. "80;90") to choose the
 architectures.
@@ -19,18 +20,27 @@ ROOT = Path(__file__).parent.resolve()
 
 
 def cutlass_include_dir() -> Path:
-    """include/ of the CUTLASS headers shipped by the nvidia-cutlass wheel (a build requirement,
-    pyproject.toml): <site-packages>/cutlass_library/source/include. Found without importing the
-    package (its __init__ imports heavy optional modules)."""
+    """include/ of the CUTLASS headers (include/cutlass, include/cute), the first found of:
+    $NEURONSPEC_CUTLASS_INCLUDE; third_party/cutlass/include (copied from the nvidia-cutlass
+    wheel by benchmarks/vendor_cutlass.py: a build without a package index, e.g. on a lent GPU);
+    <site-packages>/cutlass_library/source/include of the installed wheel (a build requirement,
+    pyproject.toml), found without importing the package (its __init__ imports heavy modules)."""
     import importlib.util
 
-    spec = importlib.util.find_spec("cutlass_library")
-    if spec is None or spec.origin is None:
-        raise RuntimeError("neuronspec: the CUDA build needs the CUTLASS headers: pip install nvidia-cutlass "
-                           "(a build requirement in pyproject.toml; or set NEURONSPEC_NO_CUDA=1)")
-    include = Path(spec.origin).parent / "source" / "include"
+    env = os.environ.get("NEURONSPEC_CUTLASS_INCLUDE")
+    if env:
+        include, source = Path(env), "NEURONSPEC_CUTLASS_INCLUDE"
+    elif (ROOT / "third_party" / "cutlass" / "include" / "cutlass" / "version.h").is_file():
+        return ROOT / "third_party" / "cutlass" / "include"
+    else:
+        spec = importlib.util.find_spec("cutlass_library")
+        if spec is None or spec.origin is None:
+            raise RuntimeError("neuronspec: the CUDA build needs the CUTLASS headers: pip install nvidia-cutlass "
+                               "(a build requirement in pyproject.toml), or python benchmarks/vendor_cutlass.py, "
+                               "or set NEURONSPEC_NO_CUDA=1")
+        include, source = Path(spec.origin).parent / "source" / "include", "the nvidia-cutlass package"
     if not (include / "cutlass" / "version.h").is_file():
-        raise RuntimeError(f"neuronspec: no CUTLASS headers under {include} (nvidia-cutlass wheel layout changed?)")
+        raise RuntimeError(f"neuronspec: no CUTLASS headers (cutlass/version.h) under {include}, from {source}")
     return include
 
 
