@@ -2,28 +2,33 @@
 and can count its activations (docs/design.md §9).
 
     spec = wrap(model, directions=["en-de", "de-en"])    # in place; returns a Specialization
-    with spec.direction("en-de"):                          # every sequence of the batch
-        model(**batch)
-    with spec.direction(["en-de", "de-en", "en-de"]):      # one direction per sequence
+    model(**batch, task_ids=["en-de", "de-en"])            # this call's directions, one per sequence
+    with spec.direction("en-de"):                          # or: every call in the block
         model(**batch)
     spec.set_masks(masks)                                  # {layer: TaskMasks}; None = dense
+    model.save_pretrained(folder)                          # weights + masks; neuronspec.hf.load(folder)
 
 Families (from `config.model_type`):
     m2m_100 (M2M100, NLLB-200), mbart, marian      fc1 → act → fc2 in every encoder and decoder layer
-    llama, mistral, qwen2                           gated mlp: down(act(gate(x)) ⊙ up(x)) (decoder only)
+    llama, mistral, qwen2, qwen3, gemma, gemma2,    gated mlp: down(act(gate(x)) ⊙ up(x)) (decoder only;
+    gemma3_text, phi3                               phi3: one gate_up_proj, gate rows first)
 The wrapped modules hold the original `nn.Parameter` objects under the original names, so
 `state_dict` keys and `save_pretrained` are unchanged and training updates the model's own
 weights. In an fc1/fc2 layer the layer's `fc1` becomes the whole FFN (`FusedFFN`), its
-`activation_fn` an identity and its `fc2` a `Passthrough` that keeps fc2's parameters;
-`unwrap()` puts the original modules back. Layers are named `encoder.layers.{i}.ffn` and
-`decoder.layers.{i}.ffn` (decoder-only models: `decoder.`), as in neuronspec's own model, so
-`neuronspec select` and `analyze` read HF counts unchanged.
+`activation_fn` an identity and its `fc2` a `Passthrough` that keeps fc2's parameters; a gated
+`mlp` becomes a `SpecializedGLU` whose children are the mlp's linears (PEFT tuners put there
+before or after `wrap` run inside the masked FFN, hf/ffn.py). `unwrap()` puts the original
+modules back, with the linears (or tuners) the SpecializedGLU holds by then. Layers are named
+`encoder.layers.{i}.ffn` and `decoder.layers.{i}.ffn` (decoder-only models: `decoder.`), as in
+neuronspec's own model, so `neuronspec select` and `analyze` read HF counts unchanged.
 
 Token routing: a direction set per sequence ([B]) is expanded to the tokens of each layer's
 input [B, S]; a batch of B·k rows (beam search, `num_return_sequences`) repeats each
-sequence's direction k times, as `generate` expands its inputs (`repeat_interleave`).
+sequence's direction k times, as `generate` expands its inputs (`repeat_interleave`). The
+directions of a forward call are fixed for its gradient-checkpointing recomputation (hf/calls.py).
 Counting excludes padding: forward pre-hooks on the encoder and decoder stacks read their
-`attention_mask` (else `input_ids != pad_token_id`).
+`attention_mask` (else `input_ids != pad_token_id`); an encoder-decoder's decoder positions are
+those of `decoder_attention_mask`, else of labels that are neither -100 nor the pad id.
 """
 from __future__ import annotations
 
@@ -35,114 +40,21 @@ from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from neuronspec.ops import (TaskMasks, fc1_act_count, glu_act_count, load_layer_masks, masked_ffn, masked_glu_ffn,
-                            save_layer_masks)
+from neuronspec.ops import TaskMasks, load_layer_masks, save_layer_masks
+
+from . import calls
+from .ffn import HF_ACTIVATIONS, FusedFFN, Passthrough, SpecializedGLU, _SpecializedBase, refuse_tuner, tuner_name
 
 MASKS_FILE = "neuronspec_masks.pt"  # beside the model's own files (save_pretrained's folder)
+CONFIG_MARK = "neuronspec"  # config.json entry of a folder saved with masks (hf/saving.py)
 FC_FAMILIES = ("m2m_100", "mbart", "marian")
-GLU_FAMILIES = ("llama", "mistral", "qwen2")
-# HF activation name → the op's name; the fc1/fc2 families run masked_ffn for relu/gelu and the
-# ungated masked_glu_ffn for silu (masked_ffn has no silu)
-HF_ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "swish": "silu", "silu": "silu"}
-
-
-def _autocast(*tensors: torch.Tensor | None) -> tuple:
-    """Under torch.autocast, the ops' inputs in the autocast dtype (as nn.Linear would run);
-    gradients flow back through the casts to the parameters. None stays None."""
-    device = tensors[0].device.type
-    if not torch.is_autocast_enabled(device):
-        return tensors
-    dtype = torch.get_autocast_dtype(device)
-    return tuple(None if t is None else t.to(dtype) for t in tensors)
-
-
-class Passthrough(nn.Module):
-    """Keeps a replaced fc2's parameters (same objects, same state_dict keys) and returns its
-    input: the FFN output already came from the layer's FusedFFN."""
-
-    def __init__(self, linear: nn.Linear):
-        super().__init__()
-        self.weight, self.bias = linear.weight, linear.bias
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x
-
-
-class _SpecializedBase(nn.Module):
-    """What both FFN kinds share: the owning Specialization, the layer's masks and counts."""
-
-    def _setup(self, spec: "Specialization", name: str, stack: str, num_neurons: int, activation: str) -> None:
-        self._spec, self.layer_name, self.stack = spec, name, stack
-        self.num_neurons, self.activation = num_neurons, activation
-        self.masks: TaskMasks | None = None
-        self.counts: torch.Tensor | None = None
-
-    def _task(self, x: torch.Tensor):
-        return self._spec._token_task(x.shape[:-1], x.device)
-
-    def extra_repr(self) -> str:
-        m = "dense" if self.masks is None else f"{self.masks.num_tasks} direction masks"
-        return f"{self.layer_name}, activation={self.activation}, {m}"
-
-
-class FusedFFN(_SpecializedBase):
-    """fc2(act(fc1(x))) of an fc1/fc2 layer, in place of its fc1 (holds fc1's weight and bias;
-    fc2's stay at the layer's `fc2` Passthrough). Masked: `masked_ffn` (relu, gelu) or the
-    ungated `masked_glu_ffn` (silu); counting: the fused counting ops. The layer's activation
-    dropout is applied here between act and fc2, except with masks (the ops have no dropout)."""
-
-    def __init__(self, fc1: nn.Linear, fc2: Passthrough, activation: str, activation_dropout: float,
-                 spec: "Specialization", name: str, stack: str):
-        super().__init__()
-        self.weight, self.bias = fc1.weight, fc1.bias
-        object.__setattr__(self, "_fc2", fc2)  # not a submodule: its parameters stay under layer.fc2
-        self.activation_dropout = activation_dropout
-        self._setup(spec, name, stack, fc1.out_features, activation)
-
-    def _act(self, z: torch.Tensor) -> torch.Tensor:
-        return F.silu(z) if self.activation == "silu" else torch.relu(z) if self.activation == "relu" else F.gelu(z)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.masks is None and self.counts is None:
-            h = self._act(F.linear(x, self.weight, self.bias))
-            return F.linear(F.dropout(h, p=self.activation_dropout, training=self.training),
-                            self._fc2.weight, self._fc2.bias)
-        x, w1, b1, w2, b2 = _autocast(x, self.weight, self.bias, self._fc2.weight, self._fc2.bias)
-        task = self._task(x)
-        if self.counts is not None:
-            count = glu_act_count if self.activation == "silu" else fc1_act_count
-            h = count(x, w1, b1, self.counts, task, self._spec._valid(self.stack, x.shape[:-1]), self.activation)
-            return F.linear(F.dropout(h, p=self.activation_dropout, training=self.training), w2, b2)
-        if self.activation == "silu":
-            return masked_glu_ffn(x, w1, b1, None, None, w2, b2, self.masks, task, "silu", self._spec.mask_bias,
-                                  self._spec.backend)
-        return masked_ffn(x, w1, b1, w2, b2, self.masks, task, self.activation, self._spec.mask_bias,
-                          self._spec.backend)
-
-
-class SpecializedGLU(_SpecializedBase):
-    """down(act(gate(x)) ⊙ up(x)) in place of a gated `mlp`; gate_proj, up_proj and down_proj
-    are the original nn.Linear modules (same state_dict keys)."""
-
-    def __init__(self, mlp: nn.Module, activation: str, spec: "Specialization", name: str, stack: str):
-        super().__init__()
-        self.gate_proj, self.up_proj, self.down_proj = mlp.gate_proj, mlp.up_proj, mlp.down_proj
-        self._setup(spec, name, stack, mlp.gate_proj.out_features, activation)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        g, u, d = self.gate_proj, self.up_proj, self.down_proj
-        if self.masks is None and self.counts is None:
-            return d({"silu": F.silu, "relu": torch.relu, "gelu": F.gelu}[self.activation](g(x)) * u(x))
-        x, wg, bg, wu, bu, wd, bd = _autocast(x, g.weight, g.bias, u.weight, u.bias, d.weight, d.bias)
-        if self.counts is not None:
-            a = glu_act_count(x, wg, bg, self.counts, self._task(x), self._spec._valid(self.stack, x.shape[:-1]),
-                              self.activation)
-            return F.linear(a * F.linear(x, wu, bu), wd, bd)
-        return masked_glu_ffn(x, wg, bg, wu, bu, wd, bd, self.masks, self._task(x), self.activation,
-                              self._spec.mask_bias, self._spec.backend)
+# gated families → the config field their mlp's activation comes from
+GLU_FAMILIES = {"llama": "hidden_act", "mistral": "hidden_act", "qwen2": "hidden_act", "qwen3": "hidden_act",
+                "gemma": "hidden_act", "gemma2": "hidden_activation", "gemma3_text": "hidden_activation",
+                "phi3": "hidden_act"}
+_UNSET = object()  # no forward call in progress: FFNs read spec.task_ids
 
 
 def _activation(config, attr: str, model_name: str) -> str:
@@ -162,7 +74,7 @@ def family(model: nn.Module) -> str:
     if model_type in GLU_FAMILIES:
         return "glu"
     raise ValueError(f"model: {type(model).__name__} (model_type {model_type!r}) is not supported; supported "
-                     f"model types: {', '.join(FC_FAMILIES + GLU_FAMILIES)}")
+                     f"model types: {', '.join(FC_FAMILIES + tuple(GLU_FAMILIES))}")
 
 
 class Specialization:
@@ -183,13 +95,17 @@ class Specialization:
         self.model, self.family = model, family(model)
         self.directions, self.mask_bias, self.backend = list(directions), bool(mask_bias), backend
         self._task_ids: int | torch.Tensor | None = None
+        self._call_ids = _UNSET  # the directions of the forward call in progress
         self._valid_masks: dict[str, torch.Tensor | None] = {}
         self._decoder_valid: torch.Tensor | None = None  # from the model call's labels (counting)
         self._tokens: dict[str, torch.Tensor] | None = None
         self._restore: list = []
         self._hooks: list = []
+        self._overrides: dict = {}
+        self._checkpointed = [m for m in model.modules() if hasattr(m, "gradient_checkpointing")]
         self.layers: OrderedDict[str, _SpecializedBase] = OrderedDict()
         self._wrap()
+        calls.install(self)
         model._neuronspec = self
 
     # ---- wrapping -------------------------------------------------------------------------
@@ -201,24 +117,46 @@ class Specialization:
 
     def _wrap(self) -> None:
         cls = type(self.model).__name__
-        self._hooks.append(self.model.register_forward_pre_hook(self._model_hook, with_kwargs=True))
         for stack, module in self._stacks():
             layers = getattr(module, "layers", None)
             if not isinstance(layers, nn.ModuleList):
                 raise ValueError(f"model: {cls}'s {stack} has no `layers` list; its layout is not supported")
-            self._hooks.append(module.register_forward_pre_hook(self._stack_hook(stack), with_kwargs=True))
             for i, layer in enumerate(layers):
+                name = f"{stack}.layers.{i}.ffn"
+                if self.family == "fc":
+                    self._check_fc(layer, name)
+                else:
+                    self._check_glu(layer, name)
+        for stack, module in self._stacks():
+            self._hooks.append(module.register_forward_pre_hook(self._stack_hook(stack), with_kwargs=True))
+            for i, layer in enumerate(module.layers):
                 name = f"{stack}.layers.{i}.ffn"
                 self.layers[name] = self._wrap_fc(layer, name, stack) if self.family == "fc" else \
                     self._wrap_glu(layer, name, stack)
 
-    def _wrap_fc(self, layer: nn.Module, name: str, stack: str) -> FusedFFN:
+    def _check_fc(self, layer: nn.Module, name: str) -> None:
+        """ValueError (before anything is replaced) for an fc1/fc2 layer wrap cannot take."""
         cls = type(self.model).__name__
+        for attr in ("fc1", "fc2"):
+            refuse_tuner(getattr(layer, attr, None), f"{cls} layer {name}: {attr}")
         if not all(isinstance(getattr(layer, a, None), nn.Linear) for a in ("fc1", "fc2")):
             raise ValueError(f"model: {cls} layer {name} has no fc1/fc2 nn.Linear; its layout is not supported")
         if layer.fc1.bias is None or layer.fc2.bias is None:
             raise ValueError(f"model: {cls} layer {name} has an fc1/fc2 without bias; not supported")
-        activation = _activation(self.model.config, "activation_function", cls)
+        _activation(self.model.config, "activation_function", cls)
+
+    def _check_glu(self, layer: nn.Module, name: str) -> None:
+        cls = type(self.model).__name__
+        mlp = getattr(layer, "mlp", None)
+        names = ("gate_up_proj", "down_proj") if hasattr(mlp, "gate_up_proj") else ("gate_proj", "up_proj", "down_proj")
+        if not all(isinstance(getattr(mlp, a, None), nn.Linear) or tuner_name(getattr(mlp, a, None) or nn.Module())
+                   for a in names):
+            raise ValueError(f"model: {cls} layer {name} has no gated mlp (gate_proj, up_proj, down_proj or "
+                             "gate_up_proj, down_proj)")
+        _activation(self.model.config, GLU_FAMILIES[self.model.config.model_type], cls)
+
+    def _wrap_fc(self, layer: nn.Module, name: str, stack: str) -> FusedFFN:
+        activation = _activation(self.model.config, "activation_function", type(self.model).__name__)
         fc2 = Passthrough(layer.fc2)
         dropout = float(getattr(layer, "activation_dropout", 0.0))
         ffn = FusedFFN(layer.fc1, fc2, activation, dropout, self, name, stack)
@@ -228,19 +166,21 @@ class Specialization:
         return ffn
 
     def _wrap_glu(self, layer: nn.Module, name: str, stack: str) -> SpecializedGLU:
-        cls = type(self.model).__name__
-        mlp = getattr(layer, "mlp", None)
-        if not all(isinstance(getattr(mlp, a, None), nn.Linear) for a in ("gate_proj", "up_proj", "down_proj")):
-            raise ValueError(f"model: {cls} layer {name} has no gated mlp (gate_proj, up_proj, down_proj)")
-        ffn = SpecializedGLU(mlp, _activation(self.model.config, "hidden_act", cls), self, name, stack)
-        self._restore.append((layer, {"mlp": mlp}))
+        attr = GLU_FAMILIES[self.model.config.model_type]
+        ffn = SpecializedGLU(layer.mlp, _activation(self.model.config, attr, type(self.model).__name__), self,
+                             name, stack)
+        self._restore.append((layer, {"mlp": layer.mlp}))
         layer.mlp = ffn
         return ffn
 
     def unwrap(self) -> nn.Module:
-        """Put the original modules back (they share the parameters, so training shows) and
-        return the model."""
-        for layer, attrs in self._restore:
+        """Put the original modules back (they share the parameters, so training shows; a gated
+        mlp gets the linears or PEFT tuners its SpecializedGLU holds now) and return the model."""
+        calls.uninstall(self)
+        for (layer, attrs), ffn in zip(self._restore, self.layers.values()):
+            if isinstance(ffn, SpecializedGLU):
+                for name in ffn.linear_names():
+                    setattr(attrs["mlp"], name, getattr(ffn, name))
             for key, value in attrs.items():
                 setattr(layer, key, value)
         for h in self._hooks:
@@ -260,29 +200,31 @@ class Specialization:
             raise ValueError(f"direction: expected a name or an id in [0, {len(self.directions)}), got {direction!r}")
         return direction
 
+    def resolve(self, value, arg: str = "task_ids") -> int | torch.Tensor | None:
+        """Directions as the FFNs read them: None, an int (every sequence) or int64 [B] (one per
+        sequence) from a name, an id, a list of them or an integer tensor [B] (checked)."""
+        if value is None or isinstance(value, (str, int)):
+            return None if value is None else self.task_id(value)
+        if isinstance(value, torch.Tensor):
+            if value.dtype.is_floating_point or value.dtype == torch.bool or value.dim() > 1:
+                raise ValueError(f"{arg}: expected an integer tensor [B] (one id per sequence), got "
+                                 f"{value.dtype} {tuple(value.shape)}")
+            if value.numel() and (int(value.min()) < 0 or int(value.max()) >= len(self.directions)):
+                raise ValueError(f"{arg}: ids must lie in [0, {len(self.directions)}), got {value.tolist()[:8]}")
+            return int(value) if value.dim() == 0 else value.long()
+        if isinstance(value, Sequence):
+            return torch.tensor([self.task_id(v) for v in value], dtype=torch.long)
+        raise TypeError(f"{arg}: expected a direction, an id, a list of them or a tensor [B], got {value!r}")
+
     @property
     def task_ids(self) -> int | torch.Tensor | None:
-        """The direction of the next forward passes: an int (every sequence) or int64 [B] (one
-        per sequence), or None (dense only: masks and counting need one)."""
+        """The direction of the next forward passes that get none of their own (`task_ids=`):
+        an int (every sequence) or int64 [B] (one per sequence), or None (dense only)."""
         return self._task_ids
 
     @task_ids.setter
     def task_ids(self, value) -> None:
-        if value is None or isinstance(value, (str, int)):
-            self._task_ids = None if value is None else self.task_id(value)
-            return
-        if isinstance(value, torch.Tensor):
-            if value.dtype.is_floating_point or value.dtype == torch.bool or value.dim() != 1:
-                raise ValueError(f"task_ids: expected an integer tensor [B] (one id per sequence), got "
-                                 f"{value.dtype} {tuple(value.shape)}")
-            if value.numel() and (int(value.min()) < 0 or int(value.max()) >= len(self.directions)):
-                raise ValueError(f"task_ids: ids must lie in [0, {len(self.directions)}), got {value.tolist()[:8]}")
-            self._task_ids = value.long()
-            return
-        if isinstance(value, Sequence):
-            self._task_ids = torch.tensor([self.task_id(v) for v in value], dtype=torch.long)
-            return
-        raise TypeError(f"task_ids: expected a direction, an id, a list of them or a tensor [B], got {value!r}")
+        self._task_ids = self.resolve(value)
 
     @contextmanager
     def direction(self, which) -> Iterator["Specialization"]:
@@ -295,12 +237,43 @@ class Specialization:
         finally:
             self._task_ids = before
 
+    def _active_ids(self):
+        return self._task_ids if self._call_ids is _UNSET else self._call_ids
+
+    def _run_with(self, ids, fn, *args, **kwargs):
+        """fn(*args, **kwargs) with `ids` as the directions of the call in progress."""
+        before, self._call_ids = self._call_ids, ids
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self._call_ids = before
+
+    def _forward(self, inner, args, kwargs, given):
+        """The wrapped model's forward (hf/calls.py): directions `given` (or spec.task_ids) for
+        this call; counting reads the decoder's valid positions."""
+        ids = self._active_ids() if given is None else self.resolve(given)
+        if self._tokens is not None and self.family == "fc":
+            self._decoder_valid = self._labels_valid(kwargs.get("decoder_attention_mask"), kwargs.get("labels"))
+        return self._run_with(ids, inner, *args, **kwargs)
+
+    def _labels_valid(self, mask, labels) -> torch.Tensor | None:
+        """An encoder-decoder's counted decoder positions: decoder_attention_mask, else the
+        labels that are a target (not -100 and, unless it doubles as eos, not the pad id)."""
+        if isinstance(mask, torch.Tensor):
+            return mask.bool()
+        if not isinstance(labels, torch.Tensor):
+            return None
+        config = self.model.config
+        pad, eos = getattr(config, "pad_token_id", None), getattr(config, "eos_token_id", None)
+        valid = labels != -100
+        return valid & (labels != pad) if pad is not None and pad != eos else valid
+
     def _token_task(self, lead: torch.Size, device: torch.device):
         """The direction of each token of an FFN input [B, S, ...]: an int, or int64 [B, S]."""
-        ids = self._task_ids
+        ids = self._active_ids()
         if ids is None:
-            raise ValueError("task_ids: no direction set; use `with spec.direction('src-tgt'):` or set "
-                             "spec.task_ids (masks and counting need one)")
+            raise ValueError("task_ids: no direction set; pass task_ids= to the model call (or generate), use "
+                             "`with spec.direction('src-tgt'):` or set spec.task_ids (masks and counting need one)")
         if isinstance(ids, int):
             return ids
         if len(lead) < 1 or lead[0] % max(ids.numel(), 1) or ids.numel() == 0:
@@ -355,6 +328,26 @@ class Specialization:
         save_layer_masks(masks, path, info)
         return path
 
+    def save_pretrained(self, folder: str | os.PathLike, *args, **kwargs) -> None:
+        """model.save_pretrained(folder, ...) with the masks: neuronspec_masks.pt beside the
+        weights and config.json's "neuronspec" entry (directions, mask_bias), which
+        `neuronspec.hf.load` reads; the wrapped model's own save_pretrained does the same."""
+        self.model.save_pretrained(folder, *args, **kwargs)
+
+    def _save_pretrained(self, inner, folder, args, kwargs):
+        masks = self.masks()
+        if not masks or not kwargs.get("is_main_process", True):
+            return inner(folder, *args, **kwargs)
+        config = self.model.config
+        setattr(config, CONFIG_MARK, {"masks": MASKS_FILE, "directions": self.directions,
+                                      "mask_bias": self.mask_bias, "layers": len(masks)})
+        try:
+            out = inner(folder, *args, **kwargs)
+        finally:
+            delattr(config, CONFIG_MARK)
+        self.save_masks(folder)
+        return out
+
     def load_masks(self, path: str | os.PathLike) -> dict:
         """Set the masks of a masks file (or of folder/neuronspec_masks.pt); returns its meta."""
         path = Path(path)
@@ -367,19 +360,11 @@ class Specialization:
         return meta
 
     # ---- counting -------------------------------------------------------------------------
-    def _model_hook(self, module, args, kwargs):
-        """Forward pre-hook of the model (counting only): an encoder-decoder's decoder positions
-        count where `decoder_attention_mask` is set, else where `labels` != -100 (the positions
-        with a target: its decoder inputs are the labels shifted right, padding included)."""
-        if self._tokens is not None and self.family == "fc":
-            mask, labels = kwargs.get("decoder_attention_mask"), kwargs.get("labels")
-            self._decoder_valid = mask.bool() if isinstance(mask, torch.Tensor) else \
-                labels != -100 if isinstance(labels, torch.Tensor) else None
-
     def _stack_hook(self, stack: str):
-        """Forward pre-hook of a stack (counting only): its non-padding mask [B, S] and the
-        non-padding tokens per direction."""
+        """Forward pre-hook of a stack: pins the directions of checkpointed layers (hf/calls.py);
+        when counting, its non-padding mask [B, S] and the non-padding tokens per direction."""
         def hook(module, args, kwargs):
+            calls.pin_checkpointing(self)
             if self._tokens is None:
                 return None
             mask = kwargs.get("attention_mask")
@@ -448,4 +433,7 @@ class Specialization:
 def wrap(model: nn.Module, directions: Sequence[str], mask_bias: bool = False,
          backend: str | None = None) -> Specialization:
     """Wrap `model` in place (module docstring) and return its Specialization handle."""
+    from .saving import warn_on_plain_load_if_loaded  # saving imports this module
+
+    warn_on_plain_load_if_loaded()
     return Specialization(model, directions, mask_bias, backend)

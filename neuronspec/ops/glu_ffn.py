@@ -26,7 +26,7 @@ default: gathers each task's rows, loops over the tasks present in a mixed batch
 that loop reads the group bounds on the host, one sync per call). Eager autograd only (a
 `torch.autograd.Function`, no custom op for torch.compile yet).
 
-`glu_act_count` counts `act(G) > 0` (⇔ G > 0 for silu, gelu and relu) per (task, neuron) over
+`glu_act_count` counts `act(G) > 0` (⇔ G > 0 for every activation here) per (task, neuron) over
 valid tokens, in the same pass that computes act(G).
 """
 from __future__ import annotations
@@ -39,7 +39,7 @@ from .plan import as_mixed, make_plan, mask_tables, route
 from .reference import dense_task_masks
 from .validation import FLOAT_DTYPES, check_tensor, describe, normalize_task_ids
 
-GLU_ACTIVATIONS = ("silu", "gelu", "relu")
+GLU_ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu")
 GLU_BACKENDS = ("torch", "reference")
 
 
@@ -47,6 +47,8 @@ GLU_BACKENDS = ("torch", "reference")
 def _act(z: torch.Tensor, activation: str) -> torch.Tensor:
     if activation == "silu":
         return F.silu(z)
+    if activation == "gelu_tanh":
+        return F.gelu(z, approximate="tanh")
     return torch.relu(z) if activation == "relu" else F.gelu(z)
 
 
@@ -54,8 +56,8 @@ def _act_backward(dh: torch.Tensor, z: torch.Tensor, activation: str) -> torch.T
     """dh ⊙ act'(z) (relu'(0) = 0, as autograd)."""
     if activation == "silu":
         return torch.ops.aten.silu_backward(dh, z)
-    if activation == "gelu":
-        return torch.ops.aten.gelu_backward(dh, z)
+    if activation in ("gelu", "gelu_tanh"):
+        return torch.ops.aten.gelu_backward(dh, z, approximate="tanh" if activation == "gelu_tanh" else "none")
     return torch.ops.aten.threshold_backward(dh, z, 0)
 
 
