@@ -53,6 +53,34 @@ def replace_folder(built: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+@contextmanager
+def built_folder(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty folder beside `final` to build a multi-file output in; on normal exit it
+    replaces `final` whole (replace_folder), on an error it is deleted and `final` is kept as
+    it was, so no reader ever sees old and new files mixed. A SIGKILL leaves only the hidden
+    ``.{name}.build-*`` folder."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    built = Path(tempfile.mkdtemp(prefix=f".{final.name}.build-", dir=final.parent))
+    try:
+        yield built
+        replace_folder(built, final)
+    except BaseException:
+        shutil.rmtree(built, ignore_errors=True)
+        raise
+
+
+def write_set(folder: str | os.PathLike, files: dict[str, str | bytes]) -> None:
+    """Write `files` ({name: contents}) into `folder`, each atomically, the last one last: every
+    old file of the set is removed first, so an interrupted write leaves only new files (the
+    last name present means the set is whole), never old ones beside new."""
+    folder = Path(folder)
+    for name in reversed(list(files)):
+        (folder / name).unlink(missing_ok=True)
+    for name, data in files.items():
+        write_atomic(folder / name, data)
+
+
 def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
     """Write `data` (str as UTF-8) to `path` atomically."""
     with atomic_file(path) as f:

@@ -113,6 +113,8 @@ def load_file(path: str | os.PathLike, what: str = "file", map_location: str | t
 # the rest. A text file cannot be told apart from a corpus file, so text is never replaced silently.
 KINDS = ("checkpoint", "counts", "masks", "torch file", "text", "binary")
 _FORMATS = {"neuronspec-counts": "counts", "neuronspec-masks": "masks"}
+_NAMES = {"checkpoint": "a checkpoint", "counts": "a counts file", "masks": "a masks file",
+          "torch file": "a torch file", "text": "text (e.g. a corpus file)", "binary": "binary data"}
 
 
 def file_kind(path: str | os.PathLike) -> str | None:
@@ -162,27 +164,32 @@ def _inside(path: Path, folder: Path) -> bool:
 
 
 def check_output_file(path: str | os.PathLike, what: str, inputs: Iterable[str | os.PathLike | None] = (), *,
-                      kind: str, overwrite: bool = False) -> None:
+                      kind: str, overwrite: bool = False, owned: Callable[[Path], bool] | None = None) -> None:
     """ValueError naming `what` unless a `kind` file (one of KINDS) may be written at `path`:
-    never over one of `inputs` (the same file by content: links and relative paths resolved),
-    whatever `overwrite` says; over an existing file of another kind, or over text (a
-    translation cannot be told from a corpus file), only with `overwrite`. A pipe or device is
+    never over one of `inputs` or a file inside an input folder (the same file by content:
+    links and relative paths resolved), whatever `overwrite` says; over an existing file of
+    another kind, or over text (a translation cannot be told from a corpus file) unless
+    `owned` recognises it as this command's, only with `overwrite`. A pipe or device is
     written through. Also checks that the folder is writable."""
     from neuronspec.atomic import check_writable_file
 
     for src in inputs:
-        if src is not None and os.path.lexists(src) and same_file(path, src):
+        if src is None or not os.path.lexists(src):
+            continue
+        if same_file(path, src):
             raise ValueError(f"{what}: {os.fspath(path)} is the input {os.fspath(src)}; writing it would destroy "
                              "what is being read: choose another path")
+        if os.path.isdir(src) and os.path.lexists(path) and _inside(Path(path), Path(src)):
+            raise ValueError(f"{what}: {os.fspath(path)} is a file of the input folder {os.fspath(src)}; "
+                             "choose another path")
     found = file_kind(path)
     if found == "stream":
         return
     check_writable_file(path, what)
-    if found in (None, "empty") or overwrite or (found == kind and kind != "text"):
+    if found in (None, "empty") or overwrite or (found == kind and (kind != "text" or (owned and owned(Path(path))))):
         return
-    holds = "text (e.g. a corpus file)" if found == "text" else f"a {found}" if found != "binary" else "binary data"
-    raise ValueError(f"{what}: {os.fspath(path)} already holds {holds}, not a {kind} this command wrote; "
-                     "pass --overwrite to replace it, or choose another path")
+    raise ValueError(f"{what}: {os.fspath(path)} already holds {_NAMES[found]}; pass --overwrite to replace it "
+                     f"with {_NAMES[kind] if kind != 'text' else 'this output'}, or choose another path")
 
 
 def check_output_folder(path: str | os.PathLike, what: str, inputs: Iterable[str | os.PathLike | None] = (), *,

@@ -41,7 +41,7 @@ def test_check_output_file(tmp_path):
     check_output_file(tmp_path / "hard.txt", "output", [], kind="text", overwrite=True)
     save_file({"format": "neuronspec-counts", "counts": {}}, tmp_path / "c.pt")
     check_output_file(tmp_path / "c.pt", "out", [], kind="counts")  # a previous result of the same kind
-    with pytest.raises(ValueError, match="out: .*c.pt already holds a counts, not a masks"):
+    with pytest.raises(ValueError, match="out: .*c.pt already holds a counts file; pass --overwrite to replace it with a masks file"):
         check_output_file(tmp_path / "c.pt", "out", [], kind="masks")
     check_output_file(tmp_path / "new.pt", "out", [src], kind="masks")
 

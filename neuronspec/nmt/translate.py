@@ -3,8 +3,10 @@
 Lines are encoded with the checkpoint's tokenizer (placeholders and code identifiers become
 slots, restored from each source line afterwards), tagged as in training, sorted by length
 into batches of at most ``max_tokens`` padded source tokens and decoded with beam search
-(greedy with beam 1). Empty lines stay empty; the output has one line per input line, in
-input order. A direction that was not trained (x→y, neither side the pivot) is decoded
+(greedy with beam 1). Lines are split on ``\n`` only (files.text_lines); empty lines stay
+empty; the output has one line per input line, in input order. Input and output may be pipes
+or FIFOs (the output is then written through, not replaced atomically); an output that is an
+input, or an existing file, is refused unless ``--overwrite`` (files.check_output_file). A direction that was not trained (x→y, neither side the pivot) is decoded
 zero-shot, as ``evaluate --zero-shot`` does: the encoder runs with x→pivot's task, the
 decoder with pivot→y's.
 """
@@ -21,10 +23,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..atomic import check_writable_file, write_atomic
+from ..atomic import write_atomic
+from ..checks import check_int, check_number
 from ..data.batching import Batch, check_budget, length_bounds, tag_layout, tag_options
 from ..data.corpus import as_direction
 from .decode import decode_batches, direction_tasks
+from ..files import check_output_file, file_kind, lines_text, text_lines
 from .evaluate import load_for_decoding
 
 log = logging.getLogger(__name__)
@@ -70,6 +74,7 @@ def translate_lines(model, data, lines: Sequence[str], direction, *, beam: int =
     (``"en-de"`` or a pair) with ``model`` and the tokenizer and directions of the prepared
     folder ``data``, in the tag layout of training (``source_tag``, ``target_tag``)."""
     direction = as_direction(direction)
+    check_number("lenpen", lenpen)
     tok = data.tokenizer
     task, dec_task = direction_tasks(data, direction)
     srcs, start = encode_lines(tok, lines, direction, source_tag, target_tag, model.cfg.max_positions)
@@ -93,8 +98,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint file (e.g. runs/tiny/checkpoint_best.pt)")
     p.add_argument("--direction", required=True, help="e.g. en-de; a direction that was not trained (de-fr) "
                    "is decoded zero-shot")
-    p.add_argument("--input", help="text file, one sentence a line (default: standard input)")
-    p.add_argument("--output", help="file to write (atomically; default: standard output)")
+    p.add_argument("--input", help="text file or pipe, one sentence a line (default: standard input)")
+    p.add_argument("--output", help="file to write (atomically; a pipe is written through; default: standard output)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     p.add_argument("--data", help="prepared folder (default: the checkpoint's)")
     p.add_argument("--beam", type=int, default=5, help="beam size (1: greedy)")
     p.add_argument("--lenpen", type=float, default=1.0)
@@ -104,37 +110,63 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def read_lines(path: str | None) -> list[str]:
-    """Lines of the UTF-8 text file `path` (None: standard input); ValueError naming it otherwise."""
+    """Lines (files.text_lines) of the UTF-8 text file or pipe `path` (None: standard input);
+    ValueError naming it otherwise."""
     name = "standard input" if path is None else path
-    if path is not None and os.path.isdir(path):
-        raise ValueError(f"input: {path} is a folder, expected a text file")
-    if path is not None and not os.path.isfile(path):
-        raise ValueError(f"input: no such file {path!r}")
     if path is None:
-        if not hasattr(sys.stdin, "buffer"):  # a text stream (already decoded)
-            return sys.stdin.read().splitlines()
-        data = sys.stdin.buffer.read()
+        if sys.stdin is None or sys.stdin.closed:
+            raise ValueError("input: standard input is closed; pass --input FILE")
+        data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode("utf-8")
     else:
-        with open(path, "rb") as f:
+        if os.path.isdir(path):
+            raise ValueError(f"input: {path} is a folder, expected a text file")
+        if not os.path.exists(path):
+            raise ValueError(f"input: no such file {path!r}")
+        with open(path, "rb") as f:  # a FIFO or /dev/fd/N of <(...) too
             data = f.read()
     try:
-        return data.decode("utf-8").splitlines()
+        return text_lines(data.decode("utf-8"))
     except UnicodeDecodeError as e:
         line = data[:e.start].count(b"\n") + 1
         raise ValueError(f"input: {name} is not UTF-8 text (line {line}, byte {data[e.start:e.start + 1]!r})") from None
 
 
+def _write_stdout(text: str) -> None:
+    """Write `text` to standard output; a reader that closed it early (``| head``) is not an
+    error: the job is done, the rest of standard output goes to /dev/null."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the flush at exit does not fail again
+        os.close(devnull)
+        log.info("standard output was closed by its reader; %d bytes not delivered", len(text.encode("utf-8")))
+
+
 def run(args: argparse.Namespace) -> int:
+    check_number("--lenpen", args.lenpen)
+    check_int("--beam", args.beam, 1)
+    if args.output is None and (sys.stdout is None or sys.stdout.closed):
+        raise ValueError("output: standard output is closed; pass --output FILE")
+    inputs = [args.checkpoint, args.input, args.data]
     if args.output is not None:
-        check_writable_file(args.output, "output")
+        check_output_file(args.output, "output", inputs, kind="text", overwrite=args.overwrite)
     lines = read_lines(args.input)
     t0 = time.monotonic()
-    out = translate_checkpoint(args.checkpoint, lines, args.direction, data=args.data, device=args.device,
-                               beam=args.beam, lenpen=args.lenpen, max_tokens=args.max_tokens,
-                               progress=not args.no_progress and args.output is not None)
-    text = "".join(o + "\n" for o in out)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, ck, pdata = load_for_decoding(args.checkpoint, args.data, device)
+    if args.output is not None:  # the checkpoint's prepared folder is an input too
+        check_output_file(args.output, "output", [pdata.root], kind="text", overwrite=args.overwrite)
+    out = translate_lines(model, pdata, lines, args.direction, device=device, beam=args.beam, lenpen=args.lenpen,
+                          max_tokens=args.max_tokens, progress=not args.no_progress and args.output is not None,
+                          **tag_options(ck.get("config")))
+    text = lines_text(out)
     if args.output is None:
-        sys.stdout.write(text)
+        _write_stdout(text)
+    elif file_kind(args.output) == "stream":  # a pipe, FIFO or device: written through
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(text)
     else:
         write_atomic(args.output, text)
     log.info("translated %d lines (%s) in %.1f s%s", len(lines), args.direction, time.monotonic() - t0,

@@ -30,7 +30,8 @@ import torch
 
 from neuronspec.data import languages
 
-from neuronspec.atomic import check_writable_folder, save_figure_atomic, strict_json, write_atomic
+from neuronspec.atomic import built_folder, save_figure_atomic, strict_json, write_atomic
+from neuronspec.files import check_output_folder
 from neuronspec.ops import load_layer_masks
 from neuronspec.ops import TaskMasks
 from neuronspec.specialization.select import K_OPTIONS
@@ -264,34 +265,44 @@ def report_markdown(result: dict, meta: dict | None = None) -> str:
 
 def write_analysis(masks: dict[str, TaskMasks], out: str | os.PathLike, meta: dict | None = None,
                    pivot: str = "en", heatmaps: bool = True, truncate: bool = False) -> dict:
-    """Analyze, then write iou.json, report.md, mean_iou.png and heatmaps into `out`."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    """Analyze, then write iou.json, report.md, mean_iou.png and heatmaps into a folder built
+    beside `out` that replaces it whole (atomic.built_folder: never old heatmaps beside a new
+    report, an interrupted run leaves `out` as it was)."""
     result = analyze(masks, pivot, truncate)
     k_label = f"(k={meta['k']})" if meta and "k" in meta else ""
-    if heatmaps:
-        for layer, entry in result["layers"].items():
-            plot_heatmap(entry["iou"], result["names"], f"IoU, {layer}", out / f"heatmap_{layer.replace('.', '_')}.png")
-    plot_mean_iou(result, out / "mean_iou.png", k_label)
-    write_atomic(out / "iou.json", strict_json({**result, "published_k0.7": PUBLISHED, "meta": meta or {}},
-                                               indent=1, default=str))
-    write_atomic(out / "report.md", report_markdown(result, meta))
+    with built_folder(out) as built:
+        if heatmaps:
+            for layer, entry in result["layers"].items():
+                plot_heatmap(entry["iou"], result["names"], f"IoU, {layer}",
+                             built / f"heatmap_{layer.replace('.', '_')}.png")
+        plot_mean_iou(result, built / "mean_iou.png", k_label)
+        write_atomic(built / "iou.json", strict_json({**result, "published_k0.7": PUBLISHED, "meta": meta or {}},
+                                                     indent=1, default=str))
+        write_atomic(built / "report.md", report_markdown(result, meta))
     return result
+
+
+def is_analysis_folder(folder: Path) -> bool:
+    """Whether every file in `folder` is one `write_analysis` writes."""
+    return all(p.name in ("iou.json", "report.md", "mean_iou.png") or
+               (p.name.startswith("heatmap_") and p.suffix == ".png") for p in folder.iterdir())
 
 
 # ---------------------------------------------------------------------------- CLI
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--masks", required=True, help="masks file from `neuronspec select`")
-    p.add_argument("--out", default=None, help="output folder (default: analysis/ next to --masks)")
+    p.add_argument("--out", default=None, help="output folder, replaced whole (default: analysis/ next to --masks)")
+    p.add_argument("--overwrite", action="store_true", help="replace an --out folder holding other files")
     p.add_argument("--no-heatmaps", action="store_true", help="skip the per-layer heatmap PNGs")
     p.add_argument("--truncate", action="store_true",
                    help="truncate each pair's IoU to a whole percent before averaging (the original notebook)")
 
 
 def run(args) -> int:
-    masks, meta = load_layer_masks(args.masks)
     out = Path(args.out) if args.out else Path(args.masks).with_name("analysis")
-    check_writable_folder(out, "out")
+    check_output_folder(out, "out", [args.masks], owned=is_analysis_folder, command="neuronspec analyze",
+                        overwrite=args.overwrite)
+    masks, meta = load_layer_masks(args.masks)
     result = write_analysis(masks, out, meta, meta.get("pivot", "en"), heatmaps=not args.no_heatmaps,
                             truncate=args.truncate)
     print(f"{'layer':<22} {'kept':>6} {'paper':>6} {'all':>6} {'en→x':>6} {'x→en':>6}")
