@@ -27,6 +27,7 @@ COMMANDS = {
     "demo": ("neuronspec.demo", "the whole study on the built-in corpus, end to end"),
     "bench": ("neuronspec.bench", "run the benchmarks with defaults for this device"),
     "hf": ("neuronspec.hf.cli", "record, specialize and translate with a Hugging Face transformers model"),
+    "export": ("neuronspec.deploy.cli", "one direction's pruned model, or a Hugging Face M2M100 folder"),
 }
 
 
