@@ -54,7 +54,9 @@ class CMakeBuild(build_ext):
     lands next to the package (neuronspec/_cuda*.so in editable/in-place builds). Skipped with
     a message when nvcc is missing or NEURONSPEC_NO_CUDA=1; a failing build fails the install.
     NEURONSPEC_CUDA_ARCH picks the architectures (CMakeLists.txt reads it; default "80;90"),
-    NEURONSPEC_BUILD_JOBS the parallel compile jobs (default: CPU count)."""
+    NEURONSPEC_CUDA_SM90A=0 leaves out the sm_90a CUTLASS 3 kernels, NEURONSPEC_BUILD_JOBS sets the
+    parallel compile jobs (default: CPU count); NEURONSPEC_CMAKE_CONFIGURE_ONLY=1 stops after
+    configuring (the GPU suite's dry run: nvcc, pybind11 and the CUTLASS headers are found)."""
 
     def run(self) -> None:
         nvcc = shutil.which("nvcc")
@@ -85,6 +87,9 @@ class CMakeBuild(build_ext):
         jobs = os.environ.get("NEURONSPEC_BUILD_JOBS") or str(os.cpu_count() or 2)
         start = time.perf_counter()
         subprocess.run(["cmake", str(ROOT), *cfg], cwd=build_dir, check=True)
+        if os.environ.get("NEURONSPEC_CMAKE_CONFIGURE_ONLY") == "1":
+            print(f"neuronspec: configured in {build_dir}, not built (NEURONSPEC_CMAKE_CONFIGURE_ONLY=1)", file=sys.stderr)
+            return
         subprocess.run(["cmake", "--build", ".", "-j", jobs], cwd=build_dir, check=True)
         print(f"neuronspec: built neuronspec._cuda in {time.perf_counter() - start:.0f} s ({jobs} jobs) "
               f"into {out_dir}", file=sys.stderr)

@@ -233,24 +233,68 @@ def test_bench_cli_runs_a_benchmark(tmp_path, monkeypatch):
 
 
 # ---- GPU suite script ---------------------------------------------------------------------------------------
-def test_gpu_suite_dry_run_records_steps(tmp_path):
-    """Only the info step runs (the others are skipped here; the full dry run is in the README)."""
-    env = dict(os.environ, NEURONSPEC_SUITE_DRY="1",
-               NEURONSPEC_SUITE_SKIP="build,tests,masked_ffn,counting,train_step,train_step_torch")
-    r = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_suite.sh"), str(tmp_path)], env=env,
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stdout + r.stderr
+SUITE = ROOT / "benchmarks" / "gpu_suite.sh"
+
+
+def run_suite(out, timeout, **env):
+    return subprocess.run(["bash", str(SUITE), str(out)], env=dict(os.environ, NEURONSPEC_SUITE_DRY="1", **env),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def archive_names(out):
+    import tarfile
+
+    with tarfile.open(out / "gpu_suite.tgz") as tar:
+        return {n.removeprefix("./") for n in tar.getnames()}
+
+
+def test_gpu_suite_steps_are_ordered_and_fit_the_budget():
+    """The training step first, then the masked FFN, the build and the GPU tests; the step limits
+    sum to at most 420 s (the GPU run's budget)."""
+    import re
+
+    steps = re.findall(r"^\s*step (\w+) (\d+) ", SUITE.read_text(), re.M)
+    names = [n for n, _ in steps]
+    assert names[:5] == ["info", "train_step", "masked_ffn", "build", "tests"], names
+    assert sum(int(limit) for _, limit in steps) <= 420
+
+
+@pytest.mark.slow
+def test_gpu_suite_dry_run(tmp_path):
+    """Every step's real command line at tiny sizes on CPU; one archive (and suite.log) in OUTDIR
+    holding every step's log and results."""
+    r = run_suite(tmp_path, 1200)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     log = (tmp_path / "suite.log").read_text()
-    assert "OK    info" in log and "SKIP  masked_ffn" in log and "failed: none" in log
-    versions = (tmp_path / "versions.txt").read_text()
-    assert f"torch: {torch.__version__}" in versions and "backends on cpu" in versions
-    assert (tmp_path / "nvidia-smi.txt").exists()
-    # a step that fails is recorded, the suite goes on, and the exit status says so
-    env.update(NEURONSPEC_SUITE_SKIP="info,build,tests,counting,train_step,train_step_torch", PYTHON="false")
-    r = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_suite.sh"), str(tmp_path / "f")], env=env,
-                       capture_output=True, text=True, timeout=60)
-    log = (tmp_path / "f" / "suite.log").read_text()
-    assert r.returncode == 1 and "FAIL  masked_ffn exit 1" in log and "failed: masked_ffn" in log
+    assert "failed: none" in log
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu_suite.tgz", "suite.log"]
+    names = archive_names(tmp_path)
+    has_nvcc = "SKIP  build, build_sm90 (no nvcc" not in log
+    for step in ("info", "train_step", "masked_ffn", "build", "tests", "masked_ffn_cuda", "counting",
+                 "train_step_torch", "build_sm90", "masked_ffn_cuda_sm90"):
+        if step.startswith("build") and not has_nvcc:
+            continue
+        assert f"OK    {step} " in log and f"{step}.log" in names, step
+    for f in ("suite.log", "versions.txt", "nvidia-smi.txt", "train_step/train_step.csv", "masked_ffn/masked_ffn.csv",
+              "masked_ffn_cuda/masked_ffn.csv", "counting/counting.csv", "train_step_torch/train_step.csv"):
+        assert f in names, f
+    import tarfile
+
+    with tarfile.open(tmp_path / "gpu_suite.tgz") as tar:
+        masked_log = tar.extractfile("./masked_ffn.log").read().decode()
+        tests_log = tar.extractfile("./tests.log").read().decode()
+    assert "skipping 'cuda'" in masked_log  # no CUDA module here: one line, the others measured
+    assert "tests collected" in tests_log and "test_cuda.py" in tests_log
+
+
+def test_gpu_suite_records_a_failed_step_and_packs(tmp_path):
+    """A step that fails is recorded, the suite goes on, the exit status says so, and the archive
+    already holds the failed step's log."""
+    skip = "info,train_step,build,tests,masked_ffn_cuda,counting,train_step_torch,build_sm90,masked_ffn_cuda_sm90"
+    r = run_suite(tmp_path, 120, NEURONSPEC_SUITE_SKIP=skip, PYTHON="false")
+    log = (tmp_path / "suite.log").read_text()
+    assert r.returncode == 1 and "FAIL  masked_ffn exit 1" in log and "failed: masked_ffn" in log, log
+    assert "masked_ffn.log" in archive_names(tmp_path)
 
 
 def test_profile_script_tiny(tmp_path, capsys):
