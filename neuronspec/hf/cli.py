@@ -61,6 +61,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--dense", action="store_true", help="ignore masks (the dense model)")
     p.add_argument("--beam", type=int, default=4, help="beam size (default 4)")
     p.add_argument("--max-new-tokens", type=int, default=128, help="longest output (default 128)")
+    p = sub.add_parser("export", help="one direction's pruned model (neuronspec.deploy.hf_prune)")
+    p.add_argument("--model", required=True, help="save_pretrained folder or hub name (encoder-decoder or Llama-family)")
+    p.add_argument("--direction", required=True, help="e.g. en-de")
+    p.add_argument("--out", required=True, help="output folder (save_pretrained + tokenizer + neuronspec_export.json)")
+    p.add_argument("--masks", default=None, help="masks file or folder (default: the model folder's neuronspec_masks.pt)")
 
 
 def _device(args) -> str:
@@ -70,6 +75,14 @@ def _device(args) -> str:
 
 
 def run(args) -> int:
+    if args.hf_command == "export":
+        from neuronspec.deploy.hf_prune import export_hf
+
+        rec = export_hf(args.model, args.direction, args.out, masks=args.masks)
+        p = rec["parameters"]
+        print(f"{args.direction}: {p['padded']:,} parameters as written ({rec['widths']}), {p['per_layer']:,} at "
+              f"per-layer widths, {p['source']:,} in the source; wrote {args.out}")
+        return 0
     codes = pipeline.parse_lang_codes(args.lang_codes)
     model, tokenizer = pipeline.load_pretrained(args.model, _device(args))
     if args.hf_command == "record":
