@@ -2,18 +2,22 @@
 
 build corpus → prepare → dense baseline (tiny preset) → evaluate it → record → select
 (k, plus k = 0.7 for the published IoU trend, plus size-matched random masks) → analyze →
+speed (dense vs specialized FFN and training step, timed here: nmt/speed.py) →
 three continuations of the baseline with the *same* number of extra steps, fresh optimizer,
 same batch stream: dense fine-tuning, random masks, specialized masks → evaluate them →
 paired bootstrap tests (each continuation vs the baseline, specialized vs fine-tune and vs
 random) → final table (BLEU / chrF++ per resource tier and average, Δ vs the baseline with
 significance) and IoU plots.
 
-Time budget (`--minutes`, default 14): after corpus + preparation, the dense baseline gets
-`--dense-share` of what is left; the baseline's evaluation is timed and three more are
-reserved; the rest goes to the three continuations, whose common step count comes from
-the baseline's measured steps/s. Everything lands in `--out` (default runs/demo):
+Default: fixed steps (DENSE_STEPS for the baseline, EXTRA_STEPS per continuation) on 4 languages,
+so the baseline translates and a busy machine takes longer instead of training less; CPU threads
+are picked per phase (and every DENSE_CHUNK baseline steps) as the cores other jobs leave free.
+With `--minutes` (the 8-language study: `--langs` FULL_LANGS): after corpus + preparation the
+baseline gets `--dense-share` of what is left; the baseline's evaluation is timed and three more
+are reserved; the rest goes to the three continuations, whose common step count comes from the
+baseline's measured steps/s. Everything lands in `--out` (default runs/demo):
 
-    results.md / results.json    final table, trends, timings
+    results.md / results.json    final table, trends, speed, timings;  speed.png
     analysis/, analysis-k0.7/    IoU heatmaps, mean IoU by layer vs the paper, report.md
     dense/ finetune/ random/ specialized/   checkpoints;  eval/<arm>/  hypotheses + scores
     compare/<b>-vs-<a>/          paired bootstrap per direction and pooled (compare.md/.json)
@@ -39,8 +43,10 @@ from neuronspec.data.builtin_corpus import build_builtin_corpus
 from neuronspec.data.languages import parse_langs
 from neuronspec.nmt.compare import mark, write_compare
 from neuronspec.nmt.config import TrainConfig
+from neuronspec.nmt.checkpoint import load_model
 from neuronspec.nmt.evaluate import evaluate_checkpoint
-from neuronspec.nmt.train import Trainer
+from neuronspec.nmt.speed import measure_speed, speed_markdown, speed_plot
+from neuronspec.nmt.train import Trainer, native_bf16
 from neuronspec.ops import save_layer_masks
 from neuronspec.specialization.iou import trend, write_analysis
 from neuronspec.specialization.record import record
@@ -49,29 +55,41 @@ from neuronspec.specialization.specialize import continue_training
 
 log = logging.getLogger(__name__)
 
-# 8 of the EC30 languages: every tier, two families, several branches and scripts (Germanic
-# de/af, Romance fr/it, Slavic ru/bg/uk in Cyrillic, Semitic he in Hebrew script), 16 directions.
-DEFAULT_LANGS = "de,fr,ru,he,it,bg,af,uk"
+# 4 of the EC30 languages, 8 directions: every tier (high de/ru, medium it, low uk), three branches
+# (Germanic, Romance, Slavic), two scripts, and one close pair (ru/uk). Few enough directions that the
+# dense baseline translates after the default steps on 2 cores; FULL_LANGS is the 8-language study
+# (`--langs` with `--minutes`).
+DEFAULT_LANGS = "de,ru,it,uk"
+FULL_LANGS = "de,fr,ru,he,it,bg,af,uk"
+# Fixed step counts of the default run (no --minutes): a busy machine takes longer, not fewer steps.
+DENSE_STEPS = 3000
+EXTRA_STEPS = 400
+# the continuations' peak learning rate, as a share of the baseline's (whose linear schedule ends at 0)
+CONTINUATION_LR_SHARE = 0.25
+SPEED_SECONDS = 3.0  # of interleaved timing per workload and masks (6 of them)
+DENSE_CHUNK = 500  # baseline steps between two looks at the machine's load (set_threads)
 ARMS = ("finetune", "random", "specialized")
 MARKER = ".neuronspec-demo"
 # (B, A): B tested against A
 COMPARISONS = (("finetune", "baseline"), ("random", "baseline"), ("specialized", "baseline"),
                ("specialized", "finetune"), ("specialized", "random"))
-PHASES = ("corpus", "prepare", "dense", "eval baseline", "record", "select", "analyze", *ARMS,
+PHASES = ("corpus", "prepare", "dense", "eval baseline", "record", "select", "analyze", "speed", *ARMS,
           "eval continued", "significance", "report")
 
 
 class Clock:
-    """Wall-clock budget and per-phase timings."""
+    """Wall-clock budget (None: fixed steps, no budget) and per-phase timings."""
 
-    def __init__(self, minutes: float):
-        self.t0, self.budget, self.phases = time.monotonic(), 60.0 * minutes, {}
+    def __init__(self, minutes: float | None):
+        self.t0, self.phases = time.monotonic(), {}
+        self.budget = None if minutes is None else 60.0 * minutes
 
     def elapsed(self) -> float:
         return time.monotonic() - self.t0
 
     def left(self) -> float:
-        return self.budget - self.elapsed()
+        """Seconds left of the budget (infinite without one)."""
+        return math.inf if self.budget is None else self.budget - self.elapsed()
 
     def record(self, name: str, since: float) -> float:
         self.phases[name] = time.monotonic() - since
@@ -82,16 +100,64 @@ def _loadavg() -> str:
     return " ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
 
 
-def pick_threads(threads: int | None = None) -> int:
-    """CPU threads for torch. Given: checked and used. None: the cores not already busy
-    (cpu count − 1-minute load average, at least 1). On a shared CPU, more intra-op threads
-    than free cores make every step wait on descheduled threads (measured on 2 cores with
-    one other busy process: 1.6 s/step with 1 thread, 16 s/step with 2)."""
-    if threads is not None:
-        return check_int("threads", threads, 1)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    return max(1, min(cores, int(cores - busy + 0.5)))
+def cores() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _runnable_threads() -> tuple[int, int]:
+    """(runnable threads on the machine, runnable threads of this process), from /proc."""
+    with open("/proc/loadavg", encoding="ascii") as f:
+        total = int(f.read().split()[3].split("/")[0])
+    own = 0
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/stat", encoding="ascii", errors="replace") as f:
+                own += f.read().rsplit(")", 1)[1].split()[0] == "R"
+        except OSError:  # the thread ended meanwhile
+            continue
+    return total, own
+
+
+def other_jobs(samples: int = 20, interval: float = 0.05) -> float | None:
+    """Mean number of other processes' runnable threads over `samples` looks `interval` s apart
+    (None where /proc is missing). Unlike the load average, it leaves out this process's own
+    threads, so it reads the same before and during the demo."""
+    if not os.path.exists("/proc/loadavg"):
+        return None
+    busy = []
+    for i in range(samples):
+        total, own = _runnable_threads()
+        busy.append(max(0, total - own))
+        if i + 1 < samples:
+            time.sleep(interval)
+    return sum(busy) / len(busy)
+
+
+def free_cores(n_cores: int, others: float | None) -> int:
+    """Threads for torch: the cores that other jobs leave free (at least 1). More intra-op threads
+    than free cores make each of the many small parallel regions of a tiny-model step wait for a
+    descheduled thread (measured on 2 cores beside other jobs: 0.3 s/step with both cores free,
+    5 s/step with 2 threads under a load of 5; 1.6 s/step with 1 thread vs 16 s/step with 2
+    beside one busy process)."""
+    if others is None:
+        return n_cores
+    return max(1, min(n_cores, n_cores - int(others + 0.5)))
+
+
+def set_threads(fixed: int | None, where: str) -> int:
+    """torch's intra-op threads for the next stretch of work: `fixed` (--threads) if given, else
+    free_cores of what other jobs use right now (logged when it is fewer than the cores)."""
+    if fixed is not None:
+        n = fixed
+    else:
+        n_cores, others = cores(), other_jobs()
+        n = free_cores(n_cores, others)
+        if n < n_cores:
+            log.warning("%s: other jobs keep %.1f of %d cores busy: %d thread(s); the steps stay the same, "
+                        "the demo takes longer", where, others, n_cores, n)
+    torch.set_num_threads(n)
+    return n
 
 
 def _check_out(out: Path) -> None:
@@ -172,13 +238,13 @@ class DemoConfig:
     """Every setting of a demo run (the CLI's options; see configure_parser for their meaning)."""
     out: Path = Path("runs/demo")
     langs: str = DEFAULT_LANGS
-    minutes: float = 14.0
+    minutes: float | None = None
     vocab_size: int = 4000
     k: float = 0.95
     beam: int = 1
     eval_sentences: int | None = 100
     record_sentences: int = 100
-    max_tokens: int = 1500
+    max_tokens: int | None = None
     dense_share: float = 0.5
     dense_steps: int | None = None
     extra_steps: int | None = None
@@ -187,17 +253,24 @@ class DemoConfig:
     seed: int = 1
     device: str = "auto"
     threads: int | None = None
+    speed: bool = True
     progress: bool = True
 
     def __post_init__(self):
-        """Checked before anything runs (a bad k must not cost a dense baseline first)."""
+        """Checked before anything runs (a bad k must not cost a dense baseline first). Without
+        `minutes`, unset step counts take the defaults DENSE_STEPS / EXTRA_STEPS."""
         self.out, self.k = Path(self.out), check_k(self.k)
-        if not isinstance(self.minutes, (int, float)) or not math.isfinite(self.minutes) or self.minutes <= 0:
-            raise ValueError(f"minutes: must be a finite number > 0, got {self.minutes!r}")
+        if self.minutes is not None and (not isinstance(self.minutes, (int, float)) or
+                                         not math.isfinite(self.minutes) or self.minutes <= 0):
+            raise ValueError(f"minutes: must be a finite number > 0 (or None: fixed steps), got {self.minutes!r}")
         if not 0 < self.dense_share < 1:
             raise ValueError(f"dense_share: must lie in (0, 1), got {self.dense_share!r}")
+        check_int("max_tokens", self.max_tokens, 1, allow_none=True)
         for name in ("dense_steps", "extra_steps"):
             check_int(name, getattr(self, name), 1, allow_none=True)
+        if self.minutes is None:
+            self.dense_steps = self.dense_steps or DENSE_STEPS
+            self.extra_steps = self.extra_steps or EXTRA_STEPS
 
 
 def run_demo(out: str | os.PathLike = "runs/demo", **settings) -> dict:
@@ -205,26 +278,26 @@ def run_demo(out: str | os.PathLike = "runs/demo", **settings) -> dict:
     results dict also saved as results.json."""
     cfg = DemoConfig(Path(out), **settings)
     codes = parse_langs(cfg.langs)
-    threads, previous = pick_threads(cfg.threads), torch.get_num_threads()
-    torch.set_num_threads(threads)
+    previous = torch.get_num_threads()
     try:
-        return _study(cfg, codes, threads)
+        return _study(cfg, codes)
     finally:
         torch.set_num_threads(previous)
 
 
-def _study(cfg: DemoConfig, codes: list[str], threads: int) -> dict:
+def _study(cfg: DemoConfig, codes: list[str]) -> dict:
     """The study's phases in order (see the module docstring); returns write_report's results."""
-    run = _start(cfg, codes, threads)
+    run = _start(cfg, codes)
     _build_data(run)
-    dense, final_lr, steps_per_s = _dense_baseline(run)
+    dense, peak_lr, steps_per_s = _dense_baseline(run)
     with run.phase("eval baseline"):
         evals = {"baseline": _evaluate(run, "baseline", dense["checkpoint"])}
     counts = _record(run, dense["checkpoint"])
     masks, masks_07, rand = _select(run, counts)
     analyses = _analyze(run, masks, masks_07, counts["meta"]["pivot"])
+    speed = _speed(run, dense["checkpoint"], masks) if cfg.speed else None
     extra_steps = _extra_steps(run, run.clock.phases["eval baseline"], steps_per_s)
-    cont = continuation_settings(cfg, run.dev, final_lr, extra_steps)
+    cont = continuation_settings(cfg, run.dev, peak_lr, extra_steps)
     ckpts, steps = _continuations(run, dense["checkpoint"], {"finetune": None, "random": rand, "specialized": masks},
                                   extra_steps, cont)
     with run.phase("eval continued"):
@@ -234,26 +307,36 @@ def _study(cfg: DemoConfig, codes: list[str], threads: int) -> dict:
         tests = {(b, a): write_compare(cfg.out / "eval" / a, cfg.out / "eval" / b, cfg.out / "compare" / f"{b}-vs-{a}")
                  for b, a in COMPARISONS}
     with run.phase("report"):
-        res = write_report(cfg, codes, counts["directions"], threads, run.dev, dense["step"], extra_steps, evals, steps,
-                           tests, analyses, run.clock)
+        res = write_report(cfg, codes, counts["directions"], run.threads, run.dev, dense["step"], extra_steps, evals,
+                           steps, tests, analyses, run.clock, speed)
     run.bar.close()
     return res
 
 
 @dataclass
 class _Run:
-    """One demo run's context: its settings, languages, resolved device, clock and phase bar."""
+    """One demo run's context: its settings, languages, resolved device, clock, phase bar and the CPU
+    threads used ({stretch of work: threads}, one entry per phase and per chunk of the baseline)."""
     cfg: DemoConfig
     codes: list[str]
     dev: str
     clock: Clock
     bar: tqdm
+    threads: dict[str, int]
+
+    def use_threads(self, where: str) -> None:
+        """set_threads for the work `where` names (recorded in self.threads)."""
+        self.threads[where] = set_threads(self.cfg.threads, where)
 
     @contextmanager
     def phase(self, name: str):
-        """One phase of PHASES: logged at its start, timed into clock.phases and ticked on the bar at its end."""
+        """One phase of PHASES: threads set and logged at its start, timed into clock.phases and
+        ticked on the bar at its end."""
         self.bar.set_description(f"demo: {name}")
-        log.info("=== %s (%.1f of %.1f min used)", name, self.clock.elapsed() / 60, self.cfg.minutes)
+        self.use_threads(name)
+        budget = "" if self.cfg.minutes is None else f" of {self.cfg.minutes:.1f}"
+        log.info("=== %s (%.1f%s min used, %d thread(s), load average %s)", name, self.clock.elapsed() / 60, budget,
+                 self.threads[name], _loadavg())
         t = time.monotonic()
         yield
         s = self.clock.record(name, t)
@@ -261,15 +344,16 @@ class _Run:
         log.info("    %s took %.1f s", name, s)
 
 
-def _start(cfg: DemoConfig, codes: list[str], threads: int) -> _Run:
+def _start(cfg: DemoConfig, codes: list[str]) -> _Run:
     """Claim the output folder, start the clock and the phase bar; returns the run's context."""
     _check_out(cfg.out)
     clock = Clock(cfg.minutes)
     auto = cfg.device == "auto"
     dev = "cuda" if auto and torch.cuda.is_available() else ("cpu" if auto else cfg.device)
-    log.info("demo on %s with %d CPU thread(s) (load average %s)", dev, threads, _loadavg())
-    bar = tqdm(total=len(PHASES), desc="demo", unit="phase", disable=not cfg.progress, position=0)
-    return _Run(cfg, codes, dev, clock, bar)
+    log.info("demo on %s, %d cores, threads %s (load average %s)", dev, cores(),
+             cfg.threads or "per phase: the cores other jobs leave free", _loadavg())
+    bar = tqdm(total=len(PHASES) - (not cfg.speed), desc="demo", unit="phase", disable=not cfg.progress, position=0)
+    return _Run(cfg, codes, dev, clock, bar, {})
 
 
 def _build_data(run: _Run) -> None:
@@ -282,30 +366,40 @@ def _build_data(run: _Run) -> None:
 
 
 def dense_train_config(cfg: DemoConfig, dev: str, seconds_left: float) -> TrainConfig:
-    """The dense baseline's TrainConfig (tiny preset, out/data → out/dense): cfg.dense_steps steps, or
-    else cfg.dense_share of the seconds left (at least 3 s)."""
-    dense_minutes = max(0.05, cfg.dense_share * seconds_left / 60)
-    # inverse_sqrt: the continuations go on at the baseline's final learning rate
+    """The dense baseline's TrainConfig (tiny preset and its optimisation defaults: learning rate
+    falling linearly to 0 at the end, EMA of the weights; out/data → out/dense): cfg.dense_steps
+    steps, or else cfg.dense_share of the seconds left (at least 3 s)."""
+    dense_minutes = None if cfg.dense_steps else max(0.05, cfg.dense_share * seconds_left / 60)
     return TrainConfig(data=str(cfg.out / "data"), out=str(cfg.out / "dense"), preset="tiny",
-                       max_tokens=cfg.max_tokens, warmup=cfg.warmup, lr_scheduler="inverse_sqrt", seed=cfg.seed,
-                       max_steps=cfg.dense_steps, max_minutes=None if cfg.dense_steps else dense_minutes,
+                       max_tokens=cfg.max_tokens, warmup=cfg.warmup, seed=cfg.seed,
+                       max_steps=cfg.dense_steps, max_minutes=dense_minutes,
                        valid_every=0, valid_max_sentences=cfg.valid_sentences, valid_chrf_sentences=0, log_every=25,
                        device=dev, progress=cfg.progress)
 
 
 def _dense_baseline(run: _Run) -> tuple[dict, float, float]:
-    """Train the dense baseline; returns its train summary, its final learning rate and its steps/s."""
+    """Train the dense baseline; returns its train summary, its peak learning rate and its steps/s."""
     with run.phase("dense"):
         trainer = Trainer(dense_train_config(run.cfg, run.dev, run.clock.left()))
         t_train = time.monotonic()
-        summary = trainer.train()
+        if trainer.cfg.max_steps is None:  # a time share of the budget
+            summary = trainer.train()
+        for end in chunk_ends(trainer.cfg.max_steps or 0, DENSE_CHUNK):  # threads re-picked between chunks
+            if end > DENSE_CHUNK:
+                run.use_threads(f"dense to step {end}")
+            summary = trainer.train(steps=end)
         train_seconds = time.monotonic() - t_train
-        final_lr = trainer.optimizer.param_groups[0]["lr"]
+        peak_lr = trainer.cfg.lr
         steps_per_s = summary["step"] / max(train_seconds, 1e-6)
         del trainer
-    log.info("dense baseline: %d steps in %.1f min (%.2f steps/s), final lr %.2e",
-             summary["step"], train_seconds / 60, steps_per_s, final_lr)
-    return summary, final_lr, steps_per_s
+    log.info("dense baseline: %d steps in %.1f min (%.2f steps/s, load average %s)",
+             summary["step"], train_seconds / 60, steps_per_s, _loadavg())
+    return summary, peak_lr, steps_per_s
+
+
+def chunk_ends(total: int, chunk: int) -> list[int]:
+    """Step counts at which chunks of `chunk` steps end, the last at `total` ([] for 0)."""
+    return [min(total, e) for e in range(chunk, total + chunk, chunk)] if total else []
 
 
 def _evaluate(run: _Run, name: str, ckpt) -> dict:
@@ -349,6 +443,17 @@ def _analyze(run: _Run, masks: dict, masks_07: dict, pivot) -> dict[str, dict]:
                 "k=0.7": write_analysis(masks_07, out / "analysis-k0.7", {"k": 0.7}, pivot)}
 
 
+def _speed(run: _Run, dense_ckpt, masks: dict) -> dict:
+    """The speed section's measurements (nmt/speed.py) on this machine's CPU: the trained baseline,
+    dense vs with the demo's masks and with masks keeping p = 0.25 / 0.5; plot in out/speed.png."""
+    with run.phase("speed"):
+        model, ck = load_model(dense_ckpt)
+        tokens = ck["config"]["max_tokens"]
+        rows = measure_speed(model, masks, tokens=tokens, seconds=SPEED_SECONDS, bf16=native_bf16(torch.device("cpu")))
+        speed_plot(rows, run.cfg.out / "speed.png")
+    return {"rows": rows, "tokens": tokens, "threads": run.threads["speed"], "loadavg": _loadavg()}
+
+
 def continuation_budget(seconds_left: float, eval_seconds: float, steps_per_s: float) -> tuple[int, float]:
     """Steps per continuation and seconds per continuation when three continuations share what is left
     after reserving three evaluations (as long as the baseline's) and 60 s for the tests and the report."""
@@ -367,10 +472,11 @@ def _extra_steps(run: _Run, eval_seconds: float, steps_per_s: float) -> int:
     return extra_steps
 
 
-def continuation_settings(cfg: DemoConfig, dev: str, final_lr: float, extra_steps: int) -> dict:
-    """continue_training's keyword arguments common to the three continuations: the baseline's final
-    learning rate, warm-up of a quarter of the steps (1 to 50), the baseline's validation loss only."""
-    return dict(lr=final_lr, warmup=max(1, min(50, extra_steps // 4)), lr_scheduler="inverse_sqrt",
+def continuation_settings(cfg: DemoConfig, dev: str, peak_lr: float, extra_steps: int) -> dict:
+    """continue_training's keyword arguments common to the three continuations: fresh warm-up (a
+    quarter of the steps, 1 to 50) to CONTINUATION_LR_SHARE of the baseline's peak learning rate,
+    then linearly to 0 at the last step (as the baseline ended); the validation loss only."""
+    return dict(lr=CONTINUATION_LR_SHARE * peak_lr, warmup=max(1, min(50, extra_steps // 4)), lr_scheduler="linear",
                 valid_max_sentences=cfg.valid_sentences, valid_chrf_sentences=0, valid_every=0,
                 progress=cfg.progress, device=dev)
 
@@ -407,13 +513,14 @@ def _percent_trend(values: list[float | None]) -> str:
 
 
 def write_report(cfg: DemoConfig, codes, directions, threads, dev, dense_steps, extra_steps, evals, steps, tests,
-                 analyses, clock) -> dict:
+                 analyses, clock, speed: dict | None = None) -> dict:
     """results.md and results.json of a finished study; returns the results (plus the table)."""
     table, rows = results_table(evals, steps, tests)
     notes = verdicts(evals, analyses)
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     res = results_summary(cfg, codes, directions, threads, dev, dense_steps, extra_steps, rows, notes, tests, analyses,
                           clock.phases, clock.elapsed(), clock.budget, load)
+    res["speed"] = speed
     md = ["# Neuron Specialization demo", "",
           f"{len(codes)} languages ({', '.join(codes)}) ↔ en, {len(directions)} directions, tiny preset; "
           f"dense baseline {dense_steps} steps, then {extra_steps} extra steps per continuation "
@@ -428,10 +535,14 @@ def write_report(cfg: DemoConfig, codes, directions, threads, dev, dense_steps, 
         md.append(f"- {lab}: encoder {_percent_trend(a['encoder'])}; decoder {_percent_trend(a['decoder'])}")
     md += ["- Tan et al. (k = 0.7): encoder 37.7 → 47.9 → 52.6 → 59.1 → 63.0 → 65.5; "
            "decoder 52.2 → 49.7 → 41.4 → 29.9 → 24.1 → 25.9", "",
-           "![mean IoU, k=0.7](analysis-k0.7/mean_iou.png)", "",
-           "## Timings", "", *[f"- {n}: {s:.1f} s" for n, s in clock.phases.items()],
-           f"- total: {clock.elapsed() / 60:.1f} min (budget {cfg.minutes} min, {threads} CPU thread(s))"
-           + (f", load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}" if load else ""), ""]
+           "![mean IoU, k=0.7](analysis-k0.7/mean_iou.png)", ""]
+    if speed:
+        md += speed_markdown(speed["rows"], speed["tokens"], speed["threads"], speed["loadavg"])
+    md += ["## Timings", "", *[f"- {n}: {s:.1f} s" for n, s in clock.phases.items()],
+           f"- total: {clock.elapsed() / 60:.1f} min ("
+           + ("fixed steps" if cfg.minutes is None else f"budget {cfg.minutes} min") + ")"
+           + (f", load average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}" if load else ""),
+           "- CPU threads: " + ", ".join(f"{k} {v}" for k, v in threads.items()), ""]
     write_atomic(cfg.out / "results.md", "\n".join(md))
     write_atomic(cfg.out / "results.json", strict_json(res))
     res["table"] = table
@@ -441,24 +552,32 @@ def write_report(cfg: DemoConfig, codes, directions, threads, dev, dense_steps, 
 # ---------------------------------------------------------------------------- CLI
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    p.add_argument("--langs", default=DEFAULT_LANGS, help=f"EC30 codes, comma-separated (default {DEFAULT_LANGS})")
-    p.add_argument("--minutes", type=float, default=14.0, help="wall-clock budget of the whole demo (default 14)")
+    p.add_argument("--langs", default=DEFAULT_LANGS,
+                   help=f"EC30 codes, comma-separated (default {DEFAULT_LANGS}; the 8-language study: {FULL_LANGS} "
+                        "with --minutes)")
+    p.add_argument("--minutes", type=float, default=None,
+                   help=f"wall-clock budget of the whole demo: the baseline gets --dense-share of it and the "
+                        f"continuations what is left (default: none, fixed steps {DENSE_STEPS} + {EXTRA_STEPS} per "
+                        "continuation, so a busy machine takes longer instead of training less)")
     p.add_argument("--vocab-size", type=int, default=4000, help="sentencepiece vocabulary (default 4000)")
     p.add_argument("--k", type=float, default=0.95, help="selection threshold for the specialized masks")
     p.add_argument("--beam", type=int, default=1, help="beam size for evaluation (default 1: greedy, fast)")
     p.add_argument("--eval-sentences", type=int, default=100, help="test sentences per direction (0 = all)")
     p.add_argument("--record-sentences", type=int, default=100, help="valid sentences per direction to record")
-    p.add_argument("--max-tokens", type=int, default=1500, help="tokens per training batch")
+    p.add_argument("--max-tokens", type=int, default=None, help="tokens per training batch (default: the tiny "
+                   "preset's)")
     p.add_argument("--dense-share", type=float, default=0.5, help="share of the budget for the dense baseline")
-    p.add_argument("--dense-steps", type=int, default=None, help="fixed baseline steps instead of a time share")
-    p.add_argument("--extra-steps", type=int, default=None, help="fixed steps per continuation instead of the budget")
+    p.add_argument("--dense-steps", type=int, default=None,
+                   help=f"baseline steps (default {DENSE_STEPS}; with --minutes: a share of the budget)")
+    p.add_argument("--extra-steps", type=int, default=None,
+                   help=f"steps per continuation (default {EXTRA_STEPS}; with --minutes: what the budget leaves)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up updates of the baseline (default: the preset's)")
     p.add_argument("--valid-sentences", type=int, default=50,
                    help="valid sentences per direction for the trainer's validation loss")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads (default: cores not already busy, from the load average)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: every core)")
+    p.add_argument("--no-speed", action="store_true", help="skip the speed measurements of the report")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -468,7 +587,7 @@ def run(args) -> int:
                    record_sentences=args.record_sentences, max_tokens=args.max_tokens, dense_share=args.dense_share,
                    dense_steps=args.dense_steps, extra_steps=args.extra_steps, warmup=args.warmup,
                    valid_sentences=args.valid_sentences, seed=args.seed,
-                   device=args.device, threads=args.threads, progress=not args.no_progress)
+                   device=args.device, threads=args.threads, speed=not args.no_speed, progress=not args.no_progress)
     print()
     print(res["table"])
     print()
