@@ -6,12 +6,19 @@ bootstrap test (Koehn 2004; ``sacrebleu.significance.PairedTest``, 1000 resample
 for BLEU and chrF++: per direction, and over all supervised directions pooled into one test
 set (and all zero-shot directions pooled, when both folders have them). sacrebleu's p-value is
 two-sided: how often a resampled |B − A|, centred on its resampling mean, reaches the observed
-|B − A|. A nonzero difference is significant when p < 0.05.
-Writes compare.json and compare.md.
+|B − A|. A nonzero difference is significant when p < 0.05; two identical systems are not
+resampled: p = 1, reported as identical.
+
+A folder is read only whole: results.json must list its directions, each direction's
+hypothesis and reference files must have the same number of lines (``\n`` only, as written)
+and match the sha256 results.json records for them (folders written before checksums: a
+warning). Writes compare.md, then compare.json (write_set: no old file is left beside a new one).
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -19,39 +26,78 @@ from typing import Any
 from sacrebleu.metrics import BLEU, CHRF
 from sacrebleu.significance import PairedTest
 
-from neuronspec.atomic import strict_json, write_atomic
+from neuronspec.atomic import strict_json, write_set
+from neuronspec.files import check_output_file, text_lines
+
+log = logging.getLogger(__name__)
 
 ALPHA = 0.05
 
 
 def read_eval(folder: str | os.PathLike) -> tuple[dict, dict[str, tuple[list[str], list[str]]]]:
-    """(results.json, {direction: (hypotheses, references)}) of an evaluation folder."""
+    """(results.json, {direction: (hypotheses, references)}) of an evaluation folder, checked
+    whole (see the module docstring); ValueError naming the file otherwise."""
     folder = Path(folder)
     res_path = folder / "results.json"
     if not res_path.is_file():
         raise ValueError(f"compare: {str(folder)!r} has no results.json (not a `neuronspec evaluate` folder)")
-    res = json.loads(res_path.read_text(encoding="utf-8"))
+    try:
+        res = json.loads(res_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"compare: {res_path} is not valid JSON ({e})") from None
+    if not isinstance(res, dict) or not isinstance(res.get("directions"), dict) or not isinstance(res.get("split"), str):
+        raise ValueError(f"compare: {res_path} has no 'split' and 'directions' (an incomplete or foreign "
+                         "results.json: run `neuronspec evaluate` again)")
+    sums = res.get("files")
+    if sums is None:
+        log.warning("compare: %s records no checksums (written before they were): its files are not verified", res_path)
     split, texts = res["split"], {}
-    for name in res["directions"]:
-        tgt = name.split("-", 1)[1]
+    for name, row in res["directions"].items():
+        tgt = name.split("-", 1)[-1]
         hyp, ref = folder / f"hyp.{split}.{name}.{tgt}", folder / f"ref.{split}.{name}.{tgt}"
         if not ref.is_file():
             raise ValueError(f"compare: {str(ref)!r} is missing (evaluation folders from before references were "
                              "written: run `neuronspec evaluate` again)")
-        texts[name] = (_lines(hyp), _lines(ref))
+        h, r = _lines(hyp, sums), _lines(ref, sums)
+        n = row.get("n") if isinstance(row, dict) else None
+        if len(h) != len(r) or (n is not None and len(r) != n):
+            raise ValueError(f"compare: {hyp} has {len(h)} lines, {ref.name} {len(r)}"
+                             + (f", results.json says {n}" if n is not None else "") + ": the folder is not one "
+                             "evaluation (mixed or edited): run `neuronspec evaluate` again")
+        texts[name] = (h, r)
     return res, texts
 
 
-def _lines(path: Path) -> list[str]:
-    return path.read_text(encoding="utf-8").split("\n")[:-1]
+def _lines(path: Path, sums: dict | None) -> list[str]:
+    """The lines of a hypothesis or reference file, checked against its recorded sha256."""
+    if not path.is_file():
+        raise ValueError(f"compare: {str(path)!r} is missing")
+    data = path.read_bytes()
+    if sums is not None and sums.get(path.name) != hashlib.sha256(data).hexdigest():
+        raise ValueError(f"compare: {path} does not match the checksum in results.json (changed after "
+                         "`neuronspec evaluate`, or left by another run): run `neuronspec evaluate` again")
+    try:
+        return text_lines(data.decode("utf-8"), crlf=False)
+    except UnicodeDecodeError:
+        raise ValueError(f"compare: {path} is not UTF-8 text") from None
 
 
 def paired_test(hyps_a: list[str], hyps_b: list[str], refs: list[str], n_samples: int = 1000) -> dict[str, Any]:
-    """BLEU and chrF++ of A and B on the same lines, B − A, and the bootstrap p-values."""
+    """BLEU and chrF++ of A and B on the same lines, B − A, and the bootstrap p-values (1 for
+    identical outputs, which are not resampled: ``"identical": True``)."""
+    if not len(hyps_a) == len(hyps_b) == len(refs):
+        raise ValueError(f"paired_test: A has {len(hyps_a)} lines, B {len(hyps_b)}, the references {len(refs)}")
     metrics = {"bleu": BLEU(tokenize="13a"), "chrf": CHRF(word_order=2)}
+    if list(hyps_a) == list(hyps_b):
+        out = {"n": len(refs), "identical": True}
+        for metric, m in metrics.items():
+            score = m.corpus_score(list(hyps_a), [list(refs)]).score
+            out.update({f"{metric}_a": score, f"{metric}_b": score, f"d_{metric}": 0.0, f"p_{metric}": 1.0})
+        out["significant"] = {"bleu": False, "chrf": False}
+        return out
     test = PairedTest([("A", hyps_a), ("B", hyps_b)], metrics, references=[refs], test_type="bs", n_samples=n_samples)
     _, scores = test()  # {"System": [...], then one entry per metric in order, under sacrebleu's names}
-    out: dict[str, Any] = {"n": len(refs)}
+    out: dict[str, Any] = {"n": len(refs), "identical": False}
     for metric, key in zip(metrics, [k for k in scores if k != "System"]):
         a, b = scores[key]
         out.update({f"{metric}_a": a.score, f"{metric}_b": b.score, f"d_{metric}": b.score - a.score,
@@ -94,6 +140,10 @@ def mark(delta: float, p: float) -> str:
     return f"{delta:+.2f}{'*' if p < ALPHA and delta != 0 else ''}"
 
 
+def _p(r: dict, metric: str) -> str:
+    return "1 (identical)" if r.get("identical") else f"{r[f'p_{metric}']:.3f}"
+
+
 def to_markdown(cmp: dict[str, Any]) -> str:
     lines = [f"# B vs A, paired bootstrap ({cmp['n_samples']} resamples)", "",
              f"A: `{cmp['a']}`  ", f"B: `{cmp['b']}`  ", f"split: {cmp['split']}; * = p < {cmp['alpha']}", "",
@@ -101,8 +151,8 @@ def to_markdown(cmp: dict[str, Any]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in [*((f"**all {k}**", v) for k, v in cmp["pooled"].items()), *cmp["directions"].items()]:
         lines.append(f"| {name} | {r['n']} | {r['bleu_a']:.2f} | {r['bleu_b']:.2f} | {mark(r['d_bleu'], r['p_bleu'])} | "
-                     f"{r['p_bleu']:.3f} | {r['chrf_a']:.2f} | {r['chrf_b']:.2f} | {mark(r['d_chrf'], r['p_chrf'])} | "
-                     f"{r['p_chrf']:.3f} |")
+                     f"{_p(r, 'bleu')} | {r['chrf_a']:.2f} | {r['chrf_b']:.2f} | {mark(r['d_chrf'], r['p_chrf'])} | "
+                     f"{_p(r, 'chrf')} |")
     for m, label in (("bleu", "BLEU"), ("chrf", "chrF++")):
         w = cmp["wins"][m]
         lines.append(f"\n{label}: B significantly better in {w['b_better']}, A in {w['a_better']} of "
@@ -110,9 +160,25 @@ def to_markdown(cmp: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_compare(folder_a, folder_b, out: str | os.PathLike, n_samples: int = 1000) -> dict[str, Any]:
-    cmp = compare(folder_a, folder_b, n_samples)
+def _is_compare(path: Path) -> bool:
+    """Whether `path` is a compare.json / compare.md this module wrote."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if path.suffix == ".md":
+        return text.startswith("# B vs A, paired bootstrap")
+    try:
+        return {"a", "b", "pooled", "n_samples"} <= set(json.loads(text))
+    except (ValueError, TypeError):
+        return False
+
+
+def write_compare(folder_a, folder_b, out: str | os.PathLike, n_samples: int = 1000, *,
+                  overwrite: bool = False) -> dict[str, Any]:
+    """compare() of the two folders, written to `out`/compare.md and compare.json (existing
+    files other than an earlier comparison are replaced only with `overwrite`)."""
     out = Path(out)
-    write_atomic(out / "compare.json", strict_json(cmp, indent=1))
-    write_atomic(out / "compare.md", to_markdown(cmp))
+    inputs = [Path(f) / "results.json" for f in (folder_a, folder_b)]
+    for name in ("compare.md", "compare.json"):
+        check_output_file(out / name, "out", inputs, kind="text", overwrite=overwrite, owned=_is_compare)
+    cmp = compare(folder_a, folder_b, n_samples)
+    write_set(out, {"compare.md": to_markdown(cmp), "compare.json": strict_json(cmp, indent=1)})
     return cmp

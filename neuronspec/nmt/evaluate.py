@@ -6,12 +6,17 @@ identically in several languages). Averages as in the paper: per resource tier (
 medium / low) and over en→x (O2M) and x→en (M2O) directions; phrases and sentences are
 scored separately when the data records kinds. Writes, into the output folder (atomically):
 ``hyp.{split}.{src}-{tgt}.{tgt}`` (one hypothesis per line, in file order, only the scored
-lines), ``ref.{split}.{src}-{tgt}.{tgt}`` (their references), ``results.json`` and ``results.md``.
+lines), ``ref.{split}.{src}-{tgt}.{tgt}`` (their references), ``results.md`` and ``results.json``
+(with the sha256 of every other file, checked by ``--compare``). The folder is built beside
+and swapped in whole: an interrupted run leaves the old folder as it was. It may not hold an
+input, nor another checkpoint's evaluation or foreign files unless ``--overwrite``.
 ``--compare A B`` instead tests two such folders against each other (compare.py).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import logging
 import os
 from pathlib import Path
@@ -21,10 +26,12 @@ import torch
 from sacrebleu.metrics import BLEU, CHRF
 from tqdm import tqdm
 
-from ..atomic import check_writable_folder, strict_json, write_atomic
+from ..atomic import built_folder, strict_json, write_atomic
+from ..checks import check_number
 from ..data.batching import tag_options
 from ..data.corpus import PreparedData, as_direction
 from ..data.languages import tier
+from ..files import check_output_folder, lines_text
 from .checkpoint import load_model
 from .compare import to_markdown as compare_markdown, write_compare
 from .decode import sample_ids, translate_direction
@@ -142,6 +149,7 @@ def evaluate_model(model, data, split: str = "test", *, beam: int = 5, lenpen: f
         directions = [as_direction(d) for d in directions]
     if not directions:
         raise ValueError(f"split: no direction has {split!r} data in {data.root}")
+    check_number("lenpen", lenpen)
     per_dir: dict[str, dict] = {}
     samples: dict[str, list] = {}
     for d in tqdm(directions, desc=f"translate {split}", unit="dir", disable=not progress):
@@ -150,6 +158,10 @@ def evaluate_model(model, data, split: str = "test", *, beam: int = 5, lenpen: f
                                         max_sentences=max_sentences, source_tag=source_tag,
                                         target_tag=target_tag, device=device)
         sources, refs = data.texts(split, d)
+        n = data.num_examples(split, d)
+        if not len(sources) == len(refs) == n:
+            raise ValueError(f"data: {split} {name} of {data.root} has {len(sources)} source and {len(refs)} reference "
+                             f"lines for {n} examples (text changed after `data prepare`?)")
         sources, refs = [sources[i] for i in ids], [refs[i] for i in ids]
         row = {"src": d[0], "tgt": d[1], "tier": _tier(data, d), **score(hyps, refs),
                "copy_chrf": score(sources, refs)["chrf"]}
@@ -166,8 +178,8 @@ def evaluate_model(model, data, split: str = "test", *, beam: int = 5, lenpen: f
         samples[name] = [{"src": sources[j], "ref": refs[j], "hyp": hyps[j],
                           **({"kind": kinds[ids[j]]} if kinds is not None else {})} for j in pick]
         if hyp_dir is not None:  # the references too: `evaluate --compare` pairs folders by line
-            write_atomic(Path(hyp_dir) / f"hyp.{split}.{name}.{d[1]}", "".join(h + "\n" for h in hyps))
-            write_atomic(Path(hyp_dir) / f"ref.{split}.{name}.{d[1]}", "".join(r + "\n" for r in refs))
+            write_atomic(Path(hyp_dir) / f"hyp.{split}.{name}.{d[1]}", lines_text(hyps))
+            write_atomic(Path(hyp_dir) / f"ref.{split}.{name}.{d[1]}", lines_text(refs))
     return {"split": split, "pivot": data.pivot, "beam": beam, "lenpen": lenpen, "max_sentences": max_sentences,
             "signatures": signatures(), "directions": per_dir, **summarize(per_dir, data.pivot), "samples": samples}
 
@@ -186,31 +198,63 @@ def load_for_decoding(ckpt: str | os.PathLike, data: str | os.PathLike | None, d
     return model, ck, pdata
 
 
+EVAL_FILES = ("results.json", "results.md", "compare.json", "compare.md")
+
+
+def is_eval_folder(folder: Path) -> bool:
+    """Whether every file in `folder` is one `evaluate` (or `--compare` into it) writes."""
+    return all(p.name in EVAL_FILES or p.name.startswith(("hyp.", "ref.")) for p in folder.iterdir())
+
+
+def _evaluated_checkpoint(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / "results.json").read_text(encoding="utf-8")).get("checkpoint")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def check_eval_out(out: Path, ckpt: str | os.PathLike, inputs, overwrite: bool) -> None:
+    """ValueError naming --out unless `out` may be replaced by the evaluation of `ckpt` (see
+    the module docstring; another checkpoint's evaluation needs `overwrite`)."""
+    check_output_folder(out, "out", [ckpt, *inputs], owned=is_eval_folder, command="neuronspec evaluate",
+                        overwrite=overwrite)
+    other = _evaluated_checkpoint(out) if out.is_dir() else None
+    if other is not None and other != os.path.abspath(ckpt) and not overwrite:
+        raise ValueError(f"out: {out} holds the evaluation of another checkpoint ({other}); pass --out for this "
+                         "one, or --overwrite to replace it")
+
+
 def evaluate_checkpoint(ckpt: str | os.PathLike, data: str | os.PathLike | None = None, split: str = "test",
                         beam: int = 5, max_sentences: int | None = None, *, out_dir: str | os.PathLike | None = None,
                         lenpen: float = 1.0, max_tokens: int = 4000, device: str | None = None,
                         directions: Sequence | None = None, write: bool = True, progress: bool = True,
-                        zero_shot: bool = False) -> dict:
+                        zero_shot: bool = False, overwrite: bool = False) -> dict:
     """Load a checkpoint (and its masks), evaluate it, write hypotheses + results.json/.md.
 
     data: prepared folder (default: the one the checkpoint was trained on). out_dir:
-    default ``<checkpoint folder>/eval-{split}-beam{beam}``. Returns the results dict with
+    default ``<checkpoint folder>/eval-{split}-beam{beam}``, replaced whole (see the module
+    docstring for what it may not hold without ``overwrite``). Returns the results dict with
     ``out_dir`` added."""
+    check_number("lenpen", lenpen)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     out = Path(out_dir) if out_dir is not None else Path(ckpt).parent / f"eval-{split}-beam{beam}"
     if write:
-        check_writable_folder(out, "out")
+        check_eval_out(out, ckpt, [data], overwrite)
     model, ck, pdata = load_for_decoding(ckpt, data, device)
     prep = pdata.root
-    res = evaluate_model(model, pdata, split, beam=beam, lenpen=lenpen, max_sentences=max_sentences,
-                         max_tokens=max_tokens, device=device, directions=directions,
-                         **tag_options(ck.get("config")), hyp_dir=out if write else None, progress=progress,
-                         zero_shot=zero_shot)
-    res.update(checkpoint=os.path.abspath(ckpt), data=os.path.abspath(prep), step=ck.get("step"),
-               masked=bool(ck.get("masks")), out_dir=str(out))
-    if write:
-        write_atomic(out / "results.json", strict_json(res))
-        write_atomic(out / "results.md", to_markdown(res))
+    if write:  # the checkpoint's own prepared folder is an input too
+        check_eval_out(out, ckpt, [prep], overwrite)
+    kw = dict(beam=beam, lenpen=lenpen, max_sentences=max_sentences, max_tokens=max_tokens, device=device,
+              directions=directions, progress=progress, zero_shot=zero_shot, **tag_options(ck.get("config")))
+    info = dict(checkpoint=os.path.abspath(ckpt), data=os.path.abspath(prep), step=ck.get("step"),
+                masked=bool(ck.get("masks")), out_dir=str(out))
+    if not write:
+        return {**evaluate_model(model, pdata, split, **kw), **info}
+    with built_folder(out) as built:
+        res = {**evaluate_model(model, pdata, split, hyp_dir=built, **kw), **info}
+        write_atomic(built / "results.md", to_markdown(res))
+        files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(built.iterdir())}
+        write_atomic(built / "results.json", strict_json({**res, "files": files}))
     return res
 
 
@@ -287,7 +331,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--directions", nargs="+", help="e.g. en-de de-en de-fr (default: all training directions)")
     p.add_argument("--zero-shot", action="store_true",
                    help="also the split's zero-shot directions (x-y test files; x->en encoder, en->y decoder task)")
-    p.add_argument("--out", help="output folder (default: next to the checkpoint)")
+    p.add_argument("--out", help="output folder, replaced whole (default: eval-SPLIT-beamN next to the checkpoint; "
+                   "with --compare: B)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an --out folder holding another checkpoint's evaluation or other files")
     p.add_argument("--device", help="cpu | cuda (default: cuda when available)")
     p.add_argument("--samples", type=int, default=6, help="directions whose sample outputs are printed")
 
@@ -296,13 +343,14 @@ def run(args: argparse.Namespace) -> int:
     if args.compare:
         if args.bootstrap < 1:
             raise ValueError(f"--bootstrap: expected a positive int, got {args.bootstrap}")
-        cmp = write_compare(*args.compare, args.out or args.compare[1], args.bootstrap)
+        cmp = write_compare(*args.compare, args.out or args.compare[1], args.bootstrap, overwrite=args.overwrite)
         print(compare_markdown(cmp))
         return 0
+    check_number("--lenpen", args.lenpen)
     dirs = [tuple(d.split("-", 1)) for d in args.directions] if args.directions else None
     res = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.beam, args.max_sentences,
                               out_dir=args.out, lenpen=args.lenpen, max_tokens=args.max_tokens,
-                              device=args.device, directions=dirs, zero_shot=args.zero_shot)
+                              device=args.device, directions=dirs, zero_shot=args.zero_shot, overwrite=args.overwrite)
     md = to_markdown(res, max_sample_dirs=args.samples)
     print(md)
     log.info("wrote %s/results.json, results.md and hypotheses", res["out_dir"])

@@ -27,11 +27,10 @@ from typing import Iterable
 import torch
 from tqdm.auto import tqdm
 
-from neuronspec.atomic import check_writable_file
 from neuronspec.data.batching import eval_batches, tag_options
 from neuronspec.data.corpus import PreparedData, direction_name
 from neuronspec.checks import check_int
-from neuronspec.files import load_file, save_file
+from neuronspec.files import check_output_file, load_file, save_file
 from neuronspec.nmt.checkpoint import load_model as load_trained
 
 log = logging.getLogger(__name__)
@@ -97,12 +96,13 @@ def _trimmed(batches, limit: int):
 
 def record(checkpoint: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike | None = None, *,
            split: str = "valid", max_sentences: int | None = 1000, max_tokens: int = 4000,
-           device: str | None = None, progress: bool = True) -> dict:
+           device: str | None = None, progress: bool = True, overwrite: bool = False) -> dict:
     """Record counts for every training direction of prepared folder `data`; save to `out`
-    (if given) and return the counts dict (the file's layout, see module docstring)."""
+    (if given; never over an input, over a file other than counts only with `overwrite`:
+    files.check_output_file) and return the counts dict (the file's layout, see module docstring)."""
     check_int("max_sentences", max_sentences, 1, allow_none=True)
     if out is not None:  # before the counting, not after it
-        check_writable_file(out, "out")
+        check_output_file(out, "out", [checkpoint, data], kind="counts", overwrite=overwrite)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     prep = PreparedData.load(data)
     model, state = load_model(checkpoint, device)
@@ -168,12 +168,14 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="sentences per direction (default 1000; 0 = all)")
     p.add_argument("--max-tokens", type=int, default=4000, help="tokens per batch (default 4000)")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
+    p.add_argument("--overwrite", action="store_true", help="replace an --out file that holds something other "
+                   "than counts")
 
 
 def run(args) -> int:
     out = args.out or Path(args.checkpoint).with_name("counts.pt")
     rec = record(args.checkpoint, args.data, out, split=args.split, max_sentences=args.max_sentences or None,
-                 max_tokens=args.max_tokens, device=args.device)
+                 max_tokens=args.max_tokens, device=args.device, overwrite=args.overwrite)
     print(summary(rec))
     print(f"saved counts for {len(rec['counts'])} FFN layers to {out}")
     return 0

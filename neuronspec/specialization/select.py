@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from neuronspec.atomic import check_writable_file
+from neuronspec.files import check_output_file
 from neuronspec.ops import load_layer_masks, save_layer_masks
 from neuronspec.ops import TaskMasks
 
@@ -162,6 +162,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="size-matched random masks (control): sizes from --masks-like, else from the k selection")
     p.add_argument("--masks-like", default=None, help="with --random: copy the per-direction sizes of this masks file")
     p.add_argument("--seed", type=int, default=0, help="seed for --random (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace an --out file that holds something other "
+                   "than masks")
 
 
 def run(args) -> int:
@@ -171,7 +173,7 @@ def run(args) -> int:
     if args.masks_like and not args.random:
         raise ValueError("--masks-like: only used with --random")
     out = Path(args.out) if args.out else Path(args.counts).with_name("masks-random.pt" if args.random else "masks.pt")
-    check_writable_file(out, "out")
+    check_output_file(out, "out", [args.counts, args.masks_like], kind="masks", overwrite=args.overwrite)
     if args.random and args.masks_like:
         like, like_meta = load_layer_masks(args.masks_like)
         for layer, m in like.items():

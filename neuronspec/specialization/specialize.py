@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from neuronspec.checks import check_int
+from neuronspec.files import check_output_file
 from neuronspec.nmt.checkpoint import load_checkpoint, load_model_masks
 from neuronspec.nmt.model import ModelConfig, ffn_layer_names
 from neuronspec.nmt.config import TRAIN_DEFAULTS, TrainConfig
@@ -72,6 +73,19 @@ def continue_training(checkpoint: str | os.PathLike, out: str | os.PathLike,
     check_int("steps", steps, 1)
     if recipe not in RECIPES:
         raise ValueError(f"recipe: expected one of {RECIPES}, got {recipe!r}")
+    masks_file = masks if isinstance(masks, (str, os.PathLike)) else None  # (the checkpoint's folder: train refuses)
+    for name in ("checkpoint_last.pt", "checkpoint_best.pt"):  # the files the run writes: no input among them
+        check_output_file(Path(out) / name, "out", [masks_file], kind="checkpoint", overwrite=overwrite)
+    existed = os.path.lexists(out)
+    try:
+        return _continue(checkpoint, out, masks, steps, where, max_minutes, recipe, overwrite, overrides)
+    except BaseException:
+        if not existed and os.path.isdir(out) and not any(os.scandir(out)):
+            os.rmdir(out)  # a failed run that wrote nothing leaves no empty --out folder
+        raise
+
+
+def _continue(checkpoint, out, masks, steps, where, max_minutes, recipe, overwrite, overrides) -> dict:
     ck = load_checkpoint(checkpoint)
     if ck.get("masks"):
         raise ValueError(f"checkpoint: {os.fspath(checkpoint)!r} is already specialized; start from the dense model")
