@@ -20,7 +20,7 @@ VOCAB, PAD = 96, 1
 
 def tiny(kind: str):
     """A tiny random model of family `kind` in eval mode (seeded), dropout off."""
-    torch.manual_seed({"m2m100": 0, "mbart": 1, "marian": 2, "llama": 3, "llama_bias": 4}[kind])
+    torch.manual_seed(KINDS.index(kind))
     common = dict(vocab_size=VOCAB, d_model=16, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
                   decoder_attention_heads=2, encoder_ffn_dim=24, decoder_ffn_dim=40, max_position_embeddings=64,
                   pad_token_id=PAD, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2, dropout=0.0,
@@ -29,8 +29,17 @@ def tiny(kind: str):
         model = transformers.M2M100ForConditionalGeneration(transformers.M2M100Config(**common))
     elif kind == "mbart":
         model = transformers.MBartForConditionalGeneration(transformers.MBartConfig(**common))
+    elif kind == "mbart_gelu_new":
+        model = transformers.MBartForConditionalGeneration(transformers.MBartConfig(activation_function="gelu_new",
+                                                                                    **common))
     elif kind == "marian":
         model = transformers.MarianMTModel(transformers.MarianConfig(activation_function="swish", **common))
+    elif kind in GATED:
+        config_cls, model_cls = GATED[kind]
+        config = getattr(transformers, config_cls)(vocab_size=VOCAB, hidden_size=16, intermediate_size=36,
+                                                   num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                                                   head_dim=8, pad_token_id=PAD)
+        model = getattr(transformers, model_cls)(config)
     else:
         config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=16, intermediate_size=36, num_hidden_layers=2,
                                           num_attention_heads=2, num_key_value_heads=2, pad_token_id=PAD,
@@ -39,8 +48,18 @@ def tiny(kind: str):
     return model.eval()
 
 
-KINDS = ["m2m100", "mbart", "marian", "llama", "llama_bias"]
-ACT = {"m2m100": "relu", "mbart": "gelu", "marian": "silu", "llama": "silu", "llama_bias": "silu"}
+# more gated families (issue #27): Gemma's gelu_pytorch_tanh, Phi-3's fused gate_up_proj
+GATED = {"gemma": ("GemmaConfig", "GemmaForCausalLM"), "gemma2": ("Gemma2Config", "Gemma2ForCausalLM"),
+         "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM"), "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
+         "phi3": ("Phi3Config", "Phi3ForCausalLM")}
+KINDS = ["m2m100", "mbart", "marian", "llama", "llama_bias", "mbart_gelu_new", *GATED]
+ACT = {"m2m100": "relu", "mbart": "gelu", "marian": "silu", "llama": "silu", "llama_bias": "silu",
+       "mbart_gelu_new": "gelu_tanh", "gemma": "gelu_tanh", "gemma2": "gelu_tanh", "gemma3": "gelu_tanh",
+       "qwen3": "silu", "phi3": "silu"}
+
+
+def decoder_only(kind: str) -> bool:
+    return kind.startswith("llama") or kind in GATED
 
 
 def batch(kind: str, seed: int = 0):
@@ -50,7 +69,7 @@ def batch(kind: str, seed: int = 0):
     ids[1, 6:] = PAD
     ids[3, 4:] = PAD
     mask = (ids != PAD).long()
-    if kind.startswith("llama"):
+    if decoder_only(kind):
         return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(ids == PAD, -100)}
     labels = torch.randint(3, VOCAB, (4, 6), generator=g)
     labels[2, 3:] = -100
@@ -58,8 +77,12 @@ def batch(kind: str, seed: int = 0):
 
 
 def ffn_weights(model, kind):
-    """{layer: (name of the masked weight matrix or matrices)} in neuronspec's layer naming."""
-    if kind.startswith("llama"):
+    """{layer: (name of the masked weight matrix or matrices)} in neuronspec's layer naming
+    (Phi-3: gate_up_proj, whose rows are the gate's then the up's)."""
+    if kind == "phi3":
+        return {f"decoder.layers.{i}.ffn": [f"model.layers.{i}.mlp.gate_up_proj.weight"]
+                for i in range(len(model.model.layers))}
+    if decoder_only(kind):
         return {f"decoder.layers.{i}.ffn": [f"model.layers.{i}.mlp.gate_proj.weight",
                                             f"model.layers.{i}.mlp.up_proj.weight"]
                 for i in range(len(model.model.layers))}
@@ -96,8 +119,8 @@ def test_wrapping_keeps_parameters_and_keys(models, kind):
     assert list(model.state_dict()) == keys
     after = dict(model.named_parameters())
     assert after.keys() == before.keys() and all(after[n] is before[n] for n in before)  # shared, not copied
-    assert spec.family == ("glu" if kind.startswith("llama") else "fc")
-    assert len(spec.layers) == (2 if kind.startswith("llama") else 4)
+    assert spec.family == ("glu" if decoder_only(kind) else "fc")
+    assert len(spec.layers) == (2 if decoder_only(kind) else 4)
     assert all(f.activation == ACT[kind] for f in spec.layers.values())
     spec.unwrap()
     assert not any(isinstance(m, Passthrough) for m in model.modules())
@@ -138,7 +161,7 @@ def test_masks_equal_an_explicit_mask_multiply(models, kind, direction):
     for layer, names in ffn_weights(plain, kind).items():
         m = masks[layer].to_dense()[direction].to(torch.float32)[:, None]
         for n in names:
-            params[n] = params[n] * m  # the original method: dense weights times dense masks
+            params[n] = params[n] * (torch.cat([m, m]) if params[n].shape[0] == 2 * m.shape[0] else m)  # the original method: dense weights times dense masks
     want_logits, want_grads = loss_and_grads(plain, inputs, params)
     torch.testing.assert_close(logits, want_logits, atol=1e-5, rtol=1e-5)
     for n in want_grads:
@@ -165,12 +188,13 @@ def test_counts_equal_a_naive_hook_count(models, kind):
     per_seq = torch.tensor([2, 0, 2, 1])
     plain = copy.deepcopy(models[kind])
     naive, hooks = {}, []
-    is_llama = kind.startswith("llama")
+    is_llama = decoder_only(kind)
     enc_valid = inputs["attention_mask"].bool()
     dec_valid = enc_valid if is_llama else inputs["labels"] != -100
 
     def hook_for(layer, valid):
         def hook(module, args, out):
+            out = out[..., :out.shape[-1] // 2] if kind == "phi3" else out  # gate rows first
             pos = (out > 0) & valid[..., None]
             naive[layer] = torch.zeros(len(DIRS), out.shape[-1], dtype=torch.long).index_add_(
                 0, per_seq, pos.sum(1).long())
