@@ -170,31 +170,42 @@ def export_hf_folder(checkpoint: str | os.PathLike, out: str | os.PathLike, dire
 
 
 @torch.no_grad()
-def translate_hf(model, tokenizer, record: dict, lines: Sequence[str], direction, *, beam: int = 1,
-                 max_len_a: float = 1.2, max_len_b: int = 10) -> list[str]:
-    """Translate ``lines`` with an exported folder's model and tokenizer (``record``: its
-    neuronspec_export.json) the way `neuronspec translate` does: same tag layout, placeholders,
-    banned tokens and length limit ``max_len_a · source tokens + max_len_b``; one line per
-    `generate` call (the limit is per line). Empty lines stay empty."""
+def generate_hf(model, tokenizer, record: dict, lines: Sequence[str], direction, *, beam: int = 1,
+                max_len_a: float = 1.2, max_len_b: int = 10) -> list[list[int] | None]:
+    """Token ids (without the start token and EOS; None for an empty line) of ``lines`` translated
+    with an exported folder's model and tokenizer (``record``: its neuronspec_export.json) the way
+    `neuronspec translate` decodes: same tag layout, placeholder slots, banned tokens (pad, bos;
+    EOS first) and length limit ``max_len_a · source tokens + max_len_b``; one `generate` call a
+    line (the limit is per line)."""
     s, t = as_direction(direction)
     tags = record["tags"]
     for lang in (s, t):
         if lang not in tags:
             raise ValueError(f"direction: language {lang!r} has no tag in this model ({sorted(tags)})")
-    layout = _Tags(tags)
-    prefix, start = tag_layout(layout, (s, t), record["source_tag"], record["target_tag"])
+    prefix, start = tag_layout(_Tags(tags), (s, t), record["source_tag"], record["target_tag"])
+    eos = model.generation_config.eos_token_id
     out = []
     for line in lines:
         if not line.strip():
-            out.append("")
+            out.append(None)
             continue
         text = protect(line, record["code_identifiers"]) if record["placeholders"] else line
         ids = torch.tensor([prefix + tokenizer(text).input_ids])
         max_len = min(int(max_len_a * ids.shape[1] + max_len_b), model.config.max_position_embeddings - 1)
         gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), decoder_start_token_id=start,
-                             max_new_tokens=max(max_len, 1), num_beams=beam, do_sample=False)
-        hyp = tokenizer.decode(gen[0, 1:], skip_special_tokens=True)
-        out.append(restore(hyp, line) if record["placeholders"] else hyp)
+                             max_new_tokens=max(max_len, 1), num_beams=beam, do_sample=False)[0, 1:].tolist()
+        out.append(gen[:gen.index(eos)] if eos in gen else gen)
+    return out
+
+
+def translate_hf(model, tokenizer, record: dict, lines: Sequence[str], direction, **kw) -> list[str]:
+    """`generate_hf`'s translations as text, placeholders restored from each source line. A run of
+    byte pieces that is not valid UTF-8 decodes to one U+FFFD per piece here, while sentencepiece
+    keeps its valid bytes: only such lines can read differently from `neuronspec translate`."""
+    out = []
+    for line, ids in zip(lines, generate_hf(model, tokenizer, record, lines, direction, **kw)):
+        hyp = "" if ids is None else tokenizer.decode(ids, skip_special_tokens=True)
+        out.append(restore(hyp, line) if record["placeholders"] and ids is not None else hyp)
     return out
 
 
