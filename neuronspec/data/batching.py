@@ -172,9 +172,28 @@ class _View:
         prefix, self.start = tag_layout(data.tokenizer, self.direction, source_tag, target_tag)
         self.prefix = np.array(prefix, dtype=np.int64)
         self.task = task
-        src_len = np.diff(index[self.src_row:self.src_row + self.n + 1]) + len(self.prefix) + 1
-        tgt_len = np.diff(index[self.tgt_row:self.tgt_row + self.n + 1]) + 1
-        self.size = np.maximum(src_len, tgt_len)
+        self.src_len = np.diff(index[self.src_row:self.src_row + self.n + 1]) + len(self.prefix) + 1
+        self.tgt_len = np.diff(index[self.tgt_row:self.tgt_row + self.n + 1]) + 1
+        self.size = np.maximum(self.src_len, self.tgt_len)
+        # longer than the model's positions (data.max_positions, set by the trainer): left out
+        self.too_long = self.size > (data.max_positions or np.iinfo(np.int64).max)
+
+
+def overlong_examples(data: PreparedData, split: str, source_tag: bool = False,
+                      target_tag: str = "decoder") -> list[str]:
+    """The lines of ``split``'s pair files longer than ``data.max_positions`` in some direction
+    (tags and eos included), which batches leave out: "FILE line N (T positions)" of the side that
+    is too long, FILE named as in the corpus; one entry a line, in file order."""
+    if data.max_positions is None or split not in data.splits:
+        return []
+    found: dict[tuple[str, int], str] = {}
+    for d in data.eval_directions(split):
+        v = _View(data, split, d, 0, source_tag, target_tag)
+        pair = data.pair_name(split, d)
+        for i in np.flatnonzero(v.too_long).tolist():
+            lang, n = (d[0], v.src_len[i]) if v.src_len[i] > data.max_positions else (d[1], v.tgt_len[i])
+            found.setdefault((pair, i), f"{split}.{pair}.{lang} line {i + 1} ({n} positions)")
+    return [found[k] for k in sorted(found)]
 
 
 def _gather(tokens: np.ndarray, index: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -296,8 +315,11 @@ class TrainSampler:
         self._collate = _Collator(data, split, self.views)
         self.probabilities = temperature_probs([v.n for v in self.views], self.temperature)
         self.num_skipped = 0
-        self._fit = [np.flatnonzero(v.size <= self.max_tokens) for v in self.views]
+        self._fit = [np.flatnonzero((v.size <= self.max_tokens) & ~v.too_long) for v in self.views]
         for v in self.views:
+            if v.too_long.all():
+                raise ValueError(f"max_positions: every {split} example of {direction_name(v.direction)} is longer "
+                                 f"than the model's {data.max_positions} positions")
             over = int((v.size > self.max_tokens).sum())
             if over == v.n:
                 raise ValueError(f"max_tokens: {self.max_tokens} is smaller than every example of "
@@ -497,6 +519,7 @@ def eval_batches(data: PreparedData, split: str, direction: DirectionLike, max_t
     collate = _Collator(data, split, [view])
     n = view.n if max_examples is None else min(view.n, int(max_examples))
     order = np.argsort(view.size[:n], kind="stable")
+    order = order[~view.too_long[order]]  # longer than the model's positions (data.max_positions)
     bounds = length_bounds(view.size[order], max_tokens, max_sentences)
     for a, b in zip(bounds[:-1], bounds[1:]):
         eidx = order[a:b]

@@ -12,7 +12,9 @@ Prepared folder layout (all files written atomically, ``meta.json`` last):
     {split}.{a}-{b}.{lang}.txt   raw text (valid/test only), the sacrebleu references
     {split}.{a}-{b}.kind      per-line "phrase"/"sentence" (copied from the corpus's
                               sources.{split}.{a}-{b} when it has one)
-    meta.json                 languages, directions, pairs (rows, sizes), tiers, config
+    meta.json                 languages, directions, pairs (rows, sizes), tiers, config,
+                              the tokenizer's sha256 and a manifest of every other file
+                              (bytes, sha256) that PreparedData checks
 
 One token file per split lets a batch mixing any directions be gathered with a single
 fancy index. Token arrays hold sentencepiece ids only; tags, bos and eos are added by the batcher.
@@ -26,7 +28,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -41,6 +42,7 @@ from neuronspec.data.corpus import (
     scan_corpus,
 )
 from neuronspec.data.languages import LANGUAGES
+from neuronspec.data.manifest import file_entry, remove_stale_temp_folders, temp_folder
 from neuronspec.data.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -177,15 +179,17 @@ def prepare_corpus(
     Returns the loaded ``PreparedData`` of ``out_dir``.
 
     The folder is built beside ``out_dir`` and swapped in once complete: a failed or
-    interrupted run keeps the previous prepared folder. A folder holding files this function
-    does not write is refused (they would be lost in the swap).
+    interrupted run keeps the previous prepared folder; the temporary folder of one killed
+    (SIGKILL) is removed by the next prepare. A folder holding files this function does not
+    write is refused (they would be lost in the swap).
     """
     check_int("tokenizer_sentences", tokenizer_sentences, 1)
     final = Path(out_dir)
     _check_out(final)
     corpus = scan_corpus(corpus_dir, langs=langs, pivot=pivot)
     final.mkdir(parents=True, exist_ok=True)  # (empty until the first prepare succeeds)
-    out = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    remove_stale_temp_folders(final)
+    out = temp_folder(final)
     try:
         _prepare_into(out, final, corpus, corpus_dir, vocab_size, langs, pivot, tokenizer_sentences, character_coverage,
                       model_type, placeholders, code_identifiers, seed, num_threads, progress)
@@ -303,6 +307,9 @@ def _prepare_into(out: Path, final: Path, corpus: Corpus, corpus_dir, vocab_size
         "seed": seed,
     }
     meta = prepared_meta(corpus, pivot, len(tok), dtype, splits_meta, pairs_meta, config)
+    # the manifest readers check every file against (data/manifest.py), the tokenizer's beside the vocabulary
+    meta["files"] = {p.name: file_entry(p) for p in sorted(out.iterdir()) if p.is_file()}
+    meta["tokenizer_sha256"] = meta["files"][TOKENIZER_FILE]["sha256"]
     write_atomic(out / META_FILE, json.dumps(meta, indent=1, ensure_ascii=False))
     dt = time.perf_counter() - t0
     log.info("prepared %s: %d languages, %d training directions, %d lines, %d tokens, vocab %d "

@@ -49,7 +49,6 @@ import pkgutil
 import re
 import shutil
 import statistics
-import tempfile
 import time
 import unicodedata
 from collections import Counter, defaultdict
@@ -68,6 +67,7 @@ from babel.units import format_unit
 from tqdm.auto import tqdm
 
 from neuronspec.atomic import replace_folder
+from neuronspec.data.manifest import remove_stale_temp_folders, temp_folder
 from neuronspec.data.languages import LANGUAGES, catalog_lang, parse_langs
 from neuronspec.checks import check_int
 from neuronspec.data.placeholders import placeholders, strip_placeholders
@@ -785,8 +785,8 @@ def _write_lines(path: Path, lines: list[str]) -> None:
 
 def _write_atomically(out_dir: Path, splits: dict, summary: dict, zero_shot: dict | None = None) -> None:
     """Write everything into a temp folder next to ``out_dir``, then swap it in."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    remove_stale_temp_folders(out_dir)
+    tmp = temp_folder(out_dir)
     try:
         for lang, parts in splits.items():
             for s in SPLITS:

@@ -15,16 +15,19 @@ language codes, languages asked for but absent, empty corpus) and returns a ``Co
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import logging
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence, Union
+from typing import BinaryIO, Iterable, Iterator, Sequence, Union
 
 import numpy as np
 
+from neuronspec.data.manifest import check_entry, sha256_of
 from neuronspec.data.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -42,6 +45,8 @@ DirectionLike = Union[Direction, Sequence[str], str]
 # which separate the parts of a file name.
 _LANG_RE = re.compile(r"^[a-z]{2,3}(_[A-Za-z0-9]{2,8})*$")
 _FILE_RE = re.compile(r"^(train|valid|test)\.([^.\-]+)-([^.\-]+)\.([^.]+)$")
+_SPLIT_PREFIX = re.compile(r"^(train|valid|test)\.")
+_COMPRESSED = re.compile(r"\.(gz|bz2|xz|zst|zip)$")
 
 
 def check_lang(code: str, what: str = "lang") -> str:
@@ -86,20 +91,27 @@ def count_lines(path: str | os.PathLike, chunk: int = 1 << 24) -> int:
 def iter_lines(path: str | os.PathLike) -> Iterator[str]:
     """Lines of a UTF-8 file without the line ending (``\\n`` or ``\\r\\n``).
 
-    Splits on ``\\n`` only (so U+2028 or a lone ``\\r`` inside a line stay); a decoding
-    error is a ValueError naming the file and the line.
+    Splits on ``\\n`` only (so U+2028 or a lone ``\\r`` inside a line stay); a UTF-8 byte
+    order mark opening the file is dropped; a decoding error is a ValueError naming the file and
+    the line.
     """
     with open(path, "rb") as f:
-        for i, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise ValueError(f"corpus: {os.fspath(path)} line {i} is not valid UTF-8 ({e.reason})") from None
-            if line.endswith("\n"):
+        yield from _decoded_lines(f, os.fspath(path))
+
+
+def _decoded_lines(raw_lines: Iterable[bytes], name: str) -> Iterator[str]:
+    for i, raw in enumerate(raw_lines, 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"corpus: {name} line {i} is not valid UTF-8 ({e.reason})") from None
+        if i == 1 and line.startswith("\ufeff"):
+            line = line[1:]
+        if line.endswith("\n"):
+            line = line[:-1]
+            if line.endswith("\r"):
                 line = line[:-1]
-                if line.endswith("\r"):
-                    line = line[:-1]
-            yield line
+        yield line
 
 
 # ------------------------------------------------------------------ raw corpus
@@ -172,7 +184,7 @@ def scan_corpus(
         raise ValueError(f"corpus: folder {os.fspath(folder)!r} does not exist")
     check_lang(pivot, "pivot")
     wanted = wanted_languages(langs, pivot)
-    groups = group_pair_files(p for p in sorted(root.rglob("*")) if p.is_file())
+    groups = group_pair_files(_corpus_files(root))
     if not groups:
         raise ValueError(
             f"corpus: no pair files found in {root} (expected names like train.{pivot}-de.{pivot} "
@@ -185,6 +197,22 @@ def scan_corpus(
     log.info("corpus %s: %d languages, pairs per split: %s", root, len(languages),
              {s: len(p) for s, p in corpus.pairs.items()})
     return corpus
+
+
+def _corpus_files(root: Path) -> list[Path]:
+    """The files under ``root``, hidden folders (``.name``, e.g. ``.ec.tmp-*`` of a killed
+    `data builtin`) skipped with a warning."""
+    files, hidden = [], set()
+    for p in sorted(root.rglob("*")):
+        parts = p.relative_to(root).parts
+        dot = next((k for k, part in enumerate(parts[:-1]) if part.startswith(".")), None)
+        if dot is not None:
+            hidden.add(root.joinpath(*parts[:dot + 1]))
+        elif p.is_file():
+            files.append(p)
+    for h in sorted(hidden):
+        log.warning("corpus: hidden folder %s skipped (a temporary folder of an interrupted build?)", h)
+    return files
 
 
 def wanted_languages(langs: Sequence[str] | str | None, pivot: str) -> set[str] | None:
@@ -206,11 +234,15 @@ def group_pair_files(paths: Iterable[Path]) -> dict[tuple[str, str, str], dict[s
     seen: dict[str, Path] = {}
     for path in paths:
         m = _FILE_RE.match(path.name)
-        if not m:
+        if _COMPRESSED.search(path.name) and _SPLIT_PREFIX.match(path.name):
+            log.warning("corpus: %s left out: compressed files are not read (decompress it, e.g. gunzip)", path)
+            continue
+        if not m or m.group(4) not in m.group(2, 3):
+            if _SPLIT_PREFIX.match(path.name):
+                log.warning("corpus: %s left out: not a pair file name {split}.{a}-{b}.{side} with side a or b "
+                            "(e.g. train.en-de.de; language codes such as pt_BR use '_')", path)
             continue
         split, a, b, side = m.groups()
-        if side not in (a, b):
-            continue  # e.g. a manifest next to the pair files
         check_lang(a, f"corpus file {path}")
         check_lang(b, f"corpus file {path}")
         if a == b:
@@ -305,11 +337,31 @@ def read_kinds(path: Path, num_lines: int) -> list[str]:
 
 
 # ------------------------------------------------------------- prepared data
-def _open_map(path: Path, dtype, count: int) -> np.ndarray:
-    if count == 0:
-        return np.zeros(0, dtype=dtype)
-    # A plain ndarray view of the map: slicing a np.memmap subclass is several times slower.
-    return np.memmap(path, dtype=dtype, mode="r", shape=(count,)).view(np.ndarray)
+# meta.json keys every reader needs (docs/design.md §5)
+META_KEYS = ("format", "tokenizer", "vocab_size", "dtype", "pivot", "languages", "directions", "tiers", "splits",
+             "pairs")
+
+
+def read_meta(root: Path) -> dict:
+    """meta.json of a prepared folder, checked for its format and keys; ValueError naming the file."""
+    path = root / META_FILE
+    if not path.is_file():
+        raise ValueError(f"path: {os.fspath(root)!r} is not a prepared folder (no {META_FILE}); "
+                         "run `neuronspec data prepare` first")
+    try:
+        meta = json.loads(path.read_bytes().decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        what = "empty" if path.stat().st_size == 0 else f"not valid JSON ({str(e).splitlines()[0]})"
+        raise ValueError(f"path: {path} is {what}; run `neuronspec data prepare` again") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"path: {path} holds a {type(meta).__name__}, expected a JSON object")
+    if meta.get("format") != FORMAT_VERSION:
+        raise ValueError(f"path: {path} has format {meta.get('format')}, expected {FORMAT_VERSION}")
+    missing = [k for k in META_KEYS if k not in meta]
+    if missing:
+        raise ValueError(f"path: {path} lacks {', '.join(map(repr, missing))} (damaged or edited); "
+                         "run `neuronspec data prepare` again")
+    return meta
 
 
 class PreparedData:
@@ -318,29 +370,75 @@ class PreparedData:
     ``directions`` are the training directions (task id = index). Any split may also
     hold zero-shot directions (non-pivot pairs); ``eval_directions(split)`` lists all.
     Token arrays hold sentencepiece ids only: no tags, no bos/eos (the batcher adds them).
+
+    One consistent version is read: the tokenizer, texts and kinds files are read when the
+    folder is opened and the token arrays are opened then too (mapped on first use), each checked
+    against meta.json's manifest (sizes and sha256; arrays also for ids inside the vocabulary and
+    a well-formed index), so a folder re-prepared meanwhile is never half read. ``max_positions``
+    (set by the trainer from its model): examples longer than that are left out of batches.
     """
+
+    max_positions: int | None = None
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
         meta_path = self.root / META_FILE
-        if not meta_path.is_file():
-            raise ValueError(f"path: {os.fspath(root)!r} is not a prepared folder (no {META_FILE}); "
-                             "run `neuronspec data prepare` first")
-        with open(meta_path, encoding="utf-8") as f:
-            self.meta = json.load(f)
-        if self.meta.get("format") != FORMAT_VERSION:
-            raise ValueError(f"path: {meta_path} has format {self.meta.get('format')}, expected {FORMAT_VERSION}")
-        self.tokenizer = Tokenizer.load(self.root / self.meta["tokenizer"])
-        self.pivot: str = self.meta["pivot"]
-        self.languages: list[str] = list(self.meta["languages"])
-        self.directions: list[Direction] = [tuple(d) for d in self.meta["directions"]]
-        self.tiers: dict[str, str] = dict(self.meta["tiers"])
-        self.dtype: str = self.meta["dtype"]
+        self.meta = read_meta(self.root)
+        self._stat = _identity(meta_path)
+        self._manifest: dict[str, dict] | None = self.meta.get("files")
+        if self._manifest is None:
+            log.debug("%s: prepared before manifests: files not checked", self.root)
+        try:
+            self.pivot: str = self.meta["pivot"]
+            self.languages: list[str] = list(self.meta["languages"])
+            self.directions: list[Direction] = [tuple(d) for d in self.meta["directions"]]
+            self.tiers: dict[str, str] = dict(self.meta["tiers"])
+            self.dtype: str = np.dtype(self.meta["dtype"]).name
+            # split -> {bin, idx, tokens, rows}; split -> pair name -> {a, b, num, rows, kinds, texts}
+            self._splits: dict[str, dict] = self.meta["splits"]
+            self._pairs: dict[str, dict[str, dict]] = self.meta["pairs"]
+            arrays = {s: (f["bin"], f["idx"]) for s, f in self._splits.items()}
+            texts = [n for ps in self._pairs.values() for e in ps.values()
+                     for n in [*(e.get("texts") or {}).values(), e.get("kinds")] if n]
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ValueError(f"path: {meta_path} is malformed ({type(e).__name__}: {e}); run `neuronspec data "
+                             "prepare` again") from None
         self._task = {d: i for i, d in enumerate(self.directions)}
-        # split -> {bin, idx, tokens, rows}; split -> pair name -> {a, b, num, rows, kinds, texts}
-        self._splits: dict[str, dict] = self.meta["splits"]
-        self._pairs: dict[str, dict[str, dict]] = self.meta["pairs"]
         self._cache: dict[tuple, object] = {}
+        raw = self._read(self.meta["tokenizer"])
+        self.tokenizer_sha256: str = hashlib.sha256(raw).hexdigest()
+        self.tokenizer = Tokenizer.from_bytes(raw, os.fspath(self.root / self.meta["tokenizer"]))
+        if len(self.tokenizer) != self.meta["vocab_size"]:
+            raise ValueError(f"path: {self.root / self.meta['tokenizer']} has {len(self.tokenizer)} pieces, "
+                             f"{meta_path} says {self.meta['vocab_size']}")
+        self._texts = {name: list(_decoded_lines(io.BytesIO(self._read(name)), os.fspath(self.root / name)))
+                       for name in texts}
+        self._handles = {n: self._open(n) for pair in arrays.values() for n in pair}
+
+    def _open(self, name: str) -> BinaryIO:
+        try:
+            return open(self.root / name, "rb")
+        except OSError as e:
+            raise ValueError(f"prepared folder: cannot open {self.root / name} ({e.strerror})") from None
+
+    def _read(self, name: str) -> bytes:
+        """Contents of a (small) file of the folder, checked against the manifest."""
+        with self._open(name) as f:
+            raw = f.read()
+        self._check(name, len(raw), hashlib.sha256(raw).hexdigest())
+        return raw
+
+    def _check(self, name: str, nbytes: int, digest: str | None) -> None:
+        if self._manifest is not None:
+            check_entry(os.fspath(self.root / name), self._manifest.get(name), nbytes, digest)
+
+    def __del__(self):
+        for f in getattr(self, "_handles", {}).values():  # maps made from them stay valid
+            f.close()
+
+    def replaced(self) -> bool:
+        """True when the folder's meta.json is no longer the one read (re-prepared since)."""
+        return _identity(self.root / META_FILE) != self._stat
 
     @classmethod
     def load(cls, root: str | os.PathLike) -> "PreparedData":
@@ -390,6 +488,11 @@ class PreparedData:
                              f"(available: {[direction_name(d) for d in self.eval_directions(split)]})")
         return None
 
+    def pair_name(self, split: str, direction: DirectionLike) -> str:
+        """``a-b`` of the pair files ``direction``'s examples of ``split`` come from."""
+        e = self._find(split, direction)
+        return f"{e['a']}-{e['b']}"
+
     def num_examples(self, split: str, direction: DirectionLike) -> int:
         """Examples of ``direction`` in ``split`` (0 if that split has none for it)."""
         e = self._find(split, direction, required=False)
@@ -403,8 +506,9 @@ class PreparedData:
             if split not in self._splits:
                 raise ValueError(f"split: no {split!r} data in {self.root}")
             f = self._splits[split]
-            tokens = _open_map(self.root / f["bin"], self.dtype, int(f["tokens"]))
-            index = _open_map(self.root / f["idx"], np.int64, int(f["rows"]))
+            tokens = self._map(f["bin"], self.dtype, int(f["tokens"]))
+            index = self._map(f["idx"], np.int64, int(f["rows"]))
+            _check_arrays(self.root, f, tokens, index, len(self.tokenizer))
             self._cache[key] = (tokens, index)
         return self._cache[key]
 
@@ -446,10 +550,7 @@ class PreparedData:
         return self._text(e["texts"][s]), self._text(e["texts"][t])
 
     def _text(self, name: str) -> list[str]:
-        key = ("text", name)
-        if key not in self._cache:
-            self._cache[key] = list(iter_lines(self.root / name))
-        return list(self._cache[key])
+        return list(self._texts[name])
 
     def kinds(self, split: str, direction: DirectionLike) -> list[str] | None:
         """Per-example kind ("phrase" / "sentence") if the corpus provided it, else None."""
@@ -457,3 +558,39 @@ class PreparedData:
         if not e.get("kinds"):
             return None
         return self._text(e["kinds"])
+
+    def _map(self, name: str, dtype, count: int) -> np.ndarray:
+        """The array in the file opened as ``name`` (size and checksum checked)."""
+        f = self._handles[name]
+        nbytes = os.fstat(f.fileno()).st_size
+        if nbytes != count * np.dtype(dtype).itemsize:
+            raise ValueError(f"prepared folder: {self.root / name} has {nbytes} bytes, its meta.json expects "
+                             f"{count} x {np.dtype(dtype).name} = {count * np.dtype(dtype).itemsize} (truncated, "
+                             "swapped or re-prepared); run `neuronspec data prepare` again")
+        self._check(name, *(sha256_of(f) if self._manifest is not None else (nbytes, None)))
+        if count == 0:
+            return np.zeros(0, dtype=dtype)
+        # A plain ndarray view of the map: slicing a np.memmap subclass is several times slower.
+        return np.memmap(f, dtype=dtype, mode="r", shape=(count,)).view(np.ndarray)
+
+
+def _identity(path: Path) -> tuple | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_dev, st.st_mtime_ns, st.st_size
+
+
+def _check_arrays(root: Path, f: dict, tokens: np.ndarray, index: np.ndarray, vocab: int) -> None:
+    """ValueError naming the file unless ``index`` is non-decreasing offsets within ``tokens`` and
+    every token id is inside the vocabulary."""
+    if len(index) and (index[0] < 0 or index[-1] != len(tokens) or (np.diff(index) < 0).any()):
+        raise ValueError(f"prepared folder: {root / f['idx']} is not the index of {root / f['bin']} (offsets "
+                         "out of order or past its end); run `neuronspec data prepare` again")
+    if len(tokens):
+        top = int(tokens.max())
+        if top >= vocab:
+            at = int(np.argmax(tokens >= vocab))
+            raise ValueError(f"prepared folder: {root / f['bin']} holds token id {top} (first at position {at}), "
+                             f"outside the vocabulary of {vocab}; run `neuronspec data prepare` again")

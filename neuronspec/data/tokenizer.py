@@ -136,9 +136,17 @@ class Tokenizer:
             p = Path(f"{p}.model")
         if not p.is_file():
             raise ValueError(f"path: sentencepiece model {os.fspath(path)!r} not found")
+        return cls.from_bytes(p.read_bytes(), str(p))
+
+    @classmethod
+    def from_bytes(cls, model: bytes, path: str) -> "Tokenizer":
+        """A model from the contents of its ``.model`` file (``path`` names it in errors)."""
         sp = spm.SentencePieceProcessor()
-        sp.load(str(p))
-        return cls(sp, str(p))
+        try:
+            sp.LoadFromSerializedProto(model)
+        except (RuntimeError, OSError) as e:
+            raise ValueError(f"path: {path} is not a sentencepiece model ({str(e).splitlines()[0]})") from None
+        return cls(sp, path)
 
     # ------------------------------------------------------------------- usage
     def __len__(self) -> int:

@@ -6,7 +6,8 @@ A training checkpoint holds everything needed to continue exactly where a run st
     {"format": 1, "step": int, "config": dict (TrainConfig), "model_config": dict,
      "model": state_dict, "optimizer": state_dict, "scheduler": state_dict,
      "sampler": state_dict, "rng": {...}, "masks": {layer: TaskMasks state} | None,
-     "data": {"prep": str, "directions": ["en-de", ...]}, "metrics": {...}}
+     "data": {"prep": str, "directions": ["en-de", ...], "tokenizer_sha256": str},
+     "environment": {"backend": str, "threads": int}, "metrics": {...}}
 
 Only plain containers, numbers, strings and tensors are stored, so files load with
 ``torch.load(weights_only=True)``; masks files are ``neuronspec.ops.save_layer_masks``'.
@@ -102,6 +103,38 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
     if ckpt.get("masks"):
         model.set_masks(masks_from_state(ckpt["masks"]))
     return model, ckpt
+
+
+# ---------------------------------------------------------------------------- what a run depends on
+def check_tokenizer(ckpt: Mapping[str, Any], data) -> None:
+    """ValueError unless ``data`` (a PreparedData) has the tokenizer ``ckpt`` was trained with
+    (its recorded sha256; checkpoints written before it was recorded are not checked)."""
+    want = (ckpt.get("data") or {}).get("tokenizer_sha256")
+    if want is not None and want != data.tokenizer_sha256:
+        raise ValueError(f"data: {data.root} was prepared with another tokenizer than the checkpoint was trained with "
+                         f"({data.tokenizer.path}: sha256 {data.tokenizer_sha256[:12]}..., the checkpoint's: "
+                         f"{want[:12]}...): token ids would not match; use the run's prepared folder")
+
+
+def run_environment() -> dict[str, Any]:
+    """What a run's numbers depend on besides its config: the FFN backend choice
+    ($NEURONSPEC_BACKEND) and torch's CPU threads (recorded in checkpoints)."""
+    from neuronspec.ops.registry import ENV_VAR
+
+    return {"backend": os.environ.get(ENV_VAR) or "auto", "threads": torch.get_num_threads()}
+
+
+def warn_environment_change(saved: Mapping[str, Any] | None) -> list[str]:
+    """Warn (and return the lines) for each setting of ``run_environment`` that differs from a
+    checkpoint's: a resumed run is then not bit-for-bit the uninterrupted one."""
+    if not saved:
+        return []
+    now = run_environment()
+    names = {"backend": "NEURONSPEC_BACKEND", "threads": "torch threads (--threads)"}
+    changed = [f"{names[k]} was {saved[k]!r}, now {now[k]!r}" for k in names if k in saved and saved[k] != now[k]]
+    for line in changed:
+        log.warning("resume: %s: the continued run is not bit-for-bit the uninterrupted one", line)
+    return changed
 
 
 # ---------------------------------------------------------------------------- RNG states

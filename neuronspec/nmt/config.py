@@ -78,7 +78,7 @@ class TrainConfig:
     valid_every: int = 500  # validation loss + checkpoint every N steps (0: only at the end)
     save_every: int = 0  # also save checkpoint_last.pt every N steps (0: off)
     save_every_minutes: float = 0.0  # ... and/or every N minutes of training (0: off)
-    valid_max_sentences: int | None = 100  # per direction, for the validation loss
+    valid_max_sentences: int | None = 100  # per direction, for the validation loss (None: all; >= 1)
     # per direction (evenly spaced) for the chrF++ at the end (None: all; 0: off); 200 = every
     # valid line of the built-in corpus, a bounded sample of larger valid sets
     valid_chrf_sentences: int | None = 200
@@ -107,10 +107,11 @@ class TrainConfig:
                   ("warmup", self.warmup, 0), ("log_every", self.log_every, 1), ("valid_every", self.valid_every, 0),
                   ("valid_beam", self.valid_beam, 1), ("patience", self.patience, 0),
                   ("max_nonfinite", self.max_nonfinite, 1), ("save_every", self.save_every, 0),
-                  ("max_cuda_graphs", self.max_cuda_graphs, 1)]
-        for name in ("max_steps", "valid_chrf_sentences"):
+                  ("max_cuda_graphs", self.max_cuda_graphs, 1), ("valid_chrf_every", self.valid_chrf_every, 0),
+                  ("vocab_size", self.vocab_size, 8)]
+        for name, lo in (("max_steps", 0), ("valid_chrf_sentences", 0), ("valid_max_sentences", 1)):
             if getattr(self, name) is not None:
-                checks.append((name, getattr(self, name), 0))
+                checks.append((name, getattr(self, name), lo))
         for name, v, lo in checks:
             check_int(f"TrainConfig.{name}", v, lo)
         for name in ("lr", "warmup_init_lr", "adam_eps", "weight_decay", "label_smoothing", "clip_norm", "max_minutes",
@@ -120,6 +121,14 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be a finite number, got {v!r}")
         if not all(isinstance(b, (int, float)) and math.isfinite(b) for b in self.betas):
             raise ValueError(f"TrainConfig.betas must be finite numbers, got {self.betas!r}")
+        for name in ("warmup_init_lr", "weight_decay", "clip_norm"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)!r}")
+        for name in ("dropout", "attention_dropout"):
+            if getattr(self, name) is not None and not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be in [0, 1), got {getattr(self, name)!r}")
+        if self.temperature <= 0:
+            raise ValueError(f"TrainConfig.temperature must be > 0, got {self.temperature!r}")
         if not self.lr or self.lr <= 0:
             raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr!r}")
         if self.lr_scheduler not in LR_SCHEDULERS:

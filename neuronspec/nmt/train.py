@@ -40,6 +40,7 @@ import shutil
 import signal
 import threading
 import time
+import traceback
 from contextlib import contextmanager, nullcontext
 from dataclasses import fields
 from pathlib import Path
@@ -50,14 +51,15 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from ..atomic import check_free_space, check_writable_folder, remove_stale_temps, strict_json, write_atomic
-from ..data.batching import TrainSampler
+from ..data.batching import TrainSampler, overlong_examples
 from ..data.binarize import prepare_corpus
 from ..data.builtin_corpus import build_builtin_corpus
-from ..data.corpus import PreparedData
+from ..data.corpus import META_FILE, PreparedData, read_meta
 from ..errors import Interrupted, TrainingDiverged
 from ..ops import TaskMasks
-from .checkpoint import (load_checkpoint, load_model_masks, masks_from_state, masks_state, resolve_device, rng_state,
-                         save_checkpoint, set_rng_state)
+from .checkpoint import (check_tokenizer, load_checkpoint, load_model_masks, masks_from_state, masks_state,
+                         resolve_device, rng_state, run_environment, save_checkpoint, set_rng_state,
+                         warn_environment_change)
 from .config import TINY_BUILTIN_LANGS, TrainConfig
 from .decode import sampled_batches
 from .ema import EMA
@@ -75,7 +77,8 @@ LAST, BEST = "checkpoint_last.pt", "checkpoint_best.pt"
 RESUME_APPLIES = ("out", "max_steps", "max_minutes", "progress", "log_every", "device", "save_every",
                   "save_every_minutes", "cuda_graphs", "max_cuda_graphs")
 # files a run writes into its folder (their stale temporary files are removed when a run starts)
-RUN_OUTPUTS = (LAST, BEST, "train_summary.json", "valid_chrf.json", "valid_chrf.md")
+ERROR_FILE = "train_error.txt"  # what made a started run fail (it keeps its folder and train.log)
+RUN_OUTPUTS = (LAST, BEST, "train_summary.json", "valid_chrf.json", "valid_chrf.md", ERROR_FILE)
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -102,21 +105,32 @@ def _pick_device(name: str, local_rank: int) -> torch.device:
     return dev
 
 
-def resolve_data(cfg: TrainConfig, rank: int = 0, world_size: int = 1) -> str:
-    """Path of the prepared folder: ``cfg.data``, else ``cfg.corpus`` (or the built-in
-    corpus) prepared into ``cfg.out/data`` once (reused when it already exists)."""
+def resolve_data(cfg: TrainConfig, rank: int = 0, world_size: int = 1, *, resume: bool = False) -> str:
+    """Path of the prepared folder: ``cfg.data``, else ``cfg.corpus`` (or the built-in corpus,
+    built into ``cfg.out/corpus``) prepared into ``cfg.out/data``. An existing ``cfg.out/data`` is
+    reused by a resumed run, and by a new one only when it was prepared from the same corpus,
+    languages and vocabulary size (so ``--overwrite`` with other data prepares it again)."""
     if cfg.data is not None:
         return cfg.data
     prep = Path(cfg.out) / "data"
-    if rank == 0 and not (prep / "meta.json").is_file():
-        langs = None if cfg.langs == ["all"] else cfg.langs
-        corpus = cfg.corpus
-        if corpus is None:
-            corpus = str(Path(cfg.out) / "corpus")
-            log.info("building the built-in corpus into %s", corpus)
-            build_builtin_corpus(corpus, langs=langs)
-        log.info("preparing %s into %s", corpus, prep)
-        prepare_corpus(corpus, prep, vocab_size=cfg.vocab_size, langs=langs, progress=cfg.progress)
+    langs = None if cfg.langs == ["all"] else cfg.langs
+    corpus = cfg.corpus if cfg.corpus is not None else str(Path(cfg.out) / "corpus")
+    want = {"corpus": os.path.abspath(corpus), "vocab_size": cfg.vocab_size,
+            "langs": None if langs is None else sorted(set(langs) - {"en"})}
+    if rank == 0 and not (resume and (prep / META_FILE).is_file()):
+        try:
+            have = read_meta(prep)["config"]
+            have = {k: have.get(k) for k in want}
+        except (ValueError, KeyError, TypeError):
+            have = None
+        if have != want:
+            if have is not None:
+                log.info("%s was prepared from %s; preparing it again from %s", prep, have, want)
+            if cfg.corpus is None:
+                log.info("building the built-in corpus into %s", corpus)
+                build_builtin_corpus(corpus, langs=langs)
+            log.info("preparing %s into %s", corpus, prep)
+            prepare_corpus(corpus, prep, vocab_size=cfg.vocab_size, langs=langs, progress=cfg.progress)
     if world_size > 1:
         dist.barrier()
     return str(prep)
@@ -142,8 +156,9 @@ class Trainer:
         self._start_process(cfg)
         resume_ckpt = self._resumed_config(cfg) if resume else None
         cfg = self.cfg
-        self.data = PreparedData.load(resolve_data(cfg, self.rank, self.world_size))
+        self.data = PreparedData.load(resolve_data(cfg, self.rank, self.world_size, resume=resume))
         self.tok = self.data.tokenizer
+        self._check_validation_data()
         torch.manual_seed(cfg.seed)
         src = resume_ckpt or (init_from if isinstance(init_from, Mapping)  # a checkpoint loaded by the caller
                               else load_checkpoint(init_from) if init_from is not None else None)
@@ -179,6 +194,18 @@ class Trainer:
         if cfg.cuda_graphs and device.type != "cuda" and cls.graph_capture is None:
             raise ValueError(f"cuda_graphs: needs a CUDA device, the run is on {device}")
 
+    def _check_validation_data(self) -> None:
+        """No valid split means no validation (never a loss of 0); early stopping needs one."""
+        self.has_valid = any(self.data.num_examples("valid", d) for d in self.data.directions)
+        if self.has_valid:
+            return
+        if self.cfg.patience:
+            raise ValueError(f"patience: early stopping needs validation data and {self.data.root} has no valid "
+                             "split for its training directions (add valid.* pair files to the corpus and prepare "
+                             "again, or drop --patience)")
+        if self.is_main:
+            log.warning("%s has no validation data: no valid loss, no chrF++, no %s", self.data.root, BEST)
+
     def _resumed_config(self, cfg: TrainConfig) -> dict:
         """Load out/checkpoint_last.pt; self.cfg becomes the saved run's config, except for the
         data folder (it may have moved; checked in _build_model against the checkpoint's vocabulary
@@ -203,6 +230,16 @@ class Trainer:
             mcfg = ModelConfig.from_preset(cfg.preset, len(self.tok), pad=self.tok.pad, **cfg.model_overrides())
         if mcfg.vocab_size != len(self.tok):
             raise ValueError(f"checkpoint vocabulary ({mcfg.vocab_size}) differs from the data's ({len(self.tok)})")
+        if src is not None:
+            check_tokenizer(src, self.data)
+        self.data.max_positions = mcfg.max_positions  # longer examples are left out of batches
+        self.overlong = {}
+        for split in ("train", "valid"):
+            lines = overlong_examples(self.data, split, cfg.source_tag, cfg.target_tag)
+            self.overlong[split] = len(lines)
+            if lines and self.is_main:
+                log.warning("%s: %d sentence(s) longer than the model's %d positions are skipped: %s%s", split,
+                            len(lines), mcfg.max_positions, ", ".join(lines[:10]), ", ..." if len(lines) > 10 else "")
         names = ["-".join(d) for d in self.data.directions]
         if src is not None and src["data"]["directions"] != names:
             raise ValueError(f"checkpoint directions {src['data']['directions'][:4]}... differ from the data's "
@@ -254,6 +291,7 @@ class Trainer:
         self._signal: int | None = None  # the first SIGINT/SIGTERM received (see _signals)
         self._in_validation = False
         self._last_save, self._saved_step = time.monotonic(), 0
+        self._warned_replaced = False
 
     def _check_space_and_log(self) -> None:
         # one checkpoint: the weights, Adam's two moments, the online weights with EMA, 1 MiB
@@ -279,6 +317,8 @@ class Trainer:
         self.sampler.load_state_dict(per_rank[self.rank]["sampler"])
         set_rng_state(per_rank[self.rank]["rng"])
         self.step = int(ck["step"])
+        if self.is_main:
+            warn_environment_change(ck.get("environment"))
         self.best_valid = float(ck.get("best_valid", math.inf))
         self.stale_validations = int(ck.get("stale_validations", 0))
         self.history = list(ck.get("history", []))
@@ -306,7 +346,9 @@ class Trainer:
             "ema": ema, "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "per_rank": per_rank,
             "masks": masks_state(self.model.masks()) or None,
-            "data": {"prep": os.path.abspath(self.data.root), "directions": ["-".join(d) for d in self.data.directions]},
+            "data": {"prep": os.path.abspath(self.data.root), "directions": ["-".join(d) for d in self.data.directions],
+                     "tokenizer_sha256": self.data.tokenizer_sha256},
+            "environment": run_environment(),
             "best_valid": self.best_valid, "stale_validations": self.stale_validations, "history": self.history,
             "pending_valid": self.pending_valid,
         }
@@ -392,8 +434,9 @@ class Trainer:
         return max(by_steps, self._time_progress)
 
     @torch.no_grad()
-    def validate(self) -> dict:
-        """Validation loss over (a sample of) every direction; directions are shared across ranks."""
+    def validate(self) -> dict | None:
+        """Validation loss over (a sample of) every direction; directions are shared across ranks.
+        None when there is no validation example (no valid split, or all too long)."""
         self.model.eval()
         pad, eps = self.tok.pad, self.cfg.label_smoothing
         dirs = [d for d in self.data.directions if self.data.num_examples("valid", d) > 0]
@@ -412,6 +455,8 @@ class Trainer:
             dist.all_reduce(stats)
         self.model.train()
         tot = stats.sum(0)
+        if tot[2].item() == 0:  # nothing to validate on: "no validation", never a loss of 0
+            return None
         ln2 = math.log(2)
         out = {"loss": tot[0].item() / max(tot[2].item(), 1) / ln2, "nll": tot[1].item() / max(tot[2].item(), 1) / ln2}
         out["ppl"] = 2 ** out["nll"]
@@ -443,8 +488,10 @@ class Trainer:
             self._in_validation = True  # a signal abandons the validation (_signals)
             try:
                 v = self.validate()
-                rec = {"step": self.step, "valid_loss": v["loss"], "valid_nll": v["nll"], "valid_ppl": v["ppl"]}
-                if self.cfg.valid_chrf_sentences != 0 and (final or (every and self.step % every == 0)):
+                rec = {"step": self.step, "valid_loss": v and v["loss"], "valid_nll": v and v["nll"],
+                       "valid_ppl": v and v["ppl"]}
+                if (v is not None and self.cfg.valid_chrf_sentences != 0
+                        and (final or (every and self.step % every == 0))):
                     if self.is_main:
                         c = self.valid_chrf(self.cfg.valid_chrf_sentences, write=final)
                         rec.update(valid_chrf=c["chrf"], copy_chrf=c["copy_chrf"], beats_copy=c["beats_copy"],
@@ -461,11 +508,20 @@ class Trainer:
                     w = rec["beats_copy"][kind]
                     extra += (f" | {kind}s {a['chrf']:.1f} (copy {a['copy_chrf']:.1f}), "
                               f"beat copy {w['wins']}/{w['total']}")
-            log.info("valid | step %d | loss %.3f | nll %.3f | ppl %.2f%s", self.step, v["loss"], v["nll"], v["ppl"], extra)
+            if v is None:
+                log.info("valid | step %d | no validation data", self.step)
+            else:
+                log.info("valid | step %d | loss %.3f | nll %.3f | ppl %.2f%s", self.step, v["loss"], v["nll"], v["ppl"],
+                         extra)
+            if self.data.replaced() and not self._warned_replaced:
+                self._warned_replaced = True
+                log.warning("%s was prepared again while this run reads it: the run goes on with the version it "
+                            "opened (a resumed run reads the new one)", self.data.root)
         self.history.append(rec)
-        best = v["loss"] < self.best_valid
-        self.best_valid = min(self.best_valid, v["loss"])
-        self.stale_validations = 0 if best else self.stale_validations + 1
+        best = v is not None and v["loss"] < self.best_valid
+        if v is not None:
+            self.best_valid = min(self.best_valid, v["loss"])
+            self.stale_validations = 0 if best else self.stale_validations + 1
         self.pending_valid = None
         self.save(best=best)
         return rec
@@ -537,9 +593,32 @@ class Trainer:
     def train(self, steps: int | None = None, max_minutes: float | None = None) -> dict:
         """Train until ``steps`` total updates (default cfg.max_steps) or ``max_minutes`` of
         wall-clock time (default cfg.max_minutes); validate + checkpoint on the way and at the end.
-        SIGINT/SIGTERM: save and raise Interrupted (module docstring)."""
-        with self._signals():
-            return self._train(steps, max_minutes)
+        SIGINT/SIGTERM: save and raise Interrupted (module docstring). Any other failure leaves
+        ``out/train_error.txt`` (what failed, at which step, the traceback) beside train.log."""
+        if self.is_main:
+            (self.out / ERROR_FILE).unlink(missing_ok=True)  # of an earlier attempt: this one goes on
+            env = run_environment()
+            log.info("environment: NEURONSPEC_BACKEND %s, %d torch threads", env["backend"], env["threads"])
+        try:
+            with self._signals():
+                return self._train(steps, max_minutes)
+        except Interrupted:
+            raise
+        except BaseException as e:
+            if self.is_main:
+                self._record_failure(e)
+            raise
+
+    def _record_failure(self, e: BaseException) -> None:
+        what = f"{type(e).__name__}: {e}"
+        log.error("run failed at step %d: %s (details in %s)", self.step, what, self.out / ERROR_FILE)
+        text = (f"neuronspec train failed at step {self.step} (last checkpoint: "
+                f"{self.out / LAST if (self.out / LAST).is_file() else 'none'})\n{what}\n\n"
+                + "".join(traceback.format_exception(e)))
+        try:
+            write_atomic(self.out / ERROR_FILE, text)
+        except OSError as err:  # e.g. the disk is full: the log line above is what remains
+            log.error("could not write %s: %s", self.out / ERROR_FILE, err)
 
     def _train(self, steps: int | None, max_minutes: float | None) -> dict:
         cfg = self.cfg
@@ -602,8 +681,10 @@ class Trainer:
         self.pending_valid = "final"
         final = self._run_pending()
         minutes = (time.monotonic() - t_start) / 60
-        summary = {"checkpoint": str(self.out / LAST), "best_checkpoint": str(self.out / BEST), "step": self.step,
-                   "minutes": minutes, "final": final, "data": os.path.abspath(self.data.root)}
+        best = self.out / BEST
+        summary = {"checkpoint": str(self.out / LAST), "best_checkpoint": str(best) if best.is_file() else None,
+                   "step": self.step, "minutes": minutes, "final": final, "data": os.path.abspath(self.data.root),
+                   "skipped_too_long": self.overlong}
         if self.graphed is not None:  # captures > kept: shapes were evicted and captured again
             summary["cuda_graphs"] = {"captures": self.graphed.captures, "kept": len(self.graphed)}
             log.info("CUDA graphs: %d captured, %d kept", self.graphed.captures, len(self.graphed))
@@ -712,6 +793,14 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     s.add_argument("--no-progress", action="store_true")
 
 
+def _identity(path: Path) -> tuple | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
 def _save_every(text: str) -> tuple[str, float]:
     """--save-every: N steps or Mm minutes."""
     minutes = text.endswith("m")
@@ -773,6 +862,8 @@ def run(args: argparse.Namespace) -> int:
         created = out.absolute()
         while not created.parent.exists():
             created = created.parent
+    before = {n: _identity(out / n) for n in (ERROR_FILE, LAST)}  # a run started: one of them changes
+    derived = [out / n for n in ("data", "corpus") if not (out / n).exists()]  # built by this command
     if rank == 0:  # OUT/train.log gets the log lines of this run
         check_writable_folder(out, "out")
         out.mkdir(parents=True, exist_ok=True)
@@ -797,9 +888,11 @@ def run(args: argparse.Namespace) -> int:
         if rank == 0:
             print(json.dumps({k: summary[k] for k in ("checkpoint", "step", "minutes")}, indent=2))
     except BaseException:
-        if created and {p.name for p in out.iterdir()} <= {"train.log"}:  # a start that failed: no trace left
+        if rank == 0 and all(_identity(out / n) == i for n, i in before.items()):  # it never started
             fh.close()
-            shutil.rmtree(created)
+            for p in [created] if created else derived:  # what this command made; a started run keeps all
+                if p.exists():
+                    shutil.rmtree(p)
         raise
     finally:
         if fh is not None:
