@@ -11,7 +11,7 @@ from torch.func import functional_call
 
 transformers = pytest.importorskip("transformers")
 
-from neuronspec.hf import Passthrough, wrap  # noqa: E402
+from neuronspec.hf import Passthrough, load, wrap  # noqa: E402
 from neuronspec.ops import TaskMasks  # noqa: E402
 
 DIRS = ["en-de", "de-en", "en-fr"]
@@ -405,7 +405,8 @@ def test_example_script_runs_end_to_end(tmp_path):
     selected, _ = pipeline.load_layer_masks(tmp_path / "masks.pt")
     assert saved == selected
     before = transformers.AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "model").state_dict()
-    after = transformers.AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "specialized").state_dict()
+    with pytest.warns(UserWarning, match="as a dense model"):  # `hf specialize` marks its folder
+        after = transformers.AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "specialized").state_dict()
     unused_rows = 0
     for name, m in selected.items():  # rows no direction uses are never trained (Adam, no decay)
         side, _, i, _ = name.split(".")
@@ -415,6 +416,17 @@ def test_example_script_runs_end_to_end(tmp_path):
         assert torch.equal(after[key][unused], before[key][unused]), name
         assert not torch.equal(after[key][~unused], before[key][~unused]), name
     assert unused_rows > 0
+    final = tmp_path / "trainer" / "final"  # the Trainer path: masks saved with the model and its checkpoints
+    assert pipeline.load_layer_masks(final / "neuronspec_masks.pt")[0] == selected
+    assert pipeline.load_layer_masks(tmp_path / "trainer" / "checkpoint-4" / "neuronspec_masks.pt")[0] == selected
+    with pytest.warns(UserWarning, match="as a dense model"):
+        trained = transformers.AutoModelForSeq2SeqLM.from_pretrained(final).state_dict()
+    loaded, spec = load(tmp_path / "specialized")  # `neuronspec hf specialize` output, masks restored
+    assert spec.masks() == selected and spec.directions == selected["encoder.layers.0.ffn"].names
+    key = "model.decoder.layers.0.fc1.weight"
+    unused = ~selected["decoder.layers.0.ffn"].to_dense().any(0)
+    assert torch.equal(trained[key][unused], before[key][unused])
+    assert not torch.equal(trained[key][~unused], before[key][~unused])
 
 
 def test_nllb_style_language_code_tokens():

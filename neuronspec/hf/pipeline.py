@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import random
+import warnings
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -31,6 +32,7 @@ from neuronspec.files import save_file
 from neuronspec.ops import load_layer_masks, save_layer_masks
 from neuronspec.specialization.record import FORMAT, VERSION
 
+from .saving import warn_on_plain_load
 from .wrap import MASKS_FILE, Specialization, wrap
 
 log = logging.getLogger(__name__)
@@ -43,11 +45,14 @@ def load_pretrained(name_or_path: str, device: str | torch.device = "cpu"):
     import transformers
 
     config = transformers.AutoConfig.from_pretrained(name_or_path)
+    warn_on_plain_load()
     if not config.is_encoder_decoder:
         raise ValueError(f"model: {name_or_path!r} ({config.model_type}) is decoder-only; the hf record/specialize/"
                          "translate pipeline handles encoder-decoder models (wrap decoder-only models with "
                          "neuronspec.hf.wrap directly)")
-    model = transformers.AutoModelForSeq2SeqLM.from_pretrained(name_or_path).to(device).eval()
+    with warnings.catch_warnings():  # a specialized folder loads dense here: the pipeline applies its masks
+        warnings.filterwarnings("ignore", message="neuronspec: .* as a dense model")
+        model = transformers.AutoModelForSeq2SeqLM.from_pretrained(name_or_path).to(device).eval()
     return model, transformers.AutoTokenizer.from_pretrained(name_or_path)
 
 
@@ -203,7 +208,8 @@ def specialize(model, tokenizer, masks_path: str | os.PathLike, data: str | os.P
     """Continue training `model` with the masks of `masks_path` (every direction uses only its
     own neurons): Adam (no weight decay, so rows no direction uses stay as they were), one direction per step in turn, `batch_size` pairs drawn at random from
     that direction's files. Saves the model and tokenizer (save_pretrained) and the masks
-    (neuronspec_masks.pt) to `out`; returns the loss of every step."""
+    (neuronspec_masks.pt, config marked: `neuronspec.hf.load(out)` reads it) to `out`; returns
+    the loss of every step."""
     check_int("steps", steps, 1)
     check_int("batch_size", batch_size, 1)
     masks, meta = load_layer_masks(masks_path)
@@ -234,13 +240,14 @@ def specialize(model, tokenizer, masks_path: str | os.PathLike, data: str | os.P
             losses.append(loss.item())
             if (step + 1) % max(steps // 10, 1) == 0:
                 log.info("step %d/%d  %s  loss %.4f", step + 1, steps, directions[t], losses[-1])
+        out = Path(out)
+        spec.save_pretrained(out)  # config marked: neuronspec.hf.load(out) restores wrap and masks
     finally:
         spec.unwrap()
         model.eval()
-    out = Path(out)
-    model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    save_layer_masks(masks, out / MASKS_FILE, {**meta, "directions": directions, "specialized_from": os.fspath(masks_path)})
+    save_layer_masks(masks, out / MASKS_FILE, {**meta, "directions": directions, "mask_bias": False,
+                                               "specialized_from": os.fspath(masks_path)})
     write_atomic(out / "neuronspec_specialize.json", json.dumps(
         {"masks": os.fspath(masks_path), "data": os.fspath(data), "split": split, "steps": steps,
          "batch_size": batch_size, "lr": lr, "seed": seed, "losses": losses}, indent=1))
