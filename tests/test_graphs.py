@@ -13,8 +13,11 @@ import torch
 import torch.nn.functional as F
 
 from neuronspec.nmt.model import ModelConfig, Transformer
-from neuronspec.ops import TaskMasks
+from neuronspec.ops import TaskMasks, memo, torch_backend
 from neuronspec.ops.graphs import GraphedLoss, masks_fingerprint
+from neuronspec.ops.plan import mask_tables
+
+from _sync_audit import HostReads, SyncAudit
 
 CUDA = torch.cuda.is_available()
 
@@ -146,6 +149,61 @@ def test_replayed_loss_and_grads_equal_eager(mixed):
     check_steps_equal_eager(eager, g, graphed, [("mixed" if mixed else seed % 3, batch(mixed=mixed, seed=seed))
                                                 for seed in range(3)])
     assert g.captures == (1 if mixed else 3)
+
+
+class CaptureAudit(SyncAudit):
+    """SyncAudit plus tensors made from host data (torch.tensor of Python values, aten::lift_fresh):
+    on a GPU a host-to-device copy, which a capture refuses."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func._schema.name in ("aten::lift_fresh", "aten::lift_fresh_copy"):
+            self.syncs.append("tensor from host data")
+        return super().__torch_dispatch__(func, types, args, kwargs)
+
+
+class AuditedCapture(Recorder):
+    """Stand-in for make_graphed_callables that runs the step's forward and backward once as a
+    capture would see it, with no warm-up before: capturing() is True (a table built now raises),
+    and any host read, sync or tensor from host data is recorded in `issues`."""
+
+    def __init__(self, monkeypatch):
+        super().__init__()
+        self.issues, self.monkeypatch = [], monkeypatch
+
+    def __call__(self, module, static):
+        with self.monkeypatch.context() as m:
+            m.setattr(memo, "capturing", lambda: True)
+            with HostReads() as reads, CaptureAudit() as audit:
+                out = module(*static)
+                loss = out if isinstance(out, torch.Tensor) else out[0]
+                torch.autograd.grad(loss, [p for p in module.parameters() if p.requires_grad], allow_unused=True)
+        self.issues += reads.calls + audit.syncs
+        return super().__call__(module, static)
+
+
+@pytest.mark.parametrize("kind", ["mixed", "uniform", "homogeneous"])
+def test_capture_finds_every_table_built(kind, monkeypatch):
+    """GraphedLoss builds every mask table before capturing: the first forward + backward under
+    the emulated capture builds none, makes no tensor from host data and reads nothing on the
+    host (GPU paths: the torch backend's grouped mixed path)."""
+    monkeypatch.setattr(torch_backend, "GROUPED_ON_CPU", True)
+    model, cap = tiny_model(seed=4), AuditedCapture(monkeypatch)
+    g = GraphedLoss(model, loss_fn, capture=cap)
+    src, tgt_in, tgt_out, task = batch(seed=3)
+    if kind == "mixed":
+        g("mixed", src, tgt_in, tgt_out, task)
+    elif kind == "uniform":
+        g("uniform", src, tgt_in, tgt_out, torch.tensor(1))
+    else:
+        g(1, src, tgt_in, tgt_out)
+    assert cap.issues == [] and len(cap.captures) == 1
+
+
+def test_a_table_built_during_capture_raises(monkeypatch):
+    monkeypatch.setattr(memo, "capturing", lambda: True)
+    masks = TaskMasks.from_dense(torch.rand(3, 16) < 0.5)
+    with pytest.raises(RuntimeError, match="during a CUDA graph capture"):
+        mask_tables(masks.indices, masks.offsets, 16)
 
 
 def test_bad_arguments():

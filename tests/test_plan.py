@@ -124,6 +124,22 @@ def test_plan_routing_is_stable_and_complete():
     assert idx.shape == (3, 8) and valid.sum(1).tolist() == [1, 2, 1] and idx[1, :2].tolist() == [1, 2]
 
 
+def test_memo_keeps_live_tables_and_drops_dead_ones():
+    """The memo never evicts the tables of live masks (a captured step may need any of them; the
+    memo once cleared itself at 256 entries, so the next call rebuilt them, inside a capture if
+    one ran); entries of masks that are gone are dropped."""
+    from neuronspec.ops import memo
+
+    live = [TaskMasks.from_dense(torch.rand(2, 16, generator=torch.Generator().manual_seed(i)) < 0.5)
+            for i in range(memo.PURGE_AT + 44)]
+    tables = [mask_tables(m.indices, m.offsets, 16) for m in live]
+    assert all(mask_tables(m.indices, m.offsets, 16) is t for m, t in zip(live, tables))
+    n = len(memo._MEMO)
+    del live[:100], tables[:100]
+    mask_tables(*(lambda m: (m.indices, m.offsets))(TaskMasks.from_dense(torch.ones(2, 16, dtype=torch.bool))), 16)
+    assert len(memo._MEMO) <= n + 1 - 100
+
+
 # ---- the mask-multiply backend -----------------------------------------------------------------
 @pytest.mark.parametrize("seed", range(16))
 def test_maskmul_matches_reference(seed):

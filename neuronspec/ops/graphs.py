@@ -15,15 +15,20 @@ One graph per (key, shapes/dtypes of the tensors, masks fingerprint, training mo
 - the masks fingerprint is the identity and version of every SpecializedFFN's index tensor:
   new masks (`set_masks`, or an in-place change) get a new capture.
 Capture needs a CUDA device, no host syncs in the step (tests/test_plan.py audits the ops) and
-the mask tables built before capture (the warm-up iterations build them). Shapes must repeat
+every mask table built before capture: `prepare_tables` builds them all before each capture
+(not trusting the warm-up iterations to touch every one), and a table built during a capture
+raises (ops/memo.py forbid_in_capture; tests/test_graphs.py runs a step under an emulated
+capture and fails on any table built, tensor made from host data or host read there). Shapes must repeat
 to pay off: pad batches to shape buckets (data/batching.py `shape_bucket`, `pad_batch`) and
 pass a homogeneous batch's direction as a 0-dim device tensor (one graph for every direction,
 ops/plan.py UNIFORM). At most `max_graphs` are kept, least recently used evicted.
 
-All graphs of one GraphedLoss share one memory pool: a graph's forward and backward always
-replay back to back, no graph reads another's memory, and what outlives a replay (static
-inputs, outputs, gradient buffers) stays allocated, so the graphs' scratch memory overlaps
-instead of adding up. Gradients come back in the graph's static buffers (autograd may adopt
+All graphs of one GraphedLoss share one memory pool and replay in any order (least recently
+used, not capture order). That is safe because a graph's forward and backward always replay
+back to back, no graph reads another's memory, what outlives a replay (static inputs, outputs,
+gradient buffers) stays allocated, and nothing that outlives a capture is allocated inside it
+besides those: the tables live outside the pool (built before, never evicted while their masks
+live: memo.py). So the graphs' scratch memory overlaps instead of adding up. Gradients come back in the graph's static buffers (autograd may adopt
 them as `.grad`); before the same graph replays again within one update, copy them out
 (nmt/graphed_step.py does, for gradient accumulation).
 """
@@ -38,6 +43,7 @@ import torch
 from torch import nn
 
 from .module import SpecializedFFN
+from .plan import mask_tables
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +52,18 @@ def masks_fingerprint(model: nn.Module) -> tuple:
     """(id, version) of every SpecializedFFN's mask index tensor (None when dense)."""
     return tuple(None if m.masks is None else (id(m.masks.indices), m.masks.indices._version)
                  for m in model.modules() if isinstance(m, SpecializedFFN))
+
+
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+def prepare_tables(model: nn.Module) -> None:
+    """Build every SpecializedFFN's mask tables, for every float dtype (its weights', autocast's,
+    the float32 some backends use: [T, f] each, small), so that a capture finds them all built."""
+    for m in model.modules():
+        if isinstance(m, SpecializedFFN) and m.masks is not None:
+            w = m.fc1.weight
+            mask_tables(m.masks.indices, m.masks.offsets, w.shape[0]).prepare(*FLOAT_DTYPES)
 
 
 class _Bound(nn.Module):
@@ -115,6 +133,7 @@ class GraphedLoss:
         log.info("capturing CUDA graph %d (key %r, shapes %s)", self.captures, key,
                  [tuple(t.shape) for t in tensors])
         bound = _Bound(self.model, self.loss_fn, key).train(self.model.training)
+        prepare_tables(self.model)
         return self._capture(bound, tuple(t.detach().clone() for t in tensors))
 
     def __len__(self) -> int:

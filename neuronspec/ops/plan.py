@@ -5,6 +5,8 @@ The op body builds a `Plan` once and hands it to the backend, which only launche
 * `MaskTables` — everything derived from a `TaskMasks` alone (host copy of the offsets, dense
   active table, per-task index lists, padded per-task tables for grouped GEMMs). Masks change
   rarely, so these are built once per masks tensor (memo) with one host copy, then reused.
+  Every table is built outside CUDA graph captures (a build inside one raises: memo.py);
+  `prepare(dtype)` builds them all at once, as graphs.prepare_tables does before a capture.
 * the token routing of the batch — for a mixed batch a stable sort of the ids and the group
   boundaries (`torch.sort` + `torch.searchsorted`: two launches, no host sync). The task-id
   range check is device-side (`torch._assert_async`), so a fresh ids tensor per call (as in
@@ -17,12 +19,13 @@ as a mixed call, `as_mixed`) and mixed (`task == -1`, one id per token).
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from functools import cached_property
 
 import torch
 
-from .memo import memo
+from .memo import forbid_in_capture, memo
 
 UNIFORM = -2  # `task` of a call whose tokens all belong to the task in task_ids[0] (a device value)
 ALIGN = 8  # padded task width: a multiple of 8 columns keeps grouped_mm's 16-byte stride rule for fp16/bf16/fp32
@@ -32,15 +35,31 @@ class MaskTables:
     """Static tables of one layer's masks (indices int32 [Σ|A_t|], offsets int32 [T+1])."""
 
     def __init__(self, indices: torch.Tensor, offsets: torch.Tensor, num_neurons: int):
-        self.indices, self.offsets, self.num_neurons = indices, offsets, num_neurons
+        # indices held weakly: the memo entry lives while the masks' indices do (memo.py)
+        self._indices, self.offsets, self.num_neurons = weakref.ref(indices), offsets, num_neurons
+        self.device, self.num_indices = indices.device, indices.numel()
         self.host_offsets: list[int] = offsets.tolist()  # the one host copy, once per masks
         self.sizes = [b - a for a, b in zip(self.host_offsets[:-1], self.host_offsets[1:])]
         self.num_tasks = len(self.sizes)
-        self._inactive: dict[tuple, torch.Tensor] = {}
+        self._inactive: dict[torch.dtype, torch.Tensor] = {}
+
+    def prepare(self, *dtypes: torch.dtype) -> MaskTables:
+        """Build every device table a call in these dtypes can use (none is built lazily afterwards)."""
+        for dtype in dtypes:
+            self.inactive(None, dtype)
+        _ = self.indices_long, self.padded
+        _task_range(self.num_tasks, self.device)
+        return self
+
+    @property
+    def indices(self) -> torch.Tensor:
+        """The masks' indices int32 [Σ|A_t|] (alive while a call uses them)."""
+        return self._indices()
 
     @cached_property
     def indices_long(self) -> torch.Tensor:
-        return self.indices.long()
+        forbid_in_capture("MaskTables.indices_long")
+        return self.indices.to(torch.long, copy=True)
 
     def active_idx(self, task: int) -> torch.Tensor:
         """Sorted int64 active neuron ids of `task` [k] (a view: no launch)."""
@@ -57,31 +76,33 @@ class MaskTables:
     @cached_property
     def active(self) -> torch.Tensor:
         """bool [T, f]: active[t, n] iff neuron n belongs to task t."""
-        owner = torch.repeat_interleave(torch.arange(self.num_tasks, device=self.indices.device),
-                                        torch.tensor(self.sizes, device=self.indices.device),
-                                        output_size=self.indices.numel())
-        table = torch.zeros(self.num_tasks, self.num_neurons, dtype=torch.bool, device=self.indices.device)
+        forbid_in_capture("MaskTables.active")
+        owner = torch.repeat_interleave(torch.arange(self.num_tasks, device=self.device),
+                                        torch.tensor(self.sizes, device=self.device), output_size=self.num_indices)
+        table = torch.zeros(self.num_tasks, self.num_neurons, dtype=torch.bool, device=self.device)
         table[owner, self.indices_long] = True
         return table
 
     def inactive(self, task: int | None, dtype: torch.dtype) -> torch.Tensor:
-        """0/1 `dtype` [f] (1 = inactive) of `task`, or [T, f] of every task (None); cached."""
-        key = (task, dtype)
-        if key not in self._inactive:
-            table = self.active if task is None else self.active[task]
-            self._inactive[key] = (~table).to(dtype)
-        return self._inactive[key]
+        """0/1 `dtype` [f] (1 = inactive) of `task` (a row view), or [T, f] of every task (None);
+        one table per dtype."""
+        if dtype not in self._inactive:
+            forbid_in_capture("MaskTables.inactive")
+            self._inactive[dtype] = (~self.active).to(dtype)
+        table = self._inactive[dtype]
+        return table if task is None else table[task]
 
     @cached_property
     def padded(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(idx long [T, K], valid bool [T, K], pad = ~valid): task t's active ids in its first
         |A_t| columns, padded with neuron 0 to K = the largest task rounded up to ALIGN."""
-        col = torch.arange(self.width, device=self.indices.device)
-        sizes = torch.tensor(self.sizes, device=self.indices.device)
+        forbid_in_capture("MaskTables.padded")
+        col = torch.arange(self.width, device=self.device)
+        sizes = torch.tensor(self.sizes, device=self.device)
         valid = col[None, :] < sizes[:, None]
-        starts = torch.tensor(self.host_offsets[:-1], device=self.indices.device)
-        pos = (starts[:, None] + col[None, :]).clamp_max(max(self.indices.numel() - 1, 0))
-        idx = self.indices_long[pos] if self.indices.numel() else torch.zeros_like(pos)
+        starts = torch.tensor(self.host_offsets[:-1], device=self.device)
+        pos = (starts[:, None] + col[None, :]).clamp_max(max(self.num_indices - 1, 0))
+        idx = self.indices_long[pos] if self.num_indices else torch.zeros_like(pos)
         return torch.where(valid, idx, 0), valid, ~valid
 
     def padded_row(self, task: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -191,8 +212,9 @@ _RANGES: dict[tuple, torch.Tensor] = {}
 
 def _task_range(num_tasks: int, device: torch.device) -> torch.Tensor:
     """int64 0..T on `device` (cached), the group boundaries searched for in the sorted ids."""
-    key = (num_tasks, device)
+    key = (num_tasks, torch.device(device))
     if key not in _RANGES:
+        forbid_in_capture("the task range")
         _RANGES[key] = torch.arange(num_tasks + 1, device=device)
     return _RANGES[key]
 
