@@ -102,6 +102,24 @@ def test_forward_takes_task_ids_for_that_call_only(kind):
     assert "task_ids" not in inspect.signature(model.forward).parameters
 
 
+def test_a_deep_copy_of_a_wrapped_model_runs_its_own_parameters():
+    model = tiny("llama").eval()
+    model.gradient_checkpointing_enable()
+    spec = wrap(model, DIRS)
+    spec.set_masks(random_masks(spec, seed=3))
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in twin.parameters():
+            p.mul_(0.5)
+        inputs = batch("llama")
+        want = twin.model.layers[0].mlp.down_proj.weight.sum()
+        assert not torch.allclose(twin(**inputs, task_ids=1).logits, model(**inputs, task_ids=1).logits)
+    assert twin._neuronspec is not spec and twin._neuronspec.model is twin
+    assert all(f._spec is twin._neuronspec for f in twin._neuronspec.layers.values())
+    twin._neuronspec.unwrap()
+    assert twin.model.layers[0].mlp.down_proj.weight.sum() == want and model._neuronspec is spec
+
+
 def test_generate_takes_task_ids_with_beams():
     model = tiny("m2m100").eval()
     spec = wrap(model, DIRS)

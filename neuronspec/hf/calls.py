@@ -62,35 +62,42 @@ def _with_direction_params(fn, signature: inspect.Signature):
     return fn
 
 
+def _inner(model: nn.Module, name: str):
+    """The method `name` that wrap's attribute wraps: the instance attribute set before `wrap`
+    (e.g. by accelerate), else the class's. Read from the model at each call, so a deep copy of
+    a wrapped model runs its own parameters."""
+    before = model._neuronspec._overrides.get(name)
+    return before if before is not None else getattr(type(model), name).__get__(model)
+
+
 def install(spec) -> None:
+    """Set the model's forward, generate and save_pretrained attributes (module docstring). They
+    capture nothing: each call reads the model's own `_neuronspec`."""
     model: nn.Module = spec.model
     spec._overrides = {n: model.__dict__.get(n) for n in ("forward", "generate", "save_pretrained")}
-    inner_forward = model.forward
+    signature = inspect.signature(model.forward)
 
     def forward(self, *args, task_ids=None, direction=None, **kwargs):
-        return spec._forward(inner_forward, args, kwargs, _call_ids(task_ids, direction))
+        return self._neuronspec._forward(_inner(self, "forward"), args, kwargs, _call_ids(task_ids, direction))
 
-    functools.update_wrapper(forward, inner_forward, assigned=("__doc__", "__name__", "__qualname__"))
-    model.forward = types.MethodType(_with_direction_params(forward, inspect.signature(inner_forward)), model)
+    functools.update_wrapper(forward, model.forward, assigned=("__doc__", "__name__", "__qualname__"))
+    model.forward = types.MethodType(_with_direction_params(forward, signature), model)
     if hasattr(model, "generate"):
-        inner_generate = model.generate
-
         def generate(self, *args, task_ids=None, direction=None, **kwargs):
             ids = _call_ids(task_ids, direction)
             if ids is None:
-                return inner_generate(*args, **kwargs)
-            with spec.direction(ids):
-                return inner_generate(*args, **kwargs)
+                return _inner(self, "generate")(*args, **kwargs)
+            with self._neuronspec.direction(ids):
+                return _inner(self, "generate")(*args, **kwargs)
 
-        functools.update_wrapper(generate, inner_generate, assigned=("__doc__", "__name__", "__qualname__"))
+        functools.update_wrapper(generate, model.generate, assigned=("__doc__", "__name__", "__qualname__"))
         model.generate = types.MethodType(generate, model)
     if hasattr(model, "save_pretrained"):
-        inner_save = model.save_pretrained
-
         def save_pretrained(self, save_directory, *args, **kwargs):
-            return spec._save_pretrained(inner_save, save_directory, args, kwargs)
+            return self._neuronspec._save_pretrained(_inner(self, "save_pretrained"), save_directory, args, kwargs)
 
-        functools.update_wrapper(save_pretrained, inner_save, assigned=("__doc__", "__name__", "__qualname__"))
+        functools.update_wrapper(save_pretrained, model.save_pretrained, assigned=("__doc__", "__name__",
+                                                                                   "__qualname__"))
         model.save_pretrained = types.MethodType(save_pretrained, model)
 
 

@@ -32,6 +32,7 @@ those of `decoder_attention_mask`, else of labels that are neither -100 nor the 
 """
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from collections import OrderedDict
@@ -128,7 +129,8 @@ class Specialization:
                 else:
                     self._check_glu(layer, name)
         for stack, module in self._stacks():
-            self._hooks.append(module.register_forward_pre_hook(self._stack_hook(stack), with_kwargs=True))
+            hook = functools.partial(self._stack_hook, stack)  # a bound method: deep copies hook their own spec
+            self._hooks.append(module.register_forward_pre_hook(hook, with_kwargs=True))
             for i, layer in enumerate(module.layers):
                 name = f"{stack}.layers.{i}.ffn"
                 self.layers[name] = self._wrap_fc(layer, name, stack) if self.family == "fc" else \
@@ -149,8 +151,8 @@ class Specialization:
         cls = type(self.model).__name__
         mlp = getattr(layer, "mlp", None)
         names = ("gate_up_proj", "down_proj") if hasattr(mlp, "gate_up_proj") else ("gate_proj", "up_proj", "down_proj")
-        if not all(isinstance(getattr(mlp, a, None), nn.Linear) or tuner_name(getattr(mlp, a, None) or nn.Module())
-                   for a in names):
+        linears = [getattr(mlp, a, None) for a in names]
+        if not all(isinstance(m, nn.Linear) or (isinstance(m, nn.Module) and tuner_name(m)) for m in linears):
             raise ValueError(f"model: {cls} layer {name} has no gated mlp (gate_proj, up_proj, down_proj or "
                              "gate_up_proj, down_proj)")
         _activation(self.model.config, GLU_FAMILIES[self.model.config.model_type], cls)
@@ -360,35 +362,33 @@ class Specialization:
         return meta
 
     # ---- counting -------------------------------------------------------------------------
-    def _stack_hook(self, stack: str):
+    def _stack_hook(self, stack: str, module, args, kwargs):
         """Forward pre-hook of a stack: pins the directions of checkpointed layers (hf/calls.py);
         when counting, its non-padding mask [B, S] and the non-padding tokens per direction."""
-        def hook(module, args, kwargs):
-            calls.pin_checkpointing(self)
-            if self._tokens is None:
-                return None
-            mask = kwargs.get("attention_mask")
-            ids = kwargs.get("input_ids", args[0] if args else None)
-            pad = getattr(self.model.config, "pad_token_id", None)
-            hint = self._decoder_valid if stack == "decoder" else None
-            if hint is not None and isinstance(ids, torch.Tensor) and hint.shape == ids.shape:
-                valid = hint
-            elif isinstance(mask, torch.Tensor) and mask.dim() == 2:
-                valid = mask.bool()
-            elif isinstance(ids, torch.Tensor) and pad is not None:
-                valid = ids != pad
-            else:
-                valid = None
-            self._valid_masks[stack] = valid
-            if valid is not None:
-                task = self._token_task(valid.shape, valid.device)
-                per_seq = valid.sum(1).cpu()
-                if isinstance(task, int):
-                    self._tokens[stack][task] += per_seq.sum()
-                else:
-                    self._tokens[stack].index_add_(0, task[:, 0].cpu(), per_seq)
+        calls.pin_checkpointing(self)
+        if self._tokens is None:
             return None
-        return hook
+        mask = kwargs.get("attention_mask")
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        pad = getattr(self.model.config, "pad_token_id", None)
+        hint = self._decoder_valid if stack == "decoder" else None
+        if hint is not None and isinstance(ids, torch.Tensor) and hint.shape == ids.shape:
+            valid = hint
+        elif isinstance(mask, torch.Tensor) and mask.dim() == 2:
+            valid = mask.bool()
+        elif isinstance(ids, torch.Tensor) and pad is not None:
+            valid = ids != pad
+        else:
+            valid = None
+        self._valid_masks[stack] = valid
+        if valid is not None:
+            task = self._token_task(valid.shape, valid.device)
+            per_seq = valid.sum(1).cpu()
+            if isinstance(task, int):
+                self._tokens[stack][task] += per_seq.sum()
+            else:
+                self._tokens[stack].index_add_(0, task[:, 0].cpu(), per_seq)
+        return None
 
     def _valid(self, stack: str, lead: torch.Size) -> torch.Tensor | None:
         valid = self._valid_masks.get(stack)
