@@ -123,13 +123,14 @@ tests() {
     if [ -f "$f" ]; then files+=("$f"); else echo "missing test file: $f"; fi
   done
   [ ${#files[@]} -gt 0 ] || return 1
-  # correctness, not tuning: one tile config per kernel (8x fewer compiles), workers in parallel;
-  # the sm_90 compile check (a subprocess compiling 31 kernels) is for machines without a GPU
+  # the tests that run on the GPU (CUDA parametrizations, test_cuda.py), not the CPU ones around
+  # them, nor the sm_90 compile check (a subprocess compiling 31 kernels, for machines without a
+  # GPU); correctness, not tuning: one tile config per kernel, workers in parallel
   local extra=(-n 8)
   "$PY" -c "import xdist" 2>/dev/null || extra=()
   [ "$DRY" = "1" ] && extra=(--collect-only)
-  NEURONSPEC_TRITON_AUTOTUNE=0 "$PY" -m pytest -q -p no:cacheprovider -rs "${extra[@]}" -k "not compile_for_sm90" \
-    --junitxml="$WORK/pytest.xml" "${files[@]}"
+  NEURONSPEC_TRITON_AUTOTUNE=0 "$PY" -m pytest -q -p no:cacheprovider -rfEs "${extra[@]}" \
+    -k "(cuda or gpu) and not on_cpu and not compile_for_sm90" --junitxml="$WORK/pytest.xml" "${files[@]}"
 }
 
 if [ "$DRY" = "1" ]; then  # CPU: tiny sizes, a round or two
