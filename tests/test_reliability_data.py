@@ -1,6 +1,7 @@
 """Issue #28, training and data: no fake validation numbers, data that cannot change under a run,
 prepared folders checked against their manifest, crashed runs that keep their evidence, corpus
 files that are never skipped in silence (docs/design.md §7)."""
+import hashlib
 import json
 import logging
 import os
@@ -233,13 +234,12 @@ def _damage(folder, kind):
         ids = np.fromfile(folder / "train.bin", dtype=np.uint16)
         ids[10] = 60000
         ids.tofile(folder / "train.bin")
-        from neuronspec.data.manifest import file_entry
-
-        _write_meta(folder, lambda m: m["files"].update({"train.bin": file_entry(folder / "train.bin")}))
+        entry = {"bytes": ids.nbytes, "sha256": hashlib.sha256(ids.tobytes()).hexdigest()}
+        _write_meta(folder, lambda m: m.get("files", {}).update({"train.bin": entry}))
         return "train.bin", "holds token id 60000"
     if kind == "swapped idx, old folder":  # prepared before manifests: the index check sees it
         shutil.copy(folder / "valid.idx", folder / "train.idx")
-        _write_meta(folder, lambda m: m.pop("files"))
+        _write_meta(folder, lambda m: m.pop("files", None))
         return "train.idx", "has"
     raise ValueError(kind)
 
@@ -264,7 +264,7 @@ def test_damaged_prepared_folder_is_one_line_naming_the_file(prep, tmp_path, cap
 def test_index_check_catches_a_swapped_idx_without_manifest(prep, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(prep, bad)
-    _write_meta(bad, lambda m: m.pop("files"))
+    _write_meta(bad, lambda m: m.pop("files", None))
     rows = json.loads((bad / "meta.json").read_text())["splits"]["valid"]["rows"]
     idx = np.fromfile(bad / "valid.idx", dtype=np.int64)
     idx[[3, 4]] = idx[[4, 3]]  # same size, offsets out of order
