@@ -25,7 +25,6 @@ import torch.nn.functional as F
 
 from ..checks import check_int
 from ..data.batching import eval_batches
-from ..ops import reuse_gathered_weights
 from .model import Transformer, task_arg
 
 log = logging.getLogger(__name__)
@@ -72,7 +71,6 @@ def _step_logprobs(model, tokens, enc, task, cache, step, max_len, bos, eos, min
 
 
 @torch.no_grad()
-@reuse_gathered_weights()  # the weights are constant while decoding
 def greedy_search(model: Transformer, src: torch.Tensor, task: int | torch.Tensor, *, bos: int = 1, eos: int = 2,
                   max_len_a: float = 1.2, max_len_b: int = 10, min_len: int = 1,
                   start: int | torch.Tensor | None = None,
@@ -82,9 +80,14 @@ def greedy_search(model: Transformer, src: torch.Tensor, task: int | torch.Tenso
     differs from the encoder's ``task`` (zero-shot: x→en encoder, en→y decoder)."""
     _check(1, max_len_a, max_len_b, 0.0)
     task = task_arg(task)
+    dec_task = task if decoder_task is None else task_arg(decoder_task)
+    with model.direction_ffns(task, dec_task):  # the weights are constant while decoding
+        return _greedy(model, src, task, dec_task, bos, eos, max_len_a, max_len_b, min_len, start)
+
+
+def _greedy(model, src, enc_task, task, bos, eos, max_len_a, max_len_b, min_len, start) -> list[list[int]]:
     B = src.shape[0]
-    enc = model.encode(src, task)
-    task = task if decoder_task is None else task_arg(decoder_task)
+    enc = model.encode(src, enc_task)
     max_len = _max_lengths(model, src, max_len_a, max_len_b)
     cache = model.new_cache()
     last = _start_tokens(start, bos, B, src.device)
@@ -104,7 +107,6 @@ def greedy_search(model: Transformer, src: torch.Tensor, task: int | torch.Tenso
 
 
 @torch.no_grad()
-@reuse_gathered_weights()
 def beam_search(model: Transformer, src: torch.Tensor, task: int | torch.Tensor, *, beam: int = 5,
                 lenpen: float = 1.0, bos: int = 1, eos: int = 2, max_len_a: float = 1.2, max_len_b: int = 10,
                 min_len: int = 1, return_scores: bool = False, start: int | torch.Tensor | None = None,
@@ -114,13 +116,19 @@ def beam_search(model: Transformer, src: torch.Tensor, task: int | torch.Tensor,
     ``return_scores`` also its length-normalised log-probability. ``decoder_task`` as in
     :func:`greedy_search`."""
     _check(beam, max_len_a, max_len_b, lenpen)
+    if model.cfg.vocab_size < 2 * beam:
+        raise ValueError(f"beam ({beam}) must be at most vocab_size/2 ({model.cfg.vocab_size // 2})")
     task = task_arg(task)
+    dec_task = task if decoder_task is None else task_arg(decoder_task)
+    with model.direction_ffns(task, dec_task):  # the weights are constant while decoding
+        return _beam(model, src, task, dec_task, beam, lenpen, bos, eos, max_len_a, max_len_b, min_len,
+                     return_scores, start)
+
+
+def _beam(model, src, enc_task, task, beam, lenpen, bos, eos, max_len_a, max_len_b, min_len, return_scores, start):
     B, K, dev = src.shape[0], beam, src.device
     V = model.cfg.vocab_size
-    if V < 2 * K:
-        raise ValueError(f"beam ({K}) must be at most vocab_size/2 ({V // 2})")
-    enc = model.encode(src, task)
-    task = task if decoder_task is None else task_arg(decoder_task)
+    enc = model.encode(src, enc_task)
     max_len = _max_lengths(model, src, max_len_a, max_len_b)
 
     rows = torch.arange(B, device=dev).repeat_interleave(K)  # hypothesis row -> sentence

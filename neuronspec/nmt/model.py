@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 import torch.nn as nn
@@ -29,6 +30,7 @@ import torch.nn.functional as F
 
 from neuronspec.checks import check_int
 from neuronspec.ops import SpecializedFFN
+from neuronspec.ops.activations import act
 
 # Presets. tiny: trains in minutes on 2 CPU cores (docs/design.md §8). base/big: Vaswani et al.
 # (big is the paper's EC30 model). wide/deep are our choice for the paper's "wider" and
@@ -130,6 +132,35 @@ def sinusoidal_table(n: int, d: int) -> torch.Tensor:
     return F.pad(table, (0, d - 2 * half))
 
 
+class DirectionFFN:
+    """One direction's specialized FFN as a plain dense block over its kept neurons, for decoding:
+    ``y = act(x W1[A]ᵀ + b1[A]) W2[:, A]ᵀ + b2 + c`` with ``c = W2[:, I] act(b1[I])`` (0 with
+    mask_bias), docs/design.md §2. The rows are gathered once (a snapshot: the weights must not
+    change while it is used); each call is then two matmuls with no per-call checks or dispatch."""
+
+    def __init__(self, ffn: SpecializedFFN, task: int):
+        if not 0 <= task < ffn.masks.num_tasks:
+            raise ValueError(f"task: {task} is not a direction of the masks (0..{ffn.masks.num_tasks - 1})")
+        w1, b1, w2, b2 = (t.detach() for t in (ffn.fc1.weight, ffn.fc1.bias, ffn.fc2.weight, ffn.fc2.bias))
+        idx = ffn.masks.active(task).long()
+        self.w1, self.b1, self.w2 = w1.index_select(0, idx), b1.index_select(0, idx), w2.index_select(1, idx)
+        self.b2 = b2.clone()
+        if not ffn.mask_bias:  # inactive neurons output the constant act(b1_i)
+            inactive = torch.ones_like(b1).index_fill_(0, idx, 0.0)
+            self.b2 += w2 @ (act(b1, ffn.activation) * inactive)
+        self.activation = ffn.activation
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(act(F.linear(x, self.w1, self.b1), self.activation), self.w2, self.b2)
+
+
+def _ffn(layer: nn.Module, x: torch.Tensor, task, valid) -> torch.Tensor:
+    """The layer's FFN on x; inside Transformer.direction_ffns, a call for a direction prepared there
+    (a host int task, no autograd) runs its DirectionFFN."""
+    fast = layer.direction_ffns.get(task) if isinstance(task, int) and not torch.is_grad_enabled() else None
+    return fast(x) if fast is not None else layer.ffn(x, task_ids=task, valid=valid)
+
+
 def _dropout(p: float) -> nn.Module:
     return nn.Dropout(p) if p > 0 else nn.Identity()  # p = 0 costs nothing
 
@@ -196,10 +227,11 @@ class EncoderLayer(nn.Module):
         self.ffn_norm = nn.LayerNorm(cfg.d_model)
         self.ffn = SpecializedFFN(cfg.d_model, cfg.d_ff, activation=cfg.activation, mask_bias=cfg.mask_bias)
         self.drop = _dropout(cfg.dropout)
+        self.direction_ffns: dict[int, DirectionFFN] = {}
 
     def forward(self, x, attn_mask, task, valid):
         x = x + self.drop(self.self_attn(self.self_attn_norm(x), mask=attn_mask))
-        return x + self.drop(self.ffn(self.ffn_norm(x), task_ids=task, valid=valid))
+        return x + self.drop(_ffn(self, self.ffn_norm(x), task, valid))
 
 
 class DecoderLayer(nn.Module):
@@ -212,13 +244,14 @@ class DecoderLayer(nn.Module):
         self.ffn_norm = nn.LayerNorm(cfg.d_model)
         self.ffn = SpecializedFFN(cfg.d_model, cfg.d_ff, activation=cfg.activation, mask_bias=cfg.mask_bias)
         self.drop = _dropout(cfg.dropout)
+        self.direction_ffns: dict[int, DirectionFFN] = {}
 
     def forward(self, x, memory, memory_mask, task, valid, cache=None):
         sa = None if cache is None else cache.setdefault("self", {})
         ca = None if cache is None else cache.setdefault("cross", {})
         x = x + self.drop(self.self_attn(self.self_attn_norm(x), causal=True, cache=sa))
         x = x + self.drop(self.cross_attn(self.cross_attn_norm(x), memory, mask=memory_mask, cache=ca))
-        return x + self.drop(self.ffn(self.ffn_norm(x), task_ids=task, valid=valid))
+        return x + self.drop(_ffn(self, self.ffn_norm(x), task, valid))
 
 
 @dataclass
@@ -366,6 +399,22 @@ class Transformer(nn.Module):
                 self._masks.pop(name, None)
             else:
                 self._masks[name] = m
+
+    @contextmanager
+    def direction_ffns(self, encoder_task, decoder_task) -> Iterator[None]:
+        """Inside (decoding: no autograd, weights constant), every masked FFN called with the given
+        host-int task of its side runs as a DirectionFFN, that direction's neurons gathered once here
+        (tensor tasks, other tasks and dense layers run as before). Left on exit."""
+        sides = (("encoder", encoder_task), ("decoder", decoder_task))
+        layers = [(layer, task) for side, task in sides for layer in getattr(self, side).layers
+                  if isinstance(task, int) and layer.ffn.masks is not None]
+        try:
+            for layer, task in layers:
+                layer.direction_ffns[task] = DirectionFFN(layer.ffn, task)
+            yield
+        finally:
+            for layer, _ in layers:
+                layer.direction_ffns.clear()
 
     def masks(self) -> dict[str, Any]:
         """The masks currently set (layer name -> TaskMasks); empty when dense."""
