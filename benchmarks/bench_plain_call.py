@@ -24,7 +24,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _timing as tm  # noqa: E402
 
-from neuronspec.ops import TaskMasks, masked_ffn  # noqa: E402
+from neuronspec.ops import TaskMasks, available_backends, masked_ffn  # noqa: E402
+from neuronspec.ops.registry import BACKENDS  # noqa: E402
 from neuronspec.ops.activations import act  # noqa: E402
 
 
@@ -61,9 +62,13 @@ def main(argv=None) -> int:
         check(args)
         backends = tm.parse_list(args.backends, str, "--backends")
         dtype, device = tm.parse_dtype(args.dtype), tm.parse_device(args.device)
+        unknown = [b for b in backends if b not in ("auto", *BACKENDS)]
+        if unknown:
+            raise ValueError(f"--backends: unknown backend {unknown[0]!r}")
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    backends = tm.skip_unavailable(backends, ["auto", *available_backends(device)], device, "--backends")
     gen = torch.Generator().manual_seed(args.seed)
     n, d, f = args.tokens, args.d, args.f
     grad = not args.no_grad

@@ -337,3 +337,8 @@ def test_plain_call_tiny(tmp_path, capsys):
     assert all(r["median_ms"] > 0 and r["ratio"] > 0 for r in rows)
     assert "dense / it" in capsys.readouterr().out
     assert bench_plain_call.main(["--p", "0"]) == 2
+    assert bench_plain_call.main(["--backends", "fastest"]) == 2
+    rc = bench_plain_call.main(["--tokens", "16", "--d", "8", "--f", "16", "--backends", "cuda,torch", "--rounds", "1",
+                                "--inner", "1", "--out", str(tmp_path)])
+    assert rc == 0 and "skipping 'cuda'" in capsys.readouterr().err
+    assert [r["provider"] for r in json.loads((tmp_path / "plain_call.json").read_text())["rows"]] == ["dense", "torch"]
