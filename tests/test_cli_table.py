@@ -220,6 +220,22 @@ ROWS = {
                                       "--lenpen: must be a finite number >= 0, got inf"),
     "evaluate --lenpen nan": (["evaluate", "--checkpoint", "{ckpt}", "--beam", "1", "--lenpen", "nan"],
                               "--lenpen: must be a finite number >= 0, got nan"),
+    # training options checked before training (issue #28, part 2)
+    "train --valid-max-sentences 0": (["train", "--data", "{prep}", "--out", "{root}/x/t", "--max-steps", "1",
+                                       "--valid-max-sentences", "0"],
+                                      "TrainConfig.valid_max_sentences: must be an int >= 1, got 0"),
+    "train --valid-chrf-every -1": (["train", "--data", "{prep}", "--out", "{root}/x/t", "--max-steps", "1",
+                                     "--valid-chrf-every", "-1"], "TrainConfig.valid_chrf_every: must be an int >= 0"),
+    "train --vocab-size 2": (["train", "--corpus", "{root}/corpus", "--out", "{root}/x/t", "--max-steps", "1",
+                              "--vocab-size", "2"], "TrainConfig.vocab_size: must be an int >= 8, got 2"),
+    "train --temperature 0": (["train", "--data", "{prep}", "--out", "{root}/x/t", "--max-steps", "1",
+                               "--temperature", "0"], "TrainConfig.temperature must be > 0, got 0.0"),
+    "train --dropout 1": (["train", "--data", "{prep}", "--out", "{root}/x/t", "--max-steps", "1", "--dropout", "1"],
+                          "TrainConfig.dropout must be in [0, 1), got 1.0"),
+    "train --weight-decay -1": (["train", "--data", "{prep}", "--out", "{root}/x/t", "--max-steps", "1",
+                                 "--weight-decay", "-1"], "TrainConfig.weight_decay must be >= 0, got -1.0"),
+    "train --data without meta.json": (["train", "--data", "{root}/corpus", "--out", "{root}/x/t", "--max-steps", "1"],
+                                       "is not a prepared folder (no meta.json)"),
 }
 
 
