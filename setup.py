@@ -117,9 +117,11 @@ setup(
         "sphinx>=7",
     ],
     extras_require={
-        "test": ["pytest>=7", "transformers>=4.40", "peft>=0.13", "accelerate>=1.0"],
+        "test": ["pytest>=7", "transformers>=4.40", "peft>=0.13", "accelerate>=1.0", "ctranslate2>=4"],
         # accelerate: the HF Trainer; peft: LoRA inside masked FFNs (docs/design.md §9)
         "hf": ["transformers>=4.40", "peft>=0.13", "accelerate>=1.0"],
+        # neuronspec translate --engine ctranslate2, export --format hf (neuronspec.deploy)
+        "deploy": ["ctranslate2>=4", "transformers>=4.40"],
         # more real sentences for the built-in corpus (read automatically when installed):
         # community-translated UI catalogs; JupyterLab packs exist for 14 of the EC30 languages
         "corpus": ["django-allauth", "wagtail"] + [

@@ -107,6 +107,11 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", type=int, default=4000, help="padded source tokens per batch")
     p.add_argument("--device", help="cpu | cuda (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--engine", choices=("torch", "ctranslate2"), default="torch",
+                   help="ctranslate2: convert once (cached in CHECKPOINT.ct2/) and decode with CTranslate2 "
+                        "(neuronspec.deploy.ct2; pip install -e '.[deploy]')")
+    p.add_argument("--compute-type", default="default",
+                   help="CTranslate2 compute type, e.g. int8, float32 (--engine ctranslate2 only)")
 
 
 def read_lines(path: str | None) -> list[str]:
@@ -158,9 +163,17 @@ def run(args: argparse.Namespace) -> int:
     model, ck, pdata = load_for_decoding(args.checkpoint, args.data, device)
     if args.output is not None:  # the checkpoint's prepared folder is an input too
         check_output_file(args.output, "output", [pdata.root], kind="text", overwrite=args.overwrite)
-    out = translate_lines(model, pdata, lines, args.direction, device=device, beam=args.beam, lenpen=args.lenpen,
-                          max_tokens=args.max_tokens, progress=not args.no_progress and args.output is not None,
-                          **tag_options(ck.get("config")))
+    if args.engine == "ctranslate2":
+        from ..deploy.ct2 import cached_model, translate_ct2
+
+        out = translate_ct2(cached_model(args.checkpoint, model, ck, pdata, args.direction), pdata.tokenizer, lines,
+                            args.direction, beam=args.beam, lenpen=args.lenpen, max_tokens=args.max_tokens,
+                            max_positions=model.cfg.max_positions, device=device, compute_type=args.compute_type,
+                            **tag_options(ck.get("config")))
+    else:
+        out = translate_lines(model, pdata, lines, args.direction, device=device, beam=args.beam, lenpen=args.lenpen,
+                              max_tokens=args.max_tokens, progress=not args.no_progress and args.output is not None,
+                              **tag_options(ck.get("config")))
     text = lines_text(out)
     if args.output is None:
         _write_stdout(text)
