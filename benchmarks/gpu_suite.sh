@@ -161,8 +161,16 @@ step info 15 info
 step train_step 90 "$PY" benchmarks/bench_train_step.py "${DEV[@]}" "${TRAIN[@]}" --out "$WORK/train_step"
 step masked_ffn 75 env NEURONSPEC_TRITON_AUTOTUNE=0 "${BENCH_MASKED[@]}" "${MASKED[@]}" \
   --providers dense,auto,torch,maskmul,triton,cuda --out "$WORK/masked_ffn"
-if [ "$DRY" = "1" ] && ! command -v nvcc >/dev/null; then
-  log "SKIP  build, build_sm90 (no nvcc on this machine)"; SKIP="$SKIP,build,build_sm90,"
+# what the build needs beyond the GPU image (nvcc, cmake, pybind11 are there); a dry run skips it without them
+missing() {
+  command -v nvcc >/dev/null || echo -n "nvcc "
+  "$PY" -c "import pybind11" 2>/dev/null || echo -n "pybind11 "
+  [ -f "${NEURONSPEC_CUTLASS_INCLUDE:-$ROOT/third_party/cutlass/include}/cutlass/version.h" ] \
+    || "$PY" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('cutlass_library') is None)" 2>/dev/null \
+    || echo -n "CUTLASS headers (python benchmarks/vendor_cutlass.py)"
+}
+if [ "$DRY" = "1" ] && [ -n "$(missing)" ]; then
+  log "SKIP  build, build_sm90 (missing here: $(missing))"; SKIP="$SKIP,build,build_sm90,"
 fi
 step build 45 build
 step tests 60 tests
