@@ -6,46 +6,22 @@ import os
 import pytest
 import torch
 
-from _nmt_cases import TINY_MODEL, prepare
+from _deploy_cases import specialized_checkpoint
+from _nmt_cases import prepare
 from neuronspec.cli import main
 from neuronspec.data.corpus import PreparedData
-from neuronspec.nmt.checkpoint import load_checkpoint, load_model, masks_state, save_checkpoint
-from neuronspec.nmt.model import ModelConfig, Transformer, ffn_layer_names
+from neuronspec.nmt.checkpoint import load_checkpoint, load_model, save_checkpoint
 from neuronspec.nmt.translate import translate_checkpoint
 from neuronspec.ops import TaskMasks
 
 LINES = ["red blue cat", "le chat rouge", "big house %(name)s two", "", "one two three small bird dog", "x  y"]
 
 
-def _checkpoint(root, prep, activation):
-    """A specialized checkpoint with random weights, non-zero biases and random masks (70 %)."""
-    from neuronspec.nmt.train import TrainConfig
-
-    data = PreparedData.load(prep)
-    torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=len(data.tokenizer), dropout=0.0, activation=activation, **TINY_MODEL)
-    model = Transformer(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 1:
-                p.normal_(0, 0.3)
-    names = ["-".join(d) for d in data.directions]
-    g = torch.Generator().manual_seed(1)
-    masks = {n: TaskMasks.from_dense(torch.rand(len(names), cfg.d_ff, generator=g) < 0.7, names)
-             for n in ffn_layer_names(cfg)}
-    tcfg = TrainConfig(data=str(prep), out=str(root / "run"), model_args=TINY_MODEL, max_steps=1)
-    path = root / f"spec-{activation}.pt"
-    save_checkpoint(path, {"step": 7, "config": tcfg.to_dict(), "model_config": cfg.to_dict(),
-                           "model": model.state_dict(), "masks": masks_state(masks),
-                           "data": {"prep": str(prep), "directions": [list(d) for d in data.directions]}})
-    return str(path)
-
-
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
     root = tmp_path_factory.mktemp("deploy")
     prepare(root)
-    return {a: _checkpoint(root, root / "prep", a) for a in ("relu", "gelu")}, root
+    return {a: specialized_checkpoint(root, root / "prep", a) for a in ("relu", "gelu")}, root
 
 
 @pytest.mark.parametrize("activation, direction", [("relu", "en-de"), ("gelu", "de-fr")])
