@@ -105,13 +105,16 @@ def main(argv=None) -> int:
                 fn()
             tm.synchronize(device)
             times[name].append((time.perf_counter() - t0) / args.inner)
+    def sig3(x: float) -> float:  # 3 significant digits: a loaded machine's 0.0004x must not print as 0.0
+        return float(f"{x:.3g}")
+
     rows = []
     for name, ts in times.items():
         ratios = [a / b for a, b in zip(times["dense"], ts)]
-        rows.append(dict(provider=name, median_ms=round(1e3 * statistics.median(ts), 3),
-                         ratio=round(statistics.median(ratios), 3),
-                         ratio_q1=round(statistics.quantiles(ratios, n=4)[0], 3) if len(ratios) > 1 else None,
-                         ratio_q3=round(statistics.quantiles(ratios, n=4)[2], 3) if len(ratios) > 1 else None))
+        rows.append(dict(provider=name, median_ms=sig3(1e3 * statistics.median(ts)),
+                         ratio=sig3(statistics.median(ratios)),
+                         ratio_q1=sig3(statistics.quantiles(ratios, n=4)[0]) if len(ratios) > 1 else None,
+                         ratio_q3=sig3(statistics.quantiles(ratios, n=4)[2]) if len(ratios) > 1 else None))
     title = (f"N={n} d={d} f={f} p={args.p} tasks={args.tasks} {args.activation} {args.dtype} "
              f"{'fwd+bwd' if grad else 'forward'} on {tm.device_label(tm.machine_info(device))}")
     md = f"{title}\n\n" + tm.markdown_table(
