@@ -230,6 +230,10 @@ class Trainer:
             mcfg = ModelConfig.from_preset(cfg.preset, len(self.tok), pad=self.tok.pad, **cfg.model_overrides())
         if mcfg.vocab_size != len(self.tok):
             raise ValueError(f"checkpoint vocabulary ({mcfg.vocab_size}) differs from the data's ({len(self.tok)})")
+        names = ["-".join(d) for d in self.data.directions]
+        if src is not None and src["data"]["directions"] != names:
+            raise ValueError(f"checkpoint directions {src['data']['directions'][:4]}... differ from the data's "
+                             f"{names[:4]}... (task ids would not match)")
         if src is not None:
             check_tokenizer(src, self.data)
         self.data.max_positions = mcfg.max_positions  # longer examples are left out of batches
@@ -240,10 +244,6 @@ class Trainer:
             if lines and self.is_main:
                 log.warning("%s: %d sentence(s) longer than the model's %d positions are skipped: %s%s", split,
                             len(lines), mcfg.max_positions, ", ".join(lines[:10]), ", ..." if len(lines) > 10 else "")
-        names = ["-".join(d) for d in self.data.directions]
-        if src is not None and src["data"]["directions"] != names:
-            raise ValueError(f"checkpoint directions {src['data']['directions'][:4]}... differ from the data's "
-                             f"{names[:4]}... (task ids would not match)")
         self.model = Transformer(mcfg).to(self.device)
         if src is not None:
             self.model.load_state_dict(src["model"])
