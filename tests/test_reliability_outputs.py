@@ -275,6 +275,19 @@ def test_translate_closed_stdin_is_a_clear_error(run, capsys, monkeypatch):
     assert rc == 2 and "input: standard input is closed; pass --input FILE" in err, err
 
 
+def test_translate_closed_stdout_is_a_clear_error_before_the_work(run, tmp_path, capsys, monkeypatch):
+    import sys
+
+    import neuronspec.nmt.translate as tr
+
+    src = tmp_path / "in.en"
+    src.write_text("red cat\n")
+    monkeypatch.setattr(tr, "load_for_decoding", lambda *a, **k: pytest.fail("loaded the model first"))
+    monkeypatch.setattr(sys, "stdout", None)
+    rc, _, err = _cli(["translate", "--checkpoint", run["ckpt"], "--direction", "en-de", "--input", src], capsys)
+    assert rc == 2 and "output: standard output is closed; pass --output FILE" in err, err
+
+
 def test_translate_to_a_reader_that_closed_stdout_exits_0(run, tmp_path):
     import subprocess
     import sys
