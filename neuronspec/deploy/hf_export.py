@@ -118,10 +118,11 @@ def to_hf(model):
         activation_dropout=0.0, encoder_layerdrop=0.0, decoder_layerdrop=0.0, scale_embedding=True,
         pad_token_id=-1, bos_token_id=1, eos_token_id=2, decoder_start_token_id=2, tie_word_embeddings=True)
     hf = M2M100ForConditionalGeneration(config)
-    hf.load_state_dict(_hf_state(model, widths), strict=False)
-    missing = {k for k in hf.state_dict() if k not in _hf_state(model, widths)}
-    if missing - {"lm_head.weight", "model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight"}:
-        raise RuntimeError(f"M2M100 weights not set from the native model: {sorted(missing)[:4]}")
+    result = hf.load_state_dict(_hf_state(model, widths), strict=False)
+    tied = {"lm_head.weight", "model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight"}
+    if set(result.missing_keys) - tied or result.unexpected_keys:
+        raise RuntimeError(f"M2M100 weights do not match the native model: missing {result.missing_keys[:4]}, "
+                           f"unexpected {result.unexpected_keys[:4]}")
     return hf.eval(), widths
 
 
