@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +54,14 @@ def replace_folder(built: Path, final: Path) -> None:
 
 
 @contextmanager
-def built_folder(final: str | os.PathLike) -> Iterator[Path]:
-    """Yield an empty folder beside `final` to build a multi-file output in; on normal exit it
-    replaces `final` whole (replace_folder), on an error it is deleted and `final` is kept as
-    it was, so no reader ever sees old and new files mixed. A SIGKILL leaves only the hidden
-    ``.{name}.build-*`` folder."""
+def built_folder(final: str | os.PathLike, make: Callable[[Path], Path] | None = None) -> Iterator[Path]:
+    """Yield an empty folder beside `final` (made by `make(final)`, default a hidden
+    ``.{name}.build-*``) to build a multi-file output in; on normal exit it replaces `final`
+    whole (replace_folder), on an error it is deleted and `final` is kept as it was, so no
+    reader ever sees old and new files mixed. A SIGKILL leaves only the hidden folder."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    built = Path(tempfile.mkdtemp(prefix=f".{final.name}.build-", dir=final.parent))
+    built = make(final) if make else Path(tempfile.mkdtemp(prefix=f".{final.name}.build-", dir=final.parent))
     try:
         yield built
         replace_folder(built, final)

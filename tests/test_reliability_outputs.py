@@ -200,6 +200,24 @@ def test_analyze_interrupted_keeps_the_old_folder(run, tmp_path, monkeypatch):
     assert _snapshot(out) == before and [p.name for p in tmp_path.iterdir()] == ["an"]
 
 
+def test_a_killed_writers_build_folder_is_removed_by_the_next(run, tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from neuronspec.ops import load_layer_masks
+    from neuronspec.specialization.iou import write_analysis
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = "".join(c if c.isalnum() or c == "_" else "_" for c in socket.gethostname())
+    stale = tmp_path / f".an.tmp-{host}-{int(gone.stdout)}-abcd1234"
+    stale.mkdir()
+    (stale / "report.md").write_text("half")
+    masks, meta = load_layer_masks(run["masks"])
+    write_analysis(masks, tmp_path / "an", meta, heatmaps=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["an"]
+
+
 def test_compare_never_leaves_an_old_file_beside_a_new_one(tmp_path, monkeypatch):
     from neuronspec.nmt.compare import write_compare
 

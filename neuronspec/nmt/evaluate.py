@@ -8,8 +8,9 @@ scored separately when the data records kinds. Writes, into the output folder (a
 ``hyp.{split}.{src}-{tgt}.{tgt}`` (one hypothesis per line, in file order, only the scored
 lines), ``ref.{split}.{src}-{tgt}.{tgt}`` (their references), ``results.md`` and ``results.json``
 (with the sha256 of every other file, checked by ``--compare``). The folder is built beside
-and swapped in whole: an interrupted run leaves the old folder as it was. It may not hold an
-input, nor another checkpoint's evaluation or foreign files unless ``--overwrite``.
+(data.manifest.temp_folder) and swapped in whole: an interrupted run leaves the old folder as it
+was, and the build folder of one killed with SIGKILL is removed by the next evaluation. It may
+not hold an input, nor another checkpoint's evaluation or foreign files unless ``--overwrite``.
 ``--compare A B`` instead tests two such folders against each other (compare.py).
 """
 from __future__ import annotations
@@ -30,6 +31,7 @@ from ..atomic import built_folder, strict_json, write_atomic
 from ..checks import check_number
 from ..data.batching import tag_options
 from ..data.corpus import PreparedData, as_direction
+from ..data.manifest import remove_stale_temp_folders, temp_folder
 from ..data.languages import tier
 from ..files import check_output_folder, lines_text
 from .checkpoint import load_model
@@ -246,7 +248,8 @@ def evaluate_checkpoint(ckpt: str | os.PathLike, data: str | os.PathLike | None 
                 masked=bool(ck.get("masks")), out_dir=str(out))
     if not write:
         return {**evaluate_model(model, pdata, split, **kw), **info}
-    with built_folder(out) as built:
+    remove_stale_temp_folders(out)  # of an evaluation killed with SIGKILL
+    with built_folder(out, temp_folder) as built:
         res = {**evaluate_model(model, pdata, split, hyp_dir=built, **kw), **info}
         write_atomic(built / "results.md", to_markdown(res))
         files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(built.iterdir())}

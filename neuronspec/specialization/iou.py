@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from neuronspec.data import languages
+from neuronspec.data.manifest import remove_stale_temp_folders, temp_folder
 
 from neuronspec.atomic import built_folder, save_figure_atomic, strict_json, write_atomic
 from neuronspec.files import check_output_folder
@@ -267,10 +268,12 @@ def write_analysis(masks: dict[str, TaskMasks], out: str | os.PathLike, meta: di
                    pivot: str = "en", heatmaps: bool = True, truncate: bool = False) -> dict:
     """Analyze, then write iou.json, report.md, mean_iou.png and heatmaps into a folder built
     beside `out` that replaces it whole (atomic.built_folder: never old heatmaps beside a new
-    report, an interrupted run leaves `out` as it was)."""
+    report, an interrupted run leaves `out` as it was; a SIGKILLed one's build folder is removed
+    here)."""
     result = analyze(masks, pivot, truncate)
     k_label = f"(k={meta['k']})" if meta and "k" in meta else ""
-    with built_folder(out) as built:
+    remove_stale_temp_folders(out)
+    with built_folder(out, temp_folder) as built:
         if heatmaps:
             for layer, entry in result["layers"].items():
                 plot_heatmap(entry["iou"], result["names"], f"IoU, {layer}",
