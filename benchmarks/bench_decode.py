@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     batches = [torch.randint(4, masked.cfg.vocab_size, (args.sentences, args.src_len), generator=g)
                for _ in range(args.batches)]
     device = torch.device("cpu")
+    meta = tm.machine_info(device)  # the load average before the rounds
     rows = []
     for beam in beams:
         fns = {"dense": decoder(dense, batches, beam, num_tasks), "masked": decoder(masked, batches, beam, num_tasks),
@@ -117,7 +118,6 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"beam": beam, "provider": name, "median_s": tm.sig(s.median), "q1_s": tm.sig(s.q1),
                          "q3_s": tm.sig(s.q3), "speedup_vs_dense": tm.sig(ratio[0], 3),
                          "speedup_q1": tm.sig(ratio[1], 3), "speedup_q3": tm.sig(ratio[2], 3)})
-    meta = tm.machine_info(device)
     meta.update(benchmark="decode", models=what, batches=args.batches, sentences=args.sentences,
                 src_len=args.src_len, rounds=args.rounds, load_avg_end=[round(v, 2) for v in os.getloadavg()])
     md = (f"# Decoding: masked vs dense\n\n{tm.device_label(meta)}; {what}; {args.batches} batches × "
