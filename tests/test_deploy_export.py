@@ -197,3 +197,22 @@ def test_hf_export_cli_prunes_a_wrapped_m2m100(tmp_path, capsys):
     assert main(["hf", "export", "--model", str(tmp_path / "m"), "--direction", "en-de", "--masks",
                  str(tmp_path / "none.pt"), "--out", str(tmp_path / "q")]) == 2
     assert "masks: no such file" in capsys.readouterr().err
+
+
+def test_export_never_replaces_a_folder_it_does_not_own(ckpts, tmp_path, capsys):
+    """--out is replaced as a whole: a folder holding the inputs, or other files, is refused and
+    left as it was; an earlier export is replaced."""
+    ckpt, root = ckpts[0]["relu"], ckpts[1]
+    before = sorted(p.name for p in root.iterdir())
+    for out, match in ((root, "holds the input"), (root / "prep", "other files")):
+        assert main(["export", "--checkpoint", ckpt, "--direction", "en-de", "--out", str(out)]) == 2
+        assert match in capsys.readouterr().err
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    for fmt in ("native", "hf"):
+        assert main(["export", "--checkpoint", ckpt, "--direction", "en-de", "--format", fmt, "--out", str(other)]) == 2
+        assert "other files" in capsys.readouterr().err
+    assert (other / "notes.txt").read_text() == "keep me" and sorted(p.name for p in root.iterdir()) == before
+    for _ in range(2):  # the second run replaces the first export
+        assert main(["export", "--checkpoint", ckpt, "--direction", "en-de", "--out", str(tmp_path / "e")]) == 0

@@ -38,13 +38,14 @@ from typing import Sequence
 
 import torch
 
-from ..atomic import check_writable_folder, replace_folder, strict_json, write_atomic
+from ..atomic import replace_folder, strict_json, write_atomic
 from ..data.batching import tag_layout, tag_options
 from ..data.corpus import as_direction, direction_name
 from ..data.placeholders import protect, restore
 from ..nmt.decode import direction_tasks
 from ..nmt.evaluate import load_for_decoding
 from .native import kept_neurons, prune_model
+from .outdir import check_out
 from .prune import padded_width
 
 RECORD = "neuronspec_export.json"
@@ -130,9 +131,9 @@ def export_hf_folder(checkpoint: str | os.PathLike, out: str | os.PathLike, dire
                      data: str | os.PathLike | None = None) -> dict:
     """Write ``checkpoint`` (dense, or pruned for ``direction``) as an M2M100 folder with its
     tokenizer to ``out`` (replaced atomically); returns the export record."""
-    out = Path(out)
-    check_writable_folder(out, "out")
+    out = check_out(out, RECORD, [checkpoint, data])
     model, ck, pdata = load_for_decoding(checkpoint, data, "cpu")
+    check_out(out, RECORD, [pdata.root])
     record = {"format": "neuronspec-hf/1",
               "source": {"checkpoint": os.path.abspath(checkpoint), "sha256": ck.get("sha256"), "step": ck.get("step")},
               **tag_options(ck.get("config")), "pad_token_id": pdata.tokenizer.pad,

@@ -21,10 +21,11 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import check_writable_folder, replace_folder, strict_json, write_atomic
+from ..atomic import replace_folder, strict_json, write_atomic
 from ..files import digest
 from ..hf.wrap import MASKS_FILE, FusedFFN, Specialization, wrap
 from ..ops import load_layer_masks
+from .outdir import check_out
 from .prune import padded_width, prune_ffn, prune_glu
 
 RECORD = "neuronspec_export.json"
@@ -118,8 +119,7 @@ def export_hf(model_path: str | os.PathLike, direction: str, out: str | os.PathL
     save_pretrained's folder, the tokenizer and neuronspec_export.json to ``out`` (atomically)."""
     import transformers  # the optional extra neuronspec[hf]
 
-    out = Path(out)
-    check_writable_folder(out, "out")
+    out = check_out(out, RECORD, [model_path, masks])
     mpath = Path(masks) if masks is not None else Path(model_path) / MASKS_FILE
     mpath = mpath / MASKS_FILE if mpath.is_dir() else mpath
     if not mpath.is_file():

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import check_writable_folder, replace_folder, strict_json, write_atomic
+from ..atomic import replace_folder, strict_json, write_atomic
 from ..data.binarize import TOKENIZER_FILE
 from ..data.corpus import META_FILE, as_direction, direction_name
 from ..nmt.checkpoint import load_model, save_checkpoint
@@ -35,6 +35,7 @@ from ..nmt.decode import direction_tasks
 from ..nmt.evaluate import load_for_decoding
 from ..nmt.model import Transformer
 from ..ops import SpecializedFFN
+from .outdir import check_out
 from .prune import padded_width, prune_ffn
 
 CHECKPOINT, RECORD, DATA = "checkpoint.pt", "export.json", "data"
@@ -95,10 +96,10 @@ def export_native(checkpoint: str | os.PathLike, direction, out: str | os.PathLi
                   data: str | os.PathLike | None = None) -> dict:
     """Write the pruned export of ``direction`` of ``checkpoint`` to the folder ``out`` (module
     docstring; replaced as a whole, atomically) and return its record."""
-    out = Path(out)
-    check_writable_folder(out, "out")
+    out = check_out(out, RECORD, [checkpoint, data])
     direction = as_direction(direction)
     model, ck, pdata = load_for_decoding(checkpoint, data, "cpu")
+    check_out(out, RECORD, [pdata.root])
     if not model.masks():
         raise ValueError(f"checkpoint: {os.fspath(checkpoint)} has no masks; a dense model has nothing to prune "
                          "(export a specialized checkpoint, or use --format hf for the dense model)")
