@@ -51,7 +51,7 @@ def test_prune_glu_equals_masked_glu(activation, biases):
 def test_fold_is_needed():
     """Without the folded constant the pruned FFN would differ (the biases matter here)."""
     torch.manual_seed(2)
-    x, w1, b1, w2, b2 = _randn(5, 8), _randn(16, 8), _randn(16) + 1.0, _randn(8, 16), _randn(8)
+    w1, b1, w2, b2 = _randn(16, 8), _randn(16) + 1.0, _randn(8, 16), _randn(8)
     masks = _masks(16)
     _, _, _, q2 = prune_ffn(w1, b1, w2, b2, masks.active(0), "relu")
     assert (q2 - b2).abs().max() > 1e-3
