@@ -54,6 +54,11 @@ def refuse_tuner(module: nn.Module, where: str) -> None:
                          "FFNs (gate/up/down_proj): target the attention projections of fc1/fc2 models instead")
 
 
+def _base(module: nn.Module) -> nn.Module:
+    """The nn.Linear under a PEFT tuner layer (the module itself otherwise)."""
+    return module.get_base_layer() if tuner_name(module) and hasattr(module, "get_base_layer") else module
+
+
 def linear_params(module: nn.Module, where: str) -> tuple[torch.Tensor, torch.Tensor | None] | None:
     """(weight [out, in], bias [out] or None) that `module` applies as x Wᵀ + b: an nn.Linear's
     own, a LoRA layer's effective weight, or None for a tuner the op cannot express (the caller
@@ -62,7 +67,7 @@ def linear_params(module: nn.Module, where: str) -> tuple[torch.Tensor, torch.Te
         if not isinstance(module, nn.Linear):
             raise ValueError(f"model: {where} is a {type(module).__name__}, expected an nn.Linear or a PEFT tuner")
         return module.weight, module.bias
-    base = module.get_base_layer() if hasattr(module, "get_base_layer") else None
+    base = _base(module)
     if not isinstance(base, nn.Linear) or not hasattr(module, "get_delta_weight"):
         return None
     weight = base.weight
@@ -151,9 +156,7 @@ class SpecializedGLU(_SpecializedBase):
         self.fused = hasattr(mlp, "gate_up_proj")
         for attr in self.linear_names():
             setattr(self, attr, getattr(mlp, attr))
-        f = self.down_proj.in_features if hasattr(self.down_proj, "in_features") else \
-            self.down_proj.get_base_layer().in_features
-        self._setup(spec, name, stack, f, activation)
+        self._setup(spec, name, stack, _base(self.down_proj).in_features, activation)
 
     def linear_names(self) -> tuple[str, ...]:
         return ("gate_up_proj", "down_proj") if self.fused else ("gate_proj", "up_proj", "down_proj")
@@ -180,7 +183,7 @@ class SpecializedGLU(_SpecializedBase):
         so neither its weights nor a tuner contribute or get gradient there."""
         g, u = self._gate_up(x)
         keep = self.masks.to_dense().to(x.device)[self._task(x)]  # [f] or [..., f]
-        base = [getattr(getattr(self, a), "base_layer", getattr(self, a)).bias for a in self.linear_names()[:-1]]
+        base = [_base(getattr(self, a)).bias for a in self.linear_names()[:-1]]
         if self.fused:
             f = self.num_neurons
             base = [None, None] if base[0] is None else [base[0][:f], base[0][f:]]
