@@ -266,7 +266,7 @@ class DemoConfig:
         if not 0 < self.dense_share < 1:
             raise ValueError(f"dense_share: must lie in (0, 1), got {self.dense_share!r}")
         check_int("max_tokens", self.max_tokens, 1, allow_none=True)
-        for name in ("dense_steps", "extra_steps"):
+        for name in ("dense_steps", "extra_steps", "threads"):
             check_int(name, getattr(self, name), 1, allow_none=True)
         if self.minutes is None:
             self.dense_steps = self.dense_steps or DENSE_STEPS

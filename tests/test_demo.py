@@ -85,7 +85,7 @@ def test_default_demo_trains_fixed_steps_with_the_tiny_recipe(tmp_path):
     assert (budget.dense_steps, budget.extra_steps) == (None, None)
     for bad, match in ((dict(minutes=0), "minutes: must be a finite number > 0"),
                        (dict(minutes=math.nan), "minutes"), (dict(max_tokens=0), "max_tokens: must be an int >= 1"),
-                       (dict(dense_steps=0), "dense_steps")):
+                       (dict(dense_steps=0), "dense_steps"), (dict(threads=0), "threads: must be an int >= 1")):
         with pytest.raises(ValueError, match=match):
             DemoConfig(tmp_path, **bad)
 
