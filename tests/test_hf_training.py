@@ -326,7 +326,7 @@ def test_save_pretrained_writes_masks_and_load_restores_them(kind, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded.eval()(**inputs, task_ids=[0, 2, 1, 0]).logits, want)
     with pytest.warns(UserWarning, match="as a dense model .*neuronspec.hf.load"):
-        dense = type(model).from_pretrained(tmp_path)
+        dense = type(model).from_pretrained(pretrained_model_name_or_path=tmp_path)
     with torch.no_grad():
         assert not torch.allclose(dense.eval()(**inputs).logits, want)
     state = torch.load(tmp_path / MASKS_FILE, weights_only=True)  # a changed entry, checksum as it was

@@ -6,7 +6,8 @@ the optional extra `pip install neuronspec[hf]`.
 """
 from .collator import DirectionCollator
 from .ffn import FusedFFN, Passthrough, SpecializedGLU
-from .saving import load, warn_on_plain_load_if_loaded
+from .marker import warn_on_plain_load_if_loaded
+from .saving import load
 from .wrap import Specialization, family, wrap
 
 __all__ = ["wrap", "load", "Specialization", "DirectionCollator", "MasksCallback", "FusedFFN", "SpecializedGLU",

@@ -32,7 +32,7 @@ from neuronspec.files import save_file
 from neuronspec.ops import load_layer_masks, save_layer_masks
 from neuronspec.specialization.record import FORMAT, VERSION
 
-from .saving import warn_on_plain_load
+from .marker import warn_on_plain_load
 from .wrap import MASKS_FILE, Specialization, wrap
 
 log = logging.getLogger(__name__)

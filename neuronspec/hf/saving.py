@@ -1,49 +1,18 @@
 """A specialized model's folder (docs/design.md §9): `save_pretrained` of a wrapped model writes
 the weights, `neuronspec_masks.pt` (checksummed, neuronspec.files) and a "neuronspec" entry in
 config.json; `load(folder)` restores model, wrap and masks in one call. A plain
-`from_pretrained` of such a folder warns that the model it returns is dense (once
-`neuronspec.hf` has seen transformers loaded: `warn_on_plain_load`).
+`from_pretrained` of such a folder warns that the model it returns is dense (hf/marker.py).
 """
 from __future__ import annotations
 
-import functools
 import os
-import sys
 import warnings
 from pathlib import Path
 
 from neuronspec.ops import load_layer_masks
 
-from .wrap import CONFIG_MARK, Specialization, wrap
-
-DENSE_WARNING = "neuronspec: {cls} loaded {path!r}, saved with per-direction masks, as a dense model " \
-                "(masks not applied); load it with neuronspec.hf.load(path)"
-
-
-def warn_on_plain_load() -> None:
-    """Make `PreTrainedModel.from_pretrained` warn when the config it loads has the "neuronspec"
-    entry (idempotent; needs transformers)."""
-    from transformers import PreTrainedModel
-
-    original = PreTrainedModel.from_pretrained.__func__
-    if getattr(original, "_neuronspec_warns", False):
-        return
-
-    @functools.wraps(original)
-    def from_pretrained(cls, path, *args, **kwargs):
-        model = original(cls, path, *args, **kwargs)
-        if getattr(getattr(model, "config", None), CONFIG_MARK, None):
-            warnings.warn(DENSE_WARNING.format(cls=cls.__name__, path=os.fspath(path)), UserWarning, stacklevel=2)
-        return model
-
-    from_pretrained._neuronspec_warns = True
-    PreTrainedModel.from_pretrained = classmethod(from_pretrained)
-
-
-def warn_on_plain_load_if_loaded() -> None:
-    """`warn_on_plain_load` when transformers' models are imported already (no import here)."""
-    if "transformers.modeling_utils" in sys.modules:
-        warn_on_plain_load()
+from .marker import CONFIG_MARK, warn_on_plain_load
+from .wrap import Specialization, wrap
 
 
 def load(path: str | os.PathLike, model_class=None, backend: str | None = None, **kwargs):

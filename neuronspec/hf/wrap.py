@@ -46,10 +46,10 @@ from torch import nn
 from neuronspec.ops import TaskMasks, load_layer_masks, save_layer_masks
 
 from . import calls
+from .marker import CONFIG_MARK, warn_on_plain_load_if_loaded
 from .ffn import HF_ACTIVATIONS, FusedFFN, Passthrough, SpecializedGLU, _SpecializedBase, refuse_tuner, tuner_name
 
 MASKS_FILE = "neuronspec_masks.pt"  # beside the model's own files (save_pretrained's folder)
-CONFIG_MARK = "neuronspec"  # config.json entry of a folder saved with masks (hf/saving.py)
 FC_FAMILIES = ("m2m_100", "mbart", "marian")
 # gated families → the config field their mlp's activation comes from
 GLU_FAMILIES = {"llama": "hidden_act", "mistral": "hidden_act", "qwen2": "hidden_act", "qwen3": "hidden_act",
@@ -433,7 +433,5 @@ class Specialization:
 def wrap(model: nn.Module, directions: Sequence[str], mask_bias: bool = False,
          backend: str | None = None) -> Specialization:
     """Wrap `model` in place (module docstring) and return its Specialization handle."""
-    from .saving import warn_on_plain_load_if_loaded  # saving imports this module
-
     warn_on_plain_load_if_loaded()
     return Specialization(model, directions, mask_bias, backend)
