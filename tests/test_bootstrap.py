@@ -79,3 +79,19 @@ def test_bad_inputs_are_named():
         bs.paired_test_stats({"bleu": (np.ones((2, 10)), np.ones((3, 10)))})
     with pytest.raises(ValueError, match="unknown metric"):
         bs.new_metric("ter")
+
+
+def test_compare_pooled_directions_equal_sacrebleu_on_the_concatenation():
+    """evaluate --compare's pooled test (statistics stacked per direction) = PairedTest on all lines."""
+    from neuronspec.nmt import compare
+
+    parts = [_systems(n, seed, 0.4, 0.33) for n, seed in ((40, 8), (75, 9), (1, 10))]
+    stats = [compare.line_stats(a, b, r) for a, b, r in parts]
+    got = compare.paired_test_from_stats(compare._pool(stats), identical=False, n_samples=400)
+    a, b, refs = (sum((list(p[i]) for p in parts), []) for i in range(3))
+    want = _sacrebleu(a, b, refs, 400)
+    assert [got[f"p_{m}"] for m in want] == [p for _, _, p in want.values()]
+    assert [got[f"{m}_b"] for m in want] == pytest.approx([s for _, s, _ in want.values()], abs=1e-9)
+    assert compare.paired_test(a, b, refs, 400)["p_chrf"] == want["chrf"][2]
+    with pytest.raises(ValueError, match="no lines"):
+        compare.paired_test([], [], [])
