@@ -101,7 +101,7 @@ def two_tokenizers(tmp_path_factory):
     return prep, other, ckpt
 
 
-def test_resume_and_init_from_refuse_another_tokenizer(two_tokenizers, tmp_path):
+def test_resume_init_from_and_record_refuse_another_tokenizer(two_tokenizers, tmp_path):
     prep, other, ckpt = two_tokenizers
     run = tmp_path / "run"
     shutil.copytree(os.path.dirname(ckpt), run)
@@ -109,6 +109,11 @@ def test_resume_and_init_from_refuse_another_tokenizer(two_tokenizers, tmp_path)
         train(_cfg(other, run, max_steps=3), resume=True)
     with pytest.raises(ValueError, match="prepared with another tokenizer"):
         train(_cfg(other, tmp_path / "init"), init_from=ckpt)
+    from neuronspec.specialization.record import record
+
+    with pytest.raises(ValueError, match="prepared with another tokenizer"):
+        record(ckpt, other, tmp_path / "counts.pt", max_sentences=4, device="cpu")
+    assert not (tmp_path / "counts.pt").exists()
     assert torch.load(ckpt, weights_only=True)["data"]["tokenizer_sha256"] == PreparedData(prep).tokenizer_sha256
 
 

@@ -31,7 +31,7 @@ from neuronspec.data.batching import eval_batches, tag_options
 from neuronspec.data.corpus import PreparedData, direction_name
 from neuronspec.checks import check_int
 from neuronspec.files import check_output_file, load_file, save_file
-from neuronspec.nmt.checkpoint import load_model as load_trained
+from neuronspec.nmt.checkpoint import check_tokenizer, load_model as load_trained
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,7 @@ def record(checkpoint: str | os.PathLike, data: str | os.PathLike, out: str | os
     if trained is not None and list(trained) != directions:
         raise ValueError(f"data: directions {directions[:4]}... differ from the checkpoint's {list(trained)[:4]}...; "
                          "record with the prepared folder the model was trained on")
+    check_tokenizer(state, prep)
     tags = tag_options(state.get("config"))
     empty = [n for d, n in zip(prep.directions, directions) if prep.num_examples(split, d) == 0]
     if empty:
