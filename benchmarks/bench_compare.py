@@ -6,7 +6,7 @@ or drop 30 % and 27 % of the words. Each engine runs in its own process (wall ti
 from wait4) doing what `evaluate --compare` does: BLEU and chrF++, per direction and pooled over all
 directions, 1000 resamples. sacrebleu is run side by side on a subset (--baseline-directions) because
 on the full size it does not finish in 15 minutes; the ratio is measured on that subset, with p-values
-checked equal. Writes a JSON with every number (--out).
+checked equal. Ours extracts the statistics in one process per CPU. Writes a JSON with every number (--out).
 
     python benchmarks/bench_compare.py                       # 60 x 2000 ours, 3 x 2000 both
     python benchmarks/bench_compare.py --directions 4 --lines 300 --baseline-directions 4   # quick
@@ -51,7 +51,8 @@ def make_texts(directions: int, lines: int, seed: int = 0) -> dict[str, tuple[li
 def run_ours(texts, n_samples: int) -> dict:
     from neuronspec.nmt import bootstrap as bs
 
-    stats = {d: {m: tuple(bs.line_stats(m, [a, b], r)) for m in bs.METRICS} for d, (a, b, r) in texts.items()}
+    many = bs.line_stats_many([((a, b), r) for a, b, r in texts.values()])
+    stats = {d: {m: tuple(v) for m, v in s.items()} for d, s in zip(texts, many)}
     rows = {d: bs.paired_test_stats(s, n_samples) for d, s in stats.items()}
     pooled = {m: tuple(np.concatenate([s[m][i] for s in stats.values()]) for i in (0, 1)) for m in bs.METRICS}
     rows["pooled"] = bs.paired_test_stats(pooled, n_samples)

@@ -95,3 +95,22 @@ def test_compare_pooled_directions_equal_sacrebleu_on_the_concatenation():
     assert compare.paired_test(a, b, refs, 400)["p_chrf"] == want["chrf"][2]
     with pytest.raises(ValueError, match="no lines"):
         compare.paired_test([], [], [])
+
+
+def test_line_stats_reuses_equal_lines_and_parallel_extraction_is_the_same():
+    a, b, refs = _systems(1200, 11, 0.4, 0.3)
+    b[::3] = a[::3]  # a third of the lines equal: taken from A's statistics
+    for m in bs.METRICS:
+        one = bs.line_stats(m, [a, b], refs)
+        alone = [bs.line_stats(m, [s], refs)[0] for s in (a, b)]
+        np.testing.assert_array_equal(one[0], alone[0])
+        np.testing.assert_array_equal(one[1], alone[1])
+    jobs = [((a[:700], b[:700]), refs[:700]), ((a[700:], b[700:]), refs[700:]), ((a[:5], b[:5]), refs[:5])]
+    serial = [bs._job_stats(j) for j in jobs]
+    parallel = bs.line_stats_many(jobs, workers=2)  # 1,405 lines: below the pool's threshold
+    many = bs.line_stats_many(jobs * 2, workers=2)  # 2,810 lines: in two processes
+    for got in (parallel, many[:3], many[3:]):
+        for s, g in zip(serial, got):
+            for m in bs.METRICS:
+                np.testing.assert_array_equal(s[m][0], g[m][0])
+                np.testing.assert_array_equal(s[m][1], g[m][1])

@@ -46,15 +46,43 @@ def sacrebleu_seed() -> int | None:
 
 def line_stats(metric_name: str, systems: Sequence[Sequence[str]], refs: Sequence[str]) -> list[np.ndarray]:
     """[(N, S) int64 per system]: the metric's sufficient statistics of each line (one reference per
-    line), the references' n-grams extracted once for all systems."""
+    line). The references' n-grams are extracted once for all systems, and a line whose hypothesis
+    equals the first system's is not extracted again."""
     for i, hyps in enumerate(systems):
         if len(hyps) != len(refs):
             raise ValueError(f"line_stats: system {i} has {len(hyps)} hypotheses vs {len(refs)} references")
     metric = new_metric(metric_name)
     if not refs:
         return [np.zeros((0, 0), dtype=np.int64) for _ in systems]
-    metric._ref_cache = metric._cache_references([list(refs)])
-    return [np.asarray(metric._extract_corpus_statistics(list(hyps), None), dtype=np.int64) for hyps in systems]
+    cache = metric._cache_references([list(refs)])
+    metric._ref_cache = cache
+    out = [np.asarray(metric._extract_corpus_statistics(list(systems[0]), None), dtype=np.int64)]
+    for hyps in systems[1:]:
+        stats = out[0].copy()
+        todo = [i for i, (h, h0) in enumerate(zip(hyps, systems[0])) if h != h0]
+        if todo:
+            metric._ref_cache = [cache[i] for i in todo]
+            stats[todo] = np.asarray(metric._extract_corpus_statistics([hyps[i] for i in todo], None), dtype=np.int64)
+        out.append(stats)
+    return out
+
+
+def line_stats_many(jobs: Sequence[tuple[Sequence[Sequence[str]], Sequence[str]]],
+                    workers: int | None = None) -> list[dict[str, list[np.ndarray]]]:
+    """line_stats of every metric for each (systems, refs) job, in `workers` processes (default:
+    the CPUs; extraction is pure Python, so processes are what makes it parallel)."""
+    workers = min(workers or os.cpu_count() or 1, len(jobs))
+    if workers <= 1 or sum(len(r) for _, r in jobs) < 2000:
+        return [_job_stats(job) for job in jobs]
+    import multiprocessing as mp
+
+    with mp.get_context("fork").Pool(workers) as pool:
+        return pool.map(_job_stats, jobs, chunksize=1)
+
+
+def _job_stats(job) -> dict[str, list[np.ndarray]]:
+    systems, refs = job
+    return {m: line_stats(m, systems, refs) for m in METRICS}
 
 
 def corpus_score(metric, stats: np.ndarray) -> float:

@@ -128,13 +128,17 @@ def compare(folder_a: str | os.PathLike, folder_b: str | os.PathLike, n_samples:
     if not common:
         raise ValueError("compare: the two folders share no direction")
     pivot = res_a.get("pivot", "en")
-    rows, pools = {}, {"supervised": [], "zero-shot": []}
     for d in common:
         (ha, ra), (hb, rb) = texts_a[d], texts_b[d]
         if ra != rb:
             raise ValueError(f"compare: direction {d} was scored on different lines in the two folders "
                              f"({len(ra)} vs {len(rb)} references); evaluate both with the same --max-sentences")
-        stats, identical = line_stats(ha, hb, ra), ha == hb
+        if not ra:
+            raise ValueError(f"compare: direction {d} has no lines in {folder_a}")
+    all_stats = bootstrap.line_stats_many([((texts_a[d][0], texts_b[d][0]), texts_a[d][1]) for d in common])
+    rows, pools = {}, {"supervised": [], "zero-shot": []}
+    for d, stats in zip(common, all_stats):
+        stats, identical = {m: tuple(v) for m, v in stats.items()}, texts_a[d][0] == texts_b[d][0]
         rows[d] = paired_test_from_stats(stats, identical, n_samples)
         pools["supervised" if pivot in d.split("-") else "zero-shot"].append((stats, identical))
     pooled = {k: paired_test_from_stats(_pool([s for s, _ in p]), all(i for _, i in p), n_samples)
