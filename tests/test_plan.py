@@ -263,6 +263,10 @@ def test_prefer_gather_follows_the_measured_regimes():
     assert routing.prefer_gather("cpu", True, 0.5, 256, 1024, 2048, 16)  # 64 rows saved per task
     assert not routing.prefer_gather("cpu", True, 0.9, 256, 1024, 2048, 16)  # 12.8
     assert not routing.prefer_gather("cpu", True, 0.9, 512, 2048, 4096, 8)  # 51: measured 0.91x vs 1.00x
+    for dtype in (torch.bfloat16, torch.float16):  # oneDNN: a new primitive per (N, width) shape
+        assert not routing.prefer_gather("cpu", False, 0.25, 256, 1024, 800, 1, dtype)
+        assert not routing.prefer_gather("cpu", True, 0.25, 512, 2048, 4096, 8, dtype)
+    assert routing.prefer_gather("cpu", False, 0.25, 256, 1024, 800, 1, torch.float32)
 
 
 def test_auto_takes_both_paths_and_matches_the_reference():
@@ -272,6 +276,7 @@ def test_auto_takes_both_paths_and_matches_the_reference():
     tensors, _, ids = random_problem(2, 80, 16, 40, 3, dtype=torch.float64)
     masks = random_masks(gen, 3, 40, 0.9)
     tables = mask_tables(masks.indices, masks.offsets, 40)
+    assert routing.auto_backend(tables, 1, tensors[0].bfloat16()) == "maskmul"  # CPU bf16: never gathers
     for task_ids, want_backend in ((1, "torch"), (ids, "maskmul")):
         task = task_ids if isinstance(task_ids, int) else -1
         assert routing.auto_backend(tables, task, tensors[0]) == want_backend

@@ -10,7 +10,7 @@ never slower than the original method:
   gather + cuBLAS beat dense for homogeneous batches on the llm FFN (d·f = 4096·14336) at
   p = 0.25 / 0.5 (2.21× / 1.33× wall clock); it lost on base and big FFNs (host-bound, 0.36–0.42×)
   and for every mixed batch (grouped kernels 0.24–0.72×). Everything else goes to `maskmul`.
-* CPU — see prefer_gather (measured with benchmarks/bench_plain_call.py).
+* CPU — see prefer_gather (measured with benchmarks/bench_plain_call.py and the trainer).
 """
 from __future__ import annotations
 
@@ -28,11 +28,13 @@ def auto_backend(tables, task: int, x: torch.Tensor) -> str:
     known on the device only, computed at the widest task's width)."""
     mixed = task == -1
     kept = tables.kept(task if task >= 0 else None)
-    gather = prefer_gather(x.device.type, mixed, kept, x.shape[1], tables.num_neurons, x.shape[0], tables.num_tasks)
+    gather = prefer_gather(x.device.type, mixed, kept, x.shape[1], tables.num_neurons, x.shape[0], tables.num_tasks,
+                           x.dtype)
     return "torch" if gather else "maskmul"
 
 
-def prefer_gather(device_type: str, mixed: bool, kept: float, d: int, f: int, n: int, num_tasks: int) -> bool:
+def prefer_gather(device_type: str, mixed: bool, kept: float, d: int, f: int, n: int, num_tasks: int,
+                  dtype: torch.dtype = torch.float32) -> bool:
     """Whether gathering the active neurons was measured faster than the dense mask-multiply
     in this regime (kept: the task's kept fraction, the largest one for a mixed batch).
 
@@ -46,7 +48,16 @@ def prefer_gather(device_type: str, mixed: bool, kept: float, d: int, f: int, n:
     1.38 / 0.93 at p = 0.5; 8 tasks, 512 tokens each (512/2048): 3.40 / 1.00 at p = 0.25,
     1.80 / 1.00 at p = 0.5, 1.22 / 1.01 at p = 0.75, 0.91 / 1.00 at p = 0.9 (51 rows saved per
     task; benchmarks/results/cpu/issue20). They gather when the rows saved per task,
-    (1 − p) · N / T, reach CPU_MIN_SAVED_ROWS."""
+    (1 − p) · N / T, reach CPU_MIN_SAVED_ROWS.
+
+    CPU in bf16/fp16 (autocast on CPUs with AVX512-BF16): never. oneDNN builds a GEMM primitive
+    for every new (N, width) shape, ~5 ms each (800x256 @ 256x~900: 5.6 ms/call with a new shape
+    each call, 0.44 ms cached; fp32 1.41 vs 1.40), and gathering makes one width per layer and
+    direction while training batches change N every step, so the cache thrashes: the trainer at
+    the demo's masks (p 0.89, 2 threads, 75 steps) took 22.4–22.6 s gathering, 14.0–14.9 s with
+    maskmul, 13.2–14.1 s dense (2026-12-07, benchmarks/results/cpu/issue32-bf16-routing.md)."""
     if device_type == "cuda":
         return not mixed and kept <= CUDA_MAX_KEPT and d * f >= CUDA_MIN_DF and n >= CUDA_MIN_TOKENS
+    if dtype in (torch.bfloat16, torch.float16):
+        return False
     return not mixed or (1.0 - kept) * n / num_tasks >= CPU_MIN_SAVED_ROWS
