@@ -389,6 +389,29 @@ def test_translate_applies_the_directions_masks(m2m, tmp_path):
         pipeline.translate(model, tok, src, "fr-en", masks=tmp_path)
 
 
+def test_hf_cli_keeps_line_counts_and_never_writes_over_an_input(m2m, tmp_path):
+    """hf translate: one output line per input line by the \\n rule (a lone \\r, U+2028 and a
+    form feed stay inside their line), the output never an input; hf record: --out never an input."""
+    from neuronspec.cli import main
+
+    src = tmp_path / "in.en"
+    src.write_bytes("the cat\rsits\na dog\u2028runs\n\x0cthe house\n".encode("utf-8"))
+    out = tmp_path / "out.de"
+    argv = ["hf", "translate", "--model", str(m2m[0]), "--direction", "en-de", "--input", str(src), "--dense",
+            "--beam", "1", "--max-new-tokens", "3"]
+    assert main(argv + ["--output", str(out)]) == 0
+    assert out.read_bytes().count(b"\n") == 3
+    assert main(argv + ["--output", str(out)]) == 2  # an existing file: --overwrite names the intent
+    assert main(argv + ["--output", str(out), "--overwrite"]) == 0
+    before = src.read_bytes()
+    assert main(argv + ["--output", str(src), "--overwrite"]) == 2 and src.read_bytes() == before
+    data_file = next((m2m[1]).iterdir())
+    before = data_file.read_bytes()
+    assert main(["hf", "record", "--model", str(m2m[0]), "--data", str(m2m[1]), "--directions", "en-de",
+                 "--out", str(data_file)]) == 2
+    assert data_file.read_bytes() == before
+
+
 def test_example_script_runs_end_to_end(tmp_path):
     import importlib.util
     from pathlib import Path

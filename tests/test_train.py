@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from _nmt_cases import TINY_MODEL, prepare
-from neuronspec.demo import DEFAULT_LANGS as DEMO_LANGS
+from neuronspec.demo import DEFAULT_LANGS as DEMO_LANGS, FULL_LANGS as DEMO_FULL_LANGS
 from neuronspec.nmt.checkpoint import load_checkpoint, load_model
 from neuronspec.nmt.config import TINY_BUILTIN_LANGS, TrainConfig
 from neuronspec.nmt.schedule import InverseSqrtSchedule, LinearDecaySchedule
@@ -133,7 +133,8 @@ def test_bad_config():
     assert TrainConfig.from_dict(old).lr_scheduler == "inverse_sqrt"  # and the lr fell as 1/sqrt(step)
     # tiny on the built-in corpus: a language subset unless asked for ["all"]; a given corpus: all of it
     assert TrainConfig().langs == list(TINY_BUILTIN_LANGS) and TrainConfig(langs=["all"]).langs == ["all"]
-    assert ",".join(TINY_BUILTIN_LANGS) == DEMO_LANGS  # one documented subset for tiny runs
+    assert ",".join(TINY_BUILTIN_LANGS) == DEMO_FULL_LANGS  # one documented subset for tiny runs
+    assert set(DEMO_LANGS.split(",")) < set(TINY_BUILTIN_LANGS)  # the default demo: 4 of them
     assert TrainConfig(corpus="c", max_steps=1).langs is None and TrainConfig(preset="base", max_steps=1).langs is None
     for bad in (["all", "de"], []):
         with pytest.raises(ValueError, match="langs"):

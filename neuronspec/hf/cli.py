@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from neuronspec.atomic import write_atomic
-from neuronspec.data.corpus import iter_lines
+from neuronspec.files import check_output_file
+from neuronspec.nmt.translate import read_lines, write_lines
 from neuronspec.specialization.record import summary
 
 from . import pipeline
@@ -57,6 +57,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--direction", required=True, help="e.g. en-de")
     p.add_argument("--input", required=True, help="one sentence a line ('-' = stdin)")
     p.add_argument("--output", default=None, help="hypotheses file (default: stdout)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     p.add_argument("--masks", default=None,
                    help="masks file or folder (default: the model folder's neuronspec_masks.pt if present)")
     p.add_argument("--dense", action="store_true", help="ignore masks (the dense model)")
@@ -84,6 +85,14 @@ def run(args) -> int:
               f"per-layer widths, {p['source']:,} in the source; wrote {args.out}")
         return 0
     codes = pipeline.parse_lang_codes(args.lang_codes)
+    if args.hf_command == "record":
+        check_output_file(args.out, "out", [args.model, args.data], kind="counts")
+    elif args.hf_command == "translate":
+        if args.output is None and (sys.stdout is None or sys.stdout.closed):
+            raise ValueError("output: standard output is closed; pass --output FILE")
+        if args.output is not None:
+            check_output_file(args.output, "output", [args.model, args.masks, None if args.input == "-" else args.input],
+                              kind="text", overwrite=args.overwrite)
     model, tokenizer = pipeline.load_pretrained(args.model, _device(args))
     if args.hf_command == "record":
         rec = pipeline.record(model, tokenizer, args.data, args.directions.split(","), args.out, split=args.split,
@@ -98,16 +107,12 @@ def run(args) -> int:
                                      lang_codes=codes, seed=args.seed)
         print(f"{len(losses)} updates, loss {losses[0]:.4f} → {losses[-1]:.4f}; model and masks saved to {args.out}")
     else:
-        lines = [line.rstrip("\n") for line in sys.stdin] if args.input == "-" else list(iter_lines(args.input))
+        lines = read_lines(None if args.input == "-" else args.input)
         masks = None if args.dense else args.masks
         if masks is None and not args.dense and (Path(args.model) / pipeline.MASKS_FILE).is_file():
             masks = args.model
         hyps = pipeline.translate(model, tokenizer, lines, args.direction, masks=masks, beam=args.beam,
                                   max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                                   max_length=args.max_length, lang_codes=codes)
-        text = "".join(h + "\n" for h in hyps)
-        if args.output:
-            write_atomic(args.output, text)
-        else:
-            sys.stdout.write(text)
+        write_lines(args.output, hyps)
     return 0

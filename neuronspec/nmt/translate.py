@@ -150,6 +150,19 @@ def _write_stdout(text: str) -> None:
         log.info("standard output was closed by its reader; %d bytes not delivered", len(text.encode("utf-8")))
 
 
+def write_lines(path: str | None, lines: Sequence[str]) -> None:
+    """`lines` one a line (files.lines_text) to `path`: None = standard output, a pipe, FIFO or
+    device written through, a file atomically."""
+    text = lines_text(lines)
+    if path is None:
+        _write_stdout(text)
+    elif file_kind(path) == "stream":
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        write_atomic(path, text)
+
+
 def run(args: argparse.Namespace) -> int:
     check_number("--lenpen", args.lenpen)
     check_int("--beam", args.beam, 1)
@@ -174,14 +187,7 @@ def run(args: argparse.Namespace) -> int:
         out = translate_lines(model, pdata, lines, args.direction, device=device, beam=args.beam, lenpen=args.lenpen,
                               max_tokens=args.max_tokens, progress=not args.no_progress and args.output is not None,
                               **tag_options(ck.get("config")))
-    text = lines_text(out)
-    if args.output is None:
-        _write_stdout(text)
-    elif file_kind(args.output) == "stream":  # a pipe, FIFO or device: written through
-        with open(args.output, "w", encoding="utf-8") as f:
-            f.write(text)
-    else:
-        write_atomic(args.output, text)
+    write_lines(args.output, out)
     log.info("translated %d lines (%s) in %.1f s%s", len(lines), args.direction, time.monotonic() - t0,
              f" -> {args.output}" if args.output else "")
     return 0
