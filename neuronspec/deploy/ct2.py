@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import torch
 from torch import nn
 
-from ..atomic import replace_folder, write_atomic
+from ..atomic import built_folder, write_atomic
 from ..data.corpus import as_direction, direction_name
 from ..nmt.decode import direction_tasks
 from .hf_export import hf_tokenizer, to_hf
@@ -81,15 +79,9 @@ def convert(model, tokenizer, out: str | os.PathLike, source: dict | None = None
     spec.validate()
     spec.optimize(quantization=None)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    built = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with built_folder(out) as built:  # replaces out whole; removed on an error
         spec.save(str(built))
         write_atomic(built / SOURCE, json.dumps(source or {}, indent=1))
-        replace_folder(built, out)
-    except BaseException:
-        shutil.rmtree(built, ignore_errors=True)
-        raise
     return out
 
 

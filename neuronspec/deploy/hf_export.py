@@ -31,14 +31,12 @@ layout, the tag ids and, for a pruned export, the direction and the neurons kept
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from ..atomic import replace_folder, strict_json, write_atomic
+from ..atomic import built_folder, strict_json, write_atomic
 from ..data.batching import tag_layout, tag_options
 from ..data.corpus import as_direction, direction_name
 from ..data.placeholders import protect, restore
@@ -154,9 +152,7 @@ def export_hf_folder(checkpoint: str | os.PathLike, out: str | os.PathLike, dire
     hf, widths = to_hf(model)
     record["widths"] = widths
     record["parameters"] = sum(p.numel() for p in hf.parameters())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    built = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with built_folder(out) as built:  # replaces out whole; removed on an error
         hf.generation_config.update(pad_token_id=pdata.tokenizer.pad, bos_token_id=pdata.tokenizer.bos,
                                     eos_token_id=pdata.tokenizer.eos, decoder_start_token_id=None,
                                     suppress_tokens=[pdata.tokenizer.pad, pdata.tokenizer.bos], min_new_tokens=1,
@@ -164,10 +160,6 @@ def export_hf_folder(checkpoint: str | os.PathLike, out: str | os.PathLike, dire
         hf.save_pretrained(built)
         hf_tokenizer(pdata.tokenizer).save_pretrained(built)
         write_atomic(built / RECORD, strict_json(record))
-        replace_folder(built, out)
-    except BaseException:
-        shutil.rmtree(built, ignore_errors=True)
-        raise
     return record
 
 

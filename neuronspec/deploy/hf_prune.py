@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import copy
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
-from ..atomic import replace_folder, strict_json, write_atomic
+from ..atomic import built_folder, strict_json, write_atomic
 from ..files import digest
 from ..hf.wrap import MASKS_FILE, FusedFFN, Specialization, wrap
 from ..ops import load_layer_masks
@@ -134,14 +132,8 @@ def export_hf(model_path: str | os.PathLike, direction: str, out: str | os.PathL
     spec.set_masks(layer_masks)
     pruned, record = prune_hf(spec, direction, decoder_direction)
     record["source"].update(model=os.fspath(model_path), masks=os.path.abspath(mpath))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    built = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with built_folder(out) as built:  # replaces out whole; removed on an error
         pruned.save_pretrained(built)
         tokenizer.save_pretrained(built)
         write_atomic(built / RECORD, strict_json(record))
-        replace_folder(built, out)
-    except BaseException:
-        shutil.rmtree(built, ignore_errors=True)
-        raise
     return record

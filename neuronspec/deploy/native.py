@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections import OrderedDict
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from ..atomic import replace_folder, strict_json, write_atomic
+from ..atomic import built_folder, strict_json, write_atomic
 from ..data.binarize import TOKENIZER_FILE
 from ..data.corpus import META_FILE, as_direction, direction_name
 from ..nmt.checkpoint import load_model, save_checkpoint
@@ -121,19 +119,13 @@ def export_native(checkpoint: str | os.PathLike, direction, out: str | os.PathLi
         "parameters": {"source": _count(cfg), "padded": pruned.num_parameters(),
                        "per_layer": _parameters(cfg, [max(len(k), 1) for k in kept.values()])},
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    built = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with built_folder(out) as built:  # replaces out whole; removed on an error
         _write_data(pdata, direction, built / DATA)
         save_checkpoint(built / CHECKPOINT, {
             "step": ck.get("step"), "config": ck.get("config"), "model_config": pruned.cfg.to_dict(),
             "model": pruned.state_dict(), "masks": None,
             "data": {"prep": os.path.abspath(out / DATA), "directions": [list(direction)]}, "export": record})
         write_atomic(built / RECORD, strict_json(record))
-        replace_folder(built, out)
-    except BaseException:
-        shutil.rmtree(built, ignore_errors=True)
-        raise
     return record
 
 
