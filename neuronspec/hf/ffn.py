@@ -15,19 +15,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from neuronspec.ops import TaskMasks, fc1_act_count, glu_act_count, masked_ffn, masked_glu_ffn
+from neuronspec.ops.glu_ffn import act
 
 # HF activation name → the op's name; the fc1/fc2 families run masked_ffn for relu/gelu and the
 # ungated masked_glu_ffn for the others (masked_ffn has only relu and gelu)
 HF_ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "swish": "silu", "silu": "silu",
                   "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}
-
-
-def act(z: torch.Tensor, activation: str) -> torch.Tensor:
-    if activation == "silu":
-        return F.silu(z)
-    if activation == "gelu_tanh":
-        return F.gelu(z, approximate="tanh")
-    return torch.relu(z) if activation == "relu" else F.gelu(z)
 
 
 def _autocast(*tensors: torch.Tensor | None) -> tuple:

@@ -44,7 +44,8 @@ GLU_BACKENDS = ("torch", "reference")
 
 
 # ---- activations --------------------------------------------------------------------------
-def _act(z: torch.Tensor, activation: str) -> torch.Tensor:
+def act(z: torch.Tensor, activation: str) -> torch.Tensor:
+    """act(z) elementwise for every activation of GLU_ACTIVATIONS (also the hf wrappers' table)."""
     if activation == "silu":
         return F.silu(z)
     if activation == "gelu_tanh":
@@ -157,7 +158,7 @@ def glu_act_count(x, w_gate, b_gate, counts, task_ids=None, valid=None, activati
         counts.index_add_(0, routing.task_ids, pos.long())
     else:
         counts[routing.task] += pos.sum(0)
-    return _act(g, activation).reshape(*lead, f)
+    return act(g, activation).reshape(*lead, f)
 
 
 # ---- reference: dense masks times dense weights ------------------------------------------------
@@ -171,7 +172,7 @@ def glu_ffn_reference(x, w_gate, b_gate, w_up, b_up, w_down, b_down, indices, of
         rows = (task_ids == t).nonzero().squeeze(1)
         m = masks[t]
         bg = None if b_gate is None else (b_gate * m if mask_bias else b_gate)
-        h = _act(F.linear(x[rows], w_gate * m[:, None], bg), activation)
+        h = act(F.linear(x[rows], w_gate * m[:, None], bg), activation)
         if w_up is not None:
             bu = None if b_up is None else (b_up * m if mask_bias else b_up)
             h = h * F.linear(x[rows], w_up * m[:, None], bu)
@@ -185,7 +186,7 @@ def _bias_output(b_gate, b_up, gated: bool, activation: str):
     None when it is 0 (no b_g, or gated without b_u)."""
     if b_gate is None or (gated and b_up is None):
         return None
-    h = _act(b_gate, activation)
+    h = act(b_gate, activation)
     return h * b_up if gated else h
 
 
@@ -207,7 +208,7 @@ def _task_fwd(x, weights, tables, t, activation, mask_bias):
     c = bd if hb is None else (wd.mv(hb) if bd is None else torch.addmv(bd, wd, hb))
     g = F.linear(x, wga, bga)
     u = None if wu is None else F.linear(x, wua, bua)
-    h = _act(g, activation) if u is None else _act(g, activation) * u
+    h = act(g, activation) if u is None else act(g, activation) * u
     return F.linear(h, wda, c), (wga, wua, wda, g, u, hb)
 
 
@@ -218,7 +219,7 @@ def _task_bwd(dy, x, weights, tables, t, saved, activation, grads):
     wga, wua, wda, g, u, hb = saved
     dwg, dbg, dwu, dbu, dwd = grads
     dh = dy.mm(wda)
-    a = _act(g, activation)
+    a = act(g, activation)
     if u is None:
         dg, du, h = _act_backward(dh, g, activation), None, a
     else:
@@ -243,7 +244,7 @@ def _task_bwd(dy, x, weights, tables, t, saved, activation, grads):
             dbg.add_(_act_backward(gh, bg, activation))
         else:
             dbg.add_(_act_backward(gh * bu, bg, activation))
-            dbu.add_(gh * _act(bg, activation))
+            dbu.add_(gh * act(bg, activation))
     return dx
 
 
