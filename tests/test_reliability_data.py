@@ -164,8 +164,6 @@ def test_a_crashed_run_keeps_its_folder_log_and_error(prep, tmp_path, monkeypatc
 
 
 def test_a_run_that_never_started_removes_only_what_it_made(tmp_path, capsys):
-    from neuronspec.cli import main
-
     ckpt = train(_cfg(_prepare(tmp_path, "prep"), tmp_path / "src"))["checkpoint"]
     corpus = make_corpus(tmp_path / "de-only", langs=("de",))  # directions the checkpoint was not trained on
     argv = ["--corpus", str(corpus), "--vocab-size", "320", "--init-from", ckpt, "--max-steps", "1", "--no-progress"]

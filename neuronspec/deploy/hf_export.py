@@ -31,7 +31,6 @@ layout, the tag ids and, for a pruned export, the direction and the neurons kept
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Sequence
 
 import torch

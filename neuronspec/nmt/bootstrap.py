@@ -23,7 +23,6 @@ from typing import Any, Sequence
 import numpy as np
 from sacrebleu.metrics import BLEU, CHRF
 
-ALPHA = 0.05
 METRICS = ("bleu", "chrf")
 _ROWS_PER_CHUNK = 64
 

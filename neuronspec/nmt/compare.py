@@ -129,7 +129,7 @@ def compare(folder_a: str | os.PathLike, folder_b: str | os.PathLike, n_samples:
         raise ValueError("compare: the two folders share no direction")
     pivot = res_a.get("pivot", "en")
     for d in common:
-        (ha, ra), (hb, rb) = texts_a[d], texts_b[d]
+        (_, ra), (_, rb) = texts_a[d], texts_b[d]
         if ra != rb:
             raise ValueError(f"compare: direction {d} was scored on different lines in the two folders "
                              f"({len(ra)} vs {len(rb)} references); evaluate both with the same --max-sentences")
