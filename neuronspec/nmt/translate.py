@@ -6,9 +6,9 @@ into batches of at most ``max_tokens`` padded source tokens and decoded with bea
 (greedy with beam 1). Lines are split on ``\n`` only (files.text_lines); empty lines stay
 empty; the output has one line per input line, in input order. Input and output may be pipes
 or FIFOs (the output is then written through, not replaced atomically); an output that is an
-input, or an existing file, is refused unless ``--overwrite`` (files.check_output_file). A direction that was not trained (x→y, neither side the pivot) is decoded
-zero-shot, as ``evaluate --zero-shot`` does: the encoder runs with x→pivot's task, the
-decoder with pivot→y's.
+input is refused, an existing file unless ``--overwrite`` (files.check_output_file). A
+direction that was not trained (x→y, neither side the pivot) is decoded zero-shot, as
+``evaluate --zero-shot`` does: the encoder runs with x→pivot's task, the decoder with pivot→y's.
 """
 from __future__ import annotations
 
