@@ -257,6 +257,25 @@ def test_init_from_with_masks(prep, tmp_path, monkeypatch):
     assert same.keys() == ref.keys() and all(torch.equal(same[k], ref[k]) for k in ref)
 
 
+
+def test_model_masks_are_what_the_layers_hold():
+    """Transformer.masks() (what checkpoints save) reads the FFN layers: a layer's masks set or
+    cleared on the layer itself show there (a second copy on the model used to keep the old ones)."""
+    from neuronspec.nmt.model import ModelConfig, Transformer
+
+    model = Transformer(ModelConfig.from_preset("tiny", 40, **TINY_MODEL))
+    layers = model.ffn_layers()
+    masks = {name: TaskMasks.from_dense(torch.rand(3, 128, generator=torch.Generator().manual_seed(i)) < 0.5)
+             for i, name in enumerate(layers)}
+    model.set_masks(masks)
+    assert model.masks() == masks and list(model.masks()) == list(layers)
+    first, second = list(layers)[:2]
+    layers[first].set_masks(None)
+    layers[second].set_masks(masks[first])
+    assert first not in model.masks() and model.masks()[second] == masks[first]
+    model.set_masks(None)
+    assert model.masks() == {}
+
 DDP_SCRIPT = """
 import sys
 sys.path[:0] = [{root!r}, {tests!r}]

@@ -288,7 +288,6 @@ class Transformer(nn.Module):
         self.decoder = nn.Module()
         self.decoder.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
         self.decoder.norm = nn.LayerNorm(d)
-        self._masks: dict[str, Any] = {}
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -395,10 +394,6 @@ class Transformer(nn.Module):
             raise ValueError(f"masks: unknown FFN layer name(s) {unknown[:4]}; expected names like {next(iter(layers))!r}")
         for name, m in masks.items():
             layers[name].set_masks(m)
-            if m is None:
-                self._masks.pop(name, None)
-            else:
-                self._masks[name] = m
 
     @contextmanager
     def direction_ffns(self, encoder_task, decoder_task) -> Iterator[None]:
@@ -417,8 +412,9 @@ class Transformer(nn.Module):
                 layer.direction_ffns.clear()
 
     def masks(self) -> dict[str, Any]:
-        """The masks currently set (layer name -> TaskMasks); empty when dense."""
-        return dict(self._masks)
+        """The masks the FFN layers hold (layer name -> TaskMasks, on the model's device), in layer
+        order; empty when dense."""
+        return {name: f.masks for name, f in self.ffn_layers().items() if f.masks is not None}
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
