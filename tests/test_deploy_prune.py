@@ -184,6 +184,35 @@ def test_hf_llama_pruned_equals_masked(activation, bias):
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("activation", ["silu", "gelu"])
+def test_hf_phi3_fused_gate_up_pruned_equals_masked(activation):
+    """Phi-3's one gate_up_proj [2f, d] (gate rows, then up rows): both halves keep the same rows."""
+    from neuronspec.deploy.hf_prune import prune_hf
+
+    torch.manual_seed(0)
+    cfg = transformers.Phi3Config(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, hidden_act=activation,
+                                  max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    model = transformers.Phi3ForCausalLM(cfg).eval()
+    spec = _wrapped(model)
+    ids = torch.randint(3, 64, (2, 6))
+    with torch.no_grad(), spec.direction("b"):
+        ref = model(input_ids=ids).logits
+    pruned, rec = prune_hf(spec, "b")
+    width = max(len(f.masks.active(1)) for f in spec.layers.values())
+    assert pruned.config.intermediate_size == width == rec["widths"]["intermediate_size"] < 48
+    keep = next(iter(spec.layers.values())).masks.active(1).long()
+    gate_up = pruned.model.layers[0].mlp.gate_up_proj.weight
+    assert gate_up.shape == (2 * width, 32)
+    source = model.model.layers[0].mlp.gate_up_proj.weight
+    assert torch.equal(gate_up[width:width + len(keep)], source[48 + keep])  # the up half: its own rows
+    assert rec["parameters"]["padded"] == sum(p.numel() for p in pruned.parameters())
+    assert rec["parameters"]["per_layer"] < rec["parameters"]["padded"] < rec["parameters"]["source"]
+    with torch.no_grad():
+        out = pruned(input_ids=ids).logits
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
+
+
 def test_prune_hf_needs_masks_and_a_known_direction():
     from neuronspec.deploy.hf_prune import prune_hf
     from neuronspec.hf import wrap

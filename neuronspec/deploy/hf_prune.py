@@ -8,7 +8,8 @@ Every FFN keeps the direction's neurons (fc1 rows and fc2 columns; gated FFNs: g
 down columns) and folds the inactive neurons' constant output into the output bias
 (`neuronspec.deploy.prune`), so ``pruned`` equals the masked model. Transformers configs hold one
 FFN width per stack (M2M100, mBART, Marian: ``encoder_ffn_dim`` / ``decoder_ffn_dim``; Llama,
-Mistral, Qwen2: ``intermediate_size``): each FFN is padded with zero neurons to its stack's
+Mistral, Qwen2, Phi-3: ``intermediate_size``; Phi-3's fused ``gate_up_proj`` keeps the same rows of
+its gate half and its up half): each FFN is padded with zero neurons to its stack's
 widest layer (exact); the record gives the parameter count with and without that padding.
 """
 from __future__ import annotations
@@ -47,6 +48,11 @@ def _pruned_tensors(ffn, keep: torch.Tensor, width: int, mask_bias: bool, names:
     if isinstance(ffn, FusedFFN):
         params = (ffn.weight, ffn.bias, ffn._fc2.weight, ffn._fc2.bias)
         new = prune_ffn(*params, keep, ffn.activation, mask_bias=mask_bias, width=width)
+    elif ffn.fused:  # Phi-3: gate_up_proj [2f, d] holds the gate rows, then the up rows (no biases)
+        gu, d, f = ffn.gate_up_proj.weight, ffn.down_proj, ffn.num_neurons
+        wg, _, wu, _, wd, _ = prune_glu(gu[:f], None, gu[f:], None, d.weight, None, keep, ffn.activation,
+                                        mask_bias=mask_bias, width=width)
+        return {names[id(gu)]: torch.cat([wg, wu]), names[id(d.weight)]: wd}
     else:
         g, u, d = ffn.gate_proj, ffn.up_proj, ffn.down_proj
         params = (g.weight, g.bias, u.weight, u.bias, d.weight, d.bias)
@@ -61,8 +67,9 @@ def _ffn_parameters(spec: Specialization, widths: dict[str, int]) -> int:
         if isinstance(ffn, FusedFFN):
             params, out_bias = (ffn.weight, ffn.bias, ffn._fc2.weight), ffn._fc2.bias
         else:
-            g, u, d = ffn.gate_proj, ffn.up_proj, ffn.down_proj
-            params, out_bias = (g.weight, g.bias, u.weight, u.bias, d.weight), d.bias
+            ups = (ffn.gate_up_proj,) if ffn.fused else (ffn.gate_proj, ffn.up_proj)
+            params = (*(t for lin in ups for t in (lin.weight, lin.bias)), ffn.down_proj.weight)
+            out_bias = ffn.down_proj.bias
         total += sum(p.numel() // ffn.num_neurons * widths[name] for p in params if p is not None)
         total += 0 if out_bias is None else out_bias.numel()
     return total
