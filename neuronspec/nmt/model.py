@@ -29,6 +29,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from neuronspec.checks import check_int
+from neuronspec.nmt import lass
+from neuronspec.nmt.adapters import Adapters, check_adapter_config
 from neuronspec.ops import SpecializedFFN
 from neuronspec.ops.activations import act
 
@@ -62,6 +64,12 @@ class ModelConfig:
     positions: str = "sinusoidal"  # sinusoidal | learned
     max_positions: int = 1024
     mask_bias: bool = False  # SpecializedFFN option: inactive neurons output 0 instead of act(b1)
+    # study arms (docs/design.md §12); the defaults leave the model as it was
+    adapter_kind: str = ""  # "" none | lp | fam: bottleneck adapters after every layer (adapters.py)
+    adapter_dim: int = 0  # their bottleneck width
+    adapter_of_task: list[int] | None = None  # task id -> adapter index
+    freeze_base: bool = False  # every parameter outside the adapters gets requires_grad=False
+    lass_tasks: int = 0  # > 0: LaSS element masks for this many directions on every Linear (lass.py)
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "d_ff", "heads", "encoder_layers", "decoder_layers", "max_positions"):
@@ -78,6 +86,8 @@ class ModelConfig:
                 raise ValueError(f"ModelConfig.{name} must be in [0, 1), got {v!r}")
         if not 0 <= self.pad < self.vocab_size:
             raise ValueError(f"ModelConfig.pad ({self.pad}) must be a token id < vocab_size ({self.vocab_size})")
+        check_adapter_config(self.adapter_kind, self.adapter_dim, self.adapter_of_task, self.freeze_base)
+        check_int("ModelConfig.lass_tasks", self.lass_tasks, 0)
 
     @classmethod
     def from_preset(cls, preset: str, vocab_size: int, **overrides) -> "ModelConfig":
@@ -289,6 +299,11 @@ class Transformer(nn.Module):
         self.decoder.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
         self.decoder.norm = nn.LayerNorm(d)
         self.reset_parameters()
+        self.adapters = (Adapters(d, cfg.adapter_dim, list(cfg.adapter_of_task), cfg.encoder_layers,
+                                  cfg.decoder_layers) if cfg.adapter_kind else None)
+        for name, p in self.named_parameters():
+            p.requires_grad_(not cfg.freeze_base or name.startswith("adapters."))
+        self._lass = lass.attach(self, cfg.lass_tasks) if cfg.lass_tasks else None
 
     def reset_parameters(self) -> None:
         """fairseq init: xavier-uniform linears with zero bias, N(0, d^-1/2) embeddings."""
@@ -328,8 +343,12 @@ class Transformer(nn.Module):
         x = self._embed(src)
         t = _expand_task(task, src.shape[1])
         mask = valid[:, None, None, :]
-        for layer in self.encoder.layers:
-            x = layer(x, mask, t, valid)
+        a = None if self.adapters is None else self.adapters.index(t)
+        with lass.side_task(self._lass, "encoder", task):
+            for i, layer in enumerate(self.encoder.layers):
+                x = layer(x, mask, t, valid)
+                if a is not None:
+                    x = self.adapters.encoder[i](x, a)
         return EncoderOut(self.encoder.norm(x), valid)
 
     def decode(self, tgt_in: torch.Tensor, enc: EncoderOut, task: int | torch.Tensor,
@@ -352,13 +371,19 @@ class Transformer(nn.Module):
             valid = tgt_in != self.cfg.pad
         x = self._embed(tgt_in, offset)
         t = _expand_task(task, tgt_in.shape[1])
-        for i, layer in enumerate(self.decoder.layers):
-            x = layer(x, enc.out, enc.attn_mask, t, valid, None if cache is None else cache[i])
+        a = None if self.adapters is None else self.adapters.index(t)
+        with lass.side_task(self._lass, "decoder", task):
+            for i, layer in enumerate(self.decoder.layers):
+                x = layer(x, enc.out, enc.attn_mask, t, valid, None if cache is None else cache[i])
+                if a is not None:
+                    x = self.adapters.decoder[i](x, a)
         return F.linear(self.decoder.norm(x), self.embed.weight)
 
     def forward(self, src: torch.Tensor, tgt_in: torch.Tensor, task: int | torch.Tensor) -> torch.Tensor:
         """Teacher-forced logits ``[B, L, V]`` for ``src [B, S]``, ``tgt_in [B, L]``."""
         task = task_arg(task)
+        if self._lass is not None and isinstance(task, torch.Tensor) and task.dim() == 1:
+            return lass.grouped_forward(self, src, tgt_in, task)  # one direction per LaSS forward
         return self.decode(tgt_in, self.encode(src, task), task)
 
     def new_cache(self) -> list[dict]:
