@@ -1,122 +1,170 @@
-"""examples/study_cpu.py: the non-training logic (aggregation over seeds, verdict table) on
-synthetic results. Fast, no model."""
-import importlib.util
+"""neuronspec study: the pure logic (groups, means over seeds, pooled tests, the paper's tables,
+the efficiency rows, argument checks, the estimate) on synthetic results. Fast, no model."""
+import argparse
 import math
-from pathlib import Path
 
+import numpy as np
 import pytest
 
-_PATH = Path(__file__).resolve().parent.parent / "examples" / "study_cpu.py"
-_spec = importlib.util.spec_from_file_location("study_cpu", _PATH)
-study = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(study)
+from neuronspec.study import arms, cli, efficiency, report, scores
 
 TIERS = {"de": "high", "he": "medium", "af": "low"}
 
 
 def _dirs(base: float) -> dict[str, dict]:
     """Six supervised directions and one zero-shot, scores base + offsets."""
-    out = {}
-    for i, d in enumerate(["en-de", "de-en", "en-he", "he-en", "en-af", "af-en", "de-he"]):
-        out[d] = {"bleu": base + i, "chrf": 2 * base + i}
-    return out
+    return {d: {"bleu": base + i, "chrf": 2 * base + i}
+            for i, d in enumerate(["en-de", "de-en", "en-he", "he-en", "en-af", "af-en", "de-he"])}
 
 
-def test_group_of():
-    assert study.group_of("en-de", TIERS) == ["all", "high", "en-x"]
-    assert study.group_of("af-en", TIERS) == ["all", "low", "x-en"]
-    assert study.group_of("de-he", TIERS) == ["zero-shot"]
+def test_group_of_and_members():
+    assert scores.group_of("en-de", TIERS) == ["all", "high", "en-x", "high/en-x"]
+    assert scores.group_of("af-en", TIERS) == ["all", "low", "x-en", "low/x-en"]
+    assert scores.group_of("de-he", TIERS) == ["zero-shot"]
+    m = scores.members(_dirs(0), TIERS)
+    assert m["high/x-en"] == ["de-en"] and m["zero-shot"] == ["de-he"] and len(m["all"]) == 6
 
 
 def test_group_scores_means():
-    g = study.group_scores(_dirs(10.0), TIERS)
+    g = scores.group_scores(_dirs(10.0), TIERS)
     assert g["all"]["directions"] == 6
     assert g["all"]["bleu"] == pytest.approx(10 + (0 + 1 + 2 + 3 + 4 + 5) / 6)
     assert g["high"]["bleu"] == pytest.approx(10.5)  # en-de 10, de-en 11
     assert g["low"]["chrf"] == pytest.approx(20 + 4.5)
     assert g["en-x"]["bleu"] == pytest.approx(10 + (0 + 2 + 4) / 3)
+    assert g["medium/x-en"]["bleu"] == pytest.approx(13.0)
     assert g["zero-shot"]["bleu"] == pytest.approx(16.0) and g["zero-shot"]["directions"] == 1
 
 
 def test_mean_sd():
-    assert study.mean_sd([1.0, 2.0, 3.0]) == (2.0, 1.0)
-    m, sd = study.mean_sd([5.0])
-    assert m == 5.0 and sd is None
+    assert scores.mean_sd([1.0, 2.0, 3.0]) == (2.0, 1.0)
+    assert scores.mean_sd([5.0]) == (5.0, None)
     with pytest.raises(ValueError):
-        study.mean_sd([])
+        scores.mean_sd([])
 
 
 def _runs():
-    # specialized > fine-tune > random by 1 point everywhere, seeds differ by ±0.5
-    return {"specialized": {s: _dirs(12.0 + d) for s, d in ((1, -0.5), (2, 0.0), (3, 0.5))},
-            "finetune": {s: _dirs(11.0 + d) for s, d in ((1, -0.5), (2, 0.0), (3, 0.5))},
-            "random": {s: _dirs(10.0 + d) for s, d in ((1, -0.5), (2, 0.0), (3, 0.5))}}
+    runs = {"ns": {s: _dirs(12.0 + d) for s, d in ((1, -0.5), (2, 0.0), (3, 0.5))},
+            "finetune": {s: _dirs(11.0 + d) for s, d in ((1, -0.5), (2, 0.0), (3, 0.5))}}
+    return {"baseline": {0: _dirs(10.0)}, **runs}
 
 
 def test_aggregate_over_seeds():
-    agg = study.aggregate_arms(_runs(), TIERS)
-    a = agg["specialized"]["all"]["bleu"]
+    agg = scores.aggregate_arms(_runs(), TIERS)
+    a = agg["ns"]["all"]["bleu"]
     assert a["n"] == 3 and a["mean"] == pytest.approx(12 + 2.5) and a["sd"] == pytest.approx(0.5)
-    assert agg["random"]["en-de"]["chrf"]["values"] == pytest.approx([19.0, 20.0, 21.0])
-    assert agg["finetune"]["zero-shot"]["bleu"]["mean"] == pytest.approx(17.0)
-    assert study.order_held(agg, "all", "bleu") is True
-    assert study.order_held(agg, "high", "chrf") is True
-    assert study.order_held(agg, "nonexistent", "bleu") is None
+    assert agg["finetune"]["en-de"]["chrf"]["values"] == pytest.approx([21.0, 22.0, 23.0])
+    assert agg["baseline"]["zero-shot"]["bleu"]["sd"] is None
 
 
-def _tests(p_sf: float, p_fr: float, groups):
-    """Synthetic seed-pooled bootstrap results {(B, A): {group: {...}}}."""
-    def t(d, p):
-        return {"d_bleu": d, "p_bleu": p, "d_chrf": d, "p_chrf": p}
-    return {("specialized", "finetune"): {g: t(1.0, p_sf) for g in groups},
-            ("specialized", "random"): {g: t(2.0, 0.001) for g in groups},
-            ("finetune", "random"): {g: t(1.0, p_fr) for g in groups}}
+def _texts(hyps: list[str], refs: list[str], dirs=("en-de", "de-en")):
+    return {d: (list(hyps), list(refs)) for d in dirs}
 
 
-def test_verdict_rows_significance():
-    agg = study.aggregate_arms(_runs(), TIERS)
-    groups = ["all", "high", "zero-shot"]
-    rows = study.verdict_rows(agg, _tests(0.01, 0.02, groups), groups)
-    assert len(rows) == 6  # 3 groups × 2 metrics
-    assert all(r["held"] and r["significant"] for r in rows)
-    # one adjacent step not significant → the order holds but is not significant
-    rows = study.verdict_rows(agg, _tests(0.2, 0.02, groups), groups)
-    assert all(r["held"] and not r["significant"] for r in rows)
-    # missing tests → not significant, Δ None
-    rows = study.verdict_rows(agg, {}, ["all"])
-    assert rows[0]["d_specialized-finetune"] is None and not rows[0]["significant"]
-    table = study.verdict_table(rows)
-    assert table.count("\n") == 3 and "| all | BLEU |" in table
-    # columns in the header's order: specialized, fine-tune, random
-    assert table.splitlines()[0].startswith("| group | metric | specialized | fine-tune | random |")
-    assert "| all | BLEU | 14.50 ± 0.50 | 13.50 ± 0.50 | 12.50 ± 0.50 | yes |" in table
+def test_pooled_test_against_a_reference():
+    refs = [f"the cat number {i} sat on the mat" for i in range(30)]
+    bad = [f"a dog {i}" for i in range(30)]
+    st = scores.direction_stats(_texts(bad, refs), {1: _texts(refs, refs), 2: _texts(refs, refs)})
+    assert sorted(st) == [(1, "de-en"), (1, "en-de"), (2, "de-en"), (2, "en-de")]
+    t = scores.pooled_test(st, ["en-de"], 100)
+    assert t["n"] == 60 and t["d_chrf"] > 50 and t["p_chrf"] < 0.05  # two seeds' lines pooled
+    same = scores.pooled_test(scores.direction_stats(_texts(bad, refs), {1: _texts(bad, refs)}), ["de-en"], 100)
+    assert same["identical"] and same["p_bleu"] == 1.0
+    assert scores.pooled_test(st, ["en-fr"], 100) is None
+    with pytest.raises(ValueError, match="other lines"):
+        scores.direction_stats(_texts(bad, refs), {1: _texts(refs[:-1], refs[:-1])})
 
 
-def test_verdict_when_order_fails():
-    runs = _runs()
-    runs["specialized"], runs["random"] = runs["random"], runs["specialized"]  # random best now
-    agg = study.aggregate_arms(runs, TIERS)
-    rows = study.verdict_rows(agg, _tests(0.001, 0.001, ["all"]), ["all"])
-    assert not any(r["held"] or r["significant"] for r in rows)
-    text = study.plain_verdict(rows, [])
-    assert text[0].startswith("Overall (supervised): BLEU did not hold")
+def test_main_table_layout_and_stars():
+    agg = scores.aggregate_arms(_runs(), TIERS)
+    cols = report.columns(["high", "medium", "low"])
+    assert [h for _, h in cols[:3]] == ["high en→x", "high x→en", "high avg"] and cols[-1] == ("all", "all avg")
+    tests = {"ns": {"all": {"p_chrf": 0.01, "d_chrf": 4.5}, "high": {"p_chrf": 0.2, "d_chrf": 4.5}}}
+    zero = {"ns": report.zero_shot_counts(agg, {}, "ns", ["de-he"])}
+    assert zero["ns"]["chrf"] == {"directions": 1, "improved": 1, "declined": 0, "sig_improved": 0,
+                                  "sig_declined": 0}
+    md = report.main_table(agg, tests, ["baseline", "ns", "finetune"], cols, "chrf", {"ns": 0.0}, zero)
+    lines = md.splitlines()
+    assert lines[0].startswith("| method | Δθ | high en→x | high x→en | high avg |")
+    assert len(lines) == 5 and all(line.count("|") == len(cols) + 4 for line in lines)
+    base_row, ns_row = lines[2].split(" | "), lines[3].split(" | ")
+    assert base_row[-2] == "22.50"  # baseline: absolute (all avg: 20 + 2.5)
+    assert ns_row[-2] == "26.50 (+4.00*)" and ns_row[4] == "24.50 (+4.00)"  # all starred, high avg not
+    assert "1 / 0 of 1" in lines[3]
+    assert report.cell(None, None, "chrf", 1.0) == "–"
 
 
-def test_direction_counts_and_plain_verdict():
-    agg = study.aggregate_arms(_runs(), TIERS)
-    dirs = ["en-de", "de-en", "en-he"]
-    tests = _tests(0.01, 0.5, dirs)
-    tests[("specialized", "finetune")]["en-he"] = {"d_bleu": -1.0, "p_bleu": 0.01, "d_chrf": -1.0, "p_chrf": 0.01}
-    rows = study.verdict_rows(agg, tests, dirs)
-    c = study.direction_counts(rows, "BLEU")
-    assert c == {"directions": 3, "held": 3, "specialized-finetune_better": 2, "specialized-finetune_worse": 1,
-                 "specialized-random_better": 3, "specialized-random_worse": 0, "finetune-random_better": 0,
-                 "finetune-random_worse": 0}
-    text = study.plain_verdict(study.verdict_rows(agg, tests, ["all"]), rows)
-    assert any("Per direction (BLEU): the order held in 3 of 3" in s for s in text)
+def test_interference_table():
+    per = {"baseline": {0: _dirs(10.0)}, "ns": {1: _dirs(12.0), 2: _dirs(13.0)}}
+    bil = {d: {"bleu": 11.0, "chrf": 21.0} for d in ("en-de", "de-en", "en-af", "af-en")}
+    tests = {"ns": {"high": {"p_chrf": 0.001, "d_chrf": 3.0}}}
+    md, data = report.interference_table(per, bil, tests, ["baseline", "ns"], report.columns(["high", "low"]),
+                                         "chrf", TIERS)
+    assert data["baseline"]["high/en-x"]["delta"] == pytest.approx(20.0 - 21.0)  # interference: < 0
+    assert data["ns"]["high/en-x"]["delta"] == pytest.approx(25.0 - 21.0)  # seeds 24, 26
+    assert "high" in data["ns"] and data["ns"]["high"]["p"] == 0.001
+    lines = md.splitlines()
+    assert lines[2].startswith("| Bilingual (absolute) | 21.00 |") and "+4.50*" in lines[4]
 
 
-def test_sweep_rows():
-    rows = study.sweep_rows([0.8, 0.95], {0.8: 0.4, 0.95: 0.7}, {0.95: {"bleu": 10.0, "chrf": 30.0}})
-    assert rows[0] == {"k": 0.8, "kept": 0.4, "bleu": None, "chrf": None}
-    assert rows[1]["chrf"] == 30.0 and not math.isnan(rows[1]["kept"])
+def test_efficiency_rows():
+    timings = {"record": {"seconds": 10.0, "peak_rss_bytes": 5}, "select": {"seconds": 1.0, "peak_rss_bytes": 7},
+               "lass-derive/en-de": {"seconds": 30.0, "peak_rss_bytes": 100},
+               "lass-derive/de-en": {"seconds": 20.0, "peak_rss_bytes": 300}, "eval/x": {"seconds": 99.0,
+                                                                                         "peak_rss_bytes": 1}}
+    assert efficiency.derivation(timings, "ns") == {"seconds": 11.0, "peak_rss_bytes": 7, "steps": 2}
+    assert efficiency.derivation(timings, "lass") == {"seconds": 50.0, "peak_rss_bytes": 300, "steps": 2}
+    assert efficiency.derivation(timings, "adapter-lp")["seconds"] == 0
+    runs = {"finetune/s1": {"arm": "finetune", "mask_bytes": 0, "extra_params": 0, "base_params": 100},
+            "adapter-lp/s1": {"arm": "adapter-lp", "mask_bytes": 0, "extra_params": 50, "base_params": 100}}
+    eff = {"arms": {"finetune": {"median_s": 0.2, "ratio": 1.0}, "adapter-lp": {"median_s": 0.1, "ratio": 0.5}}}
+    rows = report.efficiency_rows(timings, eff, runs, ["finetune", "ns", "adapter-lp"])
+    assert [r["arm"] for r in rows] == ["finetune", "adapter-lp"]
+    assert rows[1]["held_bytes"] == 200 and rows[1]["dtheta"] == 0.5 and rows[1]["step_ms"] == pytest.approx(100)
+    assert "| Adapter_LP | 0.0 s |" in report.efficiency_table(rows)
+
+
+def test_step_times_interleaves_and_ratios():
+    calls = []
+
+    class Fake:
+        def __init__(self, name):
+            self.name = name
+
+        def train_step(self):
+            calls.append(self.name)
+
+    res = efficiency.step_times({"finetune": Fake("f"), "ns": Fake("n")}, 3)
+    assert calls == ["f", "n"] + ["f", "n"] * 3  # a warm-up step each, then in turn
+    assert len(res["ns"]["samples"]) == 3 and res["finetune"]["ratio"] == 1.0
+
+
+def _args(*argv):
+    p = argparse.ArgumentParser()
+    cli.configure_parser(p)
+    return cli.check_args(p.parse_args(list(argv)))
+
+
+def test_arguments():
+    a = _args()
+    assert a.arms == list(arms.ARMS) and a.seeds == [1, 2, 3] and a.langs == ["de", "fr", "ru", "he", "it", "bg",
+                                                                                "af", "uk"]
+    assert _args("--arms", "lass,ns", "--lass-prune", "0.3,0.5").arms == ["ns", "lass"]
+    for argv, msg in ((["--arms", "ns,foo"], "--arms"), (["--seeds", "1,x"], "--seeds"), (["--seeds", "1,1"], "--seeds"),
+                      (["--lass-prune", "1.5"], "--lass-prune"), (["--lass-prune", "a"], "--lass-prune"),
+                      (["--extra-steps", "0"], "--extra-steps"), (["--langs", "xx"], "xx"),
+                      (["--model-args", "[1]"], "--model-args"), (["--baseline", "/nonexistent.pt"], "--baseline"),
+                      (["--bilingual-minutes", "0"], "--bilingual-minutes"), (["--preset", "huge"], "--preset")):
+        with pytest.raises(ValueError, match=msg):
+            _args(*argv)
+
+
+def test_estimate_of_the_default_study():
+    """The default command (8 languages, 3 seeds, all arms) is planned to fit ~90 minutes at the
+    planning rate; the estimate grows with the budgets."""
+    a = _args()
+    est = cli.estimate_minutes(a, 16, 6, cli.PLAN_S_PER_STEP)
+    assert 45 < est["total"] <= 90 and est["total"] == pytest.approx(sum(v for k, v in est.items() if k != "total"))
+    a.extra_steps *= 2
+    assert cli.estimate_minutes(a, 16, 6, cli.PLAN_S_PER_STEP)["continuations"] == pytest.approx(2 * est["continuations"])
+    assert not math.isnan(est["evaluation"]) and np.isfinite(est["bilingual"])

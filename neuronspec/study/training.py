@@ -45,6 +45,7 @@ def run(cfg: TrainConfig, init_from: Mapping | None = None, masks=None) -> dict:
 def plateau_run(cfg: TrainConfig, folder: Path, max_minutes: float | None) -> dict:
     """Train ``cfg`` (early stopping on the validation loss) into ``folder``, resuming a run a
     killed study left there; the time cap counts from the first start. Returns the summary."""
+    folder.mkdir(parents=True, exist_ok=True)
     start_file = folder / "start.txt"
     resume = (folder / "checkpoint_last.pt").exists() and start_file.exists()
     minutes = max_minutes
