@@ -23,6 +23,7 @@ from neuronspec.ops import cuda_backend as cb
 from neuronspec.ops import TaskMasks
 from neuronspec.ops.plan import make_plan, mask_tables, route
 from neuronspec.ops.activations import act, act_grad
+from neuronspec.ops.call import Counting, FFNOptions, FFNWeights
 
 from _ffn_cases import NAMES, outputs_vs_reference, random_problem
 
@@ -135,13 +136,13 @@ def test_backend_functions_reject_cpu_tensors():
     (x, w1, b1, w2, b2), masks, ids = small_problem()
     plan = make_plan(mask_tables(masks.indices, masks.offsets, w1.shape[0]), ids, -1, x.shape[0])
     with pytest.raises(ValueError, match=r"^x: the cuda backend needs CUDA tensors, got bfloat16 tensor .* on cpu"):
-        cb.masked_ffn_fwd(x, w1, b1, w2, b2, plan, "relu", False)
+        cb.forward(x, FFNWeights(w1, b1, w2, b2), plan, FFNOptions("relu"))
     z = torch.zeros(x.shape[0], w1.shape[0])
     with pytest.raises(ValueError, match=r"^x: the cuda backend needs CUDA tensors"):
-        cb.masked_ffn_bwd(torch.ones_like(x), x, w1, b1, w2, b2, plan, (z,), "relu", False)
+        cb.backward(torch.ones_like(x), x, FFNWeights(w1, b1, w2, b2), plan, FFNOptions("relu"), (z,))
     counts = torch.zeros(3, w1.shape[0], dtype=torch.long)
     with pytest.raises(ValueError, match=r"^x: the cuda backend needs CUDA tensors"):
-        cb.act_count(x, w1, b1, counts, plan, None, "relu", True)
+        cb.act_count(x, FFNWeights(w1, b1), Counting(counts, plan, None, True), FFNOptions("relu"))
 
 
 def test_check_inputs_names_the_argument():
@@ -279,9 +280,11 @@ def emulated_fwd_bwd(tensors, masks, task_ids, task, activation, mask_bias, dy_s
     tables = mask_tables(masks.indices, masks.offsets, tensors[1].shape[0])
     plan = make_plan(tables, task_ids, task, tensors[0].shape[0], sort=sort)
     k = EmulatedKernels()
-    y, z = cb.forward(*tensors, cb._sorted_plan(plan), activation, mask_bias, k)
+    weights, opts = FFNWeights(*tensors[1:]), FFNOptions(activation, mask_bias)
+    y, z = cb.launch_forward(tensors[0], weights, cb._sorted_plan(plan), opts, k)
     dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(dy_seed)).to(y.dtype)
-    got = cb.backward(dy, *tensors, cb._sorted_plan(plan), z, activation, mask_bias, k)
+    dx, grads = cb.launch_backward(dy, tensors[0], weights, cb._sorted_plan(plan), opts, z, k)
+    got = (dx, *grads.tensors()[:4])
     return y, dy, got, k.calls
 
 
@@ -344,10 +347,12 @@ def test_count_logic_matches_reference_on_cpu(homogeneous, nan_buffers):
     want_counts = counts.clone()
     h_ref = fc1_act_count_reference(x, w1, b1, want_counts, full_ids, valid, "gelu")
     routing = route(task_ids, task, 4, 140, sort=False)  # unsorted: the backend sorts it itself
-    h = cb.count(x, w1, b1, counts, routing, valid, "gelu", True, EmulatedKernels())
+    h = cb.launch_count(x, FFNWeights(w1, b1), Counting(counts, routing, valid, True), FFNOptions("gelu"),
+                        EmulatedKernels())
     assert torch.equal(counts, want_counts)
     assert_close("h", h, h_ref, 2e-5)
-    h_none = cb.count(x, w1, b1, counts, routing, None, "relu", False, EmulatedKernels())
+    h_none = cb.launch_count(x, FFNWeights(w1, b1), Counting(counts, routing, None, False), FFNOptions("relu"),
+                             EmulatedKernels())
     assert h_none.shape == (0, 50)
 
 
@@ -395,10 +400,12 @@ def test_backend_host_side_never_syncs(mixed):
     def once(seed):
         ids = torch.randint(0, 4, (96,), generator=torch.Generator().manual_seed(seed)) if mixed else torch.empty(0)
         plan = cb._sorted_plan(make_plan(tables, ids.long(), -1 if mixed else 2, 96, sort=False))
-        y, z = cb.forward(*tensors, plan, "gelu", False, k)
-        cb.backward(torch.ones_like(y), *tensors, plan, z, "gelu", False, k)
+        opts = FFNOptions("gelu")
+        y, z = cb.launch_forward(tensors[0], FFNWeights(*tensors[1:]), plan, opts, k)
+        cb.launch_backward(torch.ones_like(y), tensors[0], FFNWeights(*tensors[1:]), plan, opts, z, k)
         counts = torch.zeros(4, 64, dtype=torch.long)
-        cb.count(*tensors[:3], counts, route(ids.long(), -1 if mixed else 2, 4, 96, sort=False), None, "relu", True, k)
+        routing = route(ids.long(), -1 if mixed else 2, 4, 96, sort=False)
+        cb.launch_count(tensors[0], FFNWeights(*tensors[1:3]), Counting(counts, routing, None, True), FFNOptions("relu"), k)
 
     once(0)
     with HostReads() as reads, SyncAudit() as mode:

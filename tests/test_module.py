@@ -66,9 +66,9 @@ def test_counting_mode_counts_valid_tokens_only():
 
 def test_module_errors():
     ffn = make()
-    with pytest.raises(ValueError, match="masks: built for 8 neurons, this FFN has 16"):
+    with pytest.raises(ValueError, match="masks: built for 8 neurons but fc1 has 16 rows"):
         ffn.set_masks(TaskMasks.full(1, 8))
-    with pytest.raises(TypeError, match="masks: expected TaskMasks or None"):
+    with pytest.raises(TypeError, match="masks: expected a TaskMasks"):
         ffn.set_masks(torch.ones(1, 16))
     ffn.set_masks(TaskMasks.full(1, 16))
     with pytest.raises(ValueError, match="task_ids: required when masks are set"):

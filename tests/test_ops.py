@@ -119,7 +119,7 @@ def test_opcheck(backend):
     tensors, masks, ids = random_problem(10, 12, 6, 10, 3)
     x, w1, b1, w2, b2 = [t.requires_grad_(True) for t in tensors]
     for task_ids, task in ((ids, -1), (torch.empty(0, dtype=torch.long), 2)):
-        args = (x, w1, b1, w2, b2, masks.indices, masks.offsets, task_ids, task, "gelu", False, backend)
+        args = (x, w1, b1, w2, b2, None, None, masks.indices, masks.offsets, task_ids, task, "gelu", False, backend)
         torch.library.opcheck(registry.masked_ffn_fwd_op, args)
     counts = torch.zeros(3, 10, dtype=torch.long)
     valid = torch.rand(12) > 0.3

@@ -127,7 +127,7 @@ def test_opcheck():
     masks = masks.to(dev)
     x, w1, b1, w2, b2 = [t.requires_grad_(True) for t in tensors]
     for task_ids, task in ((ids, -1), (torch.empty(0, dtype=torch.long, device=dev), 2)):
-        args = (x, w1, b1, w2, b2, masks.indices, masks.offsets, task_ids, task, "gelu", False, "triton")
+        args = (x, w1, b1, w2, b2, None, None, masks.indices, masks.offsets, task_ids, task, "gelu", False, "triton")
         torch.library.opcheck(registry.masked_ffn_fwd_op, args)
     counts = torch.zeros(3, 32, dtype=torch.long, device=dev)
     valid = torch.rand(8, generator=torch.Generator().manual_seed(0)).to(dev) > 0.3

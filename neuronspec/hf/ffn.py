@@ -15,22 +15,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from neuronspec.ops import TaskMasks, fc1_act_count, glu_act_count, masked_ffn, masked_glu_ffn
-from neuronspec.ops.glu_ffn import act
+from neuronspec.ops.activations import act
+from neuronspec.ops.functional import autocast_inputs
 
-# HF activation name → the op's name; the fc1/fc2 families run masked_ffn for relu/gelu and the
-# ungated masked_glu_ffn for the others (masked_ffn has only relu and gelu)
+# HF activation name → the ops' name (ops/activations.py)
 HF_ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "swish": "silu", "silu": "silu",
                   "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}
-
-
-def _autocast(*tensors: torch.Tensor | None) -> tuple:
-    """Under torch.autocast, the ops' inputs in the autocast dtype (as nn.Linear would run);
-    gradients flow back through the casts to the parameters. None stays None."""
-    device = tensors[0].device.type
-    if not torch.is_autocast_enabled(device):
-        return tensors
-    dtype = torch.get_autocast_dtype(device)
-    return tuple(None if t is None else t.to(dtype) for t in tensors)
 
 
 def tuner_name(module: nn.Module) -> str | None:
@@ -107,8 +97,8 @@ class _SpecializedBase(nn.Module):
 
 class FusedFFN(_SpecializedBase):
     """fc2(act(fc1(x))) of an fc1/fc2 layer, in place of its fc1 (holds fc1's weight and bias;
-    fc2's stay at the layer's `fc2` Passthrough). Masked: `masked_ffn` (relu, gelu) or the
-    ungated `masked_glu_ffn` (silu, gelu_tanh); counting: the fused counting ops. The layer's
+    fc2's stay at the layer's `fc2` Passthrough). Masked: `masked_ffn`; counting: `fc1_act_count`
+    (every activation of ops/activations.py). The layer's
     activation dropout is applied here between act and fc2, except with masks (the ops have no
     dropout)."""
 
@@ -125,16 +115,12 @@ class FusedFFN(_SpecializedBase):
             h = act(F.linear(x, self.weight, self.bias), self.activation)
             return F.linear(F.dropout(h, p=self.activation_dropout, training=self.training),
                             self._fc2.weight, self._fc2.bias)
-        x, w1, b1, w2, b2 = _autocast(x, self.weight, self.bias, self._fc2.weight, self._fc2.bias)
+        x, w1, b1, w2, b2 = autocast_inputs(x, self.weight, self.bias, self._fc2.weight, self._fc2.bias)
         task = self._task(x)
-        ungated = self.activation not in ("relu", "gelu")
         if self.counts is not None:
-            count = glu_act_count if ungated else fc1_act_count
-            h = count(x, w1, b1, self.counts, task, self._spec._valid(self.stack, x.shape[:-1]), self.activation)
+            h = fc1_act_count(x, w1, b1, self.counts, task, self._spec._valid(self.stack, x.shape[:-1]),
+                              self.activation)
             return F.linear(F.dropout(h, p=self.activation_dropout, training=self.training), w2, b2)
-        if ungated:
-            return masked_glu_ffn(x, w1, b1, None, None, w2, b2, self.masks, task, self.activation,
-                                  self._spec.mask_bias, self._spec.backend)
         return masked_ffn(x, w1, b1, w2, b2, self.masks, task, self.activation, self._spec.mask_bias,
                           self._spec.backend)
 
@@ -194,13 +180,13 @@ class SpecializedGLU(_SpecializedBase):
             if params is None:
                 raise ValueError(f"model: {self.layer_name} has PEFT tuners that counting cannot read; count the "
                                  "model before adding them")
-            x, wg, bg = _autocast(x, *params[:2])
+            x, wg, bg = autocast_inputs(x, *params[:2])
             a = glu_act_count(x, wg, bg, self.counts, self._task(x), self._spec._valid(self.stack, x.shape[:-1]),
                               self.activation)
             _, u = self._gate_up(x)
             return self.down_proj(a * u)
         if params is None:
             return self._masked_dense(x)
-        x, wg, bg, wu, bu, wd, bd = _autocast(x, *params)
+        x, wg, bg, wu, bu, wd, bd = autocast_inputs(x, *params)
         return masked_glu_ffn(x, wg, bg, wu, bu, wd, bd, self.masks, self._task(x), self.activation,
                               self._spec.mask_bias, self._spec.backend)

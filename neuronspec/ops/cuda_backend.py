@@ -18,7 +18,7 @@ with active rows A (docs/design.md §2), padded to kw_t = |A_t| rounded up to 8 
     counting  Z = X W1ᵀ + b1 (nt over all neurons), H = act(Z) and counts      count_act
 A zero pad row of W1 and b1 gives Z = 0, H = act(0) = 0 and dZ = 0, and its W2ᵀ row is zero, so
 pads add nothing; their gradient rows land in a dummy row that is dropped. c_t, the
-inactive-neuron bias gradients and db2 are O((T + N)·f·d_out) torch ops. Z is saved packed: row i
+inactive-neuron bias gradients (ops/bias_terms.py) and db2 are O((T + N)·f·d_out) torch ops. Z is saved packed: row i
 (i-th token in task order) holds its task's kw_t pre-activations first. float16 and bfloat16
 only (tensor cores, fp32 accumulation); float32/float64 are rejected (use the torch backend).
 
@@ -35,14 +35,18 @@ import os
 
 import torch
 
-from .activations import act, act_grad
+from .activations import TABLE
+from .backends import Caps
+from .bias_terms import add_inactive_grads, inactive_output, output_bias
+from .call import FFNWeights
 from .plan import MaskTables, Plan, Routing, route
 from .validation import describe
 
 ALIGN = 8  # CUTLASS 16-byte accesses: GEMM extents along contiguous dims and leading dims
 GEMM_ENV = "NEURONSPEC_CUDA_GEMM"  # sm80 (default) or sm90
 DTYPE_CODES = {torch.float16: 1, torch.bfloat16: 2}
-ACT_CODES = {"relu": 0, "gelu": 1}
+CAPS = Caps(dtypes={"cuda": tuple(DTYPE_CODES)}, activations=tuple(a for a, s in TABLE.items() if s.code is not None),
+            grouping=True, counting=True, sorted_counting=True)
 OP_NT, OP_NN, OP_TN = 0, 1, 2  # csrc/ops.h grouped_gemm ops
 
 _module = None
@@ -277,16 +281,16 @@ class Kernels:
         )
 
     def act_forward(self, z, h, activation):
-        _require_module().act_forward(**self._common(z), act=ACT_CODES[activation], z=z.data_ptr(),
+        _require_module().act_forward(**self._common(z), act=TABLE[activation].code, z=z.data_ptr(),
                                       h=h.data_ptr(), numel=z.numel())
 
     def act_backward(self, z, g, h, activation):
-        _require_module().act_backward(**self._common(z), act=ACT_CODES[activation], z=z.data_ptr(),
+        _require_module().act_backward(**self._common(z), act=TABLE[activation].code, z=z.data_ptr(),
                                        g=g.data_ptr(), h=h.data_ptr(), numel=z.numel())
 
     def count(self, z, n_cols, rows, row_task, task, valid, h, counts, activation):
         _require_module().count_act(
-            **self._common(z), act=ACT_CODES[activation], z=z.data_ptr(), ldz=z.stride(0), n_rows=z.shape[0],
+            **self._common(z), act=TABLE[activation].code, z=z.data_ptr(), ldz=z.stride(0), n_rows=z.shape[0],
             n_cols=n_cols, rows=0 if rows is None else rows.data_ptr(),
             row_task=0 if row_task is None else row_task.data_ptr(), task=task,
             valid=0 if valid is None else valid.data_ptr(), h=0 if h is None else h.data_ptr(),
@@ -298,13 +302,13 @@ KERNELS = Kernels()
 
 
 # ---- the small torch-side terms --------------------------------------------------------------
-def task_output_bias(b1, w2, b2, tables: MaskTables, task, activation, mask_bias) -> torch.Tensor:
+def task_output_bias(w: FFNWeights, tables: MaskTables, task, opts) -> torch.Tensor:
     """fp32 [P, d_out]: b2 + c_t per problem, c_t = act(b1[I_t]) W2[:, I_t]ᵀ (0 if mask_bias)."""
-    b2f = b2.float()[None]
-    if mask_bias:
-        return b2f if task >= 0 else b2f.expand(tables.num_tasks, -1)
-    inactive = tables.inactive(task if task >= 0 else None, torch.float32).reshape(-1, b1.shape[0])
-    return b2f + (inactive * act(b1.float(), activation)) @ w2.float().t()
+    b2f = w.b2.float()
+    if opts.mask_bias:
+        return b2f[None] if task >= 0 else b2f[None].expand(tables.num_tasks, -1)
+    inactive = tables.inactive(task if task >= 0 else None, torch.float32).reshape(-1, w.b1.shape[0])
+    return output_bias(b2f, w.w2.float(), inactive_output(w.b1.float(), inactive, opts.activation))
 
 
 def task_dy_sums(dy, routing: Routing, num_tasks) -> torch.Tensor:
@@ -323,25 +327,27 @@ def _sorted_plan(plan: Plan) -> Plan:
     return plan if r is plan else Plan(r.n, r.task, r.task_ids, r.order, r.sorted_ids, r.starts, plan.tables)
 
 
-def masked_ffn_fwd(x, w1, b1, w2, b2, plan, activation, mask_bias):
+def forward(x, weights: FFNWeights, plan, opts):
     """→ (y, (packed z,)) for a plan (ops/plan.py)."""
-    check_inputs(x=x, w1=w1, b1=b1, w2=w2, b2=b2, indices=plan.indices, offsets=plan.offsets, task_ids=plan.task_ids)
-    plan = _sorted_plan(plan)
-    y, z = forward(x, w1, b1, w2, b2, plan, activation, mask_bias, KERNELS)
+    w = weights
+    check_inputs(x=x, w1=w.w1, b1=w.b1, w2=w.w2, b2=w.b2, indices=plan.indices, offsets=plan.offsets,
+                 task_ids=plan.task_ids)
+    y, z = launch_forward(x, weights, _sorted_plan(plan), opts, KERNELS)
     return y, (z,)
 
 
-def masked_ffn_bwd(dy, x, w1, b1, w2, b2, plan, saved, activation, mask_bias):
+def backward(dy, x, weights: FFNWeights, plan, opts, saved):
     (z,) = saved
-    check_inputs(x=x, dy=dy, w1=w1, b1=b1, w2=w2, b2=b2, indices=plan.indices, offsets=plan.offsets,
+    w = weights
+    check_inputs(x=x, dy=dy, w1=w.w1, b1=w.b1, w2=w.w2, b2=w.b2, indices=plan.indices, offsets=plan.offsets,
                  task_ids=plan.task_ids, z=z)
-    plan = _sorted_plan(plan)
-    return backward(dy, x, w1, b1, w2, b2, plan, z, activation, mask_bias, KERNELS)
+    return launch_backward(dy, x, weights, _sorted_plan(plan), opts, z, KERNELS)
 
 
-def act_count(x, w1, b1, counts, routing, valid, activation, write_output):
-    check_inputs(x=x, w1=w1, b1=b1, counts=counts, task_ids=routing.task_ids, valid=valid)
-    return count(x, w1, b1, counts, routing, valid, activation, write_output, KERNELS)
+def act_count(x, weights: FFNWeights, counting, opts):
+    check_inputs(x=x, w1=weights.w1, b1=weights.b1, counts=counting.counts, task_ids=counting.routing.task_ids,
+                 valid=counting.valid)
+    return launch_count(x, weights, counting, opts, KERNELS)
 
 
 def _tokens_and_w1(x, w1, b1, order, lay, k: Kernels):
@@ -355,9 +361,10 @@ def _tokens_and_w1(x, w1, b1, order, lay, k: Kernels):
     return xs, w1t
 
 
-def forward(x, w1, b1, w2, b2, plan, activation, mask_bias, k: Kernels):
+def launch_forward(x, weights: FFNWeights, plan, opts, k: Kernels):
     """(y [N, d_out], packed z [N, width]) with the kernels `k` (validated inputs; a mixed
     plan sorted by task)."""
+    w1, b1, w2, activation = weights.w1, weights.b1, weights.w2, opts.activation
     n, d_out = x.shape[0], w2.shape[0]
     lay = masks_layout(plan.tables, plan.task)
     starts, order = _bounds(plan)
@@ -369,14 +376,15 @@ def forward(x, w1, b1, w2, b2, plan, activation, mask_bias, k: Kernels):
     k.gather(w2.t().contiguous(), lay.table_idx, w2tt)
     ys = _empty(n, _round(d_out), x)
     k.gemm(OP_NN, lay, starts, n, h, w2tt, ys)
-    bias = task_output_bias(b1, w2, b2, plan.tables, plan.task, activation, mask_bias).contiguous()
+    bias = task_output_bias(weights, plan.tables, plan.task, opts).contiguous()
     y = x.new_empty(n, d_out)
     k.scatter(ys, bias, plan.sorted_ids if plan.mixed else None, order, y)
     return y, z
 
 
-def backward(dy, x, w1, b1, w2, b2, plan, z, activation, mask_bias, k: Kernels):
-    """(dx, dw1, db1, dw2, db2) with the kernels `k`; weight gradients accumulate in fp32."""
+def launch_backward(dy, x, weights: FFNWeights, plan, opts, z, k: Kernels):
+    """(dx, FFNWeights of gradients) with the kernels `k`; weight gradients accumulate in fp32."""
+    w1, b1, w2, activation = weights.w1, weights.b1, weights.w2, opts.activation
     n, d, f, d_out = x.shape[0], x.shape[1], w1.shape[0], w2.shape[0]
     lay = masks_layout(plan.tables, plan.task)
     starts, order = _bounds(plan)
@@ -399,20 +407,21 @@ def backward(dy, x, w1, b1, w2, b2, plan, z, activation, mask_bias, k: Kernels):
     dw1e = torch.zeros(f + 1, dw1t.shape[1], dtype=torch.float32, device=x.device).index_add_(0, lay.scatter_idx, dw1t)
     dw2e = torch.zeros(f + 1, dw2tt.shape[1], dtype=torch.float32, device=x.device).index_add_(0, lay.scatter_idx, dw2tt)
     dw1, db1, dw2t = dw1e[:f, :d], dw1e[:f, d], dw2e[:f, :d_out]
-    if not mask_bias:  # inactive neurons output the per-task constant act(b1_i)
-        num_tasks = plan.tables.num_tasks
-        sums = task_dy_sums(dy, plan, num_tasks)
+    if not opts.mask_bias:  # inactive neurons output the per-task constant act(b1_i) (ops/bias_terms.py)
+        sums = task_dy_sums(dy, plan, plan.tables.num_tasks)
         inactive = plan.tables.inactive(None, torch.float32)
         b1f = b1.float()
-        db1 = db1 + act_grad(b1f, activation) * (inactive * (sums @ w2.float())).sum(0)
-        dw2t = dw2t + (inactive * act(b1f, activation)).t() @ sums
+        add_inactive_grads(sums, w2.float(), b1f, inactive_output(b1f, inactive, activation), inactive, activation,
+                           dw2t.t(), db1)
     db2 = dy.float().sum(0)
     dt = x.dtype
-    return dx, dw1.to(dt).contiguous(), db1.to(dt).contiguous(), dw2t.t().to(dt).contiguous(), db2.to(dt)
+    return dx, FFNWeights(dw1.to(dt).contiguous(), db1.to(dt).contiguous(), dw2t.t().to(dt).contiguous(), db2.to(dt))
 
 
-def count(x, w1, b1, counts, routing, valid, activation, write_output, k: Kernels):
+def launch_count(x, weights: FFNWeights, counting, opts, k: Kernels):
     """h [N, f] (or [0, f] when not write_output); counts [T, f] updated in place."""
+    w1, b1, counts, routing, valid = weights.w1, weights.b1, counting.counts, counting.routing, counting.valid
+    write_output, activation = counting.write_output, opts.activation
     n, f, num_tasks = x.shape[0], w1.shape[0], counts.shape[0]
     if n == 0:
         return x.new_empty(0, f)

@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import torch
 
-from .activations import act, act_backward, act_inplace
+from .activations import ACTIVATIONS, act_backward, act_inplace, from_saved, saved_for_backward
+from .backends import ALL_FLOATS, Caps
+from .call import FFNWeights
+
+CAPS = Caps(dtypes={"cpu": ALL_FLOATS, "cuda": ALL_FLOATS}, activations=ACTIVATIONS, uniform=True)
 
 
-def available(device: torch.device) -> str | None:
-    return None
-
-
-def masked_ffn_fwd(x, w1, b1, w2, b2, plan, activation, mask_bias):
-    """→ (y [N, d_out], saved tuple for masked_ffn_bwd)."""
+def forward(x, weights: FFNWeights, plan, opts):
+    """→ (y [N, d_out], saved tuple for backward)."""
+    w1, b1, w2, b2 = weights.tensors()[:4]
     tables = plan.tables
     z = torch.addmm(b1, x, w1.t())
     if plan.mixed or plan.uniform:  # [N, f], or [1, f] broadcast over the tokens
@@ -30,17 +31,17 @@ def masked_ffn_fwd(x, w1, b1, w2, b2, plan, activation, mask_bias):
     else:
         m = None if tables.is_full(plan.task) else tables.active[plan.task]
     if m is not None:
-        z = torch.where(m, z, 0 if mask_bias else b1)
-    h = act_inplace(z, activation)
+        z = torch.where(m, z, 0 if opts.mask_bias else b1)
+    h = act_inplace(z, opts.activation)
     y = torch.addmm(b2, h, w2.t())
-    return y, (m, h if activation == "relu" else z)
+    return y, (m, saved_for_backward(z, h, opts.activation))
 
 
-def masked_ffn_bwd(dy, x, w1, b1, w2, b2, plan, saved, activation, mask_bias):
-    """→ (dx, dw1, db1, dw2, db2)."""
+def backward(dy, x, weights: FFNWeights, plan, opts, saved):
+    """→ (dx, FFNWeights of gradients)."""
     m, a = saved
-    h = a if activation == "relu" else act(a, activation)
-    dz = act_backward(dy.mm(w2), a, activation)
+    h = from_saved(a, opts.activation)
+    dz = act_backward(dy.mm(weights.w2), a, opts.activation)
     dzm = dz if m is None else torch.where(m, dz, 0)
-    return dzm.mm(w1), dzm.t().mm(x), (dzm if mask_bias else dz).sum(0), dy.t().mm(h), dy.sum(0)
-
+    grads = FFNWeights(dzm.t().mm(x), (dzm if opts.mask_bias else dz).sum(0), dy.t().mm(h), dy.sum(0))
+    return dzm.mm(weights.w1), grads

@@ -5,9 +5,9 @@ import torch
 from torch import nn
 
 from .activations import act
-from .functional import fc1_act_count, masked_ffn
+from .functional import autocast_inputs, fc1_act_count, masked_ffn
 from .masks import TaskMasks
-from .validation import check_activation
+from .validation import check_activation, check_masks
 
 
 class SpecializedFFN(nn.Module):
@@ -31,10 +31,7 @@ class SpecializedFFN(nn.Module):
     def set_masks(self, masks: TaskMasks | None) -> None:
         """Restrict task t to masks.active(t); None goes back to dense."""
         if masks is not None:
-            if not isinstance(masks, TaskMasks):
-                raise TypeError(f"masks: expected TaskMasks or None, got {type(masks).__name__}")
-            if masks.num_neurons != self.fc1.out_features:
-                raise ValueError(f"masks: built for {masks.num_neurons} neurons, this FFN has {self.fc1.out_features}")
+            check_masks(masks, self.fc1.out_features, None, "fc1")
             masks = masks.to(self.fc1.weight.device)
         self.masks = masks
 
@@ -57,23 +54,13 @@ class SpecializedFFN(nn.Module):
         valid bool [...] marks non-padding tokens (used by counting only)."""
         if self.masks is None and self.counts is None:
             return self.fc2(act(self.fc1(x), self.activation))
-        x, w1, b1, w2, b2 = self._autocast(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
+        x, w1, b1, w2, b2 = autocast_inputs(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
         if self.counts is not None:
             h = fc1_act_count(x, w1, b1, self.counts, task_ids, valid, self.activation, backend=self.backend)
             return torch.nn.functional.linear(h, w2, b2)
         if task_ids is None:
             raise ValueError("task_ids: required when masks are set (one id per token, or an int)")
         return masked_ffn(x, w1, b1, w2, b2, self.masks, task_ids, self.activation, self.mask_bias, self.backend)
-
-    @staticmethod
-    def _autocast(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Under torch.autocast, run the custom ops in the autocast dtype (as nn.Linear would);
-        gradients flow back through the casts to the float32 parameters."""
-        device = tensors[0].device.type
-        if not torch.is_autocast_enabled(device):
-            return tensors
-        dtype = torch.get_autocast_dtype(device)
-        return tuple(t.to(dtype) for t in tensors)
 
     def extra_repr(self) -> str:
         m = "dense" if self.masks is None else f"{self.masks.num_tasks} task masks"

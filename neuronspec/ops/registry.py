@@ -1,58 +1,40 @@
 """Backend selection and the `torch.library` custom ops (autograd + fake kernels).
 
-A backend is a module with
-    available(device) -> None | str (why not)
-    masked_ffn_fwd(x, w1, b1, w2, b2, plan, activation, mask_bias) -> (y [N, d_out], saved tuple)
-    masked_ffn_bwd(dy, x, w1, b1, w2, b2, plan, saved, activation, mask_bias) -> (dx, dw1, db1, dw2, db2)
-    act_count(x, w1, b1, counts, routing, valid, activation, write_output) -> h   (not `maskmul`)
-Inputs reach a backend validated, 2-D and contiguous, with one `Plan` per call (ops/plan.py:
-token routing + the masks' static tables, built here once, without host syncs). The default,
-`auto`, picks per call between gathering the active neurons and the dense mask-multiply by the
-call's regime (ops/routing.py).
+One op family: the masked FFN, plain or gated (FFNWeights.w_up), and its fused counting.
+Backends and what they declare are in ops/backends.py, which one runs a call is decided in
+ops/routing.py; here each call builds its `Plan` once (ops/plan.py: token routing + the masks'
+static tables, without host syncs), hands the backend the typed objects of ops/call.py and
+records which backend ran (`last_backend`). The flat argument lists below exist only because
+a custom op needs them (`_flat` / `_unflat`).
 """
 from __future__ import annotations
 
-import importlib
 import os
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 from torch import Tensor
 
+from . import routing
+from .backends import BACKENDS, caps, module, unavailable_reason
+from .call import Counting, FFNOptions, FFNWeights
 from .plan import as_mixed, make_plan, mask_tables, route
-from .routing import auto_backend
+from .routing import AUTO
 
-BACKENDS = {
-    "reference": "neuronspec.ops.reference",
-    "maskmul": "neuronspec.ops.maskmul_backend",
-    "torch": "neuronspec.ops.torch_backend",
-    "triton": "neuronspec.ops.triton_backend",
-    "cuda": "neuronspec.ops.cuda_backend",
-}
 ENV_VAR = "NEURONSPEC_BACKEND"
-AUTO = "auto"
-GROUPING = ("torch", "triton", "cuda")  # backends that take mixed batches sorted by task from the plan
-UNIFORM_NATIVE = ("torch", "maskmul")  # backends with a UNIFORM path (the others run it as mixed)
-
-
-def _module(name: str):
-    return importlib.import_module(BACKENDS[name])
-
-
-def unavailable_reason(name: str, device: torch.device) -> str | None:
-    """None if backend `name` can run on `device`, else a sentence saying why not."""
-    if name == AUTO:
-        return None
-    try:
-        module = _module(name)
-    except ImportError as e:
-        return f"cannot import {BACKENDS[name]}: {e}"
-    return module.available(torch.device(device))
+_LAST: dict[str, str] = {}
 
 
 def available_backends(device: torch.device | str = "cpu") -> list[str]:
     """Concrete backends that run on `device` (`auto` chooses among them per call)."""
     return [b for b in BACKENDS if unavailable_reason(b, torch.device(device)) is None]
+
+
+def last_backend(op: str = "masked_ffn") -> str | None:
+    """The backend that ran the last `masked_ffn` (or `count`) call in this process, after
+    `auto` and CAPS routing (None before any): what benchmarks report as the backend timed."""
+    return _LAST.get(op)
 
 
 def resolve_backend(backend: str | None, device: torch.device) -> str:
@@ -86,73 +68,104 @@ def _choose(backend: str | None, env_backend: str | None, device: torch.device) 
     return backend
 
 
-def counting_backend(name: str, device: torch.device) -> str:
-    """The backend that counts for `name`: auto and maskmul (whose count would be the plain
-    fc1 + act anyway) use the device's fused counting kernels: triton on CUDA, else torch."""
-    if name not in (AUTO, "maskmul"):
-        return name
-    preferred = ("triton", "torch") if device.type == "cuda" else ("torch",)
-    return next(b for b in preferred if unavailable_reason(b, device) is None)
+@dataclass(frozen=True)
+class Call:
+    """A masked-FFN call apart from x and the weights: the masks' CSR (indices int32, offsets
+    int32 [T+1]), task ids (int64 [N], [1] for UNIFORM, empty for a host task), `task` (>= 0,
+    -1 mixed, UNIFORM), options and the resolved backend name (or `auto`)."""
+
+    indices: Tensor
+    offsets: Tensor
+    task_ids: Tensor
+    task: int
+    opts: FFNOptions
+    backend: str
 
 
 # ---- masked FFN -------------------------------------------------------------------------
 # The op bodies live in plain functions: the custom ops (traced by torch.compile) and the eager
 # autograd.Function below both call them. `state` = (plan, backend that ran, what it saved).
-def _forward(x, w1, b1, w2, b2, indices, offsets, task_ids, task, activation, mask_bias, backend):
-    tables = mask_tables(indices, offsets, w1.shape[0])
-    name = auto_backend(tables, task, x) if backend == AUTO else backend
-    if name not in UNIFORM_NATIVE:
+def _forward(x: Tensor, weights: FFNWeights, call: Call):
+    tables = mask_tables(call.indices, call.offsets, weights.w1.shape[0])
+    name = routing.ffn_backend(call.backend, tables, call.task, x, call.opts.activation, weights.gated)
+    task_ids, task = call.task_ids, call.task
+    if not caps(name).uniform:
         task_ids, task = as_mixed(task_ids, task, x.shape[0])
-    plan = make_plan(tables, task_ids, task, x.shape[0], sort=name in GROUPING)
-    y, saved = _module(name).masked_ffn_fwd(x, w1, b1, w2, b2, plan, activation, mask_bias)
+    plan = make_plan(tables, task_ids, task, x.shape[0], sort=caps(name).grouping)
+    y, saved = module(name).forward(x, weights, plan, call.opts)
+    _LAST["masked_ffn"] = name
     return y, (plan, name, saved)
 
 
-def _backward(dy, x, w1, b1, w2, b2, state, activation, mask_bias):
+def _backward(dy: Tensor, x: Tensor, weights: FFNWeights, call: Call, state) -> tuple[Tensor, FFNWeights]:
     plan, name, saved = state
-    return _module(name).masked_ffn_bwd(dy.contiguous(), x, w1, b1, w2, b2, plan, saved, activation, mask_bias)
+    return module(name).backward(dy.contiguous(), x, weights, plan, call.opts, saved)
+
+
+def _flat(x: Tensor, weights: FFNWeights, call: Call) -> tuple:
+    """The custom ops' argument list (the one place its order is spelled, with _unflat)."""
+    o = call.opts
+    return (x, *weights.tensors(), call.indices, call.offsets, call.task_ids, call.task, o.activation, o.mask_bias,
+            call.backend)
+
+
+def _unflat(args) -> tuple[Tensor, FFNWeights, Call]:
+    x, w1, b1, w2, b2, w_up, b_up, indices, offsets, task_ids, task, activation, mask_bias, backend = args
+    return x, FFNWeights(w1, b1, w2, b2, w_up, b_up), Call(indices, offsets, task_ids, task,
+                                                           FFNOptions(activation, mask_bias), backend)
+
+
+NUM_WEIGHTS, NUM_ARGS = 6, 14  # of _flat: weights after x, then the call
 
 
 @torch.library.custom_op("neuronspec::masked_ffn_fwd", mutates_args=())
 def masked_ffn_fwd_op(
-    x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, indices: Tensor, offsets: Tensor,
-    task_ids: Tensor, task: int, activation: str, mask_bias: bool, backend: str,
+    x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, w_up: Optional[Tensor], b_up: Optional[Tensor],
+    indices: Tensor, offsets: Tensor, task_ids: Tensor, task: int, activation: str, mask_bias: bool, backend: str,
 ) -> Tensor:
-    return _forward(x, w1, b1, w2, b2, indices, offsets, task_ids, task, activation, mask_bias, backend)[0]
+    return _forward(*_unflat(locals().values()))[0]
 
 
 @masked_ffn_fwd_op.register_fake
-def _(x, w1, b1, w2, b2, indices, offsets, task_ids, task, activation, mask_bias, backend):
-    return x.new_empty(x.shape[0], w2.shape[0])
+def _(*args):
+    x, weights, _ = _unflat(args)
+    return x.new_empty(x.shape[0], weights.w2.shape[0])
 
 
 @torch.library.custom_op("neuronspec::masked_ffn_bwd", mutates_args=())
 def masked_ffn_bwd_op(
-    dy: Tensor, x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, indices: Tensor,
-    offsets: Tensor, task_ids: Tensor, task: int, activation: str, mask_bias: bool, backend: str,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Under torch.compile the backward runs the forward's GEMMs again for what it saves (the
-    saved layout is each backend's own; a custom op's outputs need static shapes)."""
-    state = _forward(x, w1, b1, w2, b2, indices, offsets, task_ids, task, activation, mask_bias, backend)[1]
-    grads = _backward(dy, x, w1, b1, w2, b2, state, activation, mask_bias)
-    return tuple(g.contiguous() for g in grads)
+    dy: Tensor, x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, w_up: Optional[Tensor],
+    b_up: Optional[Tensor], indices: Tensor, offsets: Tensor, task_ids: Tensor, task: int, activation: str,
+    mask_bias: bool, backend: str,
+) -> list[Tensor]:
+    """[dx, dw1, db1, dw2, db2] (+ [dw_up, db_up] when gated). Under torch.compile the backward
+    runs the forward's GEMMs again for what it saves (the saved layout is each backend's own; a
+    custom op's outputs need static shapes)."""
+    args = list(locals().values())
+    x, weights, call = _unflat(args[1:])
+    dx, grads = _backward(args[0], x, weights, call, _forward(x, weights, call)[1])
+    return [g.contiguous() for g in (dx, *grads.tensors()) if g is not None]
 
 
 @masked_ffn_bwd_op.register_fake
-def _(dy, x, w1, b1, w2, b2, indices, offsets, task_ids, task, activation, mask_bias, backend):
-    return tuple(torch.empty_like(t) for t in (x, w1, b1, w2, b2))
+def _(dy, *args):
+    x, weights, _ = _unflat(args)
+    return [torch.empty_like(t) for t in (x, *weights.tensors()) if t is not None]
 
 
 def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*inputs[:8])
-    ctx.task, ctx.activation, ctx.mask_bias, ctx.backend = inputs[8:]
+    x, weights, call = _unflat(inputs)
+    ctx.save_for_backward(x, *weights.tensors(), call.indices, call.offsets, call.task_ids)
+    ctx.meta = (call.task, call.opts, call.backend)
 
 
 def _compiled_backward(ctx, dy):
-    x, w1, b1, w2, b2, indices, offsets, task_ids = ctx.saved_tensors
-    grads = masked_ffn_bwd_op(dy, x, w1, b1, w2, b2, indices, offsets, task_ids, ctx.task, ctx.activation,
-                           ctx.mask_bias, ctx.backend)
-    return (*grads, None, None, None, None, None, None, None)
+    x, *ws, indices, offsets, task_ids = ctx.saved_tensors
+    weights, call = FFNWeights(*ws), Call(indices, offsets, task_ids, *ctx.meta)
+    grads = iter(masked_ffn_bwd_op(dy, *_flat(x, weights, call)))
+    dx = next(grads)
+    return (dx, *(None if t is None else next(grads) for t in weights.tensors()),
+            *[None] * (NUM_ARGS - 1 - NUM_WEIGHTS))
 
 
 masked_ffn_fwd_op.register_autograd(_compiled_backward, setup_context=_setup_context)
@@ -164,37 +177,55 @@ class _EagerMaskedFFN(torch.autograd.Function):
     the backward as they are; `masked_ffn_dispatch` uses it unless torch.compile is tracing."""
 
     @staticmethod
-    def forward(ctx, x, w1, b1, w2, b2, indices, offsets, task_ids, task, activation, mask_bias, backend):
-        y, (plan, name, saved) = _forward(x, w1, b1, w2, b2, indices, offsets, task_ids, task, activation,
-                                          mask_bias, backend)
-        ctx.save_for_backward(x, w1, b1, w2, b2, *saved)
-        ctx.plan, ctx.name, ctx.activation, ctx.mask_bias = plan, name, activation, mask_bias
+    def forward(ctx, call, x, *weight_tensors):
+        weights = FFNWeights(*weight_tensors)
+        y, (plan, name, saved) = _forward(x, weights, call)
+        ctx.save_for_backward(x, *weight_tensors, *saved)
+        ctx.call, ctx.plan, ctx.name = call, plan, name
         ctx.set_materialize_grads(False)
         return y
 
     @staticmethod
     def backward(ctx, dy):
         if dy is None:  # y did not reach the loss
-            return (None,) * 12
-        x, w1, b1, w2, b2, *saved = ctx.saved_tensors
-        grads = _backward(dy, x, w1, b1, w2, b2, (ctx.plan, ctx.name, tuple(saved)), ctx.activation, ctx.mask_bias)
-        return (*grads, None, None, None, None, None, None, None)
+            return (None,) * (2 + NUM_WEIGHTS)
+        x, *rest = ctx.saved_tensors
+        weights = FFNWeights(*rest[:NUM_WEIGHTS])
+        dx, grads = _backward(dy, x, weights, ctx.call, (ctx.plan, ctx.name, tuple(rest[NUM_WEIGHTS:])))
+        return (None, dx, *grads.tensors())
 
 
-def masked_ffn_dispatch(x, w1, b1, w2, b2, indices, offsets, task_ids, task, activation, mask_bias, backend) -> Tensor:
+def masked_ffn_dispatch(x: Tensor, weights: FFNWeights, call: Call) -> Tensor:
     """y [N, d_out] through the custom op when torch.compile traces, else through _EagerMaskedFFN."""
-    args = (x, w1, b1, w2, b2, indices, offsets, task_ids, task, activation, mask_bias, backend)
     if torch.compiler.is_compiling():
-        return masked_ffn_fwd_op(*args)
-    return _EagerMaskedFFN.apply(*args)
+        return masked_ffn_fwd_op(*_flat(x, weights, call))
+    return _EagerMaskedFFN.apply(call, x, *weights.tensors())
 
 
 # ---- fused fc1 + activation + counting ----------------------------------------------------
-def _count(x, w1, b1, counts, task_ids, task, valid, activation, write_output, backend):
-    name = counting_backend(backend, x.device)
-    task_ids, task = as_mixed(task_ids, task, x.shape[0])
-    routing = route(task_ids, task, counts.shape[0], x.shape[0], sort=name in ("triton", "cuda"))
-    return _module(name).act_count(x, w1, b1, counts, routing, valid, activation, write_output)
+@dataclass(frozen=True)
+class CountCall:
+    """A counting call apart from x and fc1's weights: counts int64 [T, f] (updated in place),
+    task ids and `task` as in Call, valid bool [N] or None, whether to return H, the
+    activation and the resolved backend name."""
+
+    counts: Tensor
+    task_ids: Tensor
+    task: int
+    valid: Optional[Tensor]
+    write_output: bool
+    activation: str
+    backend: str
+
+
+def _count(x: Tensor, weights: FFNWeights, call: CountCall) -> Tensor:
+    name = routing.counting_backend(call.backend, x, call.activation)
+    task_ids, task = as_mixed(call.task_ids, call.task, x.shape[0])
+    r = route(task_ids, task, call.counts.shape[0], x.shape[0], sort=caps(name).sorted_counting)
+    h = module(name).act_count(x, weights, Counting(call.counts, r, call.valid, call.write_output),
+                               FFNOptions(call.activation))
+    _LAST["count"] = name
+    return h
 
 
 @torch.library.custom_op("neuronspec::fc1_act_count", mutates_args=("counts",))
@@ -202,15 +233,18 @@ def fc1_act_count_op(
     x: Tensor, w1: Tensor, b1: Tensor, counts: Tensor, task_ids: Tensor, task: int,
     valid: Optional[Tensor], activation: str, write_output: bool, backend: str,
 ) -> Tensor:
-    return _count(x, w1, b1, counts, task_ids, task, valid, activation, write_output, backend)
+    return _count(x, FFNWeights(w1, b1), CountCall(counts, task_ids, task, valid, write_output, activation, backend))
 
 
-def fc1_act_count_dispatch(x, w1, b1, counts, task_ids, task, valid, activation, write_output, backend) -> Tensor:
+def fc1_act_count_dispatch(x: Tensor, weights: FFNWeights, call: CountCall) -> Tensor:
     """The custom op when torch.compile traces, else its body directly (no dispatch cost)."""
-    args = (x, w1, b1, counts, task_ids, task, valid, activation, write_output, backend)
-    return fc1_act_count_op(*args) if torch.compiler.is_compiling() else _count(*args)
+    if torch.compiler.is_compiling():
+        return fc1_act_count_op(x, weights.w1, weights.b1, call.counts, call.task_ids, call.task, call.valid,
+                                call.activation, call.write_output, call.backend)
+    return _count(x, weights, call)
 
 
 @fc1_act_count_op.register_fake
-def _(x, w1, b1, counts, task_ids, task, valid, activation, write_output, backend):
+def _(x, w1, b1, counts, *args):
+    write_output = args[-2]
     return x.new_empty(x.shape[0] if write_output else 0, w1.shape[0])

@@ -1,4 +1,5 @@
-"""`auto`: per call, the path measured fastest for the call's regime (docs/design.md §3).
+"""Which backend runs each call (docs/design.md §3): `auto`'s measured rule, and the checks of a
+named backend against what its CAPS declare (ops/backends.py); the registry asks nothing else.
 
 Computing only the active neurons saves FLOPs in proportion to 1 − p (p = kept fraction), but
 gathers weights and pays per-call work; the dense mask-multiply (`maskmul` backend, the original
@@ -15,6 +16,8 @@ never slower than the original method:
 from __future__ import annotations
 
 import torch
+
+from .backends import BACKENDS, caps, unavailable_reason
 
 CUDA_MIN_DF = 4096 * 14336  # smallest d·f measured faster with gathering on the GPU
 CUDA_MIN_TOKENS = 8192  # the batch size it was measured at
@@ -61,3 +64,46 @@ def prefer_gather(device_type: str, mixed: bool, kept: float, d: int, f: int, n:
     if dtype in (torch.bfloat16, torch.float16):
         return False
     return not mixed or (1.0 - kept) * n / num_tasks >= CPU_MIN_SAVED_ROWS
+
+
+# ---- which backend runs a call --------------------------------------------------------------
+AUTO = "auto"
+GATHER, DENSE = ("torch",), ("maskmul",)  # auto's candidates for each answer of prefer_gather
+COUNTING = {"cuda": ("triton", "torch")}  # counting kernels per device type, preferred first
+COUNTING_DEFAULT = ("torch",)
+
+
+def _usable(name: str, x: torch.Tensor, activation: str, gated: bool) -> str | None:
+    """None if backend `name` runs this call on x's device, else why not."""
+    why = unavailable_reason(name, x.device)
+    return why if why is not None else caps(name).refuses(x.device, x.dtype, activation, gated)
+
+
+def ffn_backend(backend: str, tables, task: int, x: torch.Tensor, activation: str, gated: bool) -> str:
+    """The backend that runs a masked-FFN call: `auto` takes auto_backend's answer, or the other
+    kind where that one does not run the call (e.g. gated calls, which maskmul does not take);
+    a named backend runs it or raises a ValueError saying what its CAPS do not declare."""
+    if backend != AUTO:
+        why = caps(backend).refuses(x.device, x.dtype, activation, gated)
+        if why is not None:
+            raise ValueError(f"backend {backend!r} {why} (its CAPS); use backend='auto' or one of "
+                             f"{[b for b in BACKENDS if _usable(b, x, activation, gated) is None]}")
+        return backend
+    first = GATHER if auto_backend(tables, task, x) == GATHER[0] else DENSE
+    for name in first + (DENSE if first is GATHER else GATHER):
+        if _usable(name, x, activation, gated) is None:
+            return name
+    raise ValueError(f"backend 'auto': no backend runs a {'gated ' if gated else ''}{activation} FFN in {x.dtype} "
+                     f"on {x.device}")
+
+
+def counting_backend(backend: str, x: torch.Tensor, activation: str) -> str:
+    """The backend that counts: a named one with CAPS.counting counts itself (or raises where
+    its CAPS refuse the call); `auto` and backends without counting use the device's first
+    counting kernels that take the call (triton on CUDA, else torch)."""
+    if backend != AUTO and caps(backend).counting:
+        return ffn_backend(backend, None, -1, x, activation, False)
+    for name in COUNTING.get(x.device.type, COUNTING_DEFAULT):
+        if _usable(name, x, activation, False) is None:
+            return name
+    raise ValueError(f"counting: no backend counts {activation} in {x.dtype} on {x.device}")

@@ -4,7 +4,9 @@ Per task t with active rows A, six GEMMs over |A| columns:
     W1a = W1[A], W2a = W2[:, A]         gathered once per call, kept for backward
     Z = X W1aᵀ + b1[A]   H = act(Z)   Y = H W2aᵀ + b2 + c,   c = W2 (act(b1) ⊙ inactive)
     dH = dY W2a   dZ = dH ⊙ act'(Z)   dX = dZ W1a   dW1[A] = dZᵀ X   dW2[:, A] = dYᵀ H
-(a full mask skips the gathers). A homogeneous batch is one task: no host sync. A mixed batch
+(a full mask skips the gathers). A gated FFN also gathers W_up[A], b_up[A]: U = X W_upaᵀ + b_up[A],
+H = act(Z) ⊙ U, dZ = (dH ⊙ U) ⊙ act'(Z), dU = dH ⊙ act(Z), dX = dZ W1a + dU W_upa. The bias
+terms (c, and the inactive neurons' gradients) are ops/bias_terms.py's. A homogeneous batch is one task: no host sync. A mixed batch
 has its tokens sorted by task (plan.order), then
 * on a GPU: the six GEMMs are `torch.nn.functional.grouped_mm` calls over per-task weight tables
   [T, K, ·] padded to the largest task with zero rows (a zero row of W1 and b1 gives Z = 0,
@@ -14,7 +16,9 @@ has its tokens sorted by task (plan.order), then
   that break its 16-byte stride rule loop over the groups instead (one host copy of the bounds);
 * on CPU: a loop over the tasks present (reading the group bounds costs nothing there, and only
   those tasks' rows are gathered: padded tables for every task cost 2× more at 16 tasks).
-Saved for backward: the gathered weights and H for ReLU (relu'(Z) = [H > 0]) or Z for GELU.
+Gated mixed batches loop over the tasks on every device (one host read of the bounds on a GPU).
+Saved for backward: the gathered weights and H for ReLU (relu'(Z) = [H > 0]) or Z otherwise
+(gated: Z and U).
 """
 from __future__ import annotations
 
@@ -23,11 +27,13 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
-from .activations import act, act_backward, act_inplace
+from .activations import ACTIVATIONS, act, act_backward, act_inplace, from_saved, saved_for_backward
+from .backends import ALL_FLOATS, Caps
+from .bias_terms import add_inactive_grads, inactive_output, output_bias
+from .call import FFNWeights
 
-
-def available(device: torch.device) -> str | None:
-    return None
+CAPS = Caps(dtypes={"cpu": ALL_FLOATS, "cuda": ALL_FLOATS}, activations=ACTIVATIONS, gated=True, grouping=True,
+            uniform=True, counting=True)
 
 
 # ---- one task's tokens, and a loop over the tasks ------------------------------------------------
@@ -49,20 +55,23 @@ def _is_full(tables, t) -> bool:
     return isinstance(t, int) and tables.is_full(t)
 
 
-def _gather(w1, b1, w2, b2, tables, t, activation, mask_bias):
-    """(W1[A], b1[A], W2[:, A], hb = act(b1) ⊙ inactive or None, c = b2 + W2 hb, A, inactive)
-    of task t (A and inactive None for a full mask)."""
+def _gather(w: FFNWeights, tables, t, opts):
+    """(gathered FFNWeights with c = b2 + W2 hb as b2, hb = h_I or None, A, inactive) of task t
+    (A and inactive None for a full mask)."""
     if _is_full(tables, t):
-        return w1, b1, w2, None, b2, None, None
-    idx, pad, inactive = _neurons(tables, t, b1.dtype, mask_bias)
-    hb = None if mask_bias else act(b1, activation).mul_(inactive)
-    c = b2 if hb is None else torch.addmv(b2, w2, hb)
-    w1a, b1a, w2a = w1.index_select(0, idx), b1.index_select(0, idx), w2.index_select(1, idx)
+        return w, None, None, None
+    idx, pad, inactive = _neurons(tables, t, w.b1.dtype, opts.mask_bias)
+    hb = None if opts.mask_bias else inactive_output(w.b1, inactive, opts.activation, w.b_up)
+    c = w.b2 if hb is None else output_bias(w.b2, w.w2, hb)
+    rows = [None if v is None else v.index_select(0, idx) for v in (w.w1, w.b1, w.w_up, w.b_up)]
+    w2a = w.w2.index_select(1, idx)
     if pad is not None:
-        w1a.masked_fill_(pad[:, None], 0)
-        b1a.masked_fill_(pad, 0)
+        for v in rows:
+            if v is not None:
+                v.masked_fill_(pad.view(-1, *[1] * (v.dim() - 1)), 0)
         w2a.masked_fill_(pad, 0)
-    return w1a, b1a, w2a, hb, c, idx, inactive
+    w1a, b1a, wua, bua = rows
+    return FFNWeights(w1a, b1a, w2a, c, wua, bua), hb, idx, inactive
 
 
 _GATHERED: dict[int, tuple] = {}  # id(w1) → (key, gathered): the last task's weights per layer
@@ -84,52 +93,61 @@ def reuse_gathered_weights():
             _GATHERED.clear()
 
 
-def _gather_cached(w1, b1, w2, b2, tables, t, activation, mask_bias):
+def _gather_cached(w: FFNWeights, tables, t, opts):
     """_gather, reused inside reuse_gathered_weights() for a host-int task (one task per layer)."""
     if not _REUSE[0] or not isinstance(t, int):
-        return _gather(w1, b1, w2, b2, tables, t, activation, mask_bias)
-    key = tuple((p.data_ptr(), p._version) for p in (w1, b1, w2, b2)) + (id(tables), t, activation, mask_bias)
-    hit = _GATHERED.get(id(w1))
+        return _gather(w, tables, t, opts)
+    tensors = [p for p in w.tensors() if p is not None]
+    key = tuple((p.data_ptr(), p._version) for p in tensors) + (id(tables), t, opts)
+    hit = _GATHERED.get(id(w.w1))
     if hit is None or hit[0] != key:
-        hit = _GATHERED[id(w1)] = (key, _gather(w1, b1, w2, b2, tables, t, activation, mask_bias))
+        hit = _GATHERED[id(w.w1)] = (key, _gather(w, tables, t, opts))
     return hit[1]
 
 
-def _task_fwd(x, w1, b1, w2, b2, tables, t, activation, mask_bias, out=None):
+def _task_fwd(x, w: FFNWeights, tables, t, opts, out=None):
     """(Y [n, d_out] of task t's tokens x (into `out` if given), saved tuple)."""
-    w1a, b1a, w2a, hb, c, idx, inactive = _gather_cached(w1, b1, w2, b2, tables, t, activation, mask_bias)
-    z = torch.addmm(b1a, x, w1a.t())
-    h = act_inplace(z, activation)
-    y = torch.addmm(c, h, w2a.t(), out=out)
-    return y, (w1a, w2a, h if activation == "relu" else z, hb, idx, inactive)
+    wa, hb, idx, inactive = _gather_cached(w, tables, t, opts)
+    z = torch.addmm(wa.b1, x, wa.w1.t())
+    if not w.gated:
+        h = act_inplace(z, opts.activation)
+        y = torch.addmm(wa.b2, h, wa.w2.t(), out=out)
+        return y, (wa.w1, wa.w2, saved_for_backward(z, h, opts.activation), hb, idx, inactive, None, None)
+    u = torch.addmm(wa.b_up, x, wa.w_up.t())
+    y = torch.addmm(wa.b2, act(z, opts.activation) * u, wa.w2.t(), out=out)
+    return y, (wa.w1, wa.w2, z, hb, idx, inactive, wa.w_up, u)
 
 
-SAVED_PER_TASK = 6  # len of _task_fwd's saved tuple
+SAVED_PER_TASK = 8  # len of _task_fwd's saved tuple
 
 
-def _task_bwd(dy, x, w1, b1, w2, saved, activation, dw1, db1, dw2, sdy=None):
-    """dX of one task's tokens; adds their dW1, db1 and dW2 into the given accumulators
-    (sdy: Σ dY over the tokens, if the caller has it)."""
-    w1a, w2a, a, hb, idx, inactive = saved
-    h = a if activation == "relu" else act(a, activation)
-    dz = act_backward(dy.mm(w2a), a, activation)
-    if idx is None:  # full mask
-        dw1.addmm_(dz.t(), x)
-        db1.add_(dz.sum(0))
-        dw2.addmm_(dy.t(), h)
-        return dz.mm(w1a)
-    dw1.index_add_(0, idx, dz.t().mm(x))
-    db1.index_add_(0, idx, dz.sum(0))
-    dw2.index_add_(1, idx, dy.t().mm(h))
-    if hb is not None:  # inactive neurons output the constant act(b1_i): dW2[:, I] += ΣdY ⊗ act(b1_I),
-        sdy = dy.sum(0) if sdy is None else sdy  # db1[I] += act'(b1_I) ⊙ W2[:, I]ᵀ ΣdY
-        dw2.addr_(sdy, hb)
-        g = w2.t().mv(sdy)
-        if activation == "relu":  # hb_i > 0 ⇔ i inactive and b1_i > 0
-            db1.add_(act_backward(g, hb, activation))
+def _task_bwd(dy, x, w: FFNWeights, saved, opts, grads: FFNWeights, sdy=None):
+    """dX of one task's tokens; adds their weight and bias gradients into the accumulators
+    `grads` (sdy: Σ dY over the tokens, if the caller has it)."""
+    w1a, w2a, a, hb, idx, inactive, wua, u = saved
+    dh = dy.mm(w2a)
+    if u is None:
+        h = from_saved(a, opts.activation)
+        dz, du = act_backward(dh, a, opts.activation), None
+    else:
+        g = act(a, opts.activation)
+        h, dz, du = g * u, act_backward(dh * u, a, opts.activation), dh * g
+    parts = [(grads.w1, dz.t(), x, 0), (grads.w2, dy.t(), h, 1), (grads.w_up, None if du is None else du.t(), x, 0)]
+    for acc, left, right, dim in parts:
+        if left is None:
+            continue
+        if idx is None:  # full mask
+            acc.addmm_(left, right)
         else:
-            db1.add_(act_backward(g.mul_(inactive), b1, activation))
-    return dz.mm(w1a)
+            acc.index_add_(dim, idx, left.mm(right))
+    for acc, d in ((grads.b1, dz), (grads.b_up, du)):
+        if d is not None:
+            acc.add_(d.sum(0)) if idx is None else acc.index_add_(0, idx, d.sum(0))
+    if hb is not None:  # inactive neurons output the constant h_I (ops/bias_terms.py)
+        add_inactive_grads(dy.sum(0) if sdy is None else sdy, w.w2, w.b1, hb, inactive, opts.activation,
+                           grads.w2, grads.b1, w.b_up, grads.b_up)
+    dx = dz.mm(w1a)
+    return dx if du is None else dx.addmm_(du, wua)
 
 
 def _task_groups(plan) -> list[tuple[int, int, int]]:
@@ -146,31 +164,40 @@ def _one_task(plan):
     return plan.task_ids if plan.uniform else plan.task
 
 
-def _loop_fwd(x, w1, b1, w2, b2, plan, activation, mask_bias):
+def _loop_fwd(x, w: FFNWeights, plan, opts):
     if not plan.mixed:
-        return _task_fwd(x, w1, b1, w2, b2, plan.tables, _one_task(plan), activation, mask_bias)
+        return _task_fwd(x, w, plan.tables, _one_task(plan), opts)
     groups = _task_groups(plan)
     xs = x.index_select(0, plan.order)
-    ys = x.new_empty(x.shape[0], w2.shape[0])
+    ys = x.new_empty(x.shape[0], w.w2.shape[0])
     saved = [xs]
     for t, s, e in groups:
-        saved += _task_fwd(xs[s:e], w1, b1, w2, b2, plan.tables, t, activation, mask_bias, out=ys[s:e])[1]
+        saved += _task_fwd(xs[s:e], w, plan.tables, t, opts, out=ys[s:e])[1]
     return torch.empty_like(ys).index_copy_(0, plan.order, ys), tuple(saved)
 
 
-def _loop_bwd(dy, x, w1, b1, w2, plan, saved, activation):
-    dw1, db1, dw2 = torch.zeros_like(w1), torch.zeros_like(b1), torch.zeros_like(w2)
+def _zero_grads(w: FFNWeights) -> FFNWeights:
+    """Accumulators for every weight but b2 (whose gradient is Σ dY: _with_b2)."""
+    return FFNWeights(*(None if t is None or t is w.b2 else torch.zeros_like(t) for t in w.tensors()))
+
+
+def _loop_bwd(dy, x, w: FFNWeights, plan, opts, saved):
+    grads = _zero_grads(w)
     if not plan.mixed:
         db2 = dy.sum(0)
-        dx = _task_bwd(dy, x, w1, b1, w2, saved, activation, dw1, db1, dw2, db2)
-        return dx, dw1, db1, dw2, db2
+        dx = _task_bwd(dy, x, w, saved, opts, grads, db2)
+        return dx, _with_b2(grads, db2)
     xs, per_task = saved[0], saved[1:]
     dys = dy.index_select(0, plan.order)
     dxs = torch.empty_like(xs)
     k = SAVED_PER_TASK
     for i, (_, s, e) in enumerate(_task_groups(plan)):
-        dxs[s:e] = _task_bwd(dys[s:e], xs[s:e], w1, b1, w2, per_task[k * i : k * i + k], activation, dw1, db1, dw2)
-    return torch.empty_like(dxs).index_copy_(0, plan.order, dxs), dw1, db1, dw2, dy.sum(0)
+        dxs[s:e] = _task_bwd(dys[s:e], xs[s:e], w, per_task[k * i : k * i + k], opts, grads)
+    return torch.empty_like(dxs).index_copy_(0, plan.order, dxs), _with_b2(grads, dy.sum(0))
+
+
+def _with_b2(grads: FFNWeights, db2: torch.Tensor) -> FFNWeights:
+    return FFNWeights(grads.w1, grads.b1, grads.w2, db2, grads.w_up, grads.b_up)
 
 
 # ---- mixed batches through grouped GEMMs -------------------------------------------------------
@@ -232,10 +259,10 @@ def _grouped_layout(plan, x, w2):
     return idx, idx.view(-1), plan.starts[1:], _native_grouped(x, x.shape[1], w2.shape[0])
 
 
-def _grouped_fwd(x, w1, b1, w2, b2, plan, activation, mask_bias):
+def _grouped_fwd(x, w: FFNWeights, plan, opts):
     """Two grouped GEMMs over per-task tables, each bias riding in the GEMM (_bias_rows):
     Z = [Xs | 1] [W1[A] | b1[A]]ᵀ and Y = [H | 1] [W2[:, A]ᵀ ; b2 + c_t]."""
-    tables = plan.tables
+    tables, (w1, b1, w2, b2), activation = plan.tables, w.tensors()[:4], opts.activation
     idx, flat, ends, native = _grouped_layout(plan, x, w2)
     num_tasks, width = idx.shape
     d = x.shape[1]
@@ -248,22 +275,23 @@ def _grouped_fwd(x, w1, b1, w2, b2, plan, activation, mask_bias):
     xs = _ones_cols(x.index_select(0, plan.order))  # [N, d + e]
     z = grouped_mm(xs, w1b.transpose(1, 2), ends, native)
     h = act_inplace(z, activation)
-    if mask_bias:
+    if opts.mask_bias:
         hb, const = None, b2.expand(num_tasks, -1)
-    else:  # per-task constant b2 + c_t, c_t = act(b1) ⊙ inactive_t @ W2ᵀ
-        hb = act(b1, activation) * tables.inactive(None, b1.dtype)
-        const = torch.addmm(b2, hb, w2.t())
+    else:  # per-task constant b2 + c_t
+        hb = inactive_output(b1, tables.inactive(None, b1.dtype), activation)
+        const = output_bias(b2, w2, hb)
     ys = grouped_mm(_ones_cols(h), _bias_rows(w2g.permute(1, 2, 0), const, 1), ends, native)
     y = torch.empty_like(ys).index_copy_(0, plan.order, ys)
-    return y, (xs, w1b[..., :d], w2g, h if activation == "relu" else z, hb)
+    return y, (xs, w1b[..., :d], w2g, saved_for_backward(z, h, activation), hb)
 
 
-def _grouped_bwd(dy, x, w1, b1, w2, plan, saved, activation):
+def _grouped_bwd(dy, x, w: FFNWeights, plan, opts, saved):
     xs, w1g, w2g, a, hb = saved  # xs [N, d + e] ends in ones: dW1's column d is Σ dZ per neuron (db1)
+    w1, b1, w2, activation = w.w1, w.b1, w.w2, opts.activation
     idx, flat, ends, native = _grouped_layout(plan, x, w2)
     num_tasks, width = idx.shape
     d = x.shape[1]
-    h = a if activation == "relu" else act(a, activation)
+    h = from_saved(a, activation)
     dys = dy.index_select(0, plan.order)
     dz = act_backward(grouped_mm(dys, w2g.permute(1, 0, 2), ends, native), a, activation)
     dx = torch.empty_like(x).index_copy_(0, plan.order, grouped_mm(dz, w1g, ends, native))
@@ -272,47 +300,49 @@ def _grouped_bwd(dy, x, w1, b1, w2, plan, saved, activation):
     dw2g = grouped_mm(h.t(), dys, ends, native).view(-1, w2.shape[0])  # rows of dW2ᵀ
     if hb is None:  # mask_bias
         dw2t, db1 = w2.new_zeros(w2.shape[1], w2.shape[0]), b1.new_zeros(b1.shape)
-    else:  # inactive neurons: dW2ᵀ[I_t] += act(b1_I) ⊗ ΣdY_t, db1[I_t] += act'(b1_I) ⊙ W2[:, I_t]ᵀ ΣdY_t
+    else:  # inactive neurons output the constant h_I (ops/bias_terms.py), per task
         task_dy = dy.new_zeros(num_tasks, dy.shape[1]).index_add_(0, plan.sorted_ids, dys)
-        dw2t = hb.t().mm(task_dy)
-        g = (task_dy.mm(w2) * plan.tables.inactive(None, b1.dtype)).sum(0)
-        db1 = act_backward(g, b1, activation)  # relu: [b1 > 0] = relu'(b1), so b1 stands in for H
+        dw2, db1, _ = add_inactive_grads(task_dy, w2, b1, hb, plan.tables.inactive(None, b1.dtype), activation,
+                                         None, None)
+        dw2t = dw2.t()
     dw2t.index_add_(0, flat, dw2g)
     db1.index_add_(0, flat, dw1b[..., d].flatten())
-    return dx, dw1, db1, dw2t.t(), dy.sum(0)
+    return dx, FFNWeights(dw1, db1, dw2t.t(), dy.sum(0))
 
 
 # ---- backend protocol (registry.py) ----------------------------------------------------------
 GROUPED_ON_CPU = False  # tests set it to run the GPU's (grouped, sync-free) mixed path on CPU
 
 
-def _grouped(plan, x) -> bool:
-    """Mixed batches: grouped_mm on GPUs (no host sync); a loop over the tasks present on CPU,
-    where reading the group bounds costs nothing and only the present tasks' rows are gathered."""
-    return plan.mixed and (x.device.type != "cpu" or GROUPED_ON_CPU)
+def _grouped(plan, x, w: FFNWeights) -> bool:
+    """Plain mixed batches: grouped_mm on GPUs (no host sync); a loop over the tasks present on
+    CPU, where reading the group bounds costs nothing and only the present tasks' rows are
+    gathered, and for gated FFNs."""
+    return plan.mixed and not w.gated and (x.device.type != "cpu" or GROUPED_ON_CPU)
 
 
-def masked_ffn_fwd(x, w1, b1, w2, b2, plan, activation, mask_bias):
-    """→ (y [N, d_out], saved tuple for masked_ffn_bwd)."""
-    fwd = _grouped_fwd if _grouped(plan, x) else _loop_fwd
-    return fwd(x, w1, b1, w2, b2, plan, activation, mask_bias)
+def forward(x, weights: FFNWeights, plan, opts):
+    """→ (y [N, d_out], saved tuple for backward)."""
+    fwd = _grouped_fwd if _grouped(plan, x, weights) else _loop_fwd
+    return fwd(x, weights, plan, opts)
 
 
-def masked_ffn_bwd(dy, x, w1, b1, w2, b2, plan, saved, activation, mask_bias):
-    """→ (dx, dw1, db1, dw2, db2)."""
-    bwd = _grouped_bwd if _grouped(plan, x) else _loop_bwd
-    return bwd(dy, x, w1, b1, w2, plan, saved, activation)
+def backward(dy, x, weights: FFNWeights, plan, opts, saved):
+    """→ (dx, FFNWeights of gradients)."""
+    bwd = _grouped_bwd if _grouped(plan, x, weights) else _loop_bwd
+    return bwd(dy, x, weights, plan, opts, saved)
 
 
-def act_count(x, w1, b1, counts, routing, valid, activation, write_output):
+def act_count(x, weights: FFNWeights, counting, opts):
     """H = act(x W1ᵀ + b1) (or [0, f]); counts[t] += valid (Z > 0) per task, without a sync."""
-    z = torch.addmm(b1, x, w1.t())
+    z = torch.addmm(weights.b1, x, weights.w1.t())
     pos = z > 0
-    if valid is not None:
-        pos &= valid[:, None]
+    if counting.valid is not None:
+        pos &= counting.valid[:, None]
+    routing, counts = counting.routing, counting.counts
     if routing.mixed:
         per_task = counts.new_zeros(counts.shape, dtype=torch.int32)
         counts += per_task.index_add_(0, routing.task_ids, pos.to(torch.int32))
     else:  # summing bytes into int32 is ~2x faster than bool into int64
         counts[routing.task] += pos.view(torch.uint8).sum(0, dtype=torch.int32)
-    return act(z, activation) if write_output else z.new_empty(0, w1.shape[0])
+    return act(z, opts.activation) if counting.write_output else z.new_empty(0, weights.w1.shape[0])

@@ -8,14 +8,15 @@ dX read packed weights (W2ᵀ / W1 rows of the active lists, gathered once per c
 weight gradients read task-sorted X / dY, so every K loop pipelines (docs/design.md §3). No host
 sync: grids use upper bounds (cdiv(N, BM) + T token tiles, cdiv(f, BN) neuron blocks) and idle
 programs exit at once. The O((T + N)·f·d / N) bias terms of docs/design.md §2 (c_t, db1[I],
-dW2[:, I], db2) are torch ops here.
+dW2[:, I]: ops/bias_terms.py, and db2) are torch ops here.
 
 Saved for backward: Z_A packed in an [N, f] buffer in task-sorted row order (row r holds its
 task's k_t pre-activations in columns 0..k_t-1), like the torch backend.
 Precision: fp32 accumulation (fp64 for fp64 inputs); fp32 inputs use TF32 only when
 torch.backends.cuda.matmul.allow_tf32 is set. fp64 runs these kernels under the interpreter
-(so gradcheck works on CPU). On CUDA, fp64 and homogeneous batches (one task) use the torch
-backend's gather + cuBLAS math, which measured faster than these kernels (see _use_torch).
+(so gradcheck works on CPU); on CUDA, CAPS declares fp16/bf16/fp32 only (`auto` sends fp64 to
+the torch backend). Every call given to this backend runs these kernels: where gather + cuBLAS
+measured faster (homogeneous batches on an H200), `auto` picks the torch backend instead.
 Shared neurons' dW1/dW2 rows accumulate with fp32 atomics when a batch has several tasks
 (result order-dependent in the last bits); one task stores directly.
 Tiles are autotuned per problem size; NEURONSPEC_TRITON_AUTOTUNE=0 (read at import) keeps the
@@ -38,10 +39,14 @@ try:
 except ImportError as e:  # triton missing or broken: available() says why
     _IMPORT_ERROR = e
 
-from . import torch_backend
-from .activations import act, act_grad
+from .activations import TABLE
+from .backends import ALL_FLOATS, Caps
+from .bias_terms import add_inactive_grads, inactive_output, output_bias
+from .call import FFNWeights
 
-ACTIVATION_CODES = {"relu": 0, "gelu": 1}
+CAPS = Caps(dtypes={"cuda": (torch.float16, torch.bfloat16, torch.float32), "cpu": ALL_FLOATS},
+            activations=tuple(a for a, spec in TABLE.items() if spec.code is not None), grouping=True,
+            counting=True, sorted_counting=True)
 
 
 def available(device: torch.device) -> str | None:
@@ -156,36 +161,28 @@ def _meta(x: torch.Tensor) -> dict:
                 ACC=tl.float64 if fp64 else tl.float32, GROUP_M=GROUP_M)
 
 
-def _use_torch(x: torch.Tensor, task: int = -1) -> bool:
-    """fp64 on a GPU, and homogeneous batches (one task) on a GPU: gathering the task's W1
-    rows / W2 columns once and calling cuBLAS (the torch backend's math) beat these kernels on
-    an H200 (bf16, N 8192, llm shape: 2.1x dense at p=0.25 vs 0.96x; GPU time 1.8x vs 0.65x on
-    the big shape; benchmarks/results/gpu-h200/). Mixed batches keep the grouped kernels."""
-    return not INTERPRETED and (x.dtype == torch.float64 or task >= 0)
-
-
 def _token_grid(n, num_groups, block_cols, cols):
     """1-D swizzled grid over (token tiles + one spare per group) × column blocks."""
     return lambda m: ((triton.cdiv(n, m["BLOCK_M"]) + num_groups) * triton.cdiv(cols, m[block_cols]),)
 
 
 # ---- backend protocol ----------------------------------------------------------------------------
-def masked_ffn_fwd(x, w1, b1, w2, b2, plan, activation, mask_bias):
+def forward(x, weights: FFNWeights, plan, opts):
     """→ (y [N, d_out], (z packed [N, f] in task-sorted order,))."""
-    if _use_torch(x, plan.task):
-        return torch_backend.masked_ffn_fwd(x, w1, b1, w2, b2, plan, activation, mask_bias)
+    w1, b1, w2, b2 = weights.tensors()[:4]
+    activation = opts.activation
     n, d = x.shape
     f, d_out = w1.shape[0], w2.shape[0]
     perm, tok_start, groups, _ = _groups(plan)
     indices, offs, indices_long = _task_lists(plan)
     acc_dtype = _acc_dtype(x.dtype)
     # per-group output bias b2 + c_t, c_t = act(b1[I]) W2[:, I]ᵀ
-    if mask_bias:
+    if opts.mask_bias:
         bias, bias_stride = b2.to(acc_dtype), 0
     else:
-        inactive = plan.tables.inactive(None if plan.mixed else plan.task, acc_dtype)
-        hb = act(b1.to(acc_dtype), activation) * inactive
-        bias, bias_stride = (hb.reshape(-1, f) @ w2.to(acc_dtype).t() + b2.to(acc_dtype)).contiguous(), d_out
+        inactive = plan.tables.inactive(None if plan.mixed else plan.task, acc_dtype).reshape(-1, f)
+        hb = inactive_output(b1.to(acc_dtype), inactive, activation)
+        bias, bias_stride = output_bias(b2.to(acc_dtype), w2.to(acc_dtype), hb).contiguous(), d_out
     z = x.new_zeros(n, f)  # columns past k_t stay 0: the op's second output is deterministic
     y = x.new_empty(n, d_out)
     if n == 0:
@@ -196,7 +193,7 @@ def masked_ffn_fwd(x, w1, b1, w2, b2, plan, activation, mask_bias):
     unused = torch.zeros(1, dtype=acc_dtype, device=x.device)  # db_ptr: backward only
     _gather_n[_token_grid(n, groups, "BLOCK_N", f)](
         x, perm_arg, w1, indices, offs, tok_start, groups, n, b1, z, h, h, unused, d, f,
-        MODE=0, ACT=ACTIVATION_CODES[activation], HAS_PERM=perm is not None, B_PACKED=False, **meta)
+        MODE=0, ACT=TABLE[activation].code, HAS_PERM=perm is not None, B_PACKED=False, **meta)
     if d_out:
         w2p = w2.t().index_select(0, indices_long)  # packed W2ᵀ rows [Σ k_t, d_out]
         _gather_k[_token_grid(n, groups, "BLOCK_N", d_out)](
@@ -205,10 +202,10 @@ def masked_ffn_fwd(x, w1, b1, w2, b2, plan, activation, mask_bias):
     return y, (z,)
 
 
-def masked_ffn_bwd(dy, x, w1, b1, w2, b2, plan, saved, activation, mask_bias):
-    """→ (dx, dw1, db1, dw2, db2) for the packed z saved by masked_ffn_fwd."""
-    if _use_torch(x, plan.task):
-        return torch_backend.masked_ffn_bwd(dy, x, w1, b1, w2, b2, plan, saved, activation, mask_bias)
+def backward(dy, x, weights: FFNWeights, plan, opts, saved):
+    """→ (dx, FFNWeights of gradients) for the packed z saved by forward."""
+    w1, b1, w2 = weights.w1, weights.b1, weights.w2
+    activation = opts.activation
     (z,) = saved
     n, d = x.shape
     f, d_out = w1.shape[0], w2.shape[0]
@@ -229,7 +226,7 @@ def masked_ffn_bwd(dy, x, w1, b1, w2, b2, plan, saved, activation, mask_bias):
         w2p = w2.t().index_select(0, indices_long)  # packed W2ᵀ rows [Σ k_t, d_out]
         _gather_n[_token_grid(n, groups, "BLOCK_N", f)](
             dys, tok_start, w2p, indices, offs, tok_start, groups, n, b1, z, dz, h, db1, d_out, f,
-            MODE=1, ACT=ACTIVATION_CODES[activation], HAS_PERM=False, B_PACKED=True, **meta)
+            MODE=1, ACT=TABLE[activation].code, HAS_PERM=False, B_PACKED=True, **meta)
         if d:
             _gather_k[_token_grid(n, groups, "BLOCK_N", d)](
                 dz, tok_start if perm is None else perm, w1.index_select(0, indices_long), offs, tok_start,
@@ -240,24 +237,25 @@ def masked_ffn_bwd(dy, x, w1, b1, w2, b2, plan, saved, activation, mask_bias):
                     p, a, indices, offs, tok_start, out, cols, f, ATOMIC=atomic, **meta)
     dw2 = dw2t.t().to(acc_dtype)
     dyf = dy.to(acc_dtype)
-    if not mask_bias:  # inactive neurons output the constant act(b1_i) (docs/design.md §2)
+    if not opts.mask_bias:  # inactive neurons output the constant act(b1_i) (ops/bias_terms.py)
         if plan.mixed:
             sdy = torch.zeros(groups, d_out, dtype=acc_dtype, device=x.device).index_add_(0, plan.task_ids, dyf)
         else:
             sdy = dyf.sum(0, keepdim=True)
         inactive = plan.tables.inactive(None if plan.mixed else plan.task, acc_dtype).reshape(-1, f)
         b1f = b1.to(acc_dtype)
-        db1 += act_grad(b1f, activation) * (inactive * (sdy @ w2.to(acc_dtype))).sum(0)
-        dw2 = dw2 + sdy.t() @ (inactive * act(b1f, activation))
-    return dx, dw1.to(x.dtype), db1.to(x.dtype), dw2.to(x.dtype), dyf.sum(0).to(x.dtype)
+        add_inactive_grads(sdy, w2.to(acc_dtype), b1f, inactive_output(b1f, inactive, activation), inactive,
+                           activation, dw2, db1)
+    dt = x.dtype
+    return dx, FFNWeights(dw1.to(dt), db1.to(dt), dw2.to(dt), dyf.sum(0).to(dt))
 
 
-def act_count(x, w1, b1, counts, routing, valid, activation, write_output):
+def act_count(x, weights: FFNWeights, counting, opts):
     """H = act(x W1ᵀ + b1) ([0, f] when not write_output); counts[t] += valid Z > 0 (in place).
     Z from one cuBLAS addmm (bias in its epilogue), then one Triton pass: act in place + counts."""
+    w1, b1, counts, routing, valid = weights.w1, weights.b1, counting.counts, counting.routing, counting.valid
+    write_output = counting.write_output
     n, f = x.shape[0], w1.shape[0]
-    if _use_torch(x):
-        return torch_backend.act_count(x, w1, b1, counts, routing, valid, activation, write_output)
     z = torch.addmm(b1, x, w1.t())
     if n:
         perm, tok_start, groups, rows = _groups(routing)
@@ -265,7 +263,7 @@ def act_count(x, w1, b1, counts, routing, valid, activation, write_output):
         _act_count[lambda m: (triton.cdiv(n, m["BLOCK_M"]) + groups, triton.cdiv(f, m["BLOCK_N"]))](
             z, tok_start if perm is None else perm, tok_start if valid is None else valid.view(torch.uint8),
             tok_start, groups, scratch, f,
-            ACT=ACTIVATION_CODES[activation], HAS_PERM=perm is not None, HAS_VALID=valid is not None,
+            ACT=TABLE[opts.activation].code, HAS_PERM=perm is not None, HAS_VALID=valid is not None,
             WRITE_OUTPUT=bool(write_output))
         if rows is None:  # one group per task
             counts += scratch

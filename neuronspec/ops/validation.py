@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 
 from .activations import ACTIVATIONS
+from .call import FFNWeights
+from .masks import TaskMasks
 from .plan import UNIFORM
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
@@ -36,21 +38,62 @@ def check_activation(activation) -> None:
         raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {activation!r}")
 
 
-def check_ffn_weights(x, w1, b1, w2=None, b2=None) -> tuple[int, int]:
-    """x [..., d], w1 [f, d], b1 [f], w2 [d_out, f], b2 [d_out], all one float dtype and device."""
+PLAIN_NAMES = ("w1", "b1", "w2", "b2", "w_up", "b_up")  # FFNWeights fields as masked_ffn names them
+GATED_NAMES = ("w_gate", "b_gate", "w_down", "b_down", "w_up", "b_up")  # ... and masked_glu_ffn
+
+
+def check_ffn_weights(x, w: FFNWeights, names: tuple = PLAIN_NAMES, optional_biases: bool = False) -> tuple[int, int]:
+    """x [..., d], w1 [f, d], b1 [f], w2 [d_out, f], b2 [d_out], w_up [f, d], b_up [f] (w2 and
+    b2 None when counting, w_up and b_up None when not gated; biases None when
+    optional_biases), one float dtype and device → (d, f). Errors use `names`."""
     check_tensor("x", x, dtypes=FLOAT_DTYPES)
     if x.dim() < 1:
         raise ValueError(f"x: expected shape [..., d], got {describe(x)}")
     d = x.shape[-1]
-    check_tensor("w1", w1, shape=(None, d), dtype=x.dtype, device=x.device)
-    f = w1.shape[0]
+    n_w1, n_b1, n_w2, n_b2, n_wu, n_bu = names
+    check_tensor(n_w1, w.w1, shape=(None, d), dtype=x.dtype, device=x.device)
+    f = w.w1.shape[0]
     if f == 0:
-        raise ValueError(f"w1: needs at least one neuron, got {describe(w1)}")
-    check_tensor("b1", b1, shape=(f,), dtype=x.dtype, device=x.device)
-    if w2 is not None:
-        check_tensor("w2", w2, shape=(None, f), dtype=x.dtype, device=x.device)
-        check_tensor("b2", b2, shape=(w2.shape[0],), dtype=x.dtype, device=x.device)
+        raise ValueError(f"{n_w1}: needs at least one neuron, got {describe(w.w1)}")
+    shapes = [(n_b1, w.b1, (f,)), (n_wu, w.w_up, (f, d)), (n_bu, w.b_up, (f,))]
+    if w.w2 is not None:
+        check_tensor(n_w2, w.w2, shape=(None, f), dtype=x.dtype, device=x.device)
+        shapes.append((n_b2, w.b2, (w.w2.shape[0],)))
+    for name, t, shape in shapes:
+        if t is not None or (name in (n_b1, n_b2) and not optional_biases):
+            check_tensor(name, t, shape=shape, dtype=x.dtype, device=x.device)
+    if w.w_up is None and w.b_up is not None:
+        raise ValueError(f"{n_bu}: given without {n_wu} ({n_wu}=None is the ungated FFN)")
     return d, f
+
+
+def check_masks(masks, f: int, device: torch.device, rows_of: str = "w1") -> None:
+    """masks: a TaskMasks over f neurons (the rows of `rows_of`) on `device`."""
+    if not isinstance(masks, TaskMasks):
+        raise TypeError(f"masks: expected a TaskMasks, got {describe(masks)}")
+    if masks.num_neurons != f:
+        raise ValueError(f"masks: built for {masks.num_neurons} neurons but {rows_of} has {f} rows")
+    if device is not None and masks.device != device:
+        raise ValueError(f"masks: on {masks.device} but x is on {device}; call masks.to(x.device)")
+
+
+def check_counts(counts, f: int, device: torch.device, rows_of: str = "w1") -> None:
+    """counts: contiguous int64 [T, f] on `device` (updated in place)."""
+    check_tensor("counts", counts, dtype=torch.int64, device=device)
+    if counts.dim() != 2 or counts.shape[1] != f:
+        raise ValueError(f"counts: expected shape [T, {f}] (f = rows of {rows_of}), got {describe(counts)}")
+    if not counts.is_contiguous():
+        raise ValueError("counts: must be contiguous (it is updated in place)")
+
+
+def check_valid(valid, lead_shape: torch.Size, n: int, device: torch.device):
+    """valid: None or bool of shape lead_shape / [N] → None or bool [N]."""
+    if valid is None:
+        return None
+    check_tensor("valid", valid, dtype=torch.bool, device=device)
+    if tuple(valid.shape) not in (tuple(lead_shape), (n,)):
+        raise ValueError(f"valid: expected shape {list(lead_shape)} or [{n}], got {describe(valid)}")
+    return valid.reshape(n).contiguous()
 
 
 def normalize_task_ids(task_ids, lead_shape: torch.Size, num_tasks: int, device: torch.device):
