@@ -37,7 +37,7 @@ from neuronspec.data.builtin_corpus import (DEFAULT_GETTEXT_PACKAGES, JUPYTERLAB
 from neuronspec.data.languages import parse_langs
 from neuronspec.nmt.config import TrainConfig
 from neuronspec.nmt.evaluate import load_for_decoding
-from neuronspec.nmt.train import Trainer
+from neuronspec.nmt.trainer import Trainer
 from neuronspec.nmt.translate import translate_lines
 
 log = logging.getLogger("corpus_extra_effect")

@@ -17,7 +17,7 @@ from neuronspec.errors import Interrupted, TrainingDiverged
 # command -> (module, one-line help)
 COMMANDS = {
     "data": ("neuronspec.data.cli", "build the built-in corpus or binarize a corpus"),
-    "train": ("neuronspec.nmt.train", "train a dense multilingual Transformer"),
+    "train": ("neuronspec.nmt.train_cli", "train a dense multilingual Transformer"),
     "evaluate": ("neuronspec.nmt.evaluate", "translate test sets and score them with sacrebleu"),
     "translate": ("neuronspec.nmt.translate", "translate text with a checkpoint (one sentence a line)"),
     "record": ("neuronspec.specialization.record", "count FFN neuron activations per direction"),

@@ -46,7 +46,8 @@ from neuronspec.nmt.config import TrainConfig
 from neuronspec.nmt.checkpoint import load_model
 from neuronspec.nmt.evaluate import evaluate_checkpoint
 from neuronspec.nmt.speed import measure_speed, speed_markdown, speed_plot
-from neuronspec.nmt.train import Trainer, native_bf16
+from neuronspec.nmt.run_setup import native_bf16
+from neuronspec.nmt.trainer import Trainer
 from neuronspec.ops import save_layer_masks
 from neuronspec.specialization.iou import trend, write_analysis
 from neuronspec.specialization.record import record

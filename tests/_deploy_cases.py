@@ -11,7 +11,7 @@ from neuronspec.ops import TaskMasks
 def specialized_checkpoint(root, prep, activation="relu"):
     """A specialized checkpoint (path) for the prepared folder ``prep``: random weights, non-zero
     biases, random masks keeping about 70 % of each layer per direction."""
-    from neuronspec.nmt.train import TrainConfig
+    from neuronspec.nmt.config import TrainConfig
 
     data = PreparedData.load(prep)
     torch.manual_seed(0)

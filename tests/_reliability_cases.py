@@ -12,7 +12,8 @@ from _nmt_cases import TINY_MODEL, prepare
 def tiny_run(root):
     """{"prep", "ckpt", "counts", "masks"}: a 2-step tiny run under `root` and its files."""
     from neuronspec.ops import save_layer_masks as save_masks
-    from neuronspec.nmt.train import TrainConfig, train
+    from neuronspec.nmt.config import TrainConfig
+    from neuronspec.nmt.trainer import train
     from neuronspec.specialization.record import record
     from neuronspec.specialization.select import select_masks
 

@@ -170,7 +170,8 @@ def test_summarize_groups_and_copy_wins():
 # ------------------------------------------------------------------ end to end
 @pytest.mark.slow
 def test_evaluate_checkpoint_end_to_end(tmp_path):
-    from neuronspec.nmt.train import TrainConfig, train
+    from neuronspec.nmt.config import TrainConfig
+    from neuronspec.nmt.trainer import train
 
     data = prepare(tmp_path)
     cfg = TrainConfig(data=str(tmp_path / "prep"), out=str(tmp_path / "run"), model_args=TINY_MODEL, max_steps=200,

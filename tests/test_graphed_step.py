@@ -17,7 +17,7 @@ from neuronspec.nmt.config import TrainConfig
 from neuronspec.nmt.graphed_step import GraphedTrainStep, bucket_shape
 from neuronspec.nmt.loss import label_smoothed_loss
 from neuronspec.nmt.model import ModelConfig, Transformer
-from neuronspec.nmt.train import Trainer
+from neuronspec.nmt.trainer import Trainer
 from neuronspec.ops import TaskMasks
 
 CUDA = torch.cuda.is_available()

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import random
+import re
 import resource
 import shutil
 import signal
@@ -22,7 +23,8 @@ from neuronspec.errors import Interrupted
 from neuronspec.files import load_file, save_file
 from neuronspec.nmt.checkpoint import load_checkpoint
 from neuronspec.ops import load_layer_masks as load_masks
-from neuronspec.nmt.train import TrainConfig, Trainer, train
+from neuronspec.nmt.config import TrainConfig
+from neuronspec.nmt.trainer import Trainer, train
 from neuronspec.specialization.record import load_counts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -176,7 +178,7 @@ def uninterrupted(run_files, tmp_path_factory):
 @pytest.mark.parametrize("where", ["between_steps", "mid_step", "validation"])
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_run_resumes_exactly(run_files, uninterrupted, tmp_path, monkeypatch, where, signum):
-    import neuronspec.nmt.train as train_mod
+    import neuronspec.nmt.trainer as train_mod
 
     rng = random.Random(f"{where}{signum}")
     k = VALID if where == "validation" else rng.randrange(1, N)  # the step the signal comes at
@@ -277,6 +279,31 @@ def test_resume_with_a_moved_data_folder(run_files, tmp_path):
     with pytest.raises(ValueError, match="checkpoint (vocabulary|directions)"):
         train(config(str(other / "prep"), out, max_steps=6), resume=True)
 
+
+
+def test_resume_help_and_error_name_every_option_that_applies(tmp_path, capsys):
+    """`train --resume`'s help text and the error for a changed setting both name every option a
+    resumed run takes from its command line, from one list (run_setup.RESUME_OPTIONS); each of them
+    is an option of `train` that sets those settings (RESUME_APPLIES). Hand-made copies had drifted:
+    the error left out --no-progress."""
+    import argparse
+    from neuronspec.cli import main
+    from neuronspec.nmt.checkpoint import save_checkpoint
+    from neuronspec.nmt.run_setup import RESUME_APPLIES, RESUME_OPTIONS
+    from neuronspec.nmt.train_cli import configure_parser
+
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    actions = {o: a for a in parser._actions for o in a.option_strings}
+    for flag, settings in RESUME_OPTIONS.items():
+        assert flag in actions and actions[flag].dest in (settings[0], f"no_{settings[0]}"), flag
+    assert sorted(RESUME_APPLIES) == sorted(["out", *(f for fs in RESUME_OPTIONS.values() for f in fs)])
+    save_checkpoint(tmp_path / LAST, {"config": TrainConfig(max_steps=4).to_dict(), "model": {}})
+    assert main(["train", "--resume", "--out", str(tmp_path), "--lr", "0.5"]) == 2
+    error = capsys.readouterr().err
+    assert "resume: --lr 0.5 (the run's: " in error
+    for text in (actions["--resume"].help, error):  # whole options: --cuda-graphs is in --max-cuda-graphs
+        assert [f for f in RESUME_OPTIONS if not re.search(rf"(?<![\w-]){f}(?![\w-])", text)] == []
 
 # ---------------------------------------------------------------------------- data folders
 def test_failed_reprepare_keeps_the_previous_folder(tmp_path):

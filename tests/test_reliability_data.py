@@ -17,7 +17,8 @@ from _nmt_cases import TINY_MODEL, make_corpus
 from neuronspec.data.binarize import prepare_corpus
 from neuronspec.data.corpus import PreparedData, iter_lines, scan_corpus
 from neuronspec.nmt.config import TrainConfig
-from neuronspec.nmt.train import ERROR_FILE, Trainer, train
+from neuronspec.nmt.run_folder import ERROR_FILE
+from neuronspec.nmt.trainer import Trainer, train
 
 
 def _prepare(root, name="prep", corpus=None, **kw):

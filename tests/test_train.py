@@ -13,7 +13,8 @@ from neuronspec.demo import DEFAULT_LANGS as DEMO_LANGS, FULL_LANGS as DEMO_FULL
 from neuronspec.nmt.checkpoint import load_checkpoint, load_model
 from neuronspec.nmt.config import TINY_BUILTIN_LANGS, TrainConfig
 from neuronspec.nmt.schedule import InverseSqrtSchedule, LinearDecaySchedule
-from neuronspec.nmt.train import Trainer, label_smoothed_loss, train
+from neuronspec.nmt.loss import label_smoothed_loss
+from neuronspec.nmt.trainer import Trainer, train
 from neuronspec.ops import TaskMasks, save_layer_masks
 
 LAST = "checkpoint_last.pt"
@@ -246,7 +247,7 @@ def test_init_from_with_masks(prep, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="exclusive"):
         Trainer(config(prep, tmp_path / "x", max_steps=1), init_from=dense["checkpoint"], resume=True)
     # train(init_from=path, masks=path) (the CLI's call) reads the checkpoint once, and gets the same run
-    import neuronspec.nmt.train as train_mod
+    import neuronspec.nmt.trainer as train_mod
 
     save_layer_masks(masks, tmp_path / "masks.pt")
     reads = []
@@ -280,7 +281,8 @@ DDP_SCRIPT = """
 import sys
 sys.path[:0] = [{root!r}, {tests!r}]
 from _nmt_cases import TINY_MODEL
-from neuronspec.nmt.train import TrainConfig, train
+from neuronspec.nmt.config import TrainConfig
+from neuronspec.nmt.trainer import train
 
 def cfg(out, steps):
     return TrainConfig(data={prep!r}, out=out, model_args=TINY_MODEL, max_tokens=300, lr=3e-3, warmup=5,
@@ -293,7 +295,7 @@ train(cfg({b!r}, 6), resume=True)
 
 # a time budget: the linear schedule's time share is agreed between ranks, so lr and weights stay equal
 import os, torch
-from neuronspec.nmt.train import Trainer
+from neuronspec.nmt.trainer import Trainer
 t = Trainer(TrainConfig(data={prep!r}, out={c!r}, model_args=TINY_MODEL, max_tokens=300, lr=3e-3, warmup=2,
                         max_minutes=0.03, lr_scheduler="linear", valid_every=0, valid_chrf_sentences=0,
                         progress=False, device="cpu"))
@@ -369,7 +371,7 @@ def test_cli_train_prepares_a_raw_corpus(tmp_path):
 def test_builtin_corpus_languages(tmp_path, monkeypatch, langs, want):
     """The tiny preset with no corpus builds the built-in corpus of TINY_BUILTIN_LANGS; ['all']
     builds and prepares every language (None to the builders)."""
-    from neuronspec.nmt import train as train_mod
+    from neuronspec.nmt import run_setup as train_mod
 
     seen = {}
     monkeypatch.setattr(train_mod, "build_builtin_corpus", lambda out, langs: seen.update(built=langs))
@@ -428,7 +430,7 @@ def test_nonfinite_updates_are_skipped_then_the_run_stops(prep, tmp_path, monkey
     """A NaN loss skips the update (weights untouched, step not counted); max_nonfinite in a row
     stop with TrainingDiverged and exit status 3 from the CLI, keeping the last good checkpoint."""
     from neuronspec.errors import TrainingDiverged
-    import neuronspec.nmt.train as train_mod
+    import neuronspec.nmt.trainer as train_mod
 
     real = train_mod.label_smoothed_loss
     calls = {"n": 0}

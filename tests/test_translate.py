@@ -10,7 +10,8 @@ from neuronspec.nmt.translate import encode_lines, text_batches, translate_check
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from neuronspec.nmt.train import TrainConfig, train
+    from neuronspec.nmt.config import TrainConfig
+    from neuronspec.nmt.trainer import train
 
     tmp = tmp_path_factory.mktemp("translate")
     prepare(tmp)

@@ -20,7 +20,11 @@ from typing import Iterator
 log = logging.getLogger(__name__)
 
 LOCK = ".lock"
-RUN_FILES = ("checkpoint_last.pt", "checkpoint_best.pt")
+LAST, BEST = "checkpoint_last.pt", "checkpoint_best.pt"
+RUN_FILES = (LAST, BEST)  # a folder holding one of them holds a run
+ERROR_FILE = "train_error.txt"  # what made a started run fail (it keeps its folder and train.log)
+# files a run writes into its folder (their stale temporary files are removed when a run starts)
+RUN_OUTPUTS = (LAST, BEST, "train_summary.json", "valid_chrf.json", "valid_chrf.md", ERROR_FILE)
 
 
 def check_run_folder(out: str | os.PathLike, *, resume: bool = False, overwrite: bool = False,

@@ -32,7 +32,7 @@ from neuronspec.files import check_output_file
 from neuronspec.nmt.checkpoint import load_checkpoint, load_model_masks
 from neuronspec.nmt.model import ModelConfig, ffn_layer_names
 from neuronspec.nmt.config import TRAIN_DEFAULTS, TrainConfig
-from neuronspec.nmt.train import train
+from neuronspec.nmt.trainer import train
 from neuronspec.ops import TaskMasks
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Train a multilingual Transformer: ``neuronspec train`` and the ``Trainer`` API.
+"""Train a multilingual Transformer: the ``Trainer`` and ``train`` (``neuronspec train``: train_cli.py).
 
 fairseq habits (settings in ``config.py``, LR schedules in ``schedule.py``): Adam (0.9, 0.98, eps 1e-6), linear warm-up then an inverse-sqrt LR
 (or, the tiny preset's default, a straight line to 0 at the end of the step/time budget),
@@ -13,7 +13,7 @@ fairseq (ppl = 2^nll).
 Python API (used for continued/specialized training)::
 
     from neuronspec.nmt.config import TrainConfig
-    from neuronspec.nmt.train import train
+    from neuronspec.nmt.trainer import train
     cfg = TrainConfig(data="prep", out="runs/spec", max_steps=2000)
     summary = train(cfg, init_from="runs/tiny/checkpoint_last.pt", masks={"encoder.layers.0.ffn": m, ...})
 
@@ -30,21 +30,17 @@ validations.
 """
 from __future__ import annotations
 
-import argparse
 import io
-import json
 import logging
 import math
 import os
-import shutil
 import signal
 import threading
 import time
 import traceback
 from contextlib import contextmanager, nullcontext
-from dataclasses import fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
 import torch
 import torch.distributed as dist
@@ -52,91 +48,25 @@ from tqdm import tqdm
 
 from ..atomic import check_free_space, check_writable_folder, remove_stale_temps, strict_json, write_atomic
 from ..data.batching import TrainSampler, overlong_examples
-from ..data.binarize import prepare_corpus
-from ..data.builtin_corpus import build_builtin_corpus
-from ..data.corpus import META_FILE, PreparedData, read_meta
+from ..data.corpus import PreparedData
 from ..errors import Interrupted, TrainingDiverged
 from ..ops import TaskMasks
 from .checkpoint import (check_tokenizer, load_checkpoint, load_model_masks, masks_from_state, masks_state,
-                         resolve_device, rng_state, run_environment, save_checkpoint, set_rng_state,
-                         warn_environment_change)
-from .config import TINY_BUILTIN_LANGS, TrainConfig
+                         rng_state, run_environment, save_checkpoint, set_rng_state, warn_environment_change)
+from .config import TrainConfig
 from .decode import sampled_batches
 from .ema import EMA
 from .evaluate import evaluate_model, to_markdown
 from .graphed_step import GraphedTrainStep
 from .loss import label_smoothed_loss
-from .model import PRESETS, ModelConfig, Transformer, ffn_layer_names
-from .run_folder import check_run_folder, run_lock
+from .model import ModelConfig, Transformer, ffn_layer_names
+from .run_folder import BEST, ERROR_FILE, LAST, RUN_OUTPUTS, check_run_folder, run_lock
+from .run_setup import dist_env, native_bf16, pick_device, resolve_data, resumed_config
 from .schedule import LR_SCHEDULERS
 
 log = logging.getLogger(__name__)
 
-LAST, BEST = "checkpoint_last.pt", "checkpoint_best.pt"
-# settings a resumed run takes from its caller; every other one is the saved run's
-RESUME_APPLIES = ("out", "max_steps", "max_minutes", "progress", "log_every", "device", "save_every",
-                  "save_every_minutes", "cuda_graphs", "max_cuda_graphs")
-# files a run writes into its folder (their stale temporary files are removed when a run starts)
-ERROR_FILE = "train_error.txt"  # what made a started run fail (it keeps its folder and train.log)
-RUN_OUTPUTS = (LAST, BEST, "train_summary.json", "valid_chrf.json", "valid_chrf.md", ERROR_FILE)
 
-
-def native_bf16(device: torch.device) -> bool:
-    """bf16 autocast pays off: CUDA, or a CPU with AVX512-BF16/AMX (about 2x the fp32 step rate
-    on this project's CPU machines)."""
-    if device.type == "cuda":
-        return True
-    return device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-
-
-# ----------------------------------------------------------------------- distributed
-def _dist_env() -> tuple[int, int, int]:
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
-
-
-def _pick_device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        name = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    elif name == "cuda":
-        name = f"cuda:{local_rank}"
-    dev = resolve_device(name)
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    return dev
-
-
-def resolve_data(cfg: TrainConfig, rank: int = 0, world_size: int = 1, *, resume: bool = False) -> str:
-    """Path of the prepared folder: ``cfg.data``, else ``cfg.corpus`` (or the built-in corpus,
-    built into ``cfg.out/corpus``) prepared into ``cfg.out/data``. An existing ``cfg.out/data`` is
-    reused by a resumed run, and by a new one only when it was prepared from the same corpus,
-    languages and vocabulary size (so ``--overwrite`` with other data prepares it again)."""
-    if cfg.data is not None:
-        return cfg.data
-    prep = Path(cfg.out) / "data"
-    langs = None if cfg.langs == ["all"] else cfg.langs
-    corpus = cfg.corpus if cfg.corpus is not None else str(Path(cfg.out) / "corpus")
-    want = {"corpus": os.path.abspath(corpus), "vocab_size": cfg.vocab_size,
-            "langs": None if langs is None else sorted(set(langs) - {"en"})}
-    if rank == 0 and not (resume and (prep / META_FILE).is_file()):
-        try:
-            have = read_meta(prep)["config"]
-            have = {k: have.get(k) for k in want}
-        except (ValueError, KeyError, TypeError):
-            have = None
-        if have != want:
-            if have is not None:
-                log.info("%s was prepared from %s; preparing it again from %s", prep, have, want)
-            if cfg.corpus is None:
-                log.info("building the built-in corpus into %s", corpus)
-                build_builtin_corpus(corpus, langs=langs)
-            log.info("preparing %s into %s", corpus, prep)
-            prepare_corpus(corpus, prep, vocab_size=cfg.vocab_size, langs=langs, progress=cfg.progress)
-    if world_size > 1:
-        dist.barrier()
-    return str(prep)
-
-
-# ----------------------------------------------------------------------- trainer
 class _AbandonValidation(BaseException):
     """Raised by the signal handler inside a validation (see Trainer._signals)."""
 
@@ -176,9 +106,9 @@ class Trainer:
     def _start_process(self, cfg: TrainConfig) -> None:
         """Rank, world size, device, process group, the run folder."""
         self.cfg = cfg
-        self.rank, self.world_size, local_rank = _dist_env()
+        self.rank, self.world_size, local_rank = dist_env()
         self.distributed = self.world_size > 1
-        self.device = _pick_device(cfg.device, local_rank)
+        self.device = pick_device(cfg.device, local_rank)
         self._check_cuda_graphs(cfg, self.device, self.distributed)
         if self.distributed and not dist.is_initialized():
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
@@ -207,16 +137,9 @@ class Trainer:
             log.warning("%s has no validation data: no valid loss, no chrF++, no %s", self.data.root, BEST)
 
     def _resumed_config(self, cfg: TrainConfig) -> dict:
-        """Load out/checkpoint_last.pt; self.cfg becomes the saved run's config, except for the
-        data folder (it may have moved; checked in _build_model against the checkpoint's vocabulary
-        and directions), when to stop and how to report (RESUME_APPLIES). Returns the checkpoint."""
-        path = self.out / LAST
-        if not path.is_file():
-            raise ValueError(f"resume: no checkpoint {path}")
-        ckpt = load_checkpoint(path)
-        saved = TrainConfig.from_dict(ckpt["config"])
-        keep = RESUME_APPLIES + (("data",) if cfg.data is not None else ())
-        self.cfg = TrainConfig.from_dict(saved.to_dict(), **{k: getattr(cfg, k) for k in keep})
+        """self.cfg becomes the config of the run being resumed (run_setup.resumed_config); returns
+        its checkpoint."""
+        self.cfg, ckpt = resumed_config(cfg)
         return ckpt
 
     def _build_model(self, src: dict | None, masks: Mapping[str, TaskMasks] | None) -> None:
@@ -701,8 +624,8 @@ def train(cfg: TrainConfig, *, init_from: str | os.PathLike | None = None, overw
 
     ``steps``/``max_minutes`` override the config's stop criteria for this call. A folder that
     already holds a run is refused unless ``resume`` or ``overwrite`` (run_folder.py)."""
-    _, world_size, local_rank = _dist_env()
-    Trainer._check_cuda_graphs(cfg, _pick_device(cfg.device, local_rank), world_size > 1)  # before any file
+    _, world_size, local_rank = dist_env()
+    Trainer._check_cuda_graphs(cfg, pick_device(cfg.device, local_rank), world_size > 1)  # before any file
     check_run_folder(cfg.out, resume=resume, overwrite=overwrite, init_from=init_from)
     if isinstance(masks, (str, os.PathLike)):  # loaded and checked here, once; the Trainer takes objects
         if init_from is not None:  # read once: its model config names the layers, the Trainer takes the rest
@@ -710,7 +633,7 @@ def train(cfg: TrainConfig, *, init_from: str | os.PathLike | None = None, overw
         mcfg = (ModelConfig.from_dict(init_from["model_config"]) if init_from is not None
                 else ModelConfig.from_preset(cfg.preset, vocab_size=1, **cfg.model_overrides()))
         masks = load_model_masks(masks, ffn_layer_names(mcfg))
-    main = _dist_env()[0] == 0
+    main = dist_env()[0] == 0
     if main:
         check_writable_folder(cfg.out, "out")
     with run_lock(cfg.out) if main else nullcontext():  # one lock per run, held by rank 0
@@ -718,186 +641,3 @@ def train(cfg: TrainConfig, *, init_from: str | os.PathLike | None = None, overw
             remove_stale_temps(cfg.out, RUN_OUTPUTS)
         return Trainer(cfg, init_from=init_from, masks=masks, resume=resume).train(steps=steps, max_minutes=max_minutes)
 
-
-# ----------------------------------------------------------------------- CLI
-def configure_parser(p: argparse.ArgumentParser) -> None:
-    src = p.add_argument_group("data (default: the built-in corpus, prepared into OUT/data)")
-    src.add_argument("--data", help="prepared folder (`neuronspec data prepare`)")
-    src.add_argument("--corpus", help="raw corpus folder in EC30 layout, prepared into OUT/data")
-    src.add_argument("--langs", nargs="+", help="languages to use when preparing, or 'all' (default: all; the tiny "
-                     f"preset on the built-in corpus: {' '.join(TINY_BUILTIN_LANGS)})")
-    src.add_argument("--vocab-size", type=int, default=8000)
-    p.add_argument("--out", help="output folder (default: runs/PRESET)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue OUT/checkpoint_last.pt exactly with the run's own settings; only --data (checked "
-                        "against the run's vocabulary and directions), --max-steps, --max-minutes, --save-every, "
-                        "--log-every, --device, --cuda-graphs, --max-cuda-graphs and --no-progress apply, any other changed "
-                        "option is an error")
-    p.add_argument("--overwrite", action="store_true", help="replace the run OUT already holds")
-    p.add_argument("--init-from", help="start from this checkpoint's weights with a fresh optimizer")
-    p.add_argument("--masks", help="masks file (`neuronspec select`) to train with")
-    m = p.add_argument_group("model")
-    m.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
-    m.add_argument("--activation", choices=["relu", "gelu"])
-    m.add_argument("--positions", choices=["sinusoidal", "learned"])
-    m.add_argument("--dropout", type=float)
-    m.add_argument("--attention-dropout", type=float)
-    o = p.add_argument_group("optimisation")
-    o.add_argument("--lr", type=float, help="peak learning rate (preset default)")
-    o.add_argument("--warmup", type=int, help="warm-up updates (preset default)")
-    o.add_argument("--lr-scheduler", choices=sorted(LR_SCHEDULERS),
-                   help="after the warm-up: inverse_sqrt (fairseq's) or linear (to 0 at the end of --max-steps / "
-                        "--max-minutes); preset default: tiny linear, others inverse_sqrt")
-    o.add_argument("--label-smoothing", type=float, default=0.1)
-    o.add_argument("--clip-norm", type=float, default=1.0)
-    o.add_argument("--weight-decay", type=float, default=0.0)
-    o.add_argument("--max-tokens", type=int, help="tokens per batch and process, padding included (preset default)")
-    o.add_argument("--update-freq", type=int, default=1, help="accumulate gradients over N batches")
-    o.add_argument("--ema-decay", type=float, help="exponential moving average of the weights, validated and saved "
-                   "as the model (0: off; tiny default 0.995, other presets off)")
-    o.add_argument("--temperature", type=float, default=5.0, help="direction sampling temperature")
-    o.add_argument("--mixed-batches", action="store_true", help="mix directions inside a batch")
-    o.add_argument("--upsample", nargs="+", type=_kind_factor, metavar="KIND=N",
-                   help="see the examples of a kind (the corpus's kinds manifest, e.g. sentence) N times per epoch")
-    o.add_argument("--source-tag", action="store_true", help="also prepend the source-language tag")
-    o.add_argument("--target-tag", choices=["decoder", "encoder"], default="decoder",
-                   help="where the target-language tag goes: first decoder input (fairseq's --decoder-langtok, "
-                        "default) or source prefix")
-    o.add_argument("--seed", type=int, default=1)
-    s = p.add_argument_group("stopping and logging")
-    s.add_argument("--max-steps", type=int, help="total updates")
-    s.add_argument("--max-minutes", type=float, help="wall-clock training budget (tiny default: 9; the whole command then takes about 10)")
-    s.add_argument("--log-every", type=int, default=50)
-    s.add_argument("--valid-every", type=int, default=500)
-    s.add_argument("--save-every", type=_save_every, metavar="N|Mm",
-                   help="also save OUT/checkpoint_last.pt every N steps or every M minutes (e.g. 200 or 10m)")
-    s.add_argument("--max-nonfinite", type=int, default=5,
-                   help="updates with a non-finite loss or gradient norm are skipped; this many in a row stop "
-                        "the run with exit status 3 (default 5)")
-    s.add_argument("--patience", type=int, default=0,
-                   help="early stopping: stop after this many validations without a better loss (default 0: off)")
-    s.add_argument("--valid-max-sentences", type=int, default=100, help="per direction, for the valid loss")
-    s.add_argument("--valid-chrf-sentences", type=int, default=200,
-                   help="valid sentences per direction (evenly spaced) for the chrF++ at the end (default 200: "
-                        "all of the built-in corpus's; 0: off)")
-    s.add_argument("--valid-beam", type=int, default=5, help="beam of that chrF++ (default 5; 1: greedy)")
-    s.add_argument("--valid-chrf-every", type=int, default=0)
-    s.add_argument("--device", default="auto")
-    s.add_argument("--cuda-graphs", action="store_true",
-                   help="replay each micro-batch's forward + backward as a CUDA graph, one per batch shape (batches "
-                        "padded to 4 sizes per octave; one process, CUDA only)")
-    s.add_argument("--max-cuda-graphs", type=int, default=32,
-                   help="graphs kept with --cuda-graphs (least recently used dropped; default 32)")
-    s.add_argument("--amp", default="auto", choices=["auto", "on", "off"],
-                   help="bf16 autocast; auto = on for CUDA and CPUs with native bf16")
-    s.add_argument("--no-progress", action="store_true")
-
-
-def _identity(path: Path) -> tuple | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_ino, st.st_mtime_ns, st.st_size
-
-
-def _save_every(text: str) -> tuple[str, float]:
-    """--save-every: N steps or Mm minutes."""
-    minutes = text.endswith("m")
-    try:
-        value = float(text[:-1]) if minutes else int(text)
-    except ValueError:
-        value = -1
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a number of steps N >= 1 or minutes Mm > 0 (e.g. 10m), got {text!r}")
-    return ("save_every_minutes", value) if minutes else ("save_every", value)
-
-
-def _kind_factor(text: str) -> tuple[str, int]:
-    kind, _, n = text.partition("=")
-    if not kind or not n.isdigit() or int(n) < 1:
-        raise argparse.ArgumentTypeError(f"expected KIND=N with N >= 1, got {text!r}")
-    return kind, int(n)
-
-
-def _parser_defaults() -> dict[str, Any]:
-    ref = argparse.ArgumentParser()
-    configure_parser(ref)
-    return vars(ref.parse_args([]))
-
-
-def check_resume_options(args: argparse.Namespace, kw: dict[str, Any], saved: Mapping[str, Any]) -> None:
-    """ValueError listing the options of a --resume command line that change the saved run's
-    settings (those outside RESUME_APPLIES and --data): a resumed run keeps its own."""
-    exclusive = [f"--{n.replace('_', '-')}" for n in ("init_from", "masks", "overwrite") if getattr(args, n, None)]
-    if exclusive:
-        raise ValueError(f"resume: {', '.join(exclusive)} cannot be combined with --resume")
-    defaults = _parser_defaults()
-    saved = TrainConfig.from_dict(saved).to_dict()
-    changed = [f"--{k.replace('_', '-')} {kw[k]!r} (the run's: {saved.get(k)!r})" for k in kw
-               if k not in RESUME_APPLIES and k != "data" and k in saved and kw[k] != defaults.get(k)
-               and kw[k] != saved[k]]
-    if changed:
-        raise ValueError(f"resume: {', '.join(changed)} would change the run being resumed; a resumed run keeps "
-                         "its settings (only --data, --max-steps, --max-minutes, --save-every, --log-every, --device, "
-                         "--cuda-graphs, --max-cuda-graphs apply): drop them, or start a new run from its weights with --init-from")
-
-
-def run(args: argparse.Namespace) -> int:
-    names = [f.name for f in fields(TrainConfig)]
-    kw = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
-    if "upsample" in kw:
-        kw["upsample"] = dict(kw["upsample"])
-    if "save_every" in kw:
-        name, value = kw.pop("save_every")
-        kw[name] = value
-    kw["out"] = args.out or f"runs/{args.preset}"
-    kw["progress"] = not args.no_progress
-    rank = _dist_env()[0]
-    pkg = logging.getLogger("neuronspec")
-    fh = None
-    out = Path(kw["out"])
-    created = None  # the first folder of --out this command creates
-    if rank == 0 and not out.exists():
-        created = out.absolute()
-        while not created.parent.exists():
-            created = created.parent
-    before = {n: _identity(out / n) for n in (ERROR_FILE, LAST)}  # a run started: one of them changes
-    derived = [out / n for n in ("data", "corpus") if not (out / n).exists()]  # built by this command
-    if rank == 0:  # OUT/train.log gets the log lines of this run
-        check_writable_folder(out, "out")
-        out.mkdir(parents=True, exist_ok=True)
-        fh = logging.FileHandler(out / "train.log", encoding="utf-8", delay=True)  # created by the first line
-        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
-        fh.setLevel(logging.INFO)
-        pkg.addHandler(fh)
-        if pkg.getEffectiveLevel() > logging.INFO:
-            pkg.setLevel(logging.INFO)
-    else:
-        pkg.setLevel(logging.WARNING)
-    try:
-        if args.resume:
-            saved = load_checkpoint(Path(kw["out"]) / LAST)["config"]
-            check_resume_options(args, kw, saved)
-            defaults = _parser_defaults()  # options left at their defaults keep the run's values
-            applies = {k: kw[k] for k in (*RESUME_APPLIES, "data")
-                       if k in kw and (k in ("out", "progress") or kw[k] != defaults.get(k))}
-            summary = train(TrainConfig.from_dict(saved, **applies), resume=True)
-        else:
-            summary = train(TrainConfig(**kw), init_from=args.init_from, masks=args.masks, overwrite=args.overwrite)
-        if rank == 0:
-            print(json.dumps({k: summary[k] for k in ("checkpoint", "step", "minutes")}, indent=2))
-    except BaseException:
-        if rank == 0 and all(_identity(out / n) == i for n, i in before.items()):  # it never started
-            fh.close()
-            for p in [created] if created else derived:  # what this command made; a started run keeps all
-                if p.exists():
-                    shutil.rmtree(p)
-        raise
-    finally:
-        if fh is not None:
-            pkg.removeHandler(fh)
-            fh.close()
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    return 0
