@@ -121,7 +121,8 @@ def test_efficiency_rows():
     rows = report.efficiency_rows(timings, eff, runs, ["finetune", "ns", "adapter-lp"])
     assert [r["arm"] for r in rows] == ["finetune", "adapter-lp"]
     assert rows[1]["held_bytes"] == 200 and rows[1]["dtheta"] == 0.5 and rows[1]["step_ms"] == pytest.approx(100)
-    assert "| Adapter_LP | 0.0 s |" in report.efficiency_table(rows)
+    assert "| Adapter_LP | 0.0 s | 0 B | 200 B | +50.0% | 100.0 ms | 0.50x |" in report.efficiency_table(rows)
+    assert report.size(3 * 2**20) == "3.00 MiB" and report.size(2048) == "2.0 KiB"
 
 
 def test_step_times_interleaves_and_ratios():

@@ -1,5 +1,5 @@
 """Bottleneck adapters after every encoder and decoder layer (the paper's Adapter_LP / Adapter_Fam
-arms, docs/design.md §12).
+arms, docs/design.md §11).
 
 One adapter block is ``x + W_up · relu(W_down · LN(x) + b_down) + b_up`` (LayerNorm → down →
 ReLU → up, residual; Bapna & Firat 2019). A model holds ``num`` adapters per layer; direction

@@ -1,4 +1,4 @@
-"""LaSS element masks (Lin et al. 2021, docs/design.md §12): per-direction binary masks over the
+"""LaSS element masks (Lin et al. 2021, docs/design.md §11): per-direction binary masks over the
 elements of every Linear weight matrix (attention projections, fc1, fc2; not the embeddings, not
 the LayerNorms), applied in the forward as ``w ⊙ m_t``, so direction t's loss reaches only its
 unmasked elements.

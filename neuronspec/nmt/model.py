@@ -64,7 +64,7 @@ class ModelConfig:
     positions: str = "sinusoidal"  # sinusoidal | learned
     max_positions: int = 1024
     mask_bias: bool = False  # SpecializedFFN option: inactive neurons output 0 instead of act(b1)
-    # study arms (docs/design.md §12); the defaults leave the model as it was
+    # study arms (docs/design.md §11); the defaults leave the model as it was
     adapter_kind: str = ""  # "" none | lp | fam: bottleneck adapters after every layer (adapters.py)
     adapter_dim: int = 0  # their bottleneck width
     adapter_of_task: list[int] | None = None  # task id -> adapter index

@@ -1,1 +1,1 @@
-"""`neuronspec study`: the paper's comparison as one resumable command (docs/design.md §12)."""
+"""`neuronspec study`: the paper's comparison as one resumable command (docs/design.md §11)."""

@@ -1,4 +1,4 @@
-"""The study's arms (docs/design.md §12): how each continues the dense baseline. Every arm starts
+"""The study's arms (docs/design.md §11): how each continues the dense baseline. Every arm starts
 from the baseline's weights with a fresh optimizer and gets the same number of updates; what
 differs is the model the trainer builds from the starting checkpoint dict (``init_from``) and the
 neuron masks it trains with:

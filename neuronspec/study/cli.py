@@ -1,5 +1,5 @@
 """`neuronspec study`: the seed paper's comparison (Tan et al. 2024, Neuron Specialization) as one
-resumable command on the built-in corpus (docs/design.md §12):
+resumable command on the built-in corpus (docs/design.md §11):
 
 1. corpus (built-in, --langs, zero-shot test pairs) and its prepared folder;
 2. the dense baseline, trained to its validation plateau (early stopping, step and time caps) or

@@ -1,4 +1,4 @@
-"""Deriving LaSS's sub-networks (Lin et al. 2021; docs/design.md §12): fine-tune the baseline on
+"""Deriving LaSS's sub-networks (Lin et al. 2021; docs/design.md §11): fine-tune the baseline on
 each direction alone (a direction view, ``bilingual.py``; the continuation budget rule with
 ``steps`` updates, the same for every direction), then per prune fraction α keep, in every
 Linear weight of the fine-tuned model, the elements with ``|w| > kthvalue(|w|, int(α·numel))``

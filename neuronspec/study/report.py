@@ -133,12 +133,19 @@ def efficiency_rows(timings: Mapping[str, dict], eff: dict | None, runs: Mapping
     return out
 
 
+def size(nbytes: float) -> str:
+    """'512 B', '3.4 KiB', '10.50 MiB'."""
+    if nbytes < 1024:
+        return f"{nbytes:.0f} B"
+    return f"{nbytes / 1024:.1f} KiB" if nbytes < 2**20 else f"{nbytes / 2**20:.2f} MiB"
+
+
 def efficiency_table(rows: list[dict]) -> str:
     lines = ["| method | derive: wall time | derive: peak RSS increase | held: bytes | Δθ | train step (median) | "
              "vs dense |", "|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {LABELS[r['arm']]} | {r['derive_s']:.1f} s | {r['derive_peak_rss_bytes'] / 2**20:.1f} MiB | "
-                     f"{r['held_bytes'] / 2**20:.3f} MiB | {r['dtheta']:+.1%} | "
+        lines.append(f"| {LABELS[r['arm']]} | {r['derive_s']:.1f} s | {size(r['derive_peak_rss_bytes'])} | "
+                     f"{size(r['held_bytes'])} | {r['dtheta']:+.1%} | "
                      + ("–" if r["step_ms"] is None else f"{r['step_ms']:.1f} ms") + " | "
                      + ("–" if r["step_ratio"] is None else f"{r['step_ratio']:.2f}x") + " |")
     return "\n".join(lines)
