@@ -25,6 +25,7 @@ COMMANDS = {
     "analyze": ("neuronspec.specialization.iou", "IoU of masks between directions, plots and stats"),
     "specialize": ("neuronspec.specialization.specialize", "continue training with per-direction masks"),
     "demo": ("neuronspec.demo", "the whole study on the built-in corpus, end to end"),
+    "study": ("neuronspec.study.cli", "the paper's comparison: NS, LaSS, adapters, bilingual; report and efficiency"),
     "bench": ("neuronspec.bench", "run the benchmarks with defaults for this device"),
     "hf": ("neuronspec.hf.cli", "record, specialize and translate with a Hugging Face transformers model"),
     "export": ("neuronspec.deploy.cli", "one direction's pruned model, or a Hugging Face M2M100 folder"),

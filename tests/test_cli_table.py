@@ -236,6 +236,12 @@ ROWS = {
                                  "--weight-decay", "-1"], "TrainConfig.weight_decay must be >= 0, got -1.0"),
     "train --data without meta.json": (["train", "--data", "{root}/corpus", "--out", "{root}/x/t", "--max-steps", "1"],
                                        "is not a prepared folder (no meta.json)"),
+    # neuronspec study (issue #29): options checked before anything is written
+    "study --arms unknown": (["study", "--arms", "ns,lora", "--out", "{root}/x/s"], "--arms: unknown arm(s) ['lora']"),
+    "study --lass-prune 1.5": (["study", "--lass-prune", "0.3,1.5", "--out", "{root}/x/s"],
+                               "--lass-prune: prune fractions must be in (0, 1)"),
+    "study --baseline missing": (["study", "--baseline", "{root}/nope.pt", "--out", "{root}/x/s"],
+                                 "--baseline: {root}/nope.pt is not a file"),
 }
 
 
