@@ -486,3 +486,26 @@ def test_autocast_bf16_full_masks_and_counting_follow_the_unwrapped_model(models
         counted = model(**inputs).logits.float()
     assert (counted - want).abs().max() <= 0.05 * want.abs().max()
     assert all(int(c[0].sum()) > 0 and int(c[1:].sum()) == 0 for c in rec["counts"].values())
+
+
+@pytest.mark.parametrize("kind", ["llama", "llama_bias"])
+def test_wrapped_llama_compiles_in_one_graph_and_matches_eager(models, kind):
+    """The gated FFN is the masked-FFN custom op (no graph break, e.g. for a mixed batch's
+    task grouping): torch.compile(fullgraph=True) of a masked model gives eager's loss and
+    gradients. The direction is set outside the compiled call (resolving it reads ids)."""
+    inputs = batch(kind)
+    model = copy.deepcopy(models[kind])
+    spec = wrap(model, DIRS)
+    spec.set_masks(random_layer_masks(spec, seed=3))
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    for which in (["en-de", "en-fr", "de-en", "en-de"], "de-en"):
+        with spec.direction(which):
+            model.zero_grad()
+            want_logits, want_grads = loss_and_grads(model, inputs)
+            model.zero_grad()
+            got_logits, got_grads = loss_and_grads(compiled, inputs)
+        torch.testing.assert_close(got_logits, want_logits)
+        got_grads = {n.removeprefix("_orig_mod."): g for n, g in got_grads.items()}
+        assert got_grads.keys() == want_grads.keys()
+        for name, g in want_grads.items():
+            torch.testing.assert_close(got_grads[name], g, msg=name)

@@ -23,17 +23,19 @@ CUDA_MIN_DF = 4096 * 14336  # smallest d·f measured faster with gathering on th
 CUDA_MIN_TOKENS = 8192  # the batch size it was measured at
 CUDA_MAX_KEPT = 0.5
 CPU_MIN_SAVED_ROWS = 64  # mixed batches on CPU: see prefer_gather
+AUTO = "auto"
+GATHER, DENSE = ("torch",), ("maskmul",)  # auto's backends for each answer of prefer_gather, first first
 
 
-def auto_backend(tables, task: int, x: torch.Tensor) -> str:
-    """'torch' (gather + GEMM over the active neurons) or 'maskmul' (dense mask-multiply) for a
-    call on x [N, d] with the masks' `tables` and `task` (-1: mixed batch; UNIFORM: one task
-    known on the device only, computed at the widest task's width)."""
+def auto_candidates(tables, task: int, x: torch.Tensor) -> tuple[str, ...]:
+    """GATHER (gather + GEMM over the active neurons) or DENSE (dense mask-multiply) for a call
+    on x [N, d] with the masks' `tables` and `task` (-1: mixed batch; UNIFORM: one task known on
+    the device only, computed at the widest task's width), by prefer_gather."""
     mixed = task == -1
     kept = tables.kept(task if task >= 0 else None)
     gather = prefer_gather(x.device.type, mixed, kept, x.shape[1], tables.num_neurons, x.shape[0], tables.num_tasks,
                            x.dtype)
-    return "torch" if gather else "maskmul"
+    return GATHER if gather else DENSE
 
 
 def prefer_gather(device_type: str, mixed: bool, kept: float, d: int, f: int, n: int, num_tasks: int,
@@ -67,8 +69,6 @@ def prefer_gather(device_type: str, mixed: bool, kept: float, d: int, f: int, n:
 
 
 # ---- which backend runs a call --------------------------------------------------------------
-AUTO = "auto"
-GATHER, DENSE = ("torch",), ("maskmul",)  # auto's candidates for each answer of prefer_gather
 COUNTING = {"cuda": ("triton", "torch")}  # counting kernels per device type, preferred first
 COUNTING_DEFAULT = ("torch",)
 
@@ -80,8 +80,8 @@ def _usable(name: str, x: torch.Tensor, activation: str, gated: bool) -> str | N
 
 
 def ffn_backend(backend: str, tables, task: int, x: torch.Tensor, activation: str, gated: bool) -> str:
-    """The backend that runs a masked-FFN call: `auto` takes auto_backend's answer, or the other
-    kind where that one does not run the call (e.g. gated calls, which maskmul does not take);
+    """The backend that runs a masked-FFN call: `auto` takes the first of auto_candidates'
+    backends whose CAPS take the call, else of the other kind (gated calls skip maskmul);
     a named backend runs it or raises a ValueError saying what its CAPS do not declare."""
     if backend != AUTO:
         why = caps(backend).refuses(x.device, x.dtype, activation, gated)
@@ -89,8 +89,8 @@ def ffn_backend(backend: str, tables, task: int, x: torch.Tensor, activation: st
             raise ValueError(f"backend {backend!r} {why} (its CAPS); use backend='auto' or one of "
                              f"{[b for b in BACKENDS if _usable(b, x, activation, gated) is None]}")
         return backend
-    first = GATHER if auto_backend(tables, task, x) == GATHER[0] else DENSE
-    for name in first + (DENSE if first is GATHER else GATHER):
+    first = auto_candidates(tables, task, x)
+    for name in first + (DENSE if first == GATHER else GATHER):
         if _usable(name, x, activation, gated) is None:
             return name
     raise ValueError(f"backend 'auto': no backend runs a {'gated ' if gated else ''}{activation} FFN in {x.dtype} "
