@@ -91,7 +91,7 @@ def test_every_module_imports_in_a_fresh_interpreter():
 # the pipeline order of docs/design.md §4: a module imports only from its own folder or from
 # folders listed before it (cli reaches the commands through import strings, not imports)
 LAYERS = (("errors", "atomic", "checks", "files", "bench"), ("ops",), ("data",), ("nmt",),
-          ("specialization",), ("hf",), ("deploy",), ("demo", "cli"))
+          ("specialization",), ("hf",), ("deploy",), ("study",), ("demo", "cli"))
 
 
 def layer_of(module: str) -> int:

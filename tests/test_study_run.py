@@ -34,6 +34,8 @@ def test_study_toy_killed_then_resumed(tmp_path, monkeypatch):
     monkeypatch.setattr(training, "run", run)
     with pytest.raises(Killed):
         main([*TOY, "--out", str(out)])
+    est = json.loads((out / "estimate.json").read_text())["ESTIMATE, not measured (planning figures)"]
+    assert est["total"] > 0  # written up front, before the kill
     done_before = {p.parent.relative_to(out).as_posix(): p.stat().st_mtime_ns for p in out.rglob("done.json")}
     assert "runs/finetune/s1/done.json" not in done_before and "runs/finetune/s1" in done_before
     assert "runs/adapter-lp/s1" not in done_before and (out / "runs/adapter-lp/s1/partial.txt").exists()

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from neuronspec.checks import check_int
 from neuronspec.study import arms as arm_lib
-from neuronspec.study.grid import Grid, load_average
+from neuronspec.study.grid import Grid, load_average, write_json
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,7 @@ def run_study(a: argparse.Namespace) -> dict:
     log.info("ESTIMATE (planning figures, not measured): about %.0f min in all (%s)", est["total"],
              ", ".join(f"{k} {v:.1f}" for k, v in est.items() if k != "total"))
     grid_meta = {"estimate_minutes_up_front": est, "started_load": load_average()}
+    write_json(grid.root / "estimate.json", {"ESTIMATE, not measured (planning figures)": est})
 
     if a.baseline:
         base_path = a.baseline

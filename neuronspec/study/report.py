@@ -24,7 +24,7 @@ from neuronspec.nmt.compare import ALPHA, read_eval
 from neuronspec.study import efficiency, scores
 from neuronspec.study.arms import ARMS, LABELS
 from neuronspec.study.grid import Grid, write_json
-from neuronspec.study.scores import METRICS, SIDES, TIERS
+from neuronspec.study.scores import METRICS, TIERS
 
 
 def columns(tiers: list[str]) -> list[tuple[str, str]]:
@@ -159,6 +159,21 @@ def _csv(path: Path, header: list[str], rows: list[list]) -> None:
     write_atomic(path, buf.getvalue())
 
 
+def _bars(plt, path: Path, series: Mapping[str, list[float]], ticks: list[str], ylabel: str) -> None:
+    """Grouped bars: one group per tick, one bar per series; a line at 0."""
+    fig, ax = plt.subplots(figsize=(max(8, len(ticks) * 0.9), 4))
+    w = 0.8 / max(1, len(series))
+    for j, (label, values) in enumerate(series.items()):
+        ax.bar([i + (j - (len(series) - 1) / 2) * w for i in range(len(ticks))], values, w, label=label)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xticks(range(len(ticks)), ticks, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7, ncol=3)
+    fig.tight_layout()
+    save_figure_atomic(fig, path, dpi=90)
+    plt.close(fig)
+
+
 def plots(rep: Path, agg: dict, rows: list[str], cols: list[tuple[str, str]], inter: dict,
           eff_rows: list[dict]) -> list[str]:
     """PNG plots (and their CSV data): Δ chrF++ vs baseline per column, interference, step time."""
@@ -172,36 +187,16 @@ def plots(rep: Path, agg: dict, rows: list[str], cols: list[tuple[str, str]], in
             for r in arms for g, _ in cols if g in agg[r] and g in agg["baseline"]]
     _csv(rep / "delta_vs_baseline.csv", ["method", "group", "delta_chrf"], data)
     if data:
-        fig, ax = plt.subplots(figsize=(max(8, len(cols) * 0.9), 4))
-        w = 0.8 / max(1, len(arms))
-        for j, r in enumerate(arms):
-            xs = [i + (j - (len(arms) - 1) / 2) * w for i, (g, _) in enumerate(cols)]
-            ax.bar(xs, [agg[r][g]["chrf"]["mean"] - agg["baseline"][g]["chrf"]["mean"] if g in agg[r] else 0
-                        for g, _ in cols], w, label=LABELS.get(r, r))
-        ax.axhline(0, color="k", lw=0.8)
-        ax.set_xticks(range(len(cols)), [h for _, h in cols], rotation=45, ha="right", fontsize=8)
-        ax.set_ylabel("Δ chrF++ vs baseline (mean over seeds)")
-        ax.legend(fontsize=7, ncol=3)
-        fig.tight_layout()
-        save_figure_atomic(fig, rep / "delta_vs_baseline.png", dpi=90)
-        plt.close(fig)
+        series = {LABELS.get(r, r): [agg[r][g]["chrf"]["mean"] - agg["baseline"][g]["chrf"]["mean"] if g in agg[r]
+                                     else 0 for g, _ in cols] for r in arms}
+        _bars(plt, rep / "delta_vs_baseline.png", series, [h for _, h in cols], "Δ chrF++ vs baseline (mean over seeds)")
         files.append("delta_vs_baseline.png")
     idata = [[r, g, v["delta"]] for r, gs in inter.items() for g, v in gs.items()]
     _csv(rep / "interference.csv", ["system", "group", "delta_chrf_vs_bilingual"], idata)
     if idata:
         groups = sorted({g for _, g, _ in idata})
-        fig, ax = plt.subplots(figsize=(8, 4))
-        w = 0.8 / max(1, len(inter))
-        for j, (r, gs) in enumerate(inter.items()):
-            ax.bar([i + (j - (len(inter) - 1) / 2) * w for i in range(len(groups))],
-                   [gs.get(g, {}).get("delta", 0) for g in groups], w, label=LABELS.get(r, r))
-        ax.axhline(0, color="k", lw=0.8)
-        ax.set_xticks(range(len(groups)), groups, rotation=30, ha="right", fontsize=8)
-        ax.set_ylabel("Δ chrF++ vs bilingual (< 0: interference)")
-        ax.legend(fontsize=7, ncol=3)
-        fig.tight_layout()
-        save_figure_atomic(fig, rep / "interference.png", dpi=90)
-        plt.close(fig)
+        series = {LABELS.get(r, r): [gs.get(g, {}).get("delta", 0) for g in groups] for r, gs in inter.items()}
+        _bars(plt, rep / "interference.png", series, groups, "Δ chrF++ vs bilingual (< 0: interference)")
         files.append("interference.png")
     timed = [r for r in eff_rows if r["step_ratio"] is not None]
     _csv(rep / "efficiency.csv", ["method", "derive_s", "derive_peak_rss_bytes", "held_bytes", "dtheta", "step_ms",

@@ -17,7 +17,6 @@ from neuronspec.nmt.compare import paired_test_from_stats
 
 METRICS = (("chrf", "chrF++"), ("bleu", "BLEU"))
 TIERS = ("high", "medium", "low")
-SIDES = ("en-x", "x-en")
 
 
 def mean_sd(values: list[float]) -> tuple[float, float | None]:
