@@ -30,9 +30,9 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _timing as tm  # noqa: E402
 
-from neuronspec.ops import available_backends, fc1_act_count, fc1_act_count_reference  # noqa: E402
+from neuronspec.ops import available_backends, fc1_act_count, fc1_act_count_reference, last_backend  # noqa: E402
 from neuronspec.ops.activations import act  # noqa: E402
-from neuronspec.ops.registry import BACKENDS  # noqa: E402
+from neuronspec.ops.backends import BACKENDS  # noqa: E402
 
 log = logging.getLogger("neuronspec.bench.counting")
 
@@ -134,7 +134,7 @@ def run_case(cfg: dict, shape, n: int, num_tasks: int) -> list[dict]:
     # correctness: each counting provider once on zeroed counts vs the reference
     want = torch.zeros_like(counts)
     fc1_act_count_reference(x, w1, b1, want, task_vec, valid, activation)
-    correct = {}
+    correct, ran = {}, {}  # ran: the backend that counted for each provider (ops.last_backend)
     with torch.no_grad():
         for key, fn in fns.items():
             if key == "fc1+act":
@@ -143,6 +143,7 @@ def run_case(cfg: dict, shape, n: int, num_tasks: int) -> list[dict]:
             try:
                 fn()
                 correct[key] = bool(torch.equal(counts, want))
+                ran[key] = last_backend("count") if key.startswith("fused-") else key
             except Exception as e:  # noqa: BLE001 - reported in the row, the others go on
                 correct[key] = f"error: {type(e).__name__}: {e}"[:200]
         stats = tm.measure(fns, device, cfg["repeats"], cfg["warmup"],
@@ -153,7 +154,7 @@ def run_case(cfg: dict, shape, n: int, num_tasks: int) -> list[dict]:
     rows = []
     for key, st in stats.items():
         row = dict(shape=name, d=d, f=f, tokens=n, batch="homogeneous" if num_tasks == 1 else f"mixed{num_tasks}",
-                   provider=key, dtype=str(dtype).split(".")[-1], device=device.type, activation=activation,
+                   provider=key, ran=ran.get(key, key), dtype=str(dtype).split(".")[-1], device=device.type, activation=activation,
                    pad_fraction=cfg["pad"])
         if isinstance(st, str):
             rows.append({**row, "status": st})
@@ -186,7 +187,8 @@ def case_table(rows: list[dict]) -> str:
             continue
         ov = "baseline" if r["provider"] == "fc1+act" else (
             f"{r['overhead_pct']:+.1f} % [{r['overhead_q1_pct']:+.1f}, {r['overhead_q3_pct']:+.1f}]")
-        line = [r["provider"], f"{r['median_ms']:.3g}", f"{r['iqr_ms']:.2g}", ov +
+        provider = r["provider"] if r.get("ran", "") in r["provider"] else f"{r['provider']} (ran {r['ran']})"
+        line = [provider, f"{r['median_ms']:.3g}", f"{r['iqr_ms']:.2g}", ov +
                 ("" if r["status"] == "ok" else f" ({r['status']})")]
         if any("kernel_ms" in q for q in rows):
             line += [f"{r['kernel_ms']:.3g}" if "kernel_ms" in r else "",

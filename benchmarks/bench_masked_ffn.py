@@ -34,7 +34,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _timing as tm  # noqa: E402  (also puts the repo root on sys.path)
 
-from neuronspec.ops import TaskMasks, available_backends, masked_ffn, masked_ffn_reference  # noqa: E402
+from neuronspec.ops import TaskMasks, available_backends, last_backend, masked_ffn, masked_ffn_reference  # noqa: E402
 from neuronspec.ops.activations import act  # noqa: E402
 
 log = logging.getLogger("neuronspec.bench.masked_ffn")
@@ -204,7 +204,7 @@ def run_group(cfg: dict, shape, n: int, num_tasks: int, mode: str, ps: list[floa
     gen_masks = torch.Generator().manual_seed(cfg["seed"] + 1)
     masks = {p: make_masks(f, p, num_tasks, gen_masks, device) for p in cfg["p"]}  # same masks in every chunk
     grads = mode not in ("fwd", "inference")  # check the five gradients too
-    fns = {}
+    fns, ran = {}, {}  # ran: the backend that ran each masked provider (auto's pick, ops.last_backend)
     for p in [None, *ps]:
         ref = None
         for prov in (["dense"] if p is None else [v for v in cfg["providers"] if v != "dense"]):
@@ -216,6 +216,10 @@ def run_group(cfg: dict, shape, n: int, num_tasks: int, mode: str, ps: list[floa
                         ref = reference_outputs(inputs, dy, masks[p], task_vec, cfg["activation"], grads)
                     errors[key] = worst_error(provider_outputs(fwd, inputs, dy, grads), ref)
                 fns[key] = timed_fn(mode, fwd, inputs, dy)
+                if prov not in ("dense", "reference"):
+                    with torch.no_grad():
+                        fwd()
+                    ran[key] = last_backend()
             except Exception as e:  # noqa: BLE001 - record and go on with the other providers
                 log.warning("%s p=%s setup failed: %s", prov, p, e)
                 fns[key] = _raiser(e)
@@ -228,7 +232,7 @@ def run_group(cfg: dict, shape, n: int, num_tasks: int, mode: str, ps: list[floa
     rows = []
     batch = "homogeneous" if num_tasks == 1 else f"mixed{num_tasks}"
     for (prov, p), st in stats.items():
-        row = dict(shape=name, d=d, f=f, tokens=n, batch=batch, mode=mode, provider=prov,
+        row = dict(shape=name, d=d, f=f, tokens=n, batch=batch, mode=mode, provider=prov, ran=ran.get((prov, p), prov),
                    p=p if p is not None else 1.0, ideal=round(1 / p, 4) if p else 1.0, dtype=str(dtype).split(".")[-1],
                    device=device.type, activation=cfg["activation"])
         if isinstance(st, str):
@@ -293,7 +297,8 @@ def group_table(rows: list[dict]) -> str:
         line = [f"{p:g}", dense_txt]
         for pv in provs:
             r = cell.get((pv, p))
-            line.append("" if r is None else _fmt(r, speedup=True))
+            ran = "" if r is None or r.get("ran", pv) == pv else f" (ran {r['ran']})"
+            line.append("" if r is None else _fmt(r, speedup=True) + ran)
         line.append(f"{1 / p:.2f}×")
         body.append(line)
     return title + "\n\n" + tm.markdown_table(["p", "dense ms", *[f"{pv}" for pv in provs], "ideal 1/p"], body)

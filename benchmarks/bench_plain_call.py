@@ -24,8 +24,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _timing as tm  # noqa: E402
 
-from neuronspec.ops import TaskMasks, available_backends, masked_ffn  # noqa: E402
-from neuronspec.ops.registry import BACKENDS  # noqa: E402
+from neuronspec.ops import TaskMasks, available_backends, last_backend, masked_ffn  # noqa: E402
+from neuronspec.ops.backends import BACKENDS  # noqa: E402
 from neuronspec.ops.activations import act  # noqa: E402
 
 
@@ -93,9 +93,11 @@ def main(argv=None) -> int:
     for b in backends:
         calls[b] = (lambda b=b: run(lambda: masked_ffn(x, w1, b1, w2, b2, masks, ids(), args.activation,
                                                        backend=b)))
-    for fn in calls.values():  # warm-up: kernels, caches of the masks' tables
+    ran = {}  # the backend that ran each provider (auto's pick: ops.last_backend)
+    for name, fn in calls.items():  # warm-up: kernels, caches of the masks' tables
         fn()
         fn()
+        ran[name] = "dense" if name == "dense" else last_backend()
     times: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(args.rounds):
         for name, fn in calls.items():
@@ -111,15 +113,15 @@ def main(argv=None) -> int:
     rows = []
     for name, ts in times.items():
         ratios = [a / b for a, b in zip(times["dense"], ts)]
-        rows.append(dict(provider=name, median_ms=sig3(1e3 * statistics.median(ts)),
+        rows.append(dict(provider=name, ran=ran[name], median_ms=sig3(1e3 * statistics.median(ts)),
                          ratio=sig3(statistics.median(ratios)),
                          ratio_q1=sig3(statistics.quantiles(ratios, n=4)[0]) if len(ratios) > 1 else None,
                          ratio_q3=sig3(statistics.quantiles(ratios, n=4)[2]) if len(ratios) > 1 else None))
     title = (f"N={n} d={d} f={f} p={args.p} tasks={args.tasks} {args.activation} {args.dtype} "
              f"{'fwd+bwd' if grad else 'forward'} on {tm.device_label(tm.machine_info(device))}")
     md = f"{title}\n\n" + tm.markdown_table(
-        ["provider", "median ms", "dense / it (median of rounds) [q1, q3]"],
-        [[r["provider"], r["median_ms"], f"{r['ratio']}× [{r['ratio_q1']}, {r['ratio_q3']}]"] for r in rows])
+        ["provider", "ran", "median ms", "dense / it (median of rounds) [q1, q3]"],
+        [[r["provider"], r["ran"], r["median_ms"], f"{r['ratio']}× [{r['ratio_q1']}, {r['ratio_q3']}]"] for r in rows])
     print(md)
     if args.out:
         meta = {**tm.machine_info(device), "benchmark": "plain_call", "command": " ".join(sys.argv), **vars(args)}
