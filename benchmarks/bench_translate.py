@@ -4,11 +4,14 @@ and CTranslate2 dense / pruned (fp32, int8), greedy and beam 5, batches of 32 se
     python benchmarks/bench_translate.py --checkpoint runs/tiny/checkpoint_best.pt --masks masks.pt \\
         --direction en-de --threads 2,1 --beams 1,5 --repeats 3
 
-Each configuration translates the same test lines (the prepared folder's test split of the
-direction, at most --max-sentences); timings are interleaved rounds (benchmarks/_timing.py), the
-reported speed is target tokens (hypothesis pieces + EOS) per second, and the speedup is the
-median of per-round ratios to native dense. Quality: sacrebleu BLEU and chrF++ of each
-configuration's output.
+Each configuration translates the same lines (the first --max-sentences of the direction in
+--split: test and valid are read as text, train as the prepared token ids) in batches of --batch
+sentences sorted by length; timings are interleaved rounds (benchmarks/_timing.py), the reported
+speed is target tokens (hypothesis pieces + EOS) per second, and the speedup is the median of
+per-round ratios of that speed to native dense's (a masked or pruned model is another model than
+the dense one: its outputs, and so its token counts, differ; time_ratio in the csv is the plain
+ratio of seconds). Quality: sacrebleu BLEU and chrF++ of each configuration's output. Pruned
+models keep each layer's width (--multiples 1) or round it up with zero neurons to a multiple.
 
 FLOP limit: the speedup that the linear layers' FLOPs allow, dense / pruned, per target token:
 encoder (q, k, v, out projections + FFN at each layer's width) × source tokens, decoder
@@ -31,7 +34,7 @@ import torch
 from _timing import ROOT, markdown_table, measure, parse_list, ratio_stats, run_meta, save_figure, setup_logging, \
     write_results
 
-from neuronspec.data.batching import Batch, tag_options  # noqa: E402
+from neuronspec.data.batching import Batch, eval_batches, tag_options  # noqa: E402
 from neuronspec.data.corpus import as_direction, direction_name  # noqa: E402
 from neuronspec.deploy.native import kept_neurons, prune_model  # noqa: E402
 from neuronspec.nmt.checkpoint import load_model_masks  # noqa: E402
@@ -49,6 +52,29 @@ def flops_per_token(cfg, widths: dict[str, int], src_len: float, tgt_len: float)
     return (enc + dec + 2 * d * cfg.vocab_size * tgt_len) / tgt_len
 
 
+def read_split(data, split: str, direction, n: int, opts: dict, cfg):
+    """(source ids, first decoder input, source texts or Nones, reference texts) of the first ``n``
+    lines of ``split``. valid/test keep their raw texts; other splits (train) are read as token
+    ids, their references detokenized (placeholders stay as ``<phK>`` on both sides)."""
+    tok = data.tokenizer
+    try:
+        sources, refs = data.texts(split, direction)
+    except ValueError:
+        sources = None
+    if sources is not None:
+        sources, refs = sources[:n], refs[:n]
+        srcs, start = encode_lines(tok, sources, direction, opts["source_tag"], opts["target_tag"], cfg.max_positions)
+        return srcs, start, sources, refs
+    rows = {}
+    for b in eval_batches(data, split, direction, 10 ** 6, source_tag=opts["source_tag"], max_examples=n,
+                          target_tag=opts["target_tag"]):
+        start = int(b.tgt_in[0, 0])
+        for i, src, tgt in zip(b.ids.tolist(), b.src, b.tgt_out):
+            rows[i] = (src[src != tok.pad].tolist(), tok.decode(tgt[tgt != tok.pad].tolist()))
+    ids = sorted(rows)
+    return [rows[i][0] for i in ids], start, [None] * len(ids), [rows[i][1] for i in ids]
+
+
 def batches_of(srcs, start: int, task: int, pad: int, size: int) -> list[Batch]:
     """Sources sorted by length, ``size`` sentences a batch (ids: line numbers)."""
     order = sorted(range(len(srcs)), key=lambda i: len(srcs[i]))
@@ -62,6 +88,15 @@ def batches_of(srcs, start: int, task: int, pad: int, size: int) -> list[Batch]:
         out.append(Batch(src, torch.full((B, 1), start, dtype=torch.long), torch.full((B, 1), pad, dtype=torch.long),
                          torch.full((B,), task, dtype=torch.long), torch.tensor(rows), 0, pad))
     return out
+
+
+def pruned_name(multiple: int) -> str:
+    return "pruned" if multiple == 1 else f"pruned pad{multiple}"
+
+
+def model_key(config: str) -> str:
+    """'dense', 'masked' or a pruned_name of a configuration name ('ct2 pruned pad16 int8')."""
+    return config.split(" ", 1)[1].removesuffix(" fp32").removesuffix(" int8")
 
 
 def native_runner(model, batches, tok, beam, dec_task):
@@ -97,11 +132,15 @@ def main(argv=None) -> int:
     p.add_argument("--masks", required=True, help="masks file (neuronspec select) for the checkpoint's directions")
     p.add_argument("--data", help="prepared folder (default: the checkpoint's)")
     p.add_argument("--direction", default="en-de")
-    p.add_argument("--max-sentences", type=int, default=1000)
+    p.add_argument("--split", default="test", help="split of the prepared folder to translate (train: token ids, "
+                   "references detokenized)")
+    p.add_argument("--max-sentences", type=int, default=1000, help="the split's first N lines")
     p.add_argument("--batch", type=int, default=32, help="sentences per batch")
     p.add_argument("--threads", default="2,1")
     p.add_argument("--beams", default="1,5")
     p.add_argument("--engines", default="native,ct2", help="native and/or ct2")
+    p.add_argument("--multiples", default="1", help="pruned models with each FFN width rounded up to these "
+                   "multiples (zero neurons; 1 = the kept count)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "cpu" / "translate"))
     p.add_argument("-v", "--verbose", action="store_true")
@@ -112,24 +151,23 @@ def main(argv=None) -> int:
     direction = as_direction(args.direction)
     threads, beams = parse_list(args.threads, int, "--threads"), parse_list(args.beams, int, "--beams")
     engines = parse_list(args.engines, str, "--engines")
+    multiples = parse_list(args.multiples, int, "--multiples")
     model, ck, data = load_for_decoding(args.checkpoint, args.data, "cpu")
     if model.masks():
         raise SystemExit("error: --checkpoint must be dense (the masks come from --masks)")
     tok = data.tokenizer
     enc_task, dec_task = direction_tasks(data, direction)
-    sources, refs = data.texts("test", direction)
-    sources, refs = sources[:args.max_sentences], refs[:args.max_sentences]
     opts = tag_options(ck.get("config"))
-    srcs, start = encode_lines(tok, sources, direction, opts["source_tag"], opts["target_tag"], model.cfg.max_positions)
+    srcs, start, sources, refs = read_split(data, args.split, direction, args.max_sentences, opts, model.cfg)
     batches = batches_of(srcs, start, enc_task, tok.pad, args.batch)
 
     masked = load_for_decoding(args.checkpoint, args.data, "cpu")[0]
     masked.set_masks(load_model_masks(args.masks, list(masked.ffn_layers())))
     kept = kept_neurons(masked, enc_task, dec_task)
-    pruned = prune_model(masked, kept, per_layer=True)
-    widths_dense = {n: f.fc1.out_features for n, f in model.ffn_layers().items()}
-    widths_pruned = {n: len(k) for n, k in kept.items()}
-    models = {"native dense": model, "native masked": masked, "native pruned": pruned}
+    pruned = {pruned_name(m): prune_model(masked, kept, per_layer=True, multiple=m) for m in multiples}
+    widths = {name: {n: f.fc1.out_features for n, f in m.ffn_layers().items()}
+              for name, m in {"dense": model, **pruned}.items()}
+    models = {"native dense": model, "native masked": masked, **{f"native {n}": m for n, m in pruned.items()}}
 
     ct2_models = {}
     if "ct2" in engines:
@@ -137,8 +175,8 @@ def main(argv=None) -> int:
 
         from neuronspec.deploy.ct2 import convert
         folder = tempfile.mkdtemp(prefix="bench-translate-ct2-")  # converted models (not results)
-        ct2_models = {"ct2 dense": convert(model, tok, os.path.join(folder, "dense")),
-                      "ct2 pruned": convert(pruned, tok, os.path.join(folder, "pruned"))}
+        ct2_models = {f"ct2 {n}": convert(m, tok, os.path.join(folder, n.replace(" ", "-")))
+                      for n, m in {"dense": model, **pruned}.items()}
 
     rows, dense_ids = [], None
     for t in threads:
@@ -154,43 +192,47 @@ def main(argv=None) -> int:
             hyps = {name: fn() for name, fn in fns.items()}
             load0 = os.getloadavg()[0]
             stats = measure(fns, torch.device("cpu"), repeats=args.repeats, warmup=0)
-            base = stats.get("native dense") if "native" in engines else stats.get("ct2 dense fp32")
+            base_name = "native dense" if "native" in engines else "ct2 dense fp32"
+            base, base_tok = stats[base_name], sum(len(h) + 1 for h in hyps[base_name])
             for name, st in stats.items():
                 ids = hyps[name]
                 ntok = sum(len(h) + 1 for h in ids)
                 text = [tok.decode(h, source=s) for h, s in zip(ids, sources)]
                 dense_ids = ids if dense_ids is None else dense_ids
-                pruned_cfg = "pruned" in name
+                time_ratio = ratio_stats(base, st)[0]
                 rows.append({
                     "threads": t, "beam": beam, "config": name, "sentences": len(ids), "target_tokens": ntok,
                     "median_s": round(st.median, 4), "q1_s": round(st.q1, 4), "q3_s": round(st.q3, 4),
                     "tokens_per_s": round(ntok / st.median, 1),
-                    "speedup_vs_base": round(ratio_stats(base, st)[0], 3),
+                    "speedup_vs_base": round(time_ratio * ntok / base_tok, 3), "time_ratio": round(time_ratio, 3),
                     "bleu": round(sacrebleu.corpus_bleu(text, [refs]).score, 2),
                     "chrf++": round(sacrebleu.corpus_chrf(text, [refs], word_order=2).score, 2),
-                    "load_avg_1m": round((load0 + os.getloadavg()[0]) / 2, 2), "pruned": pruned_cfg})
+                    "load_avg_1m": round((load0 + os.getloadavg()[0]) / 2, 2)})
                 print(f"threads {t} beam {beam} {name:22s} {rows[-1]['tokens_per_s']:9.1f} tok/s "
                       f"x{rows[-1]['speedup_vs_base']:.2f} BLEU {rows[-1]['bleu']:.2f} chrF++ {rows[-1]['chrf++']:.2f}",
                       flush=True)
     if ct2_models:
         shutil.rmtree(folder, ignore_errors=True)
     src_len, tgt_len = float(np.mean([len(s) for s in srcs])), float(np.mean([len(h) + 1 for h in dense_ids]))
-    flop_ratio = flops_per_token(model.cfg, widths_dense, src_len, tgt_len) / \
-        flops_per_token(model.cfg, widths_pruned, src_len, tgt_len)
-    kept_frac = sum(widths_pruned.values()) / sum(widths_dense.values())
+    dense_flops = flops_per_token(model.cfg, widths["dense"], src_len, tgt_len)
+    limit = {n: dense_flops / flops_per_token(model.cfg, w, src_len, tgt_len) for n, w in widths.items()}
+    kept_frac = sum(len(k) for k in kept.values()) / sum(widths["dense"].values())
+    flop_ratio = dense_flops / flops_per_token(model.cfg, {n: len(k) for n, k in kept.items()}, src_len, tgt_len)
     print(f"kept neurons {kept_frac:.1%}; FLOP-limit speedup pruned/dense {flop_ratio:.3f}x")
+    limit["masked"] = flop_ratio  # decoding gathers the kept rows once (DirectionFFN): the pruned FLOPs
     for r in rows:
-        r["flop_limit"] = round(flop_ratio, 3) if r["pruned"] else 1.0
+        r["flop_limit"] = round(limit[model_key(r["config"])], 3)
     meta = run_meta({"device": torch.device("cpu"), "preset": "n/a", "repeats": args.repeats, "warmup": 0},
                     "bench_translate", checkpoint=os.path.abspath(args.checkpoint), masks=os.path.abspath(args.masks),
                     direction=direction_name(direction), kept_fraction=round(kept_frac, 4),
-                    widths_pruned=widths_pruned, flop_limit=round(flop_ratio, 3), mean_src_tokens=round(src_len, 2),
+                    widths=widths, flop_limit=round(flop_ratio, 3), mean_src_tokens=round(src_len, 2),
+                    split=args.split, multiples=multiples, mean_target_tokens_dense=round(tgt_len, 2),
                     load_avg_end=[round(v, 2) for v in os.getloadavg()])
     header = ["threads", "beam", "config", "tok/s", "speedup vs dense", "FLOP limit", "BLEU", "chrF++", "load"]
     table = markdown_table(header, [[r["threads"], r["beam"], r["config"], r["tokens_per_s"], r["speedup_vs_base"],
                                      r["flop_limit"], r["bleu"], r["chrf++"], r["load_avg_1m"]] for r in rows])
     write_results(args.out, "translate", rows, meta, f"# bench_translate ({meta['date_utc']} UTC)\n\n"
-                  f"{direction_name(direction)}, {len(srcs)} test lines, batches of {args.batch}, kept neurons "
+                  f"{direction_name(direction)}, {len(srcs)} {args.split} lines, batches of {args.batch}, kept neurons "
                   f"{kept_frac:.1%}, FLOP-limit speedup {flop_ratio:.3f}x\n\n{table}")
     _plot(rows, args.out)
     return 0

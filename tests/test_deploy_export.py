@@ -62,6 +62,27 @@ def test_native_export_translates_as_the_masked_model(ckpts, tmp_path, activatio
         translate_checkpoint(str(out / "checkpoint.pt"), LINES, "en-fr" if direction != "en-fr" else "en-de")
 
 
+def test_native_export_width_multiple(ckpts, tmp_path, capsys):
+    """--width-multiple rounds the written and the per-layer widths up (zero neurons: same logits)."""
+    from neuronspec.deploy.native import load_pruned
+
+    ckpt, out = ckpts[0]["relu"], tmp_path / "exp16"
+    assert main(["export", "--checkpoint", ckpt, "--direction", "en-de", "--out", str(out), "--width-multiple", "16"]) == 0
+    rec = json.loads((out / "export.json").read_text())
+    padded, _ = load_model(out / "checkpoint.pt")
+    compact, _ = load_pruned(out, multiple=16)
+    assert rec["width_multiple"] == 16 and rec["width"] == padded.cfg.d_ff
+    assert rec["width"] == min(-(-max(v["kept"] for v in rec["layers"].values()) // 16) * 16, rec["d_ff"])
+    assert [f.fc1.out_features for f in compact.ffn_layers().values()] == \
+        [min(-(-v["kept"] // 16) * 16, rec["d_ff"]) for v in rec["layers"].values()]
+    src_ids, tgt_ids = torch.randint(8, 300, (2, 7)), torch.randint(8, 300, (2, 5))
+    with torch.no_grad():
+        torch.testing.assert_close(compact(src_ids, tgt_ids, 0), padded(src_ids, tgt_ids, 0), rtol=0, atol=1e-5)
+    assert main(["export", "--checkpoint", ckpt, "--direction", "en-de", "--out", str(tmp_path / "x"),
+                 "--width-multiple", "0"]) == 2
+    assert "multiple" in capsys.readouterr().err
+
+
 def test_export_bad_input(ckpts, tmp_path, capsys):
     ckpt = ckpts[0]["relu"]
     root = ckpts[1]

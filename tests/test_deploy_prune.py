@@ -106,6 +106,32 @@ def test_native_pruned_equals_masked(activation, mask_bias, per_layer):
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("per_layer", [False, True])
+def test_native_pruned_width_multiple(per_layer):
+    """Widths rounded up to a multiple with zero neurons (never past d_ff): still equal to the masked model."""
+    model = _native("gelu", False)
+    kept = kept_neurons(model, 0)
+    src, tgt = torch.randint(4, 40, (2, 6)), torch.randint(4, 40, (2, 5))
+    with torch.no_grad():
+        ref = model.decode(tgt, model.encode(src, 0), 0)
+        for multiple in (16, 48):
+            pruned = prune_model(model, kept, per_layer=per_layer, multiple=multiple)
+            widths = [ffn.fc1.out_features for ffn in pruned.ffn_layers().values()]
+            counts = [len(k) for k in kept.values()] if per_layer else [max(len(k) for k in kept.values())] * 4
+            assert widths == [min(-(-n // multiple) * multiple, 64) for n in counts]
+            torch.testing.assert_close(pruned(src, tgt, 0), ref, rtol=0, atol=1e-5)
+
+
+def test_round_width():
+    from neuronspec.deploy.prune import padded_width, round_width
+
+    assert [round_width(w, 16) for w in (1, 16, 17, 775)] == [16, 16, 32, 784]
+    assert round_width(1020, 64, limit=1024) == 1024 and round_width(1000, 64, limit=1000) == 1000
+    assert round_width(30, 1) == 30 and padded_width([3, 40, 7], 32) == 64 and padded_width([], 8) == 8
+    with pytest.raises(ValueError, match="multiple"):
+        round_width(10, 0)
+
+
 def test_native_layer_without_masks_keeps_every_neuron():
     model = _native("relu", False)
     model.set_masks({"decoder.layers.1.ffn": None})

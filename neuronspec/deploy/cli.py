@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from .prune import WIDTH_MULTIPLE
+
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint file (a specialized one, with masks, to prune)")
@@ -18,6 +20,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=("native", "hf"), default="native",
                    help="native: neuronspec checkpoint + tokenizer; hf: M2M100ForConditionalGeneration folder")
     p.add_argument("--data", help="prepared folder (default: the checkpoint's)")
+    p.add_argument("--width-multiple", type=int, default=WIDTH_MULTIPLE,
+                   help="round pruned FFN widths up to a multiple of N with zero neurons (exact; default "
+                        f"{WIDTH_MULTIPLE}, measured in benchmarks/results/cpu/translate)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -27,11 +32,12 @@ def run(args: argparse.Namespace) -> int:
                              "(or --format hf for the dense model)")
         from .native import export_native
 
-        rec = export_native(args.checkpoint, args.direction, args.out, data=args.data)
+        rec = export_native(args.checkpoint, args.direction, args.out, data=args.data, multiple=args.width_multiple)
     else:
         from .hf_export import export_hf_folder
 
-        rec = export_hf_folder(args.checkpoint, args.out, direction=args.direction, data=args.data)
+        rec = export_hf_folder(args.checkpoint, args.out, direction=args.direction, data=args.data,
+                               multiple=args.width_multiple)
     params = rec["parameters"]
     if isinstance(params, dict):
         print(f"{rec['direction']}: {params['padded']:,} parameters as written (FFNs padded to {rec['width']}), "

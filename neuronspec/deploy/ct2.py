@@ -29,6 +29,7 @@ from ..data.corpus import as_direction, direction_name
 from ..nmt.decode import direction_tasks
 from .hf_export import hf_tokenizer, to_hf
 from .native import kept_neurons, prune_model
+from .prune import WIDTH_MULTIPLE
 
 SOURCE = "source.json"
 
@@ -85,20 +86,24 @@ def convert(model, tokenizer, out: str | os.PathLike, source: dict | None = None
     return out
 
 
-def cached_model(checkpoint: str | os.PathLike, model, ck: dict, pdata, direction) -> Path:
+def cached_model(checkpoint: str | os.PathLike, model, ck: dict, pdata, direction,
+                 multiple: int = WIDTH_MULTIPLE) -> Path:
     """The CTranslate2 folder of ``checkpoint`` (loaded as ``model``, ``ck``, ``pdata``) for
-    ``direction``, converted now unless the cache already holds this checkpoint's."""
+    ``direction`` (pruned FFN widths rounded up to ``multiple``), converted now unless the cache
+    already holds this checkpoint's."""
     direction = as_direction(direction)
     key = direction_name(direction) if model.masks() else "dense"
     out = Path(f"{os.fspath(checkpoint)}.ct2") / key
-    source = {"checkpoint": os.path.abspath(checkpoint), "sha256": ck.get("sha256"), "key": key}
+    source = {"checkpoint": os.path.abspath(checkpoint), "sha256": ck.get("sha256"), "key": key,
+              **({"width_multiple": multiple} if model.masks() else {})}
     try:
         if json.loads((out / SOURCE).read_text()) == source and (out / "model.bin").is_file():
             return out
     except (OSError, ValueError):
         pass
     if model.masks():
-        model = prune_model(model, kept_neurons(model, *direction_tasks(pdata, direction)), per_layer=True)
+        model = prune_model(model, kept_neurons(model, *direction_tasks(pdata, direction)), per_layer=True,
+                            multiple=multiple)
     return convert(model.cpu(), pdata.tokenizer, out, source)
 
 

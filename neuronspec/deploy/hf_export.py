@@ -43,7 +43,7 @@ from ..nmt.decode import direction_tasks
 from ..nmt.evaluate import load_for_decoding
 from .native import kept_neurons, prune_model
 from .outdir import check_out
-from .prune import padded_width
+from .prune import WIDTH_MULTIPLE, padded_width
 
 RECORD = "neuronspec_export.json"
 _LAYER_NAMES = {"self_attn_norm": "self_attn_layer_norm", "cross_attn_norm": "encoder_attn_layer_norm",
@@ -125,9 +125,10 @@ def to_hf(model):
 
 
 def export_hf_folder(checkpoint: str | os.PathLike, out: str | os.PathLike, direction=None,
-                     data: str | os.PathLike | None = None) -> dict:
-    """Write ``checkpoint`` (dense, or pruned for ``direction``) as an M2M100 folder with its
-    tokenizer to ``out`` (replaced atomically); returns the export record."""
+                     data: str | os.PathLike | None = None, multiple: int = WIDTH_MULTIPLE) -> dict:
+    """Write ``checkpoint`` (dense, or pruned for ``direction``, FFN widths rounded up to
+    ``multiple``) as an M2M100 folder with its tokenizer to ``out`` (replaced atomically); returns
+    the export record."""
     out = check_out(out, RECORD, [checkpoint, data])
     model, ck, pdata = load_for_decoding(checkpoint, data, "cpu")
     check_out(out, RECORD, [pdata.root])
@@ -142,8 +143,8 @@ def export_hf_folder(checkpoint: str | os.PathLike, out: str | os.PathLike, dire
             raise ValueError(f"direction: {os.fspath(checkpoint)} has no masks to prune for {direction_name(direction)}; "
                              "leave --direction out for the dense model")
         kept = kept_neurons(model, *direction_tasks(pdata, direction))
-        model = prune_model(model, kept, per_layer=True)
-        record.update(direction=direction_name(direction),
+        model = prune_model(model, kept, per_layer=True, multiple=multiple)
+        record.update(direction=direction_name(direction), width_multiple=multiple,
                       layers={n: {"kept": len(k), "neurons": k.tolist()} for n, k in kept.items()})
     elif model.masks():
         model.set_masks(None)

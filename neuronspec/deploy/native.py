@@ -34,7 +34,7 @@ from ..nmt.evaluate import load_for_decoding
 from ..nmt.model import Transformer
 from ..ops import SpecializedFFN
 from .outdir import check_out
-from .prune import padded_width, prune_ffn
+from .prune import WIDTH_MULTIPLE, padded_width, prune_ffn, round_width
 
 CHECKPOINT, RECORD, DATA = "checkpoint.pt", "export.json", "data"
 
@@ -55,19 +55,20 @@ def _set_ffn(model: Transformer, name: str, ffn: SpecializedFFN) -> None:
     getattr(model, side).layers[int(i)].ffn = ffn
 
 
-def prune_model(model: Transformer, kept: "OrderedDict", per_layer: bool = False) -> Transformer:
+def prune_model(model: Transformer, kept: "OrderedDict", per_layer: bool = False, multiple: int = 1) -> Transformer:
     """A dense copy of ``model`` (no masks) whose FFN ``name`` keeps only ``kept[name]``, with the
     inactive neurons' constant output folded into fc2's bias: it equals ``model`` run with the
-    direction's masks. FFNs are padded to the widest layer, or ``per_layer`` each at its own width."""
+    direction's masks. FFNs are padded to the widest layer, or ``per_layer`` each at its own width;
+    widths are rounded up to a multiple of ``multiple`` (zero neurons, exact; at most d_ff)."""
     cfg = model.cfg
-    width = padded_width(len(k) for k in kept.values())
+    width = padded_width((len(k) for k in kept.values()), multiple, cfg.d_ff)
     new = Transformer(replace(cfg, d_ff=width, mask_bias=False)).to(model.embed.weight.device)
     state = {k: v for k, v in model.state_dict().items() if ".ffn." not in k}
     missing, unexpected = new.load_state_dict(state, strict=False)
     assert not unexpected and all(".ffn." in k for k in missing), (missing, unexpected)
     for name, ffn in model.ffn_layers().items():
         keep = kept[name]
-        w = max(len(keep), 1) if per_layer else width
+        w = round_width(max(len(keep), 1), multiple, cfg.d_ff) if per_layer else width
         w1, b1, w2, b2 = prune_ffn(ffn.fc1.weight, ffn.fc1.bias, ffn.fc2.weight, ffn.fc2.bias, keep,
                                    ffn.activation, mask_bias=ffn.mask_bias, width=w)
         out = SpecializedFFN(cfg.d_model, w, activation=ffn.activation).to(w1.device)
@@ -91,9 +92,10 @@ def _count(cfg) -> int:
 
 
 def export_native(checkpoint: str | os.PathLike, direction, out: str | os.PathLike,
-                  data: str | os.PathLike | None = None) -> dict:
+                  data: str | os.PathLike | None = None, multiple: int = WIDTH_MULTIPLE) -> dict:
     """Write the pruned export of ``direction`` of ``checkpoint`` to the folder ``out`` (module
-    docstring; replaced as a whole, atomically) and return its record."""
+    docstring; replaced as a whole, atomically; the padded width rounded up to ``multiple``) and
+    return its record."""
     out = check_out(out, RECORD, [checkpoint, data])
     direction = as_direction(direction)
     model, ck, pdata = load_for_decoding(checkpoint, data, "cpu")
@@ -103,7 +105,7 @@ def export_native(checkpoint: str | os.PathLike, direction, out: str | os.PathLi
                          "(export a specialized checkpoint, or use --format hf for the dense model)")
     enc_task, dec_task = direction_tasks(pdata, direction)
     kept = kept_neurons(model, enc_task, dec_task)
-    pruned = prune_model(model, kept)
+    pruned = prune_model(model, kept, multiple=multiple)
     cfg = model.cfg
     record = {
         "format": "neuronspec-pruned/1",
@@ -115,6 +117,7 @@ def export_native(checkpoint: str | os.PathLike, direction, out: str | os.PathLi
         "mask_bias": cfg.mask_bias,
         "d_ff": cfg.d_ff,
         "width": pruned.cfg.d_ff,
+        "width_multiple": multiple,
         "layers": {n: {"kept": len(k), "neurons": k.tolist()} for n, k in kept.items()},
         "parameters": {"source": _count(cfg), "padded": pruned.num_parameters(),
                        "per_layer": _parameters(cfg, [max(len(k), 1) for k in kept.values()])},
@@ -138,9 +141,10 @@ def _write_data(pdata, direction, folder: Path) -> None:
     write_atomic(folder / META_FILE, json.dumps(meta, ensure_ascii=False, indent=1))
 
 
-def load_pruned(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Transformer, dict]:
-    """(model with each FFN at its own width, checkpoint) of an export folder or its checkpoint.pt;
-    equal to the padded model `load_model` gives, without the zero padding."""
+def load_pruned(path: str | os.PathLike, device: str | torch.device = "cpu",
+                multiple: int = WIDTH_MULTIPLE) -> tuple[Transformer, dict]:
+    """(model with each FFN at its own width rounded up to ``multiple``, checkpoint) of an export
+    folder or its checkpoint.pt; equal to the padded model `load_model` gives, with less padding."""
     path = Path(path)
     path = path / CHECKPOINT if path.is_dir() else path
     model, ck = load_model(path, device)
@@ -148,4 +152,4 @@ def load_pruned(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
     if not record:
         raise ValueError(f"checkpoint: {os.fspath(path)} is not a pruned export (no export record)")
     kept = OrderedDict((n, torch.arange(max(layer["kept"], 1))) for n, layer in record["layers"].items())
-    return prune_model(model, kept, per_layer=True), ck
+    return prune_model(model, kept, per_layer=True, multiple=multiple), ck

@@ -8,15 +8,20 @@ and up and the columns of down; their inactive neurons output ``act(b_g) · b_u`
 biases), folded into down's bias the same way.
 
 ``width`` pads a pruned FFN with zero rows/columns (and zero biases) up to a common width, for
-formats that hold one FFN width per stack: a padded neuron outputs ``act(0) · 0 = 0`` for relu,
-gelu and silu, so padding is exact too. Kept neurons come first, padding last.
+formats that hold one FFN width per stack, or up to a multiple of 16/32/64 that GEMM kernels
+handle faster than an odd width (``round_width``): a padded neuron outputs ``act(0) · 0 = 0``
+for relu, gelu and silu, so padding is exact too. Kept neurons come first, padding last.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from ..checks import check_int
+
 ACTIVATIONS = {"relu": torch.relu, "gelu": F.gelu, "silu": F.silu}
+# default for exports: pruned FFN widths rounded up to this multiple (benchmarks/results/cpu/translate)
+WIDTH_MULTIPLE = 1
 
 
 def _check_keep(keep: torch.Tensor, f: int, width: int | None) -> torch.Tensor:
@@ -104,6 +109,15 @@ def prune_glu(wg: torch.Tensor, bg: torch.Tensor | None, wu: torch.Tensor, bu: t
             _cols(wd, keep, width), _fold(wd, bd, keep, h))
 
 
-def padded_width(widths) -> int:
-    """The common width of FFNs that keep ``widths`` neurons (at least 1, so no layer is empty)."""
-    return max([1, *widths])
+def padded_width(widths, multiple: int = 1, limit: int | None = None) -> int:
+    """The common width of FFNs that keep ``widths`` neurons (at least 1, so no layer is empty),
+    rounded up to a multiple of ``multiple`` but not past ``limit`` (the source width)."""
+    return round_width(max([1, *widths]), multiple, limit)
+
+
+def round_width(width: int, multiple: int = 1, limit: int | None = None) -> int:
+    """``width`` rounded up to a multiple of ``multiple``, not past ``limit`` when it is wider than
+    ``width`` (zero neurons past the source's own width would only add work)."""
+    check_int("multiple", multiple, 1)
+    up = -(-width // multiple) * multiple
+    return up if limit is None or up <= limit else max(width, limit)
