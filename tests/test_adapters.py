@@ -61,12 +61,19 @@ def test_fresh_adapters_are_the_identity_and_mixed_batches():
         assert torch.allclose(mixed[i], model(src[i:i + 1], tgt[i:i + 1], t)[0], atol=1e-5)
 
 
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory):
+    """(prepared folder, a 3-update dense checkpoint) on the synthetic de/fr corpus."""
+    root = tmp_path_factory.mktemp("adapters")
+    prep = prepare(root)
+    cfg = TrainConfig(data=str(prep.root), out=str(root / "base"), model_args=TINY_MODEL, max_tokens=400,
+                      warmup=5, max_steps=3, valid_every=0, valid_chrf_sentences=0, progress=False)
+    return prep, training.run(cfg)["checkpoint"]
+
+
 @pytest.mark.parametrize("kind", ["lp", "fam"])
-def test_training_keeps_the_base_and_changes_the_adapters(tmp_path, kind):
-    prep = prepare(tmp_path)
-    base_cfg = TrainConfig(data=str(prep.root), out=str(tmp_path / "base"), model_args=TINY_MODEL, max_tokens=400,
-                           warmup=5, max_steps=3, valid_every=0, valid_chrf_sentences=0, progress=False)
-    base_ckpt = training.run(base_cfg)["checkpoint"]
+def test_training_keeps_the_base_and_changes_the_adapters(base_run, tmp_path, kind):
+    prep, base_ckpt = base_run
     ck = load_checkpoint(base_ckpt)
     start = arms.with_adapters(ck, kind, 8)
     cfg = training.continuation_config(ck, str(prep.root), tmp_path / kind, steps=4, seed=2, lr=3e-3)

@@ -20,6 +20,7 @@ class Killed(BaseException):
     """Stands for the study being killed (not an Exception: nothing may catch it)."""
 
 
+@pytest.mark.slow
 def test_study_toy_killed_then_resumed(tmp_path, monkeypatch):
     out = tmp_path / "study"
     real_run, started = training.run, []
@@ -73,3 +74,15 @@ def test_study_toy_killed_then_resumed(tmp_path, monkeypatch):
     assert md.count("| Adapter_Fam |") == 2 + 2 + 1  # main tables, interference tables, efficiency
     for f in ("delta_vs_baseline.png", "interference.png", "step_time.png", "efficiency.csv"):
         assert (rep / f).stat().st_size > 0
+    assert "--lass-prune 0.3,0.6" in md  # the command as given
+
+    # a given baseline: no corpus or baseline step, the arms start from it
+    ckpt = out / "baseline" / "checkpoint_best.pt"
+    out2 = tmp_path / "given"
+    argv = [x for x in TOY if x not in ("all",)]
+    argv[argv.index("--arms") + 1:argv.index("--arms") + 1] = ["finetune,adapter-fam"]
+    assert main([*argv, "--out", str(out2), "--baseline", str(ckpt)]) == 0
+    res2 = json.loads((out2 / "report" / "results.json").read_text())
+    assert not (out2 / "data").exists() and not (out2 / "baseline").exists()
+    assert set(res2["tests_vs_baseline"]) == {"finetune", "adapter-fam"} and res2["bilingual_directions"] == []
+    assert res2["aggregate"]["baseline"]["all"] == res["aggregate"]["baseline"]["all"]  # the same baseline

@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -223,6 +225,7 @@ def check_args(a: argparse.Namespace) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> int:
+    args.command = shlex.join(["neuronspec", *sys.argv[1:]])
     res = run_study(check_args(args))
     print(f"study report: {Path(args.report) / 'README.md'} ({res['study_minutes']:.1f} min)")
     return 0

@@ -280,9 +280,9 @@ def markdown(r: dict, tables: dict, inter_md: dict, eff_rows: list[dict], files:
     st = r.get("step_timing") or {}
     est = r.get("estimate_minutes_up_front", {})
     lines = ["# Neuron Specialization vs the paper's baselines (`neuronspec study`)", "",
-             f"- command: `neuronspec study --arms {','.join(a['arms'])} --seeds {','.join(map(str, a['seeds']))} "
-             f"--langs {','.join(a['langs'])} --preset {a['preset']} --out {a['out']}`"
-             + (f" (baseline given: {a['baseline']})" if a.get("baseline") else ""),
+             f"- command: `{a.get('command') or 'neuronspec study (called from Python)'}`; arms "
+             f"{', '.join(a['arms'])}, seeds {a['seeds']}, languages {', '.join(a['langs'])}, preset {a['preset']}"
+             + (f", baseline given: {a['baseline']}" if a.get("baseline") else ""),
              f"- date {r['date']}; {platform.machine()}, {os.cpu_count()} CPUs, torch threads {a['threads']}; "
              f"study {r['study_minutes']:.1f} min this invocation (up-front ESTIMATE, not measured: "
              f"{est.get('total', float('nan')):.0f} min)",
