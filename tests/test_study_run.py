@@ -86,3 +86,25 @@ def test_study_toy_killed_then_resumed(tmp_path, monkeypatch):
     assert not (out2 / "data").exists() and not (out2 / "baseline").exists()
     assert set(res2["tests_vs_baseline"]) == {"finetune", "adapter-fam"} and res2["bilingual_directions"] == []
     assert res2["aggregate"]["baseline"]["all"] == res["aggregate"]["baseline"]["all"]  # the same baseline
+
+
+def test_plateau_run_resumes_a_killed_baseline(tmp_path, caplog):
+    """The baseline (and bilingual) step resumes the run a killed study left in its folder: the
+    saved config and the first start's time cap, not a fresh run."""
+    from _nmt_cases import TINY_MODEL, prepare
+    from neuronspec.nmt.checkpoint import load_checkpoint
+    from neuronspec.nmt.config import TrainConfig
+
+    prep = prepare(tmp_path)
+    folder = tmp_path / "baseline"
+    cfg = TrainConfig(data=str(prep.root), out=str(folder), model_args=TINY_MODEL, max_tokens=400, warmup=5,
+                      max_steps=2, valid_every=0, valid_chrf_sentences=0, progress=False)
+    training.plateau_run(cfg, folder, 5.0)
+    started = (folder / "start.txt").read_text()
+    weights = load_checkpoint(folder / "checkpoint_last.pt")["model"]
+    caplog.set_level("INFO")
+    again = TrainConfig.from_dict({**cfg.to_dict(), "max_steps": 50, "seed": 7})  # what a new run would use
+    summary = training.plateau_run(again, folder, 5.0)
+    assert "resumed from step 2" in caplog.text and summary["step"] == 2  # the saved run's own cap
+    assert (folder / "start.txt").read_text() == started
+    assert all(load_checkpoint(folder / "checkpoint_last.pt")["model"][k].equal(v) for k, v in weights.items())
