@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from neuronspec.ops import TaskMasks, load_layer_masks, save_layer_masks
+from neuronspec.ops.validation import check_masks
 
 from . import calls
 from .marker import CONFIG_MARK, warn_on_plain_load_if_loaded
@@ -301,11 +302,10 @@ class Specialization:
                              "were they selected for another model?")
         for name, m in masks.items():
             ffn = self.layers[name]
-            if not isinstance(m, TaskMasks):
-                raise TypeError(f"masks[{name!r}]: expected a TaskMasks, got {type(m).__name__}")
-            if m.num_neurons != ffn.num_neurons:
-                raise ValueError(f"masks[{name!r}]: built for {m.num_neurons} neurons, this layer has "
-                                 f"{ffn.num_neurons}; were they selected for another model?")
+            try:
+                check_masks(m, ffn.num_neurons, None, "this layer", f"masks[{name!r}]")
+            except ValueError as e:
+                raise ValueError(f"{e}; were they selected for another model?") from None
             if list(m.names) != self.directions:
                 raise ValueError(f"masks[{name!r}]: directions {m.names[:4]} differ from the model's "
                                  f"{self.directions[:4]}")

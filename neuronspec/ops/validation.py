@@ -67,14 +67,15 @@ def check_ffn_weights(x, w: FFNWeights, names: tuple = PLAIN_NAMES, optional_bia
     return d, f
 
 
-def check_masks(masks, f: int, device: torch.device, rows_of: str = "w1") -> None:
-    """masks: a TaskMasks over f neurons (the rows of `rows_of`) on `device`."""
+def check_masks(masks, f: int, device: torch.device | None, rows_of: str = "w1", name: str = "masks") -> None:
+    """masks: a TaskMasks over f neurons (the rows of `rows_of`), on `device` unless None; errors
+    name the argument `name`."""
     if not isinstance(masks, TaskMasks):
-        raise TypeError(f"masks: expected a TaskMasks, got {describe(masks)}")
+        raise TypeError(f"{name}: expected a TaskMasks, got {describe(masks)}")
     if masks.num_neurons != f:
-        raise ValueError(f"masks: built for {masks.num_neurons} neurons but {rows_of} has {f} rows")
+        raise ValueError(f"{name}: built for {masks.num_neurons} neurons but {rows_of} has {f} rows")
     if device is not None and masks.device != device:
-        raise ValueError(f"masks: on {masks.device} but x is on {device}; call masks.to(x.device)")
+        raise ValueError(f"{name}: on {masks.device} but x is on {device}; call masks.to(x.device)")
 
 
 def check_counts(counts, f: int, device: torch.device, rows_of: str = "w1") -> None:
