@@ -230,7 +230,7 @@ def test_init_from_with_masks(prep, tmp_path, monkeypatch):
     m = torch.rand(4, f, generator=g) < 0.6
     m[:, :10] = False  # neurons 0-9 are off for every direction: fc1 rows never change
     masks = {name: TaskMasks.from_dense(m) for name in model.ffn_layers()}
-    t = Trainer(config(prep, tmp_path / "spec", max_steps=4), init_from=dense["checkpoint"], masks=masks)
+    t = Trainer(config(prep, tmp_path / "spec", max_steps=4), init_from=load_checkpoint(dense["checkpoint"]), masks=masks)
     assert t.step == 0 and not t.optimizer.state  # fresh optimizer
     before = {k: v.clone() for k, v in t.model.state_dict().items()}
     t.train()
@@ -242,10 +242,14 @@ def test_init_from_with_masks(prep, tmp_path, monkeypatch):
     assert ck["step"] == 4 and spec.masks() == masks
     assert all(f.masks == masks[n] for n, f in spec.ffn_layers().items())
     # continuing a specialized checkpoint keeps its masks
-    t2 = Trainer(config(prep, tmp_path / "spec2", max_steps=1), init_from=tmp_path / "spec" / "checkpoint_last.pt")
+    t2 = Trainer(config(prep, tmp_path / "spec2", max_steps=1), init_from=load_checkpoint(tmp_path / "spec" / LAST))
     assert t2.model.masks() == masks
     with pytest.raises(ValueError, match="exclusive"):
-        Trainer(config(prep, tmp_path / "x", max_steps=1), init_from=dense["checkpoint"], resume=True)
+        Trainer(config(prep, tmp_path / "x", max_steps=1), init_from=load_checkpoint(dense["checkpoint"]), resume=True)
+    with pytest.raises(ValueError, match="exclusive"):
+        train(config(prep, tmp_path / "x", max_steps=1), init_from=dense["checkpoint"], resume=True)
+    with pytest.raises(TypeError, match="init_from: expected a checkpoint read with load_checkpoint"):
+        Trainer(config(prep, tmp_path / "x", max_steps=1), init_from=dense["checkpoint"])  # train() reads paths
     # train(init_from=path, masks=path) (the CLI's call) reads the checkpoint once, and gets the same run
     import neuronspec.nmt.trainer as train_mod
 
@@ -257,6 +261,30 @@ def test_init_from_with_masks(prep, tmp_path, monkeypatch):
     same, ref = load_model(out["checkpoint"])[0].state_dict(), spec.state_dict()
     assert same.keys() == ref.keys() and all(torch.equal(same[k], ref[k]) for k in ref)
 
+
+
+def test_continued_and_resumed_runs_read_checkpoint_and_masks_once(prep, tmp_path, monkeypatch):
+    """continue_training (`neuronspec specialize`) and `train --resume` read the checkpoint and the
+    masks file once, at the edge, and hand the objects on (the Trainer used to read the checkpoint
+    again from its path)."""
+    import neuronspec.nmt.checkpoint as checkpoint_mod
+    import neuronspec.ops.masks as masks_mod
+    from neuronspec.cli import main
+    from neuronspec.specialization.specialize import continue_training
+
+    dense = train(config(prep, tmp_path / "dense", max_steps=2))
+    model, _ = load_model(dense["checkpoint"])
+    m = torch.rand(4, model.cfg.d_ff, generator=torch.Generator().manual_seed(0)) < 0.6
+    save_layer_masks({name: TaskMasks.from_dense(m) for name in model.ffn_layers()}, tmp_path / "masks.pt")
+    reads = []
+    for mod in (checkpoint_mod, masks_mod):
+        monkeypatch.setattr(mod, "load_file", lambda path, *a, _real=mod.load_file, **kw:
+                            reads.append(os.fspath(path)) or _real(path, *a, **kw))
+    spec = continue_training(dense["checkpoint"], tmp_path / "spec", tmp_path / "masks.pt", steps=2)
+    assert sorted(reads) == sorted([dense["checkpoint"], str(tmp_path / "masks.pt")])
+    reads.clear()
+    assert main(["train", "--resume", "--out", str(tmp_path / "spec"), "--max-steps", "3", "--no-progress"]) == 0
+    assert reads == [spec["checkpoint"]] and load_checkpoint(spec["checkpoint"])["step"] == 3
 
 
 def test_model_masks_are_what_the_layers_hold():

@@ -5,7 +5,8 @@
 - the data: the prepared folder a run reads (``resolve_data``, preparing a corpus when needed);
 - the resume policy: ``RESUME_OPTIONS``, the options of a ``--resume`` command line that apply
   (the CLI's help text and ``check_resume_options``' error both name them from it), and
-  ``resumed_config``, the saved run's config with those settings taken from the caller.
+  ``resumed_config``, the saved run's config with those settings taken from the caller;
+- the masks a run trains with, read from a file once (``read_masks``).
 """
 from __future__ import annotations
 
@@ -21,9 +22,10 @@ import torch.distributed as dist
 from ..data.binarize import prepare_corpus
 from ..data.builtin_corpus import build_builtin_corpus
 from ..data.corpus import META_FILE, read_meta
-from .checkpoint import load_checkpoint, resolve_device
+from ..ops import TaskMasks
+from .checkpoint import load_model_masks, resolve_device
 from .config import TrainConfig
-from .run_folder import LAST
+from .model import ModelConfig, ffn_layer_names
 
 log = logging.getLogger(__name__)
 
@@ -100,18 +102,25 @@ def resolve_data(cfg: TrainConfig, rank: int = 0, world_size: int = 1, *, resume
 
 
 
-def resumed_config(cfg: TrainConfig) -> tuple[TrainConfig, dict]:
-    """(config, checkpoint) of the run in ``cfg.out`` (its checkpoint_last.pt): the saved run's
-    config, except for the settings RESUME_APPLIES names, which are ``cfg``'s (``data`` only when
-    given: the folder may have moved; the Trainer checks it against the checkpoint's vocabulary
-    and directions)."""
-    path = Path(cfg.out) / LAST
-    if not path.is_file():
-        raise ValueError(f"resume: no checkpoint {path}")
-    ckpt = load_checkpoint(path)
+def resumed_config(cfg: TrainConfig, ckpt: Mapping[str, Any]) -> TrainConfig:
+    """The config of the run ``ckpt`` (its checkpoint_last.pt) continues: the saved one, except for
+    the settings RESUME_APPLIES names, which are ``cfg``'s (``data`` only when given: the folder may
+    have moved; the Trainer checks it against the checkpoint's vocabulary and directions)."""
     saved = TrainConfig.from_dict(ckpt["config"])
     keep = [k for k in RESUME_APPLIES if k != "data" or cfg.data is not None]
-    return TrainConfig.from_dict(saved.to_dict(), **{k: getattr(cfg, k) for k in keep}), ckpt
+    return TrainConfig.from_dict(saved.to_dict(), **{k: getattr(cfg, k) for k in keep})
+
+
+def read_masks(masks: Mapping[str, TaskMasks] | str | os.PathLike | None, start: Mapping[str, Any] | None,
+               cfg: TrainConfig | None) -> dict[str, TaskMasks] | None:
+    """``masks`` as objects: {layer: TaskMasks} as given, or a masks file read here (the one place
+    a run reads one), which must cover every FFN layer of the model trained: that of the checkpoint
+    ``start``, else of ``cfg``'s preset (``cfg`` is needed only without ``start``)."""
+    if masks is None or isinstance(masks, Mapping):
+        return masks
+    mcfg = (ModelConfig.from_dict(start["model_config"]) if start is not None
+            else ModelConfig.from_preset(cfg.preset, vocab_size=1, **cfg.model_overrides()))
+    return load_model_masks(masks, ffn_layer_names(mcfg))
 
 
 def check_resume_options(args: argparse.Namespace, kw: dict[str, Any], saved: Mapping[str, Any],

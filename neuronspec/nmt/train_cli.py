@@ -166,12 +166,12 @@ def run(args: argparse.Namespace) -> int:
         pkg.setLevel(logging.WARNING)
     try:
         if args.resume:
-            saved = load_checkpoint(Path(kw["out"]) / LAST)["config"]
+            ckpt = load_checkpoint(Path(kw["out"]) / LAST)  # read once: train() takes it
             defaults = _parser_defaults()  # options left at their defaults keep the run's values
-            check_resume_options(args, kw, saved, defaults)
+            check_resume_options(args, kw, ckpt["config"], defaults)
             applies = {k: kw[k] for k in RESUME_APPLIES
                        if k in kw and (k in ("out", "progress") or kw[k] != defaults.get(k))}
-            summary = train(TrainConfig.from_dict(saved, **applies), resume=True)
+            summary = train(TrainConfig.from_dict(ckpt["config"], **applies), resume=True, checkpoint=ckpt)
         else:
             summary = train(TrainConfig(**kw), init_from=args.init_from, masks=args.masks, overwrite=args.overwrite)
         if rank == 0:

@@ -17,10 +17,12 @@ Python API (used for continued/specialized training)::
     cfg = TrainConfig(data="prep", out="runs/spec", max_steps=2000)
     summary = train(cfg, init_from="runs/tiny/checkpoint_last.pt", masks={"encoder.layers.0.ffn": m, ...})
 
-``init_from`` (a path, or a checkpoint dict already loaded) takes the model (architecture + weights) of a checkpoint and starts a fresh
+``init_from`` (a path) takes the model (architecture + weights) of a checkpoint and starts a fresh
 optimizer, scheduler, sampler and step counter; ``masks`` (``{layer: TaskMasks}`` or the
 path of a masks file) are set on the model and saved in every checkpoint; ``resume=True``
 continues ``out/checkpoint_last.pt`` exactly (same batches, same dropout, same optimizer).
+``train`` reads those files once (a caller that has read the checkpoint passes it as
+``checkpoint=``); the ``Trainer`` takes the objects.
 
 SIGINT and SIGTERM stop a run cleanly: the update in progress finishes (a validation in
 progress is abandoned and runs again on resume), ``checkpoint_last.pt`` is saved and
@@ -51,17 +53,17 @@ from ..data.batching import TrainSampler, overlong_examples
 from ..data.corpus import PreparedData
 from ..errors import Interrupted, TrainingDiverged
 from ..ops import TaskMasks
-from .checkpoint import (check_tokenizer, load_checkpoint, load_model_masks, masks_from_state, masks_state,
-                         rng_state, run_environment, save_checkpoint, set_rng_state, warn_environment_change)
+from .checkpoint import (check_tokenizer, load_checkpoint, masks_from_state, masks_state, rng_state, run_environment,
+                         save_checkpoint, set_rng_state, warn_environment_change)
 from .config import TrainConfig
 from .decode import sampled_batches
 from .ema import EMA
 from .evaluate import evaluate_model, to_markdown
 from .graphed_step import GraphedTrainStep
 from .loss import label_smoothed_loss
-from .model import ModelConfig, Transformer, ffn_layer_names
+from .model import ModelConfig, Transformer
 from .run_folder import BEST, ERROR_FILE, LAST, RUN_OUTPUTS, check_run_folder, run_lock
-from .run_setup import dist_env, native_bf16, pick_device, resolve_data, resumed_config
+from .run_setup import dist_env, native_bf16, pick_device, read_masks, resolve_data, resumed_config
 from .schedule import LR_SCHEDULERS
 
 log = logging.getLogger(__name__)
@@ -76,22 +78,26 @@ class Trainer:
 
     graph_capture = None  # tests: a stand-in for make_graphed_callables (see ops/graphs.py)
 
-    def __init__(self, cfg: TrainConfig, *, init_from: str | os.PathLike | Mapping | None = None,
-                 masks: Mapping[str, TaskMasks] | None = None, resume: bool = False):
-        if resume and init_from is not None:
-            raise ValueError("resume and init_from are exclusive (resume continues out/checkpoint_last.pt)")
+    def __init__(self, cfg: TrainConfig, *, init_from: Mapping | None = None,
+                 masks: Mapping[str, TaskMasks] | None = None, resume: bool | Mapping = False):
+        """``init_from``: a checkpoint (load_checkpoint's dict) whose model the run starts from;
+        ``masks``: {layer: TaskMasks}; ``resume``: True continues out/checkpoint_last.pt, read here,
+        or pass that checkpoint when the caller has read it. Files are read by the caller (``train``)."""
+        self._check_start(init_from, resume)
+        if init_from is not None and not isinstance(init_from, Mapping):
+            raise TypeError(f"init_from: expected a checkpoint read with load_checkpoint (train() reads a path), "
+                            f"got {type(init_from).__name__}")
         if masks is not None and not isinstance(masks, Mapping):
-            raise TypeError(f"masks: expected {{layer: TaskMasks}} (load a file with load_model_masks), "
+            raise TypeError(f"masks: expected {{layer: TaskMasks}} (a file: run_setup.read_masks), "
                             f"got {type(masks).__name__}")
         self._start_process(cfg)
-        resume_ckpt = self._resumed_config(cfg) if resume else None
+        resume_ckpt = self._resumed_config(cfg, resume) if resume else None
         cfg = self.cfg
-        self.data = PreparedData.load(resolve_data(cfg, self.rank, self.world_size, resume=resume))
+        self.data = PreparedData.load(resolve_data(cfg, self.rank, self.world_size, resume=bool(resume)))
         self.tok = self.data.tokenizer
         self._check_validation_data()
         torch.manual_seed(cfg.seed)
-        src = resume_ckpt or (init_from if isinstance(init_from, Mapping)  # a checkpoint loaded by the caller
-                              else load_checkpoint(init_from) if init_from is not None else None)
+        src = resume_ckpt or init_from
         self._build_model(src, masks)
         self._build_optimization()
         self._init_counters()
@@ -117,6 +123,11 @@ class Trainer:
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
 
+    @staticmethod
+    def _check_start(init_from: object, resume: bool | Mapping) -> None:
+        if resume and init_from is not None:
+            raise ValueError("resume and init_from are exclusive (resume continues out/checkpoint_last.pt)")
+
     @classmethod
     def _check_cuda_graphs(cls, cfg: TrainConfig, device: torch.device, distributed: bool) -> None:
         if cfg.cuda_graphs and distributed:
@@ -136,10 +147,14 @@ class Trainer:
         if self.is_main:
             log.warning("%s has no validation data: no valid loss, no chrF++, no %s", self.data.root, BEST)
 
-    def _resumed_config(self, cfg: TrainConfig) -> dict:
+    def _resumed_config(self, cfg: TrainConfig, resume: bool | Mapping) -> dict:
         """self.cfg becomes the config of the run being resumed (run_setup.resumed_config); returns
-        its checkpoint."""
-        self.cfg, ckpt = resumed_config(cfg)
+        its checkpoint (``resume``, or out/checkpoint_last.pt read here)."""
+        path = self.out / LAST
+        if resume is True and not path.is_file():
+            raise ValueError(f"resume: no checkpoint {path}")
+        ckpt = load_checkpoint(path) if resume is True else resume
+        self.cfg = resumed_config(cfg, ckpt)
         return ckpt
 
     def _build_model(self, src: dict | None, masks: Mapping[str, TaskMasks] | None) -> None:
@@ -619,25 +634,29 @@ class Trainer:
 
 def train(cfg: TrainConfig, *, init_from: str | os.PathLike | None = None, overwrite: bool = False,
           masks: Mapping[str, TaskMasks] | str | os.PathLike | None = None, steps: int | None = None,
-          max_minutes: float | None = None, resume: bool = False) -> dict:
+          max_minutes: float | None = None, resume: bool = False, checkpoint: Mapping | None = None) -> dict:
     """Build a :class:`Trainer` and train; returns the summary (checkpoint paths, final metrics).
 
+    The edge of a run: the checkpoint (``init_from``'s, or with ``resume`` out/checkpoint_last.pt)
+    and a masks file are read here, once, unless the caller passes them read (``checkpoint``: that
+    checkpoint's contents; ``masks``: {layer: TaskMasks}); the Trainer takes the objects.
     ``steps``/``max_minutes`` override the config's stop criteria for this call. A folder that
     already holds a run is refused unless ``resume`` or ``overwrite`` (run_folder.py)."""
+    Trainer._check_start(init_from, resume)
     _, world_size, local_rank = dist_env()
     Trainer._check_cuda_graphs(cfg, pick_device(cfg.device, local_rank), world_size > 1)  # before any file
     check_run_folder(cfg.out, resume=resume, overwrite=overwrite, init_from=init_from)
-    if isinstance(masks, (str, os.PathLike)):  # loaded and checked here, once; the Trainer takes objects
-        if init_from is not None:  # read once: its model config names the layers, the Trainer takes the rest
-            init_from = load_checkpoint(init_from)
-        mcfg = (ModelConfig.from_dict(init_from["model_config"]) if init_from is not None
-                else ModelConfig.from_preset(cfg.preset, vocab_size=1, **cfg.model_overrides()))
-        masks = load_model_masks(masks, ffn_layer_names(mcfg))
+    if init_from is not None and checkpoint is None:
+        checkpoint = load_checkpoint(init_from)
+    masks = read_masks(masks, None if resume else checkpoint, cfg)
     main = dist_env()[0] == 0
     if main:
         check_writable_folder(cfg.out, "out")
     with run_lock(cfg.out) if main else nullcontext():  # one lock per run, held by rank 0
         if main:  # no other writer now: temporary files here are from a killed save
             remove_stale_temps(cfg.out, RUN_OUTPUTS)
-        return Trainer(cfg, init_from=init_from, masks=masks, resume=resume).train(steps=steps, max_minutes=max_minutes)
-
+        if resume:
+            trainer = Trainer(cfg, masks=masks, resume=True if checkpoint is None else checkpoint)
+        else:
+            trainer = Trainer(cfg, init_from=checkpoint, masks=masks)
+        return trainer.train(steps=steps, max_minutes=max_minutes)

@@ -29,9 +29,9 @@ from typing import Any, Mapping
 
 from neuronspec.checks import check_int
 from neuronspec.files import check_output_file
-from neuronspec.nmt.checkpoint import load_checkpoint, load_model_masks
-from neuronspec.nmt.model import ModelConfig, ffn_layer_names
+from neuronspec.nmt.checkpoint import load_checkpoint
 from neuronspec.nmt.config import TRAIN_DEFAULTS, TrainConfig
+from neuronspec.nmt.run_setup import read_masks
 from neuronspec.nmt.trainer import train
 from neuronspec.ops import TaskMasks
 
@@ -86,14 +86,12 @@ def continue_training(checkpoint: str | os.PathLike, out: str | os.PathLike,
 
 
 def _continue(checkpoint, out, masks, steps, where, max_minutes, recipe, overwrite, overrides) -> dict:
-    ck = load_checkpoint(checkpoint)
+    ck = load_checkpoint(checkpoint)  # read once, here: train() takes it (and the masks) as objects
     if ck.get("masks"):
         raise ValueError(f"checkpoint: {os.fspath(checkpoint)!r} is already specialized; start from the dense model")
     prep = (ck.get("data") or {}).get("prep")
-    if masks is not None:
-        if isinstance(masks, (str, os.PathLike)):  # loaded once, here; the Trainer checks the directions
-            masks = load_model_masks(masks, ffn_layer_names(ModelConfig.from_dict(ck["model_config"])))
-        masks = restrict(masks, where)
+    if masks is not None:  # a file must cover the checkpoint's FFN layers; the Trainer checks the directions
+        masks = restrict(read_masks(masks, ck, None), where)
     base = dict(ck["config"])
     # early stopping is not inherited from the source run: a continuation stops at `steps` unless
     # the recipe or the caller asks for patience (with validations to count it on)
@@ -109,7 +107,7 @@ def _continue(checkpoint, out, masks, steps, where, max_minutes, recipe, overwri
                  "validation every %d, patience %d, %d tokens per update (the original: ~645k)", cfg.warmup,
                  cfg.lr, cfg.clip_norm, cfg.label_smoothing, cfg.dropout, cfg.valid_every, cfg.patience,
                  cfg.max_tokens * cfg.update_freq)
-    return train(cfg, init_from=checkpoint, masks=masks, overwrite=overwrite)
+    return train(cfg, init_from=checkpoint, checkpoint=ck, masks=masks, overwrite=overwrite)
 
 
 # ---------------------------------------------------------------------------- CLI
