@@ -151,7 +151,8 @@ def test_arguments():
     assert a.arms == list(arms.ARMS) and a.seeds == [1, 2, 3] and a.langs == ["de", "fr", "ru", "he", "it", "bg",
                                                                                 "af", "uk"]
     assert _args("--arms", "lass,ns", "--lass-prune", "0.3,0.5").arms == ["ns", "lass"]
-    for argv, msg in ((["--arms", "ns,foo"], "--arms"), (["--seeds", "1,x"], "--seeds"), (["--seeds", "1,1"], "--seeds"),
+    for argv, msg in ((["--arms", "ns,foo"], "--arms"), (["--seeds", "1,x"], "--seeds"),
+                      (["--seeds", "1,1"], "--seeds"),
                       (["--lass-prune", "1.5"], "--lass-prune"), (["--lass-prune", "a"], "--lass-prune"),
                       (["--extra-steps", "0"], "--extra-steps"), (["--langs", "xx"], "xx"),
                       (["--model-args", "[1]"], "--model-args"), (["--baseline", "/nonexistent.pt"], "--baseline"),
@@ -167,5 +168,6 @@ def test_estimate_of_the_default_study():
     est = cli.estimate_minutes(a, 16, 6, cli.PLAN_S_PER_STEP)
     assert 45 < est["total"] <= 90 and est["total"] == pytest.approx(sum(v for k, v in est.items() if k != "total"))
     a.extra_steps *= 2
-    assert cli.estimate_minutes(a, 16, 6, cli.PLAN_S_PER_STEP)["continuations"] == pytest.approx(2 * est["continuations"])
+    doubled = cli.estimate_minutes(a, 16, 6, cli.PLAN_S_PER_STEP)
+    assert doubled["continuations"] == pytest.approx(2 * est["continuations"])
     assert not math.isnan(est["evaluation"]) and np.isfinite(est["bilingual"])

@@ -106,5 +106,6 @@ def test_plateau_run_resumes_a_killed_baseline(tmp_path, caplog):
     again = TrainConfig.from_dict({**cfg.to_dict(), "max_steps": 50, "seed": 7})  # what a new run would use
     summary = training.plateau_run(again, folder, 5.0)
     assert "resumed from step 2" in caplog.text and summary["step"] == 2  # the saved run's own cap
+    assert summary["resumed_at"] == 2
     assert (folder / "start.txt").read_text() == started
     assert all(load_checkpoint(folder / "checkpoint_last.pt")["model"][k].equal(v) for k, v in weights.items())

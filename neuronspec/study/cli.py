@@ -82,7 +82,8 @@ def _baseline(grid: Grid, a: argparse.Namespace, prep: str) -> str:
                           valid_every=a.valid_every, patience=a.patience, valid_max_sentences=a.valid_sentences,
                           valid_chrf_sentences=0, save_every=a.valid_every, device="cpu", progress=a.progress)
         s = training.plateau_run(cfg, folder, a.max_minutes)
-        return {"steps": s["step"], "minutes": s["minutes"], "checkpoint": str(training.best_checkpoint(folder))}
+        return {"steps": s["step"], "steps_this_run": s["step"] - s["resumed_at"], "minutes": s["minutes"],
+                "checkpoint": str(training.best_checkpoint(folder))}
 
     return grid.step("baseline", train, keep_partial=True)["checkpoint"]
 
@@ -119,7 +120,8 @@ def run_study(a: argparse.Namespace) -> dict:
     pdata = PreparedData.load(prep)
     tier_of = {x: tier(x) for x in pdata.languages if x != pdata.pivot}
     if not a.baseline:
-        s_step = grid.timings.get("baseline", {}).get("seconds", 0) / max(1, grid.result("baseline")["steps"])
+        done = grid.result("baseline")  # this invocation's time over the updates it ran (validations included)
+        s_step = grid.timings.get("baseline", {}).get("seconds", 0) / max(1, done["steps_this_run"])
         if s_step > 0:
             est2 = estimate_minutes(a, n_dirs, n_zero, s_step)
             grid_meta["estimate_minutes_after_baseline"] = est2

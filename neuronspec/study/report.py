@@ -65,7 +65,8 @@ def main_table(agg: dict, tests: dict, rows: list[str], cols: list[tuple[str, st
             b = None if r == "baseline" else base.get(g, {}).get(metric, {}).get("mean")
             cells.append(cell(m, tests.get(r, {}).get(g), metric, b))
         z = zero.get(r, {}).get(metric)
-        zs = "–" if not z else f"{z['improved']} / {z['declined']} of {z['directions']} (sig. {z['sig_improved']} / {z['sig_declined']})"
+        zs = "–" if not z else (f"{z['improved']} / {z['declined']} of {z['directions']} "
+                                f"(sig. {z['sig_improved']} / {z['sig_declined']})")
         lines.append(f"| {LABELS.get(r, r)} | {dtheta.get(r, 0.0):+.1%} | " + " | ".join(cells) + f" | {zs} |")
     return "\n".join(lines)
 
@@ -115,7 +116,8 @@ def interference_table(per: Mapping[str, Mapping[int, dict]], bil: dict, tests: 
     return "\n".join(lines), data
 
 
-def efficiency_rows(timings: Mapping[str, dict], eff: dict | None, runs: Mapping[str, dict], arms: list[str]) -> list[dict]:
+def efficiency_rows(timings: Mapping[str, dict], eff: dict | None, runs: Mapping[str, dict],
+                    arms: list[str]) -> list[dict]:
     """One row per continuation arm: derivation cost, storage bytes, Δθ, step time vs dense."""
     out = []
     steps = (eff or {}).get("arms", {})
@@ -189,7 +191,8 @@ def plots(rep: Path, agg: dict, rows: list[str], cols: list[tuple[str, str]], in
     if data:
         series = {LABELS.get(r, r): [agg[r][g]["chrf"]["mean"] - agg["baseline"][g]["chrf"]["mean"] if g in agg[r]
                                      else 0 for g, _ in cols] for r in arms}
-        _bars(plt, rep / "delta_vs_baseline.png", series, [h for _, h in cols], "Δ chrF++ vs baseline (mean over seeds)")
+        _bars(plt, rep / "delta_vs_baseline.png", series, [h for _, h in cols],
+              "Δ chrF++ vs baseline (mean over seeds)")
         files.append("delta_vs_baseline.png")
     idata = [[r, g, v["delta"]] for r, gs in inter.items() for g, v in gs.items()]
     _csv(rep / "interference.csv", ["system", "group", "delta_chrf_vs_bilingual"], idata)

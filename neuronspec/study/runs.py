@@ -3,7 +3,6 @@ their evaluations and the side-by-side step timing. Each is a ``Grid`` step (res
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 from typing import Mapping
 
@@ -11,7 +10,7 @@ from neuronspec.study import arms as arm_lib
 from neuronspec.study import training
 from neuronspec.study.grid import Grid
 
-log = logging.getLogger(__name__)
+WHERE = {"ns": "both", "ns-enc": "enc", "ns-dec": "dec"}  # the NS arms' masked side (specialize --where)
 
 
 def _evaluate(grid: Grid, name: str, ckpt: str | Path, prep: str, a: argparse.Namespace,
@@ -72,7 +71,7 @@ def _starts(grid: Grid, a: argparse.Namespace, base: Mapping, base_path: str, pr
             if arm == "finetune":
                 plan[f"{arm}/s{s}"] = (arm, s, None, None)
             elif arm in ("ns", "ns-enc", "ns-dec"):
-                plan[f"{arm}/s{s}"] = (arm, s, None, restrict(ns, {"ns": "both", "ns-enc": "enc", "ns-dec": "dec"}[arm]))
+                plan[f"{arm}/s{s}"] = (arm, s, None, restrict(ns, WHERE[arm]))
             elif arm == "random":
                 plan[f"{arm}/s{s}"] = (arm, s, None, random_masks(ns, s))
             elif arm == "lass":
@@ -119,7 +118,8 @@ def run_arms(grid: Grid, a: argparse.Namespace, base: Mapping, base_path: str, p
     if "bilingual" in a.arms:
         for d in bilingual.parse_directions(a.bilingual, pdata):
             res = grid.step(f"bilingual/{d}", lambda f, d=d: _bilingual(f, a, prep, d), keep_partial=True)
-            out["bilingual"][d] = _evaluate(grid, f"bilingual-{d}", res["checkpoint"], str(grid.folder(f"bilingual/{d}") / "data"), a, [d])
+            view = str(grid.folder(f"bilingual/{d}") / "data")
+            out["bilingual"][d] = _evaluate(grid, f"bilingual-{d}", res["checkpoint"], view, a, [d])
     timing_arms = {arm: (spec, masks) for arm, s, spec, masks in starts.values() if s == a.seeds[0] and "@" not in arm}
     if timing_arms:
         out["efficiency"] = grid.step("efficiency", lambda f: efficiency.measure_steps(

@@ -44,20 +44,21 @@ def run(cfg: TrainConfig, init_from: Mapping | None = None, masks=None) -> dict:
 
 def plateau_run(cfg: TrainConfig, folder: Path, max_minutes: float | None) -> dict:
     """Train ``cfg`` (early stopping on the validation loss) into ``folder``, resuming a run a
-    killed study left there; the time cap counts from the first start. Returns the summary."""
+    killed study left there; the time cap counts from the first start. Returns the summary with
+    ``resumed_at`` (the step this invocation started from)."""
     folder.mkdir(parents=True, exist_ok=True)
     start_file = folder / "start.txt"
     resume = (folder / "checkpoint_last.pt").exists() and start_file.exists()
-    minutes = max_minutes
+    minutes, resumed_at = max_minutes, 0
     if resume:
-        cfg = TrainConfig.from_dict(load_checkpoint(folder / "checkpoint_last.pt")["config"],
-                                    progress=cfg.progress)
+        last = load_checkpoint(folder / "checkpoint_last.pt")
+        cfg, resumed_at = TrainConfig.from_dict(last["config"], progress=cfg.progress), int(last["step"])
         if max_minutes is not None:
             minutes = max(0.1, max_minutes - (time.time() - float(start_file.read_text())) / 60)
     else:
         check_run_folder(str(folder), resume=False, overwrite=True, init_from=None)
         start_file.write_text(f"{time.time()}\n")
-    return Trainer(cfg, resume=resume).train(max_minutes=minutes)
+    return {**Trainer(cfg, resume=resume).train(max_minutes=minutes), "resumed_at": resumed_at}
 
 
 def best_checkpoint(folder: Path) -> Path:
