@@ -131,9 +131,9 @@ ROWS = {
     "translate --input missing": (["translate", "--checkpoint", "{ckpt}", "--direction", "en-de",
                                    "--input", "{root}/nope.txt"], "input: no such file '{root}/nope.txt'"),
     "translate --input not UTF-8": (["translate", "--checkpoint", "{ckpt}", "--direction", "en-de",
-                                     "--input", "{latin1}"], "input: {latin1} is not UTF-8 text (line 1"),
+                                     "--input", "{latin1}"], "input: {latin1} line 1 is not valid UTF-8"),
     "translate stdin not UTF-8": (["translate", "--checkpoint", "{ckpt}", "--direction", "en-de"],
-                                  "input: standard input is not UTF-8 text (line 2"),
+                                  "input: standard input line 2 is not valid UTF-8"),
     "evaluate --checkpoint missing": (["evaluate", "--checkpoint", "{root}/nope.pt"],
                                       "checkpoint: no such file '{root}/nope.pt'"),
     # devices

@@ -305,6 +305,26 @@ def test_utf8_bom_is_stripped(tmp_path):
     assert "\ufeff" not in data.tokenizer.decode(data.example("train", "en-de", 0)[0].tolist())
 
 
+def test_translate_input_and_corpus_files_are_read_by_one_rule(tmp_path, monkeypatch):
+    """`translate`'s input (a file or standard input) and corpus files go through one line reader:
+    a leading BOM dropped, \\r\\n one ending, a lone \\r and U+2028 kept, the same error for bad
+    UTF-8 (translate used to keep the BOM in the first sentence)."""
+    import io
+    from neuronspec.nmt.translate import read_lines
+
+    raw = b"\xef\xbb\xbfHallo\r\nWelt\rund \xe2\x80\xa8 mehr\n\nEnde"
+    (tmp_path / "in.txt").write_bytes(raw)
+    want = ["Hallo", "Welt\rund \u2028 mehr", "", "Ende"]
+    assert list(iter_lines(tmp_path / "in.txt")) == read_lines(str(tmp_path / "in.txt")) == want
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(raw), encoding="utf-8"))
+    assert read_lines(None) == want
+    (tmp_path / "bad.txt").write_bytes(b"ok\ncaf\xe9\n")
+    for read, what in ((lambda p: list(iter_lines(p)), "corpus"), (read_lines, "input")):
+        with pytest.raises(ValueError, match=rf"^{what}: .*bad.txt line 2 is not valid UTF-8 \(invalid "
+                                             r"continuation byte, byte b'\\xe9'\)$"):
+            read(str(tmp_path / "bad.txt"))
+
+
 def test_killed_builds_leave_no_folder_that_breaks_prepare(tmp_path, caplog):
     corpus = make_corpus(tmp_path / "root" / "ec", langs=("de",))
     leftover = tmp_path / "root" / ".ec.tmp-abcd1234"  # an older killed `data builtin` (no pid in the name)

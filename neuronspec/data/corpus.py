@@ -88,23 +88,24 @@ def count_lines(path: str | os.PathLike, chunk: int = 1 << 24) -> int:
     return n + (last != b"\n")
 
 
-def iter_lines(path: str | os.PathLike) -> Iterator[str]:
-    """Lines of a UTF-8 file without the line ending (``\\n`` or ``\\r\\n``).
-
-    Splits on ``\\n`` only (so U+2028 or a lone ``\\r`` inside a line stay); a UTF-8 byte
-    order mark opening the file is dropped; a decoding error is a ValueError naming the file and
-    the line.
-    """
+def iter_lines(path: str | os.PathLike, what: str = "corpus") -> Iterator[str]:
+    """Lines of the UTF-8 file (or pipe) ``path`` by :func:`decoded_lines`' rule; ``what`` names
+    the input in errors."""
     with open(path, "rb") as f:
-        yield from _decoded_lines(f, os.fspath(path))
+        yield from decoded_lines(f, os.fspath(path), what)
 
 
-def _decoded_lines(raw_lines: Iterable[bytes], name: str) -> Iterator[str]:
+def decoded_lines(raw_lines: Iterable[bytes], name: str, what: str = "corpus") -> Iterator[str]:
+    """The package's one rule for a text input whose lines are sentences: ``raw_lines`` (a binary
+    stream, split on ``\n`` only, so U+2028 or a lone ``\r`` inside a line stay) decoded as
+    UTF-8 without the line ending (``\n`` or ``\r\n``); a byte order mark opening the input is
+    dropped; a decoding error is a ValueError '``what``: ``name`` line N is not valid UTF-8 (...)'."""
     for i, raw in enumerate(raw_lines, 1):
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise ValueError(f"corpus: {name} line {i} is not valid UTF-8 ({e.reason})") from None
+            raise ValueError(f"{what}: {name} line {i} is not valid UTF-8 ({e.reason}, byte "
+                             f"{raw[e.start:e.start + 1]!r})") from None
         if i == 1 and line.startswith("\ufeff"):
             line = line[1:]
         if line.endswith("\n"):
@@ -411,7 +412,7 @@ class PreparedData:
         if len(self.tokenizer) != self.meta["vocab_size"]:
             raise ValueError(f"path: {self.root / self.meta['tokenizer']} has {len(self.tokenizer)} pieces, "
                              f"{meta_path} says {self.meta['vocab_size']}")
-        self._texts = {name: list(_decoded_lines(io.BytesIO(self._read(name)), os.fspath(self.root / name)))
+        self._texts = {name: list(decoded_lines(io.BytesIO(self._read(name)), os.fspath(self.root / name)))
                        for name in texts}
         self._handles = {n: self._open(n) for pair in arrays.values() for n in pair}
 

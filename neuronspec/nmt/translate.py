@@ -3,7 +3,7 @@
 Lines are encoded with the checkpoint's tokenizer (placeholders and code identifiers become
 slots, restored from each source line afterwards), tagged as in training, sorted by length
 into batches of at most ``max_tokens`` padded source tokens and decoded with beam search
-(greedy with beam 1). Lines are split on ``\n`` only (files.text_lines); empty lines stay
+(greedy with beam 1). Lines are split on ``\n`` only (data.corpus.decoded_lines); empty lines stay
 empty; the output has one line per input line, in input order. Input and output may be pipes
 or FIFOs (the output is then written through, not replaced atomically); an output that is an
 input is refused, an existing file unless ``--overwrite`` (files.check_output_file). A
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import io
 import logging
 import os
 import sys
@@ -27,9 +28,9 @@ from tqdm.auto import tqdm
 from ..atomic import write_atomic
 from ..checks import check_int, check_number
 from ..data.batching import Batch, check_budget, length_bounds, tag_layout, tag_options
-from ..data.corpus import as_direction
+from ..data.corpus import as_direction, decoded_lines, iter_lines
 from .decode import decode_batches, direction_tasks
-from ..files import check_output_file, file_kind, lines_text, text_lines
+from ..files import check_output_file, file_kind, lines_text
 from .evaluate import load_for_decoding
 
 log = logging.getLogger(__name__)
@@ -116,25 +117,18 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def read_lines(path: str | None) -> list[str]:
-    """Lines (files.text_lines) of the UTF-8 text file or pipe `path` (None: standard input);
-    ValueError naming it otherwise."""
-    name = "standard input" if path is None else path
+    """Lines (data.corpus.decoded_lines: split on ``\\n`` only, UTF-8, a leading byte order mark
+    dropped) of the text file or pipe `path` (None: standard input); ValueError naming it otherwise."""
     if path is None:
         if sys.stdin is None or sys.stdin.closed:
             raise ValueError("input: standard input is closed; pass --input FILE")
-        data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode("utf-8")
-    else:
-        if os.path.isdir(path):
-            raise ValueError(f"input: {path} is a folder, expected a text file")
-        if not os.path.exists(path):
-            raise ValueError(f"input: no such file {path!r}")
-        with open(path, "rb") as f:  # a FIFO or /dev/fd/N of <(...) too
-            data = f.read()
-    try:
-        return text_lines(data.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
-        raise ValueError(f"input: {name} is not UTF-8 text (line {line}, byte {data[e.start:e.start + 1]!r})") from None
+        raw = sys.stdin.buffer if hasattr(sys.stdin, "buffer") else io.BytesIO(sys.stdin.read().encode("utf-8"))
+        return list(decoded_lines(raw, "standard input", "input"))
+    if os.path.isdir(path):
+        raise ValueError(f"input: {path} is a folder, expected a text file")
+    if not os.path.exists(path):
+        raise ValueError(f"input: no such file {path!r}")
+    return list(iter_lines(path, "input"))  # a FIFO or /dev/fd/N of <(...) too
 
 
 def _write_stdout(text: str) -> None:
