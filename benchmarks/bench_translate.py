@@ -10,7 +10,8 @@ sentences sorted by length; timings are interleaved rounds (benchmarks/_timing.p
 speed is target tokens (hypothesis pieces + EOS) per second, and the speedup is the median of
 per-round ratios of that speed to native dense's (a masked or pruned model is another model than
 the dense one: its outputs, and so its token counts, differ; time_ratio in the csv is the plain
-ratio of seconds). Quality: sacrebleu BLEU and chrF++ of each configuration's output. Pruned
+ratio of seconds; speedup_per_step divides out the decoding steps each configuration's batches ran,
+each batch running until its longest hypothesis: the speed at equal work). Quality: sacrebleu BLEU and chrF++ of each configuration's output. Pruned
 models keep each layer's width (--multiples 1) or round it up with zero neurons to a multiple.
 
 FLOP limit: the speedup that the linear layers' FLOPs allow, dense / pruned, per target token:
@@ -75,9 +76,20 @@ def read_split(data, split: str, direction, n: int, opts: dict, cfg):
     return [rows[i][0] for i in ids], start, [None] * len(ids), [rows[i][1] for i in ids]
 
 
+def length_order(srcs) -> list[int]:
+    """Line numbers sorted by source length: both engines batch ``size`` consecutive lines of it."""
+    return sorted(range(len(srcs)), key=lambda i: len(srcs[i]))
+
+
+def decoder_steps(hyps, srcs, size: int) -> int:
+    """Decoding steps of a configuration's batches: each runs until its longest hypothesis (+ EOS)."""
+    order = length_order(srcs)
+    return sum(max(len(hyps[i]) + 1 for i in order[a:a + size]) for a in range(0, len(order), size))
+
+
 def batches_of(srcs, start: int, task: int, pad: int, size: int) -> list[Batch]:
     """Sources sorted by length, ``size`` sentences a batch (ids: line numbers)."""
-    order = sorted(range(len(srcs)), key=lambda i: len(srcs[i]))
+    order = length_order(srcs)
     out = []
     for a in range(0, len(order), size):
         rows = order[a:a + size]
@@ -108,7 +120,7 @@ def native_runner(model, batches, tok, beam, dec_task):
 
 def ct2_runner(translator, srcs, start, tok, beam, size):
     piece = tok.sp.id_to_piece
-    order = sorted(range(len(srcs)), key=lambda i: len(srcs[i]))
+    order = length_order(srcs)
     banned = [[piece(tok.pad)], [piece(tok.bos)]]
 
     def run():
@@ -194,17 +206,20 @@ def main(argv=None) -> int:
             stats = measure(fns, torch.device("cpu"), repeats=args.repeats, warmup=0)
             base_name = "native dense" if "native" in engines else "ct2 dense fp32"
             base, base_tok = stats[base_name], sum(len(h) + 1 for h in hyps[base_name])
+            base_steps = decoder_steps(hyps[base_name], srcs, args.batch)
             for name, st in stats.items():
                 ids = hyps[name]
                 ntok = sum(len(h) + 1 for h in ids)
                 text = [tok.decode(h, source=s) for h, s in zip(ids, sources)]
                 dense_ids = ids if dense_ids is None else dense_ids
                 time_ratio = ratio_stats(base, st)[0]
+                steps = decoder_steps(ids, srcs, args.batch)
                 rows.append({
                     "threads": t, "beam": beam, "config": name, "sentences": len(ids), "target_tokens": ntok,
                     "median_s": round(st.median, 4), "q1_s": round(st.q1, 4), "q3_s": round(st.q3, 4),
                     "tokens_per_s": round(ntok / st.median, 1),
                     "speedup_vs_base": round(time_ratio * ntok / base_tok, 3), "time_ratio": round(time_ratio, 3),
+                    "decoder_steps": steps, "speedup_per_step": round(time_ratio * steps / base_steps, 3),
                     "bleu": round(sacrebleu.corpus_bleu(text, [refs]).score, 2),
                     "chrf++": round(sacrebleu.corpus_chrf(text, [refs], word_order=2).score, 2),
                     "load_avg_1m": round((load0 + os.getloadavg()[0]) / 2, 2)})
@@ -228,9 +243,11 @@ def main(argv=None) -> int:
                     widths=widths, flop_limit=round(flop_ratio, 3), mean_src_tokens=round(src_len, 2),
                     split=args.split, multiples=multiples, mean_target_tokens_dense=round(tgt_len, 2),
                     load_avg_end=[round(v, 2) for v in os.getloadavg()])
-    header = ["threads", "beam", "config", "tok/s", "speedup vs dense", "FLOP limit", "BLEU", "chrF++", "load"]
+    header = ["threads", "beam", "config", "tok/s", "speedup (tok/s)", "speedup per step", "FLOP limit", "BLEU",
+              "chrF++", "load"]
     table = markdown_table(header, [[r["threads"], r["beam"], r["config"], r["tokens_per_s"], r["speedup_vs_base"],
-                                     r["flop_limit"], r["bleu"], r["chrf++"], r["load_avg_1m"]] for r in rows])
+                                     r["speedup_per_step"], r["flop_limit"], r["bleu"], r["chrf++"],
+                                     r["load_avg_1m"]] for r in rows])
     write_results(args.out, "translate", rows, meta, f"# bench_translate ({meta['date_utc']} UTC)\n\n"
                   f"{direction_name(direction)}, {len(srcs)} {args.split} lines, batches of {args.batch}, kept neurons "
                   f"{kept_frac:.1%}, FLOP-limit speedup {flop_ratio:.3f}x\n\n{table}")

@@ -43,20 +43,30 @@ def test_bench_translate_smoke(tmp_path, capsys):
     try:
         rc = bench_translate.main(["--checkpoint", str(tmp_path / "dense.pt"), "--masks", str(tmp_path / "masks.pt"),
                                    "--max-sentences", "6", "--batch", "4", "--repeats", "1", "--threads", "1",
-                                   "--beams", "1,2", "--out", str(out)])
+                                   "--beams", "1,2", "--split", "train", "--multiples", "1,16", "--out", str(out)])
     finally:
         torch.set_num_threads(threads)  # the script sets --threads
     assert rc == 0
     assert "FLOP-limit speedup" in capsys.readouterr().out
     assert {p.name for p in out.iterdir()} == {"translate.csv", "translate.json", "translate.md", "translate.png"}
     rows = list(csv.DictReader(open(out / "translate.csv")))
-    assert len(rows) == 2 * 7
+    assert len(rows) == 2 * 10  # native dense, masked, pruned, pruned pad16; ct2 dense, pruned, pad16 x fp32, int8
     meta = json.loads((out / "translate.json").read_text())["meta"]
-    assert meta["flop_limit"] > 1 and 0 < meta["kept_fraction"] < 1
+    assert meta["flop_limit"] > 1 and 0 < meta["kept_fraction"] < 1 and meta["split"] == "train"
+    assert all(int(r["sentences"]) == 6 and int(r["decoder_steps"]) >= 2 for r in rows)
     by = {(r["beam"], r["config"]): r for r in rows}
     for beam in ("1", "2"):
         # the pruned model equals the masked one; CTranslate2 fp32 greedy equals the native engine
         assert by[(beam, "native pruned")]["chrf++"] == by[(beam, "native masked")]["chrf++"]
+        assert by[(beam, "native pruned pad16")]["chrf++"] == by[(beam, "native pruned")]["chrf++"]
     assert by[("1", "ct2 dense fp32")]["chrf++"] == by[("1", "native dense")]["chrf++"]
     assert by[("1", "ct2 pruned fp32")]["chrf++"] == by[("1", "native pruned")]["chrf++"]
     assert all(float(r["flop_limit"]) > 1 for r in rows if "pruned" in r["config"])
+
+
+def test_decoder_steps_follow_each_batch_longest_hypothesis():
+    srcs = [[5] * 4, [5] * 1, [5] * 3, [5] * 2]  # length order: lines 1, 3, 2, 0
+    hyps = [[7] * 6, [7] * 1, [7] * 2, [7] * 4]
+    assert bench_translate.decoder_steps(hyps, srcs, 2) == (4 + 1) + (6 + 1)
+    assert bench_translate.decoder_steps(hyps, srcs, 4) == 6 + 1
+

@@ -44,7 +44,7 @@ def test_native_export_translates_as_the_masked_model(ckpts, tmp_path, activatio
         want = src_model.ffn_layers()[name].masks.active(data.task_id(dec if name.startswith("dec") else enc))
         assert layer["neurons"] == want.tolist() and layer["kept"] == len(want)
     padded, ck = load_model(out / "checkpoint.pt")
-    compact, _ = load_pruned(out)
+    compact, _ = load_pruned(out, multiple=1)  # the kept counts (default: rounded up to WIDTH_MULTIPLE)
     assert not padded.masks() and ck["export"] == rec
     assert rec["parameters"]["padded"] == padded.num_parameters()
     assert rec["parameters"]["per_layer"] == compact.num_parameters() < padded.num_parameters()

@@ -7,7 +7,9 @@ The checkpoint is converted once and cached beside it, in ``<checkpoint>.ct2/<ke
 checkpoint that changed is converted again. The conversion goes through the M2M100 layout of
 `hf_export` (CTranslate2's own M2M100 reader numbers positions from 2; ours start at 0, so the
 position table is set here) and keeps every FFN at its own width (CTranslate2 reads each
-layer's weights, so pruned per-layer widths need no padding). Decoding: the tag layout of
+layer's weights: no common width needed), rounded up with zero neurons to a multiple of
+``WIDTH_MULTIPLE`` (16: measured no slower and mostly faster than the odd kept counts,
+benchmarks/results/cpu/translate/README.md). Decoding: the tag layout of
 training, pad and bos banned, EOS not first, at most ``1.2 · source tokens + 10`` tokens a line
 (decoded to the batch's longest limit, then cut to the line's: exact for greedy search; a beam
 that reaches the limit can differ from the torch engine's, which ends it there). Weights are

@@ -21,7 +21,7 @@ from ..checks import check_int
 
 ACTIVATIONS = {"relu": torch.relu, "gelu": F.gelu, "silu": F.silu}
 # default for exports: pruned FFN widths rounded up to this multiple (benchmarks/results/cpu/translate)
-WIDTH_MULTIPLE = 1
+WIDTH_MULTIPLE = 16
 
 
 def _check_keep(keep: torch.Tensor, f: int, width: int | None) -> torch.Tensor:
