@@ -11,8 +11,9 @@ speed is target tokens (hypothesis pieces + EOS) per second, and the speedup is 
 per-round ratios of that speed to native dense's (a masked or pruned model is another model than
 the dense one: its outputs, and so its token counts, differ; time_ratio in the csv is the plain
 ratio of seconds; speedup_per_step divides out the decoding steps each configuration's batches ran,
-each batch running until its longest hypothesis: the speed at equal work). Quality: sacrebleu BLEU and chrF++ of each configuration's output. Pruned
-models keep each layer's width (--multiples 1) or round it up with zero neurons to a multiple.
+each batch running until its longest hypothesis: the speed at equal work). Quality: sacrebleu BLEU
+and chrF++ of each configuration's output. Pruned models keep each layer's width (--multiples 1)
+or round it up with zero neurons to a multiple.
 
 FLOP limit: the speedup that the linear layers' FLOPs allow, dense / pruned, per target token:
 encoder (q, k, v, out projections + FFN at each layer's width) × source tokens, decoder

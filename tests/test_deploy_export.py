@@ -67,7 +67,8 @@ def test_native_export_width_multiple(ckpts, tmp_path, capsys):
     from neuronspec.deploy.native import load_pruned
 
     ckpt, out = ckpts[0]["relu"], tmp_path / "exp16"
-    assert main(["export", "--checkpoint", ckpt, "--direction", "en-de", "--out", str(out), "--width-multiple", "16"]) == 0
+    assert main(["export", "--checkpoint", ckpt, "--direction", "en-de", "--out", str(out),
+                 "--width-multiple", "16"]) == 0
     rec = json.loads((out / "export.json").read_text())
     padded, _ = load_model(out / "checkpoint.pt")
     compact, _ = load_pruned(out, multiple=16)
