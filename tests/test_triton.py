@@ -70,8 +70,13 @@ def test_cached_tables_follow_in_place_changes(device):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("task", [0, 3, 5], ids=["random", "empty", "full"])
 def test_homogeneous_batch_float64(device, task):
-    """One int task for the whole batch (no sort); fp64 through the kernels under the interpreter."""
+    """One int task for the whole batch (no sort); fp64 through the kernels under the interpreter.
+    On a GPU the backend's CAPS leave fp64 out: a clear error, not the torch backend's math."""
     tensors, masks, _ = problem(device, seed=5, dtype=torch.float64)
+    if device == "cuda":
+        with pytest.raises(ValueError, match=r"backend 'triton' takes \['float16', 'bfloat16', 'float32'\] on cuda"):
+            masked_ffn(*tensors, masks.to(device), task, backend="triton")
+        return
     check(tensors, masks, task, ("relu", "gelu")[task % 2], task == 5, TOL[torch.float64])
 
 
@@ -108,6 +113,8 @@ def test_float16(device):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mask_bias", [False, True])
 def test_gradcheck_float64(device, mask_bias):
+    if device == "cuda":
+        pytest.skip("fp64 is not in the triton backend's CAPS on CUDA (test_homogeneous_batch_float64)")
     tensors, masks, ids = problem(device, seed=7, num_tasks=3, dtype=torch.float64, shape=(6, 5, 12, 4))
     masks = masks.to(device)
     leaves = [t.clone().requires_grad_(True) for t in tensors]

@@ -17,6 +17,7 @@ ops pass zeros for absent ones), and only calls its CAPS declare.
 from __future__ import annotations
 
 import importlib
+import sys
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -69,7 +70,8 @@ class Caps:
 
 
 def module(name: str) -> ModuleType:
-    return importlib.import_module(BACKENDS[name])
+    path = BACKENDS[name]
+    return sys.modules.get(path) or importlib.import_module(path)
 
 
 def caps(name: str) -> Caps:

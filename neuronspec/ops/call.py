@@ -1,19 +1,19 @@
 """The small typed objects a backend receives: the weights, the options and (ops/plan.py) the plan.
 
 A call's tensors travel as these objects from the public ops to the backends; the flat argument
-list exists only at the two `torch.library` custom ops (registry.py), which need it.
+list exists only at the two `torch.library` custom ops (registry.py), which need it. They are
+named tuples: built on every call, so they must cost next to nothing.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from typing import NamedTuple
 
 import torch
 
 from .plan import Routing
 
 
-@dataclass(frozen=True)
-class FFNWeights:
+class FFNWeights(NamedTuple):
     """w1 [f, d], b1 [f], w2 [d_out, f], b2 [d_out]; a gated FFN also has w_up [f, d], b_up [f]:
     h = act(x w1ᵀ + b1) ⊙ (x w_upᵀ + b_up), y = h w2ᵀ + b2 (masks select rows of w1 and w_up).
     Counting reads w1 and b1 only (w2, b2 None). Gradients come back in the same shape."""
@@ -31,11 +31,10 @@ class FFNWeights:
 
     def tensors(self) -> tuple:
         """(w1, b1, w2, b2, w_up, b_up), None where absent."""
-        return tuple(getattr(self, f.name) for f in fields(self))
+        return tuple(self)
 
 
-@dataclass(frozen=True)
-class FFNOptions:
+class FFNOptions(NamedTuple):
     """activation: a name of ops/activations.py; mask_bias: inactive neurons output 0 instead
     of the constant act(b1_i) (docs/design.md §2)."""
 
@@ -43,8 +42,7 @@ class FFNOptions:
     mask_bias: bool = False
 
 
-@dataclass(frozen=True)
-class Counting:
+class Counting(NamedTuple):
     """What a counting call updates: counts int64 [T, f] (in place) over the tokens of `routing`
     whose `valid` (bool [N] or None: all) is set; write_output: also return H [N, f]."""
 

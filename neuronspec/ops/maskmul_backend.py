@@ -8,7 +8,8 @@ Masking W1's rows is masking the columns of X W1ᵀ, so this equals docs/design.
 dense FFN's three GEMMs per direction plus one select, whatever the batch's task mix: the cost
 of the original implementation (which multiplies the weights by dense masks). `auto` routes
 here wherever computing only the active neurons is not measured faster (routing.py).
-Saved for backward: M (a view of the masks' table when homogeneous) and H (ReLU) or Z (GELU).
+Plain FFNs only (CAPS: `auto` sends gated ones to the torch backend).
+Saved for backward: M (a view of the masks' table when homogeneous) and H (ReLU) or Z otherwise.
 """
 from __future__ import annotations
 

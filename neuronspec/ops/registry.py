@@ -10,8 +10,7 @@ a custom op needs them (`_flat` / `_unflat`).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor
@@ -68,8 +67,7 @@ def _choose(backend: str | None, env_backend: str | None, device: torch.device) 
     return backend
 
 
-@dataclass(frozen=True)
-class Call:
+class Call(NamedTuple):
     """A masked-FFN call apart from x and the weights: the masks' CSR (indices int32, offsets
     int32 [T+1]), task ids (int64 [N], [1] for UNIFORM, empty for a host task), `task` (>= 0,
     -1 mixed, UNIFORM), options and the resolved backend name (or `auto`)."""
@@ -88,10 +86,10 @@ class Call:
 def _forward(x: Tensor, weights: FFNWeights, call: Call):
     tables = mask_tables(call.indices, call.offsets, weights.w1.shape[0])
     name = routing.ffn_backend(call.backend, tables, call.task, x, call.opts.activation, weights.gated)
-    task_ids, task = call.task_ids, call.task
-    if not caps(name).uniform:
+    task_ids, task, c = call.task_ids, call.task, caps(name)
+    if not c.uniform:
         task_ids, task = as_mixed(task_ids, task, x.shape[0])
-    plan = make_plan(tables, task_ids, task, x.shape[0], sort=caps(name).grouping)
+    plan = make_plan(tables, task_ids, task, x.shape[0], sort=c.grouping)
     y, saved = module(name).forward(x, weights, plan, call.opts)
     _LAST["masked_ffn"] = name
     return y, (plan, name, saved)
@@ -203,8 +201,7 @@ def masked_ffn_dispatch(x: Tensor, weights: FFNWeights, call: Call) -> Tensor:
 
 
 # ---- fused fc1 + activation + counting ----------------------------------------------------
-@dataclass(frozen=True)
-class CountCall:
+class CountCall(NamedTuple):
     """A counting call apart from x and fc1's weights: counts int64 [T, f] (updated in place),
     task ids and `task` as in Call, valid bool [N] or None, whether to return H, the
     activation and the resolved backend name."""

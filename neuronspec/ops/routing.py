@@ -73,10 +73,17 @@ COUNTING = {"cuda": ("triton", "torch")}  # counting kernels per device type, pr
 COUNTING_DEFAULT = ("torch",)
 
 
-def _usable(name: str, x: torch.Tensor, activation: str, gated: bool) -> str | None:
-    """None if backend `name` runs this call on x's device, else why not."""
-    why = unavailable_reason(name, x.device)
-    return why if why is not None else caps(name).refuses(x.device, x.dtype, activation, gated)
+_USABLE: dict[tuple, str | None] = {}
+
+
+def _usable(name: str, x: torch.Tensor, activation: str, gated: bool, named: bool = False) -> str | None:
+    """None if backend `name` runs this call on x's device, else why not (its CAPS only when
+    `named`: resolve_backend checked its availability). Cached per kind of call."""
+    key = (name, BACKENDS.get(name), x.device, x.dtype, activation, gated, named)
+    if key not in _USABLE:
+        why = None if named else unavailable_reason(name, x.device)
+        _USABLE[key] = why if why is not None else caps(name).refuses(x.device, x.dtype, activation, gated)
+    return _USABLE[key]
 
 
 def ffn_backend(backend: str, tables, task: int, x: torch.Tensor, activation: str, gated: bool) -> str:
@@ -84,7 +91,7 @@ def ffn_backend(backend: str, tables, task: int, x: torch.Tensor, activation: st
     backends whose CAPS take the call, else of the other kind (gated calls skip maskmul);
     a named backend runs it or raises a ValueError saying what its CAPS do not declare."""
     if backend != AUTO:
-        why = caps(backend).refuses(x.device, x.dtype, activation, gated)
+        why = _usable(backend, x, activation, gated, named=True)
         if why is not None:
             raise ValueError(f"backend {backend!r} {why} (its CAPS); use backend='auto' or one of "
                              f"{[b for b in BACKENDS if _usable(b, x, activation, gated) is None]}")

@@ -4,10 +4,11 @@ Per task t with active rows A, six GEMMs over |A| columns:
     W1a = W1[A], W2a = W2[:, A]         gathered once per call, kept for backward
     Z = X W1aᵀ + b1[A]   H = act(Z)   Y = H W2aᵀ + b2 + c,   c = W2 (act(b1) ⊙ inactive)
     dH = dY W2a   dZ = dH ⊙ act'(Z)   dX = dZ W1a   dW1[A] = dZᵀ X   dW2[:, A] = dYᵀ H
-(a full mask skips the gathers). A gated FFN also gathers W_up[A], b_up[A]: U = X W_upaᵀ + b_up[A],
-H = act(Z) ⊙ U, dZ = (dH ⊙ U) ⊙ act'(Z), dU = dH ⊙ act(Z), dX = dZ W1a + dU W_upa. The bias
-terms (c, and the inactive neurons' gradients) are ops/bias_terms.py's. A homogeneous batch is one task: no host sync. A mixed batch
-has its tokens sorted by task (plan.order), then
+(a full mask skips the gathers). A gated FFN also gathers W_up[A], b_up[A]:
+U = X W_upaᵀ + b_up[A], H = act(Z) ⊙ U, dZ = (dH ⊙ U) ⊙ act'(Z), dU = dH ⊙ act(Z),
+dX = dZ W1a + dU W_upa. The bias terms (c, and the inactive neurons' gradients) are
+ops/bias_terms.py's. A homogeneous batch is one task: no host sync. A mixed batch has its
+tokens sorted by task (plan.order), then
 * on a GPU: the six GEMMs are `torch.nn.functional.grouped_mm` calls over per-task weight tables
   [T, K, ·] padded to the largest task with zero rows (a zero row of W1 and b1 gives Z = 0,
   H = act(0) = 0, and W2's zero column takes nothing from it: pads add nothing anywhere), the

@@ -14,8 +14,8 @@ Saved for backward: Z_A packed in an [N, f] buffer in task-sorted row order (row
 task's k_t pre-activations in columns 0..k_t-1), like the torch backend.
 Precision: fp32 accumulation (fp64 for fp64 inputs); fp32 inputs use TF32 only when
 torch.backends.cuda.matmul.allow_tf32 is set. fp64 runs these kernels under the interpreter
-(so gradcheck works on CPU); on CUDA, CAPS declares fp16/bf16/fp32 only (`auto` sends fp64 to
-the torch backend). Every call given to this backend runs these kernels: where gather + cuBLAS
+(so gradcheck works on CPU); on CUDA, CAPS declares fp16/bf16/fp32 only (`auto` counts fp64
+with the torch backend). Every call given to this backend runs these kernels: where gather + cuBLAS
 measured faster (homogeneous batches on an H200), `auto` picks the torch backend instead.
 Shared neurons' dW1/dW2 rows accumulate with fp32 atomics when a batch has several tasks
 (result order-dependent in the last bits); one task stores directly.
