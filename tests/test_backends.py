@@ -109,3 +109,5 @@ def test_unavailable_reason_names_the_caps_for_another_device_type():
     why = backends.unavailable_reason("cuda", torch.device("cpu"))
     assert why is not None and "cpu" in why
     assert backends.unavailable_reason("torch", torch.device("meta")).startswith("it runs on ['cpu', 'cuda']")
+    assert backends.unavailable_reason("auto", torch.device("cpu")) is None
+    assert backends.unavailable_reason("fast", torch.device("cpu")).startswith("unknown backend 'fast'")

@@ -79,7 +79,10 @@ def caps(name: str) -> Caps:
 
 
 def unavailable_reason(name: str, device: torch.device) -> str | None:
-    """None if backend `name` can run on `device`, else a sentence saying why not."""
+    """None if backend `name` (or `auto`, which picks per call) can run on `device`, else a
+    sentence saying why not."""
+    if name not in BACKENDS:
+        return None if name == "auto" else f"unknown backend {name!r}; the backends are {list(BACKENDS)}"
     try:
         mod = module(name)
     except ImportError as e:
