@@ -11,9 +11,10 @@ import json
 import logging
 import math
 import shutil
+from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch.distributed as dist
 
@@ -132,7 +133,8 @@ def _parser_defaults() -> dict[str, Any]:
     return vars(ref.parse_args([]))
 
 
-def run(args: argparse.Namespace) -> int:
+def _config_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The TrainConfig fields the command line gives (options left unset are not among them)."""
     names = [f.name for f in fields(TrainConfig)]
     kw = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
     if "upsample" in kw:
@@ -142,51 +144,73 @@ def run(args: argparse.Namespace) -> int:
         kw[name] = value
     kw["out"] = args.out or f"runs/{args.preset}"
     kw["progress"] = not args.no_progress
-    rank = dist_env()[0]
-    pkg = logging.getLogger("neuronspec")
-    fh = None
-    out = Path(kw["out"])
-    created = None  # the first folder of --out this command creates
-    if rank == 0 and not out.exists():
+    return kw
+
+
+def _made_here(out: Path) -> list[Path]:
+    """What this command creates and removes again when no run starts: the first folder of
+    ``out`` it creates, else the corpus and prepared data it would build in ``out``."""
+    if not out.exists():
         created = out.absolute()
         while not created.parent.exists():
             created = created.parent
+        return [created]
+    return [out / n for n in ("data", "corpus") if not (out / n).exists()]
+
+
+@contextmanager
+def _train_log(out: Path | None) -> Iterator[None]:
+    """While the body runs, the package's log lines (INFO and up) also go to ``out``/train.log,
+    created by the first line; ``out`` None (ranks > 0): warnings only."""
+    pkg = logging.getLogger("neuronspec")
+    if out is None:
+        pkg.setLevel(logging.WARNING)
+        yield
+        return
+    fh = logging.FileHandler(out / "train.log", encoding="utf-8", delay=True)
+    fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    fh.setLevel(logging.INFO)
+    pkg.addHandler(fh)
+    if pkg.getEffectiveLevel() > logging.INFO:
+        pkg.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        pkg.removeHandler(fh)
+        fh.close()
+
+
+def _train(args: argparse.Namespace, kw: dict[str, Any]) -> dict:
+    """trainer.train with the command line's settings (``kw``), or --resume's (run_setup)."""
+    if not args.resume:
+        return train(TrainConfig(**kw), init_from=args.init_from, masks=args.masks, overwrite=args.overwrite)
+    ckpt = load_checkpoint(Path(kw["out"]) / LAST)  # read once: train() takes it
+    defaults = _parser_defaults()  # options left at their defaults keep the run's values
+    check_resume_options(args, kw, ckpt["config"], defaults)
+    applies = {k: kw[k] for k in RESUME_APPLIES if k in kw and (k in ("out", "progress") or kw[k] != defaults.get(k))}
+    return train(TrainConfig.from_dict(ckpt["config"], **applies), resume=True, checkpoint=ckpt)
+
+
+def run(args: argparse.Namespace) -> int:
+    kw = _config_fields(args)
+    rank, out = dist_env()[0], Path(kw["out"])
+    made = _made_here(out) if rank == 0 else []
     before = {n: _identity(out / n) for n in (ERROR_FILE, LAST)}  # a run started: one of them changes
-    derived = [out / n for n in ("data", "corpus") if not (out / n).exists()]  # built by this command
-    if rank == 0:  # OUT/train.log gets the log lines of this run
+    if rank == 0:
         check_writable_folder(out, "out")
         out.mkdir(parents=True, exist_ok=True)
-        fh = logging.FileHandler(out / "train.log", encoding="utf-8", delay=True)  # created by the first line
-        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
-        fh.setLevel(logging.INFO)
-        pkg.addHandler(fh)
-        if pkg.getEffectiveLevel() > logging.INFO:
-            pkg.setLevel(logging.INFO)
-    else:
-        pkg.setLevel(logging.WARNING)
     try:
-        if args.resume:
-            ckpt = load_checkpoint(Path(kw["out"]) / LAST)  # read once: train() takes it
-            defaults = _parser_defaults()  # options left at their defaults keep the run's values
-            check_resume_options(args, kw, ckpt["config"], defaults)
-            applies = {k: kw[k] for k in RESUME_APPLIES
-                       if k in kw and (k in ("out", "progress") or kw[k] != defaults.get(k))}
-            summary = train(TrainConfig.from_dict(ckpt["config"], **applies), resume=True, checkpoint=ckpt)
-        else:
-            summary = train(TrainConfig(**kw), init_from=args.init_from, masks=args.masks, overwrite=args.overwrite)
+        with _train_log(out if rank == 0 else None):
+            summary = _train(args, kw)
         if rank == 0:
             print(json.dumps({k: summary[k] for k in ("checkpoint", "step", "minutes")}, indent=2))
     except BaseException:
         if rank == 0 and all(_identity(out / n) == i for n, i in before.items()):  # it never started
-            fh.close()
-            for p in [created] if created else derived:  # what this command made; a started run keeps all
+            for p in made:  # what this command made; a started run keeps all
                 if p.exists():
                     shutil.rmtree(p)
         raise
     finally:
-        if fh is not None:
-            pkg.removeHandler(fh)
-            fh.close()
         if dist.is_initialized():
             dist.destroy_process_group()
     return 0
