@@ -49,7 +49,7 @@ def plateau_run(cfg: TrainConfig, folder: Path, max_minutes: float | None) -> di
     folder.mkdir(parents=True, exist_ok=True)
     start_file = folder / "start.txt"
     resume = (folder / "checkpoint_last.pt").exists() and start_file.exists()
-    minutes, resumed_at = max_minutes, 0
+    minutes, resumed_at, last = max_minutes, 0, None
     if resume:
         last = load_checkpoint(folder / "checkpoint_last.pt")
         cfg, resumed_at = TrainConfig.from_dict(last["config"], progress=cfg.progress), int(last["step"])
@@ -58,7 +58,7 @@ def plateau_run(cfg: TrainConfig, folder: Path, max_minutes: float | None) -> di
     else:
         check_run_folder(str(folder), resume=False, overwrite=True, init_from=None)
         start_file.write_text(f"{time.time()}\n")
-    return {**Trainer(cfg, resume=resume).train(max_minutes=minutes), "resumed_at": resumed_at}
+    return {**Trainer(cfg, resume=last if resume else False).train(max_minutes=minutes), "resumed_at": resumed_at}
 
 
 def best_checkpoint(folder: Path) -> Path:
