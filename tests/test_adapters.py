@@ -76,7 +76,7 @@ def test_training_keeps_the_base_and_changes_the_adapters(base_run, tmp_path, ki
     prep, base_ckpt = base_run
     ck = load_checkpoint(base_ckpt)
     start = arms.with_adapters(ck, kind, 8)
-    cfg = training.continuation_config(ck, str(prep.root), tmp_path / kind, steps=4, seed=2, lr=3e-3)
+    cfg = training.continuation_config(ck, str(prep.root), tmp_path / kind, steps=4, seed=2, lr=3e-3, device="cpu")
     assert cfg.ema_decay > 0 and cfg.clip_norm > 0  # the frozen base meets EMA and clipping too
     out = load_checkpoint(training.run(cfg, init_from=start)["checkpoint"])
     changed = [k for k in out["model"] if not torch.equal(out["model"][k], start["model"][k])]

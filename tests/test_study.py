@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from neuronspec.study import arms, cli, efficiency, report, scores
 
@@ -107,13 +108,37 @@ def test_interference_table():
     assert lines[2].startswith("| Bilingual (absolute) | 21.00 |") and "+4.50*" in lines[4]
 
 
+def test_head_to_head_pairs_seeds_and_tests_ns_against_each_method():
+    refs = [f"the cat number {i} sat on the mat" for i in range(30)]
+    bad = [f"a dog {i}" for i in range(30)]
+    dirs = ("en-de", "de-en")
+    per = {"ns": {1: _dirs(12.0), 2: _dirs(14.0)}, "finetune": {1: _dirs(10.0), 3: _dirs(30.0)},
+           "random": {1: _dirs(12.0), 2: _dirs(14.0)}, "lass": {3: _dirs(1.0)}}
+    texts = {"ns": {1: _texts(refs, refs, dirs), 2: _texts(refs, refs, dirs)},
+             "finetune": {1: _texts(bad, refs, dirs), 3: _texts(refs, refs, dirs)},
+             "random": {1: _texts(refs, refs, dirs), 2: _texts(refs, refs, dirs)}, "lass": {3: _texts(bad, refs, dirs)}}
+    cols = report.columns(["high", "medium", "low"])
+    md, data = report.head_to_head(per, texts, ["baseline", "finetune", "ns", "random", "lass"], cols, TIERS, 100)
+    assert set(data) == {"finetune", "random"}  # no seed shared with lass; ns not against itself
+    assert data["finetune"]["seeds"] == [1]  # seed 3 unpaired: left out of means and test
+    assert data["finetune"]["high/en-x"]["chrf"]["delta"] == pytest.approx(24.0 - 20.0)
+    assert data["finetune"]["high/en-x"]["chrf"]["p"] < 0.05  # NS's lines beat fine-tune's
+    assert data["random"]["all"]["bleu"]["delta"] == 0.0 and data["random"]["all"]["bleu"]["p"] == 1.0
+    assert data["finetune"]["medium"]["chrf"]["p"] is None  # no texts of that tier: no test
+    lines = md["chrf"].splitlines()
+    assert lines[0].startswith("| Ours (NS) minus | high en→x |") and len(lines) == 4
+    assert lines[2].startswith("| Fine-Tune | +4.00* |") and lines[3].startswith("| Random | +0.00 |")
+
+
 def test_efficiency_rows():
     timings = {"record": {"seconds": 10.0, "peak_rss_bytes": 5}, "select": {"seconds": 1.0, "peak_rss_bytes": 7},
                "lass-derive/en-de": {"seconds": 30.0, "peak_rss_bytes": 100},
                "lass-derive/de-en": {"seconds": 20.0, "peak_rss_bytes": 300}, "eval/x": {"seconds": 99.0,
                                                                                          "peak_rss_bytes": 1}}
-    assert efficiency.derivation(timings, "ns") == {"seconds": 11.0, "peak_rss_bytes": 7, "steps": 2}
-    assert efficiency.derivation(timings, "lass") == {"seconds": 50.0, "peak_rss_bytes": 300, "steps": 2}
+    assert efficiency.derivation(timings, "ns") == {"seconds": 11.0, "peak_rss_bytes": 7, "peak_cuda_bytes": None,
+                                                    "steps": 2}
+    assert efficiency.derivation(timings, "lass") == {"seconds": 50.0, "peak_rss_bytes": 300, "peak_cuda_bytes": None,
+                                                      "steps": 2}
     assert efficiency.derivation(timings, "adapter-lp")["seconds"] == 0
     runs = {"finetune/s1": {"arm": "finetune", "mask_bytes": 0, "extra_params": 0, "base_params": 100},
             "adapter-lp/s1": {"arm": "adapter-lp", "mask_bytes": 0, "extra_params": 50, "base_params": 100}}
@@ -123,6 +148,14 @@ def test_efficiency_rows():
     assert rows[1]["held_bytes"] == 200 and rows[1]["dtheta"] == 0.5 and rows[1]["step_ms"] == pytest.approx(100)
     assert "| Adapter_LP | 0.0 s | 0 B | 200 B | +50.0% | 100.0 ms | 0.50x |" in report.efficiency_table(rows)
     assert report.size(3 * 2**20) == "3.00 MiB" and report.size(2048) == "2.0 KiB"
+    # a study run with CUDA: the derivation's peak GPU memory gets a column
+    timings["lass-derive/en-de"]["peak_cuda_bytes"] = 2**20
+    timings["lass-derive/de-en"]["peak_cuda_bytes"] = 3 * 2**20
+    assert efficiency.derivation(timings, "lass")["peak_cuda_bytes"] == 3 * 2**20
+    runs["lass/s1"] = {"arm": "lass", "mask_bytes": 64, "extra_params": 0, "base_params": 100}
+    table = report.efficiency_table(report.efficiency_rows(timings, eff, runs, ["finetune", "lass"]))
+    assert "| derive: peak GPU memory |" in table and "| LaSS | 50.0 s | 300 B | 3.00 MiB | 64 B |" in table
+    assert "| Fine-Tune | 0.0 s | 0 B | – | 0 B |" in table
 
 
 def test_step_times_interleaves_and_ratios():
@@ -135,8 +168,8 @@ def test_step_times_interleaves_and_ratios():
         def train_step(self):
             calls.append(self.name)
 
-    res = efficiency.step_times({"finetune": Fake("f"), "ns": Fake("n")}, 3)
-    assert calls == ["f", "n"] + ["f", "n"] * 3  # a warm-up step each, then in turn
+    res = efficiency.step_times({"finetune": Fake("f"), "ns": Fake("n")}, 3, lambda: calls.append("sync"))
+    assert calls == ["f", "n"] + ["sync", "f", "sync", "sync", "n", "sync"] * 3  # warm-up, then in turn, synced
     assert len(res["ns"]["samples"]) == 3 and res["finetune"]["ratio"] == 1.0
 
 
@@ -156,9 +189,23 @@ def test_arguments():
                       (["--lass-prune", "1.5"], "--lass-prune"), (["--lass-prune", "a"], "--lass-prune"),
                       (["--extra-steps", "0"], "--extra-steps"), (["--langs", "xx"], "xx"),
                       (["--model-args", "[1]"], "--model-args"), (["--baseline", "/nonexistent.pt"], "--baseline"),
-                      (["--bilingual-minutes", "0"], "--bilingual-minutes"), (["--preset", "huge"], "--preset")):
+                      (["--bilingual-minutes", "0"], "--bilingual-minutes"), (["--preset", "huge"], "--preset"),
+                      (["--data", "/nonexistent"], "--data: /nonexistent is not a prepared folder"),
+                      (["--device", "tpu"], "--device"), (["--device", "cuda:7"] if not torch.cuda.is_available()
+                                                          else ["--device", "cuda:99"], "--device")):
         with pytest.raises(ValueError, match=msg):
             _args(*argv)
+    assert _args().device == ("cuda" if torch.cuda.is_available() else "cpu")  # auto
+    assert _args("--device", "cpu").device == "cpu"
+
+
+def test_data_and_baseline_exclude_each_other(tmp_path):
+    (tmp_path / "meta.json").write_text("{}")
+    ck = tmp_path / "base.pt"
+    ck.write_bytes(b"")
+    with pytest.raises(ValueError, match="--data: give --data or --baseline"):
+        _args("--data", str(tmp_path), "--baseline", str(ck))
+    assert _args("--data", str(tmp_path)).data == str(tmp_path)
 
 
 def test_estimate_of_the_default_study():

@@ -69,12 +69,14 @@ def test_study_toy_killed_then_resumed(tmp_path, monkeypatch):
     assert all(r["step_ratio"] > 0 for r in eff.values()) and eff["finetune"]["step_ratio"] == 1.0
     assert res["zero_shot"]["ns"]["chrf"]["directions"] == 2
     md = (rep / "README.md").read_text()
-    for head in ("## Main table: chrF++", "## Main table: BLEU", "## Interference", "## Efficiency", "ESTIMATE"):
+    for head in ("## Main table: chrF++", "## Main table: BLEU", "## Head to head", "## Interference", "## Efficiency",
+                 "ESTIMATE"):
         assert head in md
-    assert md.count("| Adapter_Fam |") == 2 + 2 + 1  # main tables, interference tables, efficiency
+    assert md.count("| Adapter_Fam |") == 2 + 2 + 2 + 1  # main, head-to-head, interference tables; efficiency
     for f in ("delta_vs_baseline.png", "interference.png", "step_time.png", "efficiency.csv"):
         assert (rep / f).stat().st_size > 0
     assert "--lass-prune 0.3,0.6" in md  # the command as given
+    assert f"study steps {sum(t['seconds'] for t in res['timings'].values()) / 60:.1f} min in all" in md
 
     # a given baseline: no corpus or baseline step, the arms start from it
     ckpt = out / "baseline" / "checkpoint_best.pt"
@@ -86,6 +88,18 @@ def test_study_toy_killed_then_resumed(tmp_path, monkeypatch):
     assert not (out2 / "data").exists() and not (out2 / "baseline").exists()
     assert set(res2["tests_vs_baseline"]) == {"finetune", "adapter-fam"} and res2["bilingual_directions"] == []
     assert res2["aggregate"]["baseline"]["all"] == res["aggregate"]["baseline"]["all"]  # the same baseline
+
+    # a prepared folder instead of the built-in corpus: its languages, a baseline trained on it
+    out3 = tmp_path / "prepared"
+    argv = [x for x in TOY if x not in ("all",)]
+    argv[argv.index("--arms") + 1:argv.index("--arms") + 1] = ["finetune,ns"]
+    argv[argv.index("--langs") + 1] = "de,fr,it"  # not what the folder holds: --data wins
+    assert main([*argv, "--out", str(out3), "--data", str(out / "data" / "prep"), "--seeds", "1"]) == 0
+    res3 = json.loads((out3 / "report" / "results.json").read_text())
+    assert not (out3 / "data").exists() and (out3 / "baseline" / "done.json").exists()
+    assert res3["args"]["langs"] == ["af", "de"] and set(res3["tests_vs_baseline"]) == {"finetune", "ns"}
+    assert res3["args"]["device"] == "cpu"
+    assert f"prepared folder {out / 'data' / 'prep'}" in (out3 / "report" / "README.md").read_text()
 
 
 def test_plateau_run_resumes_a_killed_baseline(tmp_path, caplog):

@@ -1,7 +1,7 @@
 """`neuronspec study`: the seed paper's comparison (Tan et al. 2024, Neuron Specialization) as one
-resumable command on the built-in corpus (docs/design.md §11):
+resumable command on the built-in corpus or a prepared folder (docs/design.md §11):
 
-1. corpus (built-in, --langs, zero-shot test pairs) and its prepared folder;
+1. corpus (built-in, --langs, zero-shot test pairs) and its prepared folder, or --data;
 2. the dense baseline, trained to its validation plateau (early stopping, step and time caps) or
    given (--baseline);
 3. sub-networks: NS masks (record on the valid split + select at --k), random masks of their
@@ -80,7 +80,7 @@ def _baseline(grid: Grid, a: argparse.Namespace, prep: str) -> str:
         cfg = TrainConfig(data=prep, out=str(folder), preset=a.preset, model_args=a.model_args, max_tokens=a.max_tokens,
                           lr_scheduler="inverse_sqrt", seed=1, max_steps=a.max_steps, max_minutes=a.max_minutes,
                           valid_every=a.valid_every, patience=a.patience, valid_max_sentences=a.valid_sentences,
-                          valid_chrf_sentences=0, save_every=a.valid_every, device="cpu", progress=a.progress)
+                          valid_chrf_sentences=0, save_every=a.valid_every, device=a.device, progress=a.progress)
         s = training.plateau_run(cfg, folder, a.max_minutes)
         return {"steps": s["step"], "steps_this_run": s["step"] - s["resumed_at"], "minutes": s["minutes"],
                 "checkpoint": str(training.best_checkpoint(folder))}
@@ -100,8 +100,13 @@ def run_study(a: argparse.Namespace) -> dict:
     torch.set_num_threads(a.threads)
     grid = Grid(a.out)
     t0 = time.monotonic()
-    n_dirs = 2 * len(a.langs)
-    n_zero = sum(set(p.split("-")) <= set(a.langs) for p in a.zero_shot.split(",") if p)
+    if a.data:  # the prepared folder's languages and zero-shot test pairs
+        given = PreparedData.load(a.data)
+        a.langs = [x for x in given.languages if x != given.pivot]
+        n_dirs, n_zero = len(given.directions), len(given.zero_shot_directions("test"))
+    else:
+        n_dirs = 2 * len(a.langs)
+        n_zero = sum(set(p.split("-")) <= set(a.langs) for p in a.zero_shot.split(",") if p)
     est = estimate_minutes(a, n_dirs, n_zero, PLAN_S_PER_STEP)
     log.info("ESTIMATE (planning figures, not measured): about %.0f min in all (%s)", est["total"],
              ", ".join(f"{k} {v:.1f}" for k, v in est.items() if k != "total"))
@@ -114,11 +119,11 @@ def run_study(a: argparse.Namespace) -> dict:
         if not prep or not Path(prep).is_dir():
             raise ValueError(f"--baseline: {base_path} names no prepared folder that exists ({prep!r})")
     else:
-        prep = _prepare(grid, a)
+        prep = a.data or _prepare(grid, a)
         base_path = _baseline(grid, a, prep)
     base = load_checkpoint(base_path)
     pdata = PreparedData.load(prep)
-    tier_of = {x: tier(x) for x in pdata.languages if x != pdata.pivot}
+    tier_of = {x: pdata.tiers.get(x) or tier(x) for x in pdata.languages if x != pdata.pivot}
     if not a.baseline:
         done = grid.result("baseline")  # this invocation's time over the updates it ran (validations included)
         s_step = grid.timings.get("baseline", {}).get("seconds", 0) / max(1, done["steps_this_run"])
@@ -150,7 +155,12 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--zero-shot", default=DEFAULT_ZERO_SHOT, help="x-y test pairs among --langs ('' for none)")
     p.add_argument("--preset", default="tiny", help="model preset of the baseline and bilingual models")
     p.add_argument("--model-args", default=None, help="JSON of ModelConfig overrides, e.g. '{\"d_model\": 64}'")
-    p.add_argument("--baseline", default=None, help="a dense checkpoint to start from instead of training one")
+    p.add_argument("--data", default=None,
+                   help="a prepared folder (neuronspec data prepare) instead of the built-in corpus; "
+                        "--langs, --zero-shot and --vocab-size then do not apply")
+    p.add_argument("--baseline", default=None, help="a dense checkpoint to start from instead of training one "
+                                                    "(its own prepared folder is used)")
+    p.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto (cuda when available)")
     p.add_argument("--out", default="runs/study", help="study folder (run folders, report)")
     p.add_argument("--report", default=None, help="report folder (default OUT/report)")
     p.add_argument("--vocab-size", type=int, default=4000)
@@ -184,6 +194,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 def check_args(a: argparse.Namespace) -> argparse.Namespace:
     """Parse the list options in place; ValueError naming the option for bad input."""
     from neuronspec.data.languages import parse_langs
+    from neuronspec.nmt.checkpoint import resolve_device
     from neuronspec.nmt.model import PRESETS
 
     a.arms = arm_lib.parse_arms(a.arms) if isinstance(a.arms, str) else a.arms
@@ -221,6 +232,17 @@ def check_args(a: argparse.Namespace) -> argparse.Namespace:
         raise ValueError(f"--k: must be in (0, 1], got {a.k!r}")
     if a.baseline and not Path(a.baseline).is_file():
         raise ValueError(f"--baseline: {a.baseline} is not a file")
+    if a.data is not None:
+        if a.baseline:
+            raise ValueError("--data: give --data or --baseline, not both (a baseline checkpoint names its own "
+                             "prepared folder)")
+        if not (Path(a.data) / "meta.json").is_file():
+            raise ValueError(f"--data: {a.data} is not a prepared folder (no meta.json; make one with "
+                             "`neuronspec data prepare`)")
+    try:
+        a.device = str(resolve_device(a.device))
+    except ValueError as err:
+        raise ValueError(f"--device: {err}") from None
     a.progress = not a.no_progress
     a.report = a.report or str(Path(a.out) / "report")
     return a

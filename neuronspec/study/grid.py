@@ -64,6 +64,17 @@ def measure(fn: Callable[[], Any], every: float = 0.02) -> tuple[Any, float, int
     return out, secs, max(0, max(peak[0], rss_bytes()) - start)
 
 
+def cuda_peak(fn: Callable[[], Any]) -> tuple[Any, int | None]:
+    """(fn(), peak CUDA memory allocated above its value at the start, in bytes; None without CUDA)."""
+    import torch
+    if not torch.cuda.is_available():
+        return fn(), None
+    start = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    out = fn()
+    return out, max(0, torch.cuda.max_memory_allocated() - start)
+
+
 def load_average() -> str:
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
@@ -98,8 +109,9 @@ class Grid:
             shutil.rmtree(folder)
         folder.mkdir(parents=True, exist_ok=True)
         log.info("=== %s (load average %s)", name, load_average())
-        res, secs, peak = measure(lambda: fn(folder) or {})
-        self.timings[name] = {"seconds": round(secs, 2), "peak_rss_bytes": peak, "load": load_average()}
+        (res, gpu), secs, peak = measure(lambda: cuda_peak(lambda: fn(folder) or {}))
+        self.timings[name] = {"seconds": round(secs, 2), "peak_rss_bytes": peak, "load": load_average(),
+                              **({} if gpu is None else {"peak_cuda_bytes": gpu})}
         write_json(self.timings_path, self.timings)
         write_json(folder / DONE, res)
         self.ran.append(name)

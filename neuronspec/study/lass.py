@@ -21,10 +21,11 @@ from neuronspec.study.grid import Grid
 
 
 def finetune_direction(folder: Path, base: Mapping, prep: str, direction: str, steps: int, seed: int, lr: float,
-                       alphas: list[float], progress: bool) -> dict:
+                       alphas: list[float], progress: bool, device: str) -> dict:
     """One direction's fine-tune in ``folder`` and its masks for every α (saved packed)."""
     view = direction_view(prep, direction, folder / "data")
-    cfg = training.continuation_config(base, str(view), folder / "run", steps, seed, lr, progress=progress)
+    cfg = training.continuation_config(base, str(view), folder / "run", steps, seed, lr, device=device,
+                                       progress=progress)
     start = {**base, "data": {**base["data"], "directions": [direction]}, "masks": None}
     ck = load_checkpoint(training.run(cfg, init_from=start)["checkpoint"])
     names = [n for n in ck["model"] if n in set(_targets(base))]
@@ -43,12 +44,13 @@ def _targets(ck: Mapping) -> list[str]:
 
 
 def derive(grid: Grid, base: Mapping, prep: str, steps: int, seed: int, lr: float, alphas: list[float],
-           progress: bool) -> list[str]:
+           progress: bool, device: str) -> list[str]:
     """Run (or read back) every direction's step; the step names, in direction order."""
     names = []
     for d in base["data"]["directions"]:
         name = f"lass-derive/{d}"
-        grid.step(name, lambda f, d=d: finetune_direction(f, base, prep, d, steps, seed, lr, alphas, progress))
+        grid.step(name, lambda f, d=d: finetune_direction(f, base, prep, d, steps, seed, lr, alphas, progress,
+                                                                device))
         names.append(name)
     return names
 

@@ -6,6 +6,8 @@
   the zero-shot directions improved / declined vs the baseline;
 * interference table: on the bilingual directions, the bilingual models' scores and every
   multilingual system as Δ against them, per tier and side;
+* head to head: Ours (NS) against every other method, seed by seed (same seed = same batch
+  stream), Δ starred by the paired bootstrap on the lines of the seeds both have;
 * efficiency table: deriving the sub-networks (time, peak RSS increase), holding them (bytes),
   and the training-step time vs dense, measured side by side.
 """
@@ -116,6 +118,40 @@ def interference_table(per: Mapping[str, Mapping[int, dict]], bil: dict, tests: 
     return "\n".join(lines), data
 
 
+def head_to_head(per: Mapping[str, Mapping[int, dict]], texts: Mapping[str, Mapping[int, dict]], rows: list[str],
+                 cols: list[tuple[str, str]], tier_of, n_samples: int, lead: str = "ns") -> tuple[dict, dict]:
+    """Markdown per metric and data: ``lead`` minus each other method in ``rows`` on the seeds both
+    ran (means over those seeds), starred when the paired bootstrap of ``lead`` against that method,
+    seed with seed, on the group's lines pooled gives p < ALPHA."""
+    md = {m: ["| Ours (NS) minus | " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * (len(cols) + 1)]
+          for m, _ in METRICS}
+    data: dict[str, dict] = {}
+    for r in rows:
+        seeds = sorted(set(per.get(lead, {})) & set(per.get(r, {})))
+        if r == lead or not seeds:
+            continue
+        agg = scores.aggregate_arms({lead: {s: per[lead][s] for s in seeds}, r: {s: per[r][s] for s in seeds}},
+                                    tier_of)
+        st: dict = {}
+        for s in seeds:
+            st.update(scores.direction_stats(texts[r][s], {s: texts[lead][s]}))
+        mem = scores.members(per[lead][seeds[0]], tier_of)
+        data[r] = {"seeds": seeds}
+        for m, _ in METRICS:
+            cells = []
+            for g, _ in cols:
+                if g not in mem:
+                    cells.append("–")
+                    continue
+                t = scores.pooled_test(st, mem[g], n_samples)
+                delta = agg[lead][g][m]["mean"] - agg[r][g][m]["mean"]
+                data[r].setdefault(g, {})[m] = {"delta": delta, "p": None if t is None else t[f"p_{m}"]}
+                star = "*" if t is not None and t[f"p_{m}"] < ALPHA and t[f"d_{m}"] != 0 else ""
+                cells.append(f"{delta:+.2f}{star}")
+            md[m].append(f"| {LABELS.get(r, r)} | " + " | ".join(cells) + " |")
+    return {m: "\n".join(v) for m, v in md.items()}, data
+
+
 def efficiency_rows(timings: Mapping[str, dict], eff: dict | None, runs: Mapping[str, dict],
                     arms: list[str]) -> list[dict]:
     """One row per continuation arm: derivation cost, storage bytes, Δθ, step time vs dense."""
@@ -129,6 +165,7 @@ def efficiency_rows(timings: Mapping[str, dict], eff: dict | None, runs: Mapping
         held = r["mask_bytes"] + 4 * r["extra_params"]  # masks as bits, adapters as float32
         st = steps.get(arm)
         out.append({"arm": arm, "derive_s": der["seconds"], "derive_peak_rss_bytes": der["peak_rss_bytes"],
+                    "derive_peak_cuda_bytes": der["peak_cuda_bytes"],
                     "held_bytes": held, "dtheta": r["extra_params"] / r["base_params"],
                     "step_ms": None if st is None else 1000 * st["median_s"],
                     "step_ratio": None if st is None else st["ratio"]})
@@ -143,11 +180,15 @@ def size(nbytes: float) -> str:
 
 
 def efficiency_table(rows: list[dict]) -> str:
-    lines = ["| method | derive: wall time | derive: peak RSS increase | held: bytes | Δθ | train step (median) | "
-             "vs dense |", "|---|---|---|---|---|---|---|"]
+    """Markdown; a "peak GPU memory" column when a derivation ran with CUDA."""
+    gpu = any(r.get("derive_peak_cuda_bytes") is not None for r in rows)
+    lines = ["| method | derive: wall time | derive: peak RSS increase | " + ("derive: peak GPU memory | " if gpu else "")
+             + "held: bytes | Δθ | train step (median) | vs dense |", "|---|---|---|---|---|---|---|" + "---|" * gpu]
     for r in rows:
+        g = r.get("derive_peak_cuda_bytes")
         lines.append(f"| {LABELS[r['arm']]} | {r['derive_s']:.1f} s | {size(r['derive_peak_rss_bytes'])} | "
-                     f"{size(r['held_bytes'])} | {r['dtheta']:+.1%} | "
+                     + (("–" if g is None else size(g)) + " | " if gpu else "")
+                     + f"{size(r['held_bytes'])} | {r['dtheta']:+.1%} | "
                      + ("–" if r["step_ms"] is None else f"{r['step_ms']:.1f} ms") + " | "
                      + ("–" if r["step_ratio"] is None else f"{r['step_ratio']:.2f}x") + " |")
     return "\n".join(lines)
@@ -197,9 +238,11 @@ def plots(rep: Path, agg: dict, rows: list[str], cols: list[tuple[str, str]], in
     idata = [[r, g, v["delta"]] for r, gs in inter.items() for g, v in gs.items()]
     _csv(rep / "interference.csv", ["system", "group", "delta_chrf_vs_bilingual"], idata)
     if idata:
-        groups = sorted({g for _, g, _ in idata})
-        series = {LABELS.get(r, r): [gs.get(g, {}).get("delta", 0) for g in groups] for r, gs in inter.items()}
-        _bars(plt, rep / "interference.png", series, groups, "Δ chrF++ vs bilingual (< 0: interference)")
+        present = {g for _, g, _ in idata}
+        groups = [(g, h) for g, h in cols if g in present]  # the table's column order
+        series = {LABELS.get(r, r): [gs.get(g, {}).get("delta", 0) for g, _ in groups] for r, gs in inter.items()}
+        _bars(plt, rep / "interference.png", series, [h for _, h in groups],
+              "Δ chrF++ vs bilingual (< 0: interference)")
         files.append("interference.png")
     timed = [r for r in eff_rows if r["step_ratio"] is not None]
     _csv(rep / "efficiency.csv", ["method", "derive_s", "derive_peak_rss_bytes", "held_bytes", "dtheta", "step_ms",
@@ -246,6 +289,9 @@ def build(grid: Grid, a, base: Mapping, pdata, tier_of: Mapping[str, str], evals
     zero = {r: zero_shot_counts(agg, tests, r, zs_dirs) for r in rows if r != "baseline" and zs_dirs}
     tables = {m: main_table(agg, tests, rows, cols, m, dtheta, zero) for m, _ in METRICS}
 
+    h2h_md, h2h = head_to_head({**per, "baseline": {s: base_scores for s in per.get("ns", {})}},
+                               {**texts, "baseline": {s: base_texts for s in texts.get("ns", {})}},
+                               rows, cols, tier_of, a.bootstrap) if "ns" in per else ({}, {})
     inter_md, inter = {}, {}
     if evals["bilingual"]:
         bil, bil_texts = {}, {}
@@ -269,25 +315,27 @@ def build(grid: Grid, a, base: Mapping, pdata, tier_of: Mapping[str, str], evals
                         for k, v in vars(a).items()},
                "directions": sorted(base_scores), "zero_shot_directions": zs_dirs, "tiers": tier_of,
                "baseline_checkpoint_step": base.get("step"), "aggregate": agg, "tests_vs_baseline": tests,
-               "zero_shot": zero, "dtheta": dtheta, "interference": inter,
+               "zero_shot": zero, "head_to_head": h2h, "dtheta": dtheta, "interference": inter,
                "bilingual_directions": list(evals["bilingual"]), "efficiency": eff_rows,
                "step_timing": evals.get("efficiency"), "timings": grid.timings, "study_minutes": seconds / 60,
                "steps_run_now": grid.ran, **meta}
     write_json(rep / "results.json", results)
-    write_atomic(rep / "README.md", markdown(results, tables, inter_md, eff_rows, files))
+    write_atomic(rep / "README.md", markdown(results, tables, h2h_md, inter_md, eff_rows, files))
     return results
 
 
-def markdown(r: dict, tables: dict, inter_md: dict, eff_rows: list[dict], files: list[str]) -> str:
+def markdown(r: dict, tables: dict, h2h_md: dict, inter_md: dict, eff_rows: list[dict], files: list[str]) -> str:
     a = r["args"]
     st = r.get("step_timing") or {}
     est = r.get("estimate_minutes_up_front", {})
     lines = ["# Neuron Specialization vs the paper's baselines (`neuronspec study`)", "",
              f"- command: `{a.get('command') or 'neuronspec study (called from Python)'}`; arms "
-             f"{', '.join(a['arms'])}, seeds {a['seeds']}, languages {', '.join(a['langs'])}, preset {a['preset']}"
+             f"{', '.join(a['arms'])}, seeds {a['seeds']}, languages {', '.join(a['langs'])}, preset {a['preset']}, "
+             f"device {a.get('device', 'cpu')}" + (f", prepared folder {a['data']}" if a.get("data") else "")
              + (f", baseline given: {a['baseline']}" if a.get("baseline") else ""),
              f"- date {r['date']}; {platform.machine()}, {os.cpu_count()} CPUs, torch threads {a['threads']}; "
-             f"study {r['study_minutes']:.1f} min this invocation (up-front ESTIMATE, not measured: "
+             f"study steps {sum(t['seconds'] for t in r['timings'].values()) / 60:.1f} min in all (timings.json), "
+             f"{r['study_minutes']:.1f} min this invocation (up-front ESTIMATE, not measured: "
              f"{est.get('total', float('nan')):.0f} min)",
              f"- budgets: every continuation {a['extra_steps']} updates per seed (fresh Adam, inverse-sqrt from "
              f"the baseline's last lr); LaSS fine-tunes {a['lass_steps']} updates per direction, prune α "
@@ -298,6 +346,13 @@ def markdown(r: dict, tables: dict, inter_md: dict, eff_rows: list[dict], files:
              f"in the paired bootstrap ({a['bootstrap']} resamples) on the group's lines of every seed pooled", ""]
     for m, name in METRICS:
         lines += [f"## Main table: {name}", "", tables[m], ""]
+    if h2h_md:
+        lines += ["## Head to head: Ours (NS) minus each method", "",
+                  "Each method's seeds paired with NS's seed of the same number (same batch stream; the baseline "
+                  "against every NS seed); Δ = NS − method, * = p < 0.05 in the paired bootstrap of NS against it "
+                  "on the group's lines of those seeds pooled.", ""]
+        for m, name in METRICS:
+            lines += [f"### {name}", "", h2h_md[m], ""]
     if inter_md:
         lines += ["## Interference: multilingual systems vs bilingual models", "",
                   f"Directions: {', '.join(r['bilingual_directions'])}. First row: the bilingual models' scores; "

@@ -20,7 +20,7 @@ def _evaluate(grid: Grid, name: str, ckpt: str | Path, prep: str, a: argparse.Na
     from neuronspec.nmt.evaluate import evaluate_checkpoint
 
     def run(folder: Path) -> dict:
-        r = evaluate_checkpoint(ckpt, prep, "test", 1, a.eval_sentences, out_dir=folder / "eval", device="cpu",
+        r = evaluate_checkpoint(ckpt, prep, "test", 1, a.eval_sentences, out_dir=folder / "eval", device=a.device,
                                 directions=directions, progress=a.progress, zero_shot=directions is None)
         return {"averages": r.get("averages")}
 
@@ -36,7 +36,7 @@ def _ns_masks(grid: Grid, a: argparse.Namespace, base_path: str, prep: str):
     from neuronspec.specialization.select import kept_table, select_masks
 
     grid.step("record", lambda f: {"directions": record(base_path, prep, f / "counts.pt", split="valid",
-                                                        max_sentences=a.record_sentences, device="cpu",
+                                                        max_sentences=a.record_sentences, device=a.device,
                                                         progress=a.progress)["directions"]})
 
     def select(folder: Path) -> dict:
@@ -64,7 +64,7 @@ def _starts(grid: Grid, a: argparse.Namespace, base: Mapping, base_path: str, pr
     lass_steps = []
     if "lass" in cont:
         lass_steps = lass_study.derive(grid, base, prep, a.lass_steps, a.seeds[0], training.final_lr(base),
-                                       a.lass_prune, a.progress)
+                                       a.lass_prune, a.progress, a.device)
     plan = {}
     for s in a.seeds:
         for arm in cont:
@@ -107,7 +107,8 @@ def run_arms(grid: Grid, a: argparse.Namespace, base: Mapping, base_path: str, p
     for name, (arm, s, spec, masks) in starts.items():
         def train(folder: Path, spec=spec, masks=masks, s=s) -> dict:
             start = start_of(spec)
-            cfg = training.continuation_config(base, prep, folder, a.extra_steps, s, lr, progress=a.progress)
+            cfg = training.continuation_config(base, prep, folder, a.extra_steps, s, lr, device=a.device,
+                                               progress=a.progress)
             summary = training.run(cfg, init_from=start or base, masks=masks)
             extra, n_base = arm_lib.extra_parameters((start or base)["model_config"])
             return {"checkpoint": summary["checkpoint"], "steps": summary["step"], "extra_params": extra,
@@ -124,7 +125,7 @@ def run_arms(grid: Grid, a: argparse.Namespace, base: Mapping, base_path: str, p
     if timing_arms:
         out["efficiency"] = grid.step("efficiency", lambda f: efficiency.measure_steps(
             f, base, prep, {arm: (start_of(spec), m) for arm, (spec, m) in timing_arms.items()},
-            a.timing_rounds, a.progress))
+            a.timing_rounds, a.progress, a.device))
     return out
 
 
@@ -149,6 +150,6 @@ def _bilingual(folder: Path, a: argparse.Namespace, prep: str, direction: str) -
                       max_tokens=a.max_tokens, lr_scheduler="inverse_sqrt", seed=a.seeds[0],
                       max_steps=a.bilingual_max_steps, max_minutes=a.bilingual_minutes, valid_every=a.valid_every,
                       patience=a.patience, valid_max_sentences=a.valid_sentences, valid_chrf_sentences=0,
-                      save_every=a.valid_every, device="cpu", progress=a.progress)
+                      save_every=a.valid_every, device=a.device, progress=a.progress)
     s = training.plateau_run(cfg, folder / "run", a.bilingual_minutes)
     return {"steps": s["step"], "minutes": s["minutes"], "checkpoint": str(training.best_checkpoint(folder / "run"))}

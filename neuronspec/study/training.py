@@ -26,13 +26,13 @@ def final_lr(ck: Mapping) -> float:
         return cfg["lr"] * math.sqrt(cfg["warmup"] / max(step, cfg["warmup"]))
 
 
-def continuation_config(base: Mapping, prep: str, out: Path, steps: int, seed: int, lr: float,
+def continuation_config(base: Mapping, prep: str, out: Path, steps: int, seed: int, lr: float, *, device: str,
                         **overrides: Any) -> TrainConfig:
-    """The baseline's training config with the continuation budget (module docstring)."""
+    """The baseline's training config with the continuation budget (module docstring), on ``device``."""
     cfg = dict(base["config"])
     cfg.update(data=str(prep), out=str(out), max_steps=steps, max_minutes=None, patience=0, seed=seed, lr=lr,
                warmup=max(1, min(50, steps // 4)), lr_scheduler="inverse_sqrt", valid_every=0,
-               valid_chrf_sentences=0, save_every=0, save_every_minutes=0.0, device="cpu")
+               valid_chrf_sentences=0, save_every=0, save_every_minutes=0.0, device=device)
     return TrainConfig.from_dict(cfg, **overrides)
 
 
