@@ -1,5 +1,6 @@
 """`neuronspec export` (issue #30 items 1-2): a native checkpoint as a pruned one-direction
 checkpoint and as a Hugging Face M2M100 folder, equal to the source model; `neuronspec hf export`."""
+import importlib.util
 import json
 import os
 
@@ -238,3 +239,42 @@ def test_export_never_replaces_a_folder_it_does_not_own(ckpts, tmp_path, capsys)
     assert (other / "notes.txt").read_text() == "keep me" and sorted(p.name for p in root.iterdir()) == before
     for _ in range(2):  # the second run replaces the first export
         assert main(["export", "--checkpoint", ckpt, "--direction", "en-de", "--out", str(tmp_path / "e")]) == 0
+
+
+def _study_arm_checkpoint(spec: str, path, **features) -> str:
+    """``spec``'s model with a study arm's parts (adapters or LaSS masks), no NS masks."""
+    from neuronspec.nmt.model import ModelConfig, Transformer
+
+    ck = load_checkpoint(spec)
+    cfg = ModelConfig.from_dict({**ck["model_config"], **features})
+    torch.manual_seed(0)
+    model = Transformer(cfg)
+    model.load_state_dict(ck["model"], strict=False)  # the arm's own parts stay as built
+    ck.update(model_config=cfg.to_dict(), model=model.state_dict(), masks=None)
+    ck.pop("sha256")
+    save_checkpoint(path, ck)
+    return str(path)
+
+
+@pytest.mark.parametrize("arm", ["adapters", "lass"])
+def test_exports_refuse_the_study_arms_they_cannot_carry(ckpts, tmp_path, capsys, arm):
+    """An adapter or LaSS checkpoint is refused by every export, naming what would be lost; the old
+    code wrote an M2M100 folder (and a CTranslate2 model) without the adapters, which translated
+    differently without a word."""
+    n_tasks = len(PreparedData.load(ckpts[1] / "prep").directions)
+    features = ({"adapter_kind": "lp", "adapter_dim": 4, "adapter_of_task": list(range(n_tasks))} if arm == "adapters"
+                else {"lass_tasks": n_tasks})
+    ckpt = _study_arm_checkpoint(ckpts[0]["relu"], tmp_path / f"{arm}.pt", **features)
+    what = "adapters" if arm == "adapters" else "LaSS element masks"
+    runs = [["export", "--checkpoint", ckpt, "--direction", "en-de", "--out", str(tmp_path / "native")],
+            ["export", "--checkpoint", ckpt, "--format", "hf", "--out", str(tmp_path / "hf")]]
+    if importlib.util.find_spec("ctranslate2") is not None:
+        (tmp_path / "in.txt").write_text("red blue cat\n")
+        runs.append(["translate", "--checkpoint", ckpt, "--direction", "en-de", "--input", str(tmp_path / "in.txt"),
+                     "--output", str(tmp_path / "out.txt"), "--engine", "ctranslate2"])
+    for argv in runs:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert what in err and "PyTorch engine" in err, err
+    assert not any(p.name in ("native", "hf", "out.txt") for p in tmp_path.iterdir())
+    assert not (tmp_path / f"{arm}.pt.ct2").exists()

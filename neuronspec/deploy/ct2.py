@@ -30,7 +30,7 @@ from ..atomic import built_folder, write_atomic
 from ..data.corpus import as_direction, direction_name
 from ..nmt.decode import direction_tasks
 from .hf_export import hf_tokenizer, to_hf
-from .native import kept_neurons, prune_model
+from .native import check_deployable, kept_neurons, prune_model
 from .prune import WIDTH_MULTIPLE
 
 SOURCE = "source.json"
@@ -93,6 +93,7 @@ def cached_model(checkpoint: str | os.PathLike, model, ck: dict, pdata, directio
     """The CTranslate2 folder of ``checkpoint`` (loaded as ``model``, ``ck``, ``pdata``) for
     ``direction`` (pruned FFN widths rounded up to ``multiple``), converted now unless the cache
     already holds this checkpoint's."""
+    check_deployable(model)
     direction = as_direction(direction)
     key = direction_name(direction) if model.masks() else "dense"
     out = Path(f"{os.fspath(checkpoint)}.ct2") / key

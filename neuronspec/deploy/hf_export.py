@@ -41,7 +41,7 @@ from ..data.corpus import as_direction, direction_name
 from ..data.placeholders import protect, restore
 from ..nmt.decode import direction_tasks
 from ..nmt.evaluate import load_for_decoding
-from .native import kept_neurons, prune_model
+from .native import check_deployable, kept_neurons, prune_model
 from .outdir import check_out
 from .prune import WIDTH_MULTIPLE, padded_width
 
@@ -101,6 +101,7 @@ def to_hf(model):
     native dense ``model`` (module docstring)."""
     from transformers import M2M100Config, M2M100ForConditionalGeneration
 
+    check_deployable(model)
     cfg = model.cfg
     if model.masks():
         raise ValueError("model: has masks; export a direction's pruned model (prune_model) or the dense model")
@@ -132,6 +133,7 @@ def export_hf_folder(checkpoint: str | os.PathLike, out: str | os.PathLike, dire
     out = check_out(out, RECORD, [checkpoint, data])
     model, ck, pdata = load_for_decoding(checkpoint, data, "cpu")
     check_out(out, RECORD, [pdata.root])
+    check_deployable(model)
     record = {"format": "neuronspec-hf/1",
               "source": {"checkpoint": os.path.abspath(checkpoint), "sha256": ck.get("sha256"), "step": ck.get("step")},
               **tag_options(ck.get("config")), "pad_token_id": pdata.tokenizer.pad,

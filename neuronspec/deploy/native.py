@@ -39,6 +39,20 @@ from .prune import WIDTH_MULTIPLE, padded_width, prune_ffn, round_width
 CHECKPOINT, RECORD, DATA = "checkpoint.pt", "export.json", "data"
 
 
+def check_deployable(model: Transformer) -> None:
+    """ValueError for a model with parts that no export carries: the study's adapters and LaSS
+    element masks (every export maps the plain Transformer's weights and FFN neuron masks only, so
+    it would drop them and translate differently without a word)."""
+    cfg = model.cfg
+    use = "translate it with the PyTorch engine (neuronspec translate / evaluate)"
+    if cfg.adapter_kind:
+        raise ValueError(f"checkpoint: has {cfg.adapter_kind!r} adapters (neuronspec study's adapter arm), which "
+                         f"the pruned, Hugging Face and CTranslate2 exports do not carry; {use}")
+    if cfg.lass_tasks:
+        raise ValueError(f"checkpoint: has LaSS element masks for {cfg.lass_tasks} directions (neuronspec study's "
+                         f"lass arm), which the pruned, Hugging Face and CTranslate2 exports do not carry; {use}")
+
+
 def kept_neurons(model: Transformer, encoder_task: int, decoder_task: int | None = None) -> "OrderedDict":
     """``{layer: int64 [k]}`` the sorted neurons each FFN keeps for a direction (every neuron of
     a layer without masks); decoder layers use ``decoder_task`` when given."""
@@ -100,6 +114,7 @@ def export_native(checkpoint: str | os.PathLike, direction, out: str | os.PathLi
     direction = as_direction(direction)
     model, ck, pdata = load_for_decoding(checkpoint, data, "cpu")
     check_out(out, RECORD, [pdata.root])
+    check_deployable(model)
     if not model.masks():
         raise ValueError(f"checkpoint: {os.fspath(checkpoint)} has no masks; a dense model has nothing to prune "
                          "(export a specialized checkpoint, or use --format hf for the dense model)")
