@@ -208,6 +208,27 @@ def test_data_and_baseline_exclude_each_other(tmp_path):
     assert _args("--data", str(tmp_path)).data == str(tmp_path)
 
 
+def test_a_rerun_must_give_the_folder_s_settings(tmp_path, capsys):
+    """A study folder keeps the options that decide its steps' results: a rerun that changes one
+    (here the continuation budget and the LaSS α list) is refused naming each, before any step;
+    arms, seeds and the machine-side options may change."""
+    from neuronspec.study.grid import Grid
+
+    grid = Grid(tmp_path / "study")
+    cli.check_settings(grid, _args("--out", str(grid.root)))
+    saved = (grid.root / cli.SETTINGS).read_text()
+    cli.check_settings(grid, _args("--out", str(grid.root), "--arms", "ns,finetune", "--seeds", "4", "--threads", "1",
+                                   "--bootstrap", "50", "--device", "cpu"))
+    with pytest.raises(ValueError, match=r"--extra-steps 400 \(now 800\); --lass-prune \[0.3\] \(now \[0.3, 0.5\]\)"):
+        cli.check_settings(grid, _args("--out", str(grid.root), "--extra-steps", "800", "--lass-prune", "0.3,0.5"))
+    assert (grid.root / cli.SETTINGS).read_text() == saved  # the folder's record is kept
+    from neuronspec.cli import main
+    assert main(["study", "--out", str(grid.root), "--k", "0.9", "--no-progress"]) == 2  # one line, no step run
+    err = capsys.readouterr().err
+    assert err.startswith("neuronspec study: error: --out:") and "--k 0.95 (now 0.9)" in err
+    assert sorted(p.name for p in grid.root.iterdir()) == [cli.SETTINGS]
+
+
 def test_estimate_of_the_default_study():
     """The default command (8 languages, 3 seeds, all arms) is planned to fit ~90 minutes at the
     planning rate; the estimate grows with the budgets."""

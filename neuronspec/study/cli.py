@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shlex
 import sys
 import time
@@ -39,6 +40,31 @@ DEFAULT_ZERO_SHOT = "de-fr,fr-de,ru-uk,uk-ru,he-af,af-he"
 # directions in 33 s on 1 thread). Replaced by the baseline's own rate once it has run.
 PLAN_S_PER_STEP = 0.15
 PLAN_S_PER_SENTENCE = 0.015
+# The options that decide what a finished step computed: a study folder keeps them (SETTINGS) and a
+# rerun must give the same, or finished and new steps would mix budgets under one report header.
+# --arms, --seeds and --bilingual may grow or shrink (their steps are separate); --threads,
+# --device, --bootstrap, --timing-rounds, --report and --no-progress do not change a step's result.
+FIXED = ("data", "baseline", "langs", "zero_shot", "preset", "model_args", "vocab_size", "max_tokens", "max_steps",
+         "max_minutes", "valid_every", "patience", "valid_sentences", "extra_steps", "lass_steps",
+         "bilingual_max_steps", "bilingual_minutes", "k", "record_sentences", "lass_prune", "adapter_dim",
+         "eval_sentences")
+SETTINGS = "settings.json"
+
+
+def check_settings(grid: Grid, a: argparse.Namespace) -> None:
+    """Record the FIXED options in a new study folder; in one that has them, ValueError naming
+    every option given otherwise (old and new value)."""
+    now = {k: (os.path.abspath(v) if k in ("data", "baseline") and v else v) for k, v in vars(a).items() if k in FIXED}
+    now = json.loads(json.dumps(now))  # the JSON form (tuples as lists) it is compared in
+    path = grid.root / SETTINGS
+    if not path.exists():
+        write_json(path, now)
+        return
+    old = json.loads(path.read_text())
+    diff = [f"--{k.replace('_', '-')} {old.get(k)!r} (now {now[k]!r})" for k in FIXED if old.get(k) != now[k]]
+    if diff:
+        raise ValueError(f"--out: {grid.root} holds a study run with other settings: {'; '.join(diff)}. Its finished "
+                         "steps would be mixed with new ones under one report; give the same values or another --out")
 
 
 def estimate_minutes(a: argparse.Namespace, n_dirs: int, n_zero: int, s_per_step: float) -> dict[str, float]:
@@ -107,6 +133,7 @@ def run_study(a: argparse.Namespace) -> dict:
     else:
         n_dirs = 2 * len(a.langs)
         n_zero = sum(set(p.split("-")) <= set(a.langs) for p in a.zero_shot.split(",") if p)
+    check_settings(grid, a)
     est = estimate_minutes(a, n_dirs, n_zero, PLAN_S_PER_STEP)
     log.info("ESTIMATE (planning figures, not measured): about %.0f min in all (%s)", est["total"],
              ", ".join(f"{k} {v:.1f}" for k, v in est.items() if k != "total"))
@@ -249,7 +276,7 @@ def check_args(a: argparse.Namespace) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> int:
-    args.command = shlex.join(["neuronspec", *sys.argv[1:]])
+    args.command_line = shlex.join(["neuronspec", *sys.argv[1:]])
     res = run_study(check_args(args))
     print(f"study report: {Path(args.report) / 'README.md'} ({res['study_minutes']:.1f} min)")
     return 0

@@ -329,7 +329,7 @@ def markdown(r: dict, tables: dict, h2h_md: dict, inter_md: dict, eff_rows: list
     st = r.get("step_timing") or {}
     est = r.get("estimate_minutes_up_front", {})
     lines = ["# Neuron Specialization vs the paper's baselines (`neuronspec study`)", "",
-             f"- command: `{a.get('command') or 'neuronspec study (called from Python)'}`; arms "
+             f"- command: `{a.get('command_line') or 'neuronspec study (called from Python)'}`; arms "
              f"{', '.join(a['arms'])}, seeds {a['seeds']}, languages {', '.join(a['langs'])}, preset {a['preset']}, "
              f"device {a.get('device', 'cpu')}" + (f", prepared folder {a['data']}" if a.get("data") else "")
              + (f", baseline given: {a['baseline']}" if a.get("baseline") else ""),
