@@ -56,6 +56,25 @@ def test_beam_batched_equals_one_by_one(seed):
         assert s1[0] == pytest.approx(scores[i], abs=1e-5)
 
 
+@pytest.mark.parametrize("seed", [0, 3, 7])
+def test_beam_keeps_cross_attention_cache_rows_exactly(seed, monkeypatch):
+    """Beam search leaves the cross-attention cache alone unless sentences drop: the same
+    hypotheses and the same scores, bit for bit, as reordering it with the beams at every step."""
+    m, src = model(seed), sources(seed=seed)
+    task = torch.tensor([0, 1, 0, 1, 1])
+    calls = []
+    hyps, scores = beam_search(m, src, task, beam=4, max_len_b=8, return_scores=True)
+    real = Transformer.reorder_cache
+
+    def every_step(cache, order, cross="order"):
+        calls.append(cross is None)
+        real(cache, order, "order")
+
+    monkeypatch.setattr(Transformer, "reorder_cache", staticmethod(every_step))
+    assert beam_search(m, src, task, beam=4, max_len_b=8, return_scores=True) == (hyps, scores)
+    assert any(calls) and not all(calls)  # steps without and with sentences dropping
+
+
 def test_beam_finds_at_least_greedy_score():
     m, src = model(5), sources(seed=5)
     _, greedy_scores = beam_search(m, src, 0, beam=1, lenpen=0.0, max_len_b=6, return_scores=True)

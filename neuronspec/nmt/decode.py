@@ -167,10 +167,12 @@ def _beam(model, src, enc_task, task, beam, lenpen, bos, eos, max_len_a, max_len
         parent = (torch.arange(n, device=dev)[:, None] * K + src_beam.gather(1, keep)).view(-1)
         tokens = torch.cat([tokens.index_select(0, parent), tok.gather(1, keep).view(-1, 1)], 1)
 
-        # Drop sentences that have K finished hypotheses.
+        # Drop sentences that have K finished hypotheses. The beams of a sentence share its encoder
+        # rows, so the cross-attention cache changes only when sentences drop (live_rows).
         done = torch.tensor([len(finished[int(s)]) >= K for s in alive.tolist()], device=dev)
         if bool(done.all()):
             break
+        live_rows = None
         if done.any():
             live = (~done).nonzero().view(-1)
             live_rows = (live[:, None] * K + torch.arange(K, device=dev)[None]).view(-1)
@@ -180,7 +182,7 @@ def _beam(model, src, enc_task, task, beam, lenpen, bos, eos, max_len_a, max_len
             enc = enc.index_select(live_rows)
             if not isinstance(task_k, int):
                 task_k = task_k.index_select(0, live_rows)
-        Transformer.reorder_cache(cache, parent)
+        Transformer.reorder_cache(cache, parent, cross=live_rows)
 
     best = [max(f, key=lambda x: x[0]) for f in finished]
     hyps = [h for _, h in best]

@@ -391,12 +391,19 @@ class Transformer(nn.Module):
         return [{} for _ in self.decoder.layers]
 
     @staticmethod
-    def reorder_cache(cache: list[dict], order: torch.Tensor) -> None:
-        """Select rows ``order`` of every cached tensor (beam search bookkeeping), in place."""
+    def reorder_cache(cache: list[dict], order: torch.Tensor, cross: torch.Tensor | None | str = "order") -> None:
+        """Select rows ``order`` of every self-attention cache tensor (beam search bookkeeping), in
+        place; the cross-attention cache (keys and values of the encoder states) by ``cross``:
+        ``"order"`` the same rows, a tensor other rows, ``None`` none. Beam search passes the rows
+        of the sentences still alive, or None: its beams reorder within a sentence, whose rows of
+        the cross-attention cache are equal."""
         for layer in cache:
-            for part in layer.values():
+            for name, part in layer.items():
+                rows = order if name != "cross" or (isinstance(cross, str) and cross == "order") else cross
+                if rows is None:
+                    continue
                 for k in part:
-                    part[k] = part[k].index_select(0, order)
+                    part[k] = part[k].index_select(0, rows)
 
     # ------------------------------------------------------------------ specialization
     def ffn_layers(self) -> "OrderedDict[str, SpecializedFFN]":
