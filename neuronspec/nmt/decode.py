@@ -172,7 +172,6 @@ def _beam(model, src, enc_task, task, beam, lenpen, bos, eos, max_len_a, max_len
         done = torch.tensor([len(finished[int(s)]) >= K for s in alive.tolist()], device=dev)
         if bool(done.all()):
             break
-        live_rows = None
         if done.any():
             live = (~done).nonzero().view(-1)
             live_rows = (live[:, None] * K + torch.arange(K, device=dev)[None]).view(-1)
@@ -182,7 +181,8 @@ def _beam(model, src, enc_task, task, beam, lenpen, bos, eos, max_len_a, max_len
             enc = enc.index_select(live_rows)
             if not isinstance(task_k, int):
                 task_k = task_k.index_select(0, live_rows)
-        Transformer.reorder_cache(cache, parent, cross=live_rows)
+            Transformer.reorder_cache(cache, live_rows, parts=("cross",))
+        Transformer.reorder_cache(cache, parent, parts=("self",))
 
     best = [max(f, key=lambda x: x[0]) for f in finished]
     hyps = [h for _, h in best]

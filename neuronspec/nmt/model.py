@@ -391,19 +391,14 @@ class Transformer(nn.Module):
         return [{} for _ in self.decoder.layers]
 
     @staticmethod
-    def reorder_cache(cache: list[dict], order: torch.Tensor, cross: torch.Tensor | None | str = "order") -> None:
-        """Select rows ``order`` of every self-attention cache tensor (beam search bookkeeping), in
-        place; the cross-attention cache (keys and values of the encoder states) by ``cross``:
-        ``"order"`` the same rows, a tensor other rows, ``None`` none. Beam search passes the rows
-        of the sentences still alive, or None: its beams reorder within a sentence, whose rows of
-        the cross-attention cache are equal."""
+    def reorder_cache(cache: list[dict], order: torch.Tensor, parts: tuple[str, ...] = ("self", "cross")) -> None:
+        """Select rows ``order`` of the cached tensors of ``parts`` ("self": the decoder's own keys
+        and values, "cross": those of the encoder states) in place (beam search bookkeeping)."""
         for layer in cache:
-            for name, part in layer.items():
-                rows = order if name != "cross" or (isinstance(cross, str) and cross == "order") else cross
-                if rows is None:
-                    continue
+            for name in parts:
+                part = layer.get(name, {})
                 for k in part:
-                    part[k] = part[k].index_select(0, rows)
+                    part[k] = part[k].index_select(0, order)
 
     # ------------------------------------------------------------------ specialization
     def ffn_layers(self) -> "OrderedDict[str, SpecializedFFN]":

@@ -43,6 +43,11 @@ def _per_dir(folder: Path) -> tuple[dict, dict]:
     return {d: {"bleu": r["bleu"], "chrf": r["chrf"]} for d, r in res["directions"].items()}, texts
 
 
+def star(test: dict | None, metric: str) -> str:
+    """'*' when the paired test found a difference with p < ALPHA, else ''."""
+    return "*" if test is not None and test[f"p_{metric}"] < ALPHA and test[f"d_{metric}"] != 0 else ""
+
+
 def cell(mean: float | None, test: dict | None, metric: str, base: float | None) -> str:
     """'32.10 (+0.42*)' — the mean, Δ vs the reference, * when significant; '–' when missing."""
     if mean is None:
@@ -50,8 +55,7 @@ def cell(mean: float | None, test: dict | None, metric: str, base: float | None)
     if base is None:
         return f"{mean:.2f}"
     d = mean - base
-    star = "*" if test is not None and test[f"p_{metric}"] < ALPHA and test[f"d_{metric}"] != 0 else ""
-    return f"{mean:.2f} ({d:+.2f}{star})"
+    return f"{mean:.2f} ({d:+.2f}{star(test, metric)})"
 
 
 def main_table(agg: dict, tests: dict, rows: list[str], cols: list[tuple[str, str]], metric: str,
@@ -111,9 +115,8 @@ def interference_table(per: Mapping[str, Mapping[int, dict]], bil: dict, tests: 
             vals = [sum(per[r][s][d][metric] for d in mem[g]) / len(mem[g]) for s in per[r]]
             delta = sum(vals) / len(vals) - b_scores[g]
             t = tests.get(r, {}).get(g)
-            star = "*" if t is not None and t[f"p_{metric}"] < ALPHA and t[f"d_{metric}"] != 0 else ""
             data[r][g] = {"delta": delta, "p": None if t is None else t[f"p_{metric}"]}
-            cells.append(f"{delta:+.2f}{star}")
+            cells.append(f"{delta:+.2f}{star(t, metric)}")
         lines.append(f"| {LABELS.get(r, r)} | " + " | ".join(cells) + " |")
     return "\n".join(lines), data
 
@@ -136,6 +139,7 @@ def head_to_head(per: Mapping[str, Mapping[int, dict]], texts: Mapping[str, Mapp
         for s in seeds:
             st.update(scores.direction_stats(texts[r][s], {s: texts[lead][s]}))
         mem = scores.members(per[lead][seeds[0]], tier_of)
+        tests = {g: scores.pooled_test(st, mem[g], n_samples) for g, _ in cols if g in mem}  # both metrics
         data[r] = {"seeds": seeds}
         for m, _ in METRICS:
             cells = []
@@ -143,11 +147,10 @@ def head_to_head(per: Mapping[str, Mapping[int, dict]], texts: Mapping[str, Mapp
                 if g not in mem:
                     cells.append("–")
                     continue
-                t = scores.pooled_test(st, mem[g], n_samples)
+                t = tests[g]
                 delta = agg[lead][g][m]["mean"] - agg[r][g][m]["mean"]
                 data[r].setdefault(g, {})[m] = {"delta": delta, "p": None if t is None else t[f"p_{m}"]}
-                star = "*" if t is not None and t[f"p_{m}"] < ALPHA and t[f"d_{m}"] != 0 else ""
-                cells.append(f"{delta:+.2f}{star}")
+                cells.append(f"{delta:+.2f}{star(t, m)}")
             md[m].append(f"| {LABELS.get(r, r)} | " + " | ".join(cells) + " |")
     return {m: "\n".join(v) for m, v in md.items()}, data
 
